@@ -1,0 +1,32 @@
+"""The exceptions qrag raises, so callers can catch one family and still get a precise message.
+
+Every error says what was wrong and, where it can, what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class QRAGError(Exception):
+    """Base class of every error raised by qrag."""
+
+
+class InvalidInputError(QRAGError, ValueError):
+    """A question, document, chunk or option that cannot be used as given."""
+
+
+class ModelNotFoundError(QRAGError, FileNotFoundError):
+    """A model name or path that resolves to nothing loadable."""
+
+
+class CheckpointError(QRAGError):
+    """A model or index directory that is corrupt, incomplete or does not match its config."""
+
+
+class DataFormatError(QRAGError, ValueError):
+    """A malformed line of a JSONL data file; the message names the file, line and problem."""
+
+    def __init__(self, path: str, line: int, problem: str) -> None:
+        self.path = path
+        self.line = line
+        self.problem = problem
+        super().__init__(f"{path}:{line}: {problem}")

@@ -1,0 +1,143 @@
+"""A document index: chunks plus their cached content embeddings e_i (SPEC §3.2).
+
+Content embeddings are computed once per document and encoder; every retrieval step only
+re-rotates them (O(N·d)). They are stored as float16 (half the memory of float32; scores are
+computed in float32). The index records the fingerprint of the encoder that made them, so a model
+with a different action transformer refuses it instead of silently scoring garbage, while models
+that share the frozen base action transformer (the default) all reuse one index.
+
+An index can hold several documents (open-domain use): positions are computed per document and a
+search can be restricted to one of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from qrag_core.chunking import Chunk
+from qrag_core.errors import CheckpointError, InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+INDEX_FORMAT_VERSION = 1
+
+
+class DocumentIndex:
+    """Chunks of one or more documents with their content embeddings, in document order."""
+
+    def __init__(self, fingerprint: str, dim: int) -> None:
+        self.fingerprint = fingerprint
+        self.dim = dim
+        self.chunks: list[Chunk] = []
+        self.doc_ids: list[str] = []
+        self._doc_starts: list[int] = []
+        self._blocks: list[torch.Tensor] = []
+        self._content: torch.Tensor | None = torch.empty((0, dim), dtype=torch.float16)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    @property
+    def content(self) -> torch.Tensor:
+        """(N, d) float16 content embeddings, in chunk order."""
+        if self._content is None:
+            self._content = torch.cat(self._blocks) if self._blocks else torch.empty((0, self.dim), dtype=torch.float16)
+            self._blocks = [self._content]
+        return self._content
+
+    @property
+    def doc_starts(self) -> torch.Tensor:
+        return torch.tensor(self._doc_starts, dtype=torch.long)
+
+    def add(self, chunks: Sequence[Chunk], embeddings: torch.Tensor, doc_id: str | None = None) -> str:
+        """Append one document's chunks (indices 0..n-1 inside it) and their content embeddings."""
+        if not chunks:
+            raise InvalidInputError("a document must have at least one chunk")
+        if embeddings.shape != (len(chunks), self.dim):
+            raise InvalidInputError(
+                f"expected embeddings of shape {(len(chunks), self.dim)}, got {tuple(embeddings.shape)}"
+            )
+        doc_id = doc_id if doc_id is not None else str(len(self.doc_ids))
+        if doc_id in self.doc_ids:
+            raise InvalidInputError(f"document id {doc_id!r} is already in the index")
+        self._doc_starts.append(len(self.chunks))
+        self.doc_ids.append(doc_id)
+        self.chunks.extend(chunks)
+        self._blocks.append(embeddings.to(torch.float16).cpu())
+        self._content = None
+        return doc_id
+
+    def document_range(self, doc_id: str) -> tuple[int, int]:
+        """Global [start, end) chunk range of one document."""
+        try:
+            pos = self.doc_ids.index(doc_id)
+        except ValueError:
+            raise InvalidInputError(f"no document {doc_id!r} in the index (it has {len(self.doc_ids)})") from None
+        end = self._doc_starts[pos + 1] if pos + 1 < len(self._doc_starts) else len(self.chunks)
+        return self._doc_starts[pos], end
+
+    def save(self, directory: str | Path) -> None:
+        """Write the index to a directory (atomically: a crash leaves the previous index intact)."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-index-", dir=directory.parent))
+        save_file({"content": self.content.contiguous()}, str(tmp / "embeddings.safetensors"))
+        with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as f:
+            for chunk in self.chunks:
+                f.write(json.dumps(asdict(chunk), ensure_ascii=False) + "\n")
+        meta = {
+            "format_version": INDEX_FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "dim": self.dim,
+            "doc_ids": self.doc_ids,
+            "doc_starts": self._doc_starts,
+        }
+        (tmp / "index.json").write_text(json.dumps(meta, indent=1))
+        if directory.exists():
+            old = directory.with_name(directory.name + ".old")
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+        else:
+            os.replace(tmp, directory)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> DocumentIndex:
+        directory = Path(directory)
+        meta_path = directory / "index.json"
+        if not meta_path.is_file():
+            raise CheckpointError(f"{meta_path} is missing: {directory} is not a saved qrag index")
+        try:
+            meta = json.loads(meta_path.read_text())
+            index = cls(meta["fingerprint"], int(meta["dim"]))
+            doc_ids, doc_starts = list(meta["doc_ids"]), list(meta["doc_starts"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{meta_path} is corrupt: {err}") from err
+        try:
+            content = load_file(str(directory / "embeddings.safetensors"))["content"]
+        except Exception as err:  # safetensors raises several types for truncated or missing files
+            raise CheckpointError(f"{directory / 'embeddings.safetensors'} cannot be read: {err}") from err
+        chunks_path = directory / "chunks.jsonl"
+        try:
+            with open(chunks_path, encoding="utf-8") as f:
+                chunks = [Chunk(**json.loads(line)) for line in f]
+        except (OSError, json.JSONDecodeError, TypeError) as err:
+            raise CheckpointError(f"{chunks_path} cannot be read: {err}") from err
+        if content.shape != (len(chunks), index.dim) or len(doc_ids) != len(doc_starts):
+            raise CheckpointError(
+                f"{directory}: {len(chunks)} chunks but embeddings of shape {tuple(content.shape)}; index corrupt"
+            )
+        index.chunks, index.doc_ids, index._doc_starts = chunks, doc_ids, doc_starts
+        index._blocks, index._content = [content], content
+        return index

