@@ -41,7 +41,7 @@ class EmbeddingCache:
         self._db: sqlite3.Connection | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path)
+            self._db = sqlite3.connect(self.path, timeout=120)
             self._db.execute("CREATE TABLE IF NOT EXISTS emb (fp TEXT, key BLOB, vec BLOB, PRIMARY KEY (fp, key))")
 
     def get_many(self, fingerprint: str, texts: Sequence[str]) -> dict[bytes, np.ndarray]:

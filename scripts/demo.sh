@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets up the environment and runs the offline demo on the shipped model and the shipped data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+.venv/bin/qrag-demo "$@"
