@@ -49,7 +49,7 @@ FORMAT_VERSION = 1
 def _load_encoder(path: str, max_tokens: int, what: str) -> TextEncoder:
     try:
         return TextEncoder.from_path(path, max_tokens)
-    except (OSError, ValueError, RuntimeError) as err:
+    except Exception as err:  # transformers and safetensors raise many types for bad directories
         raise CheckpointError(f"cannot load the {what} from {path}: {err}") from err
 
 
@@ -236,6 +236,10 @@ class QRAG(nn.Module):
         show_progress: bool = False,
     ) -> DocumentIndex:
         """Chunk and encode documents into a (new or given) index. Each document is a text or its chunks."""
+        if not isinstance(documents, (str, list, tuple)):
+            raise InvalidInputError(
+                f"documents must be a string or a list of documents, got {type(documents).__name__}"
+            )
         docs = [documents] if isinstance(documents, str) else list(documents)
         if not docs:
             raise InvalidInputError("no documents to index")
@@ -257,10 +261,14 @@ class QRAG(nn.Module):
                         metadata=meta,
                     )
                 )
-            elif doc and all(isinstance(c, Chunk) for c in doc):
+            elif isinstance(doc, (list, tuple)) and doc and all(isinstance(c, Chunk) for c in doc):
                 chunk_lists.append(list(doc))
-            else:
+            elif isinstance(doc, (list, tuple)) and doc:
                 chunk_lists.append(chunks_from_texts(doc, doc_id=doc_id, metadata=meta))
+            else:
+                raise InvalidInputError(
+                    f"document {i} must be a non-empty string or list of chunk texts, got {type(doc).__name__}"
+                )
         all_texts = [c.text for chunks in chunk_lists for c in chunks]
         content = self.encode_chunks(all_texts, cache, show_progress=show_progress)
         first = 0

@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny random BERT Q-RAG model (fast) and the real shipped MiniLM (end to end)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from qrag_core import QRAG, QRAGConfig  # noqa: E402
+from qrag_core.encoders import TextEncoder  # noqa: E402
+from qrag_core.model_names import base_minilm_path  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    return AutoTokenizer.from_pretrained(base_minilm_path())
+
+
+def make_tiny_encoder(tokenizer, seed: int, hidden: int = 32, max_tokens: int = 64) -> TextEncoder:
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    return TextEncoder(BertModel(config).eval(), tokenizer, max_tokens)
+
+
+def make_tiny_model(tokenizer, config: QRAGConfig | None = None, seed: int = 0) -> QRAG:
+    config = config or QRAGConfig()
+    return QRAG(config, make_tiny_encoder(tokenizer, seed), make_tiny_encoder(tokenizer, seed + 1)).eval()
+
+
+@pytest.fixture()
+def tiny_model(minilm_tokenizer) -> QRAG:
+    return make_tiny_model(minilm_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def real_model() -> QRAG:
+    return QRAG.from_pretrained("all-MiniLM-L6-v2").eval()
+
+
+STORY = (
+    "Mary moved to the bathroom. The morning was cold and the streets were empty. "
+    "John went to the hallway. A dog barked somewhere far away. Daniel travelled to the office. "
+    "The clock on the wall struck nine. Mary went back to the kitchen. Sandra journeyed to the garden. "
+    "It had rained all night. John picked up the football there."
+)
+
+
+@pytest.fixture()
+def story() -> str:
+    return STORY

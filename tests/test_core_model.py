@@ -1,0 +1,156 @@
+"""Model persistence (from_pretrained / save_pretrained), name resolution and input errors."""
+
+import json
+
+import pytest
+import torch
+
+from qrag_core import QRAG, ChunkingConfig, QRAGConfig
+from qrag_core.errors import CheckpointError, InvalidInputError, ModelNotFoundError
+from qrag_core.index import DocumentIndex
+from qrag_core.model_names import resolve_model_path
+from tests.conftest import make_tiny_model
+
+QUESTION = "Where did John go?"
+
+
+def all_q_values(model, index, selected=(2, 5)):
+    with torch.inference_mode():
+        states = model.state_vectors([QUESTION], [[index.chunks[i].text for i in selected]])
+        actions = model.index_action_vectors(index)
+        return model.q_values(states, actions, model.positions(len(index), list(selected)))
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_save_then_load_gives_identical_q_values(minilm_tokenizer, tmp_path, story, freeze, monkeypatch):
+    config = QRAGConfig(freeze_action_encoder=freeze, twin_heads=True, position_mode="relative", delta=20, ell=18)
+    model = make_tiny_model(minilm_tokenizer, config)
+    with torch.no_grad():
+        model.action_head.weight.add_(0.01 * torch.randn_like(model.action_head.weight))
+    model.training_info = {"steps": 3, "data": "unit-test"}
+    model.state_encoder.save(str(tmp_path / "tiny-base"))
+    model.config.base_model = str(tmp_path / "tiny-base")
+    if freeze:  # the frozen action encoder is reloaded from the base model: make them the same weights
+        model.action_encoder.model.load_state_dict(model.state_encoder.model.state_dict())
+        model.weights_changed()
+    index = model.index_documents(story)
+    before = all_q_values(model, index)
+    model.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "README.md").read_text().count("unit-test") == 1
+    assert (tmp_path / "saved" / "state_encoder" / "model.safetensors").is_file()
+    assert (tmp_path / "saved" / "action_encoder").exists() is not freeze
+    loaded = QRAG.from_pretrained(str(tmp_path / "saved"))
+    assert loaded.config == model.config and loaded.training_info == model.training_info
+    after = all_q_values(loaded, loaded.index_documents(story))
+    assert torch.allclose(before, after, atol=1e-6)
+
+
+def test_unknown_name_lists_available_names():
+    with pytest.raises(ModelNotFoundError, match="all-MiniLM-L6-v2"):
+        resolve_model_path("no-such-model-anywhere")
+    with pytest.raises(ModelNotFoundError):
+        QRAG.from_pretrained("/definitely/not/here")
+
+
+def save_tiny(minilm_tokenizer, tmp_path):
+    model = make_tiny_model(minilm_tokenizer, QRAGConfig(freeze_action_encoder=False))
+    model.save_pretrained(tmp_path / "m")
+    return tmp_path / "m"
+
+
+def test_corrupt_config_names_the_file(minilm_tokenizer, tmp_path):
+    path = save_tiny(minilm_tokenizer, tmp_path)
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json"):
+        QRAG.from_pretrained(str(path))
+
+
+def test_unknown_config_key_is_reported(minilm_tokenizer, tmp_path):
+    path = save_tiny(minilm_tokenizer, tmp_path)
+    meta = json.loads((path / "config.json").read_text())
+    meta["qrag"]["config"]["warp_drive"] = True
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="warp_drive"):
+        QRAG.from_pretrained(str(path))
+
+
+def test_missing_weights_name_the_file(minilm_tokenizer, tmp_path):
+    path = save_tiny(minilm_tokenizer, tmp_path)
+    (path / "action_head.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="action_head.safetensors"):
+        QRAG.from_pretrained(str(path))
+
+
+def test_truncated_head_names_the_file(minilm_tokenizer, tmp_path):
+    path = save_tiny(minilm_tokenizer, tmp_path)
+    data = (path / "action_head.safetensors").read_bytes()
+    (path / "action_head.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="action_head.safetensors"):
+        QRAG.from_pretrained(str(path))
+
+
+def test_mismatched_head_shape_is_reported(minilm_tokenizer, tmp_path):
+    from safetensors.torch import save_file
+
+    path = save_tiny(minilm_tokenizer, tmp_path)
+    save_file({"weight": torch.zeros(8, 8), "bias": torch.zeros(8)}, str(path / "action_head.safetensors"))
+    with pytest.raises(CheckpointError, match="size mismatch|shape"):
+        QRAG.from_pretrained(str(path))
+
+
+def test_corrupt_encoder_weights_are_reported(minilm_tokenizer, tmp_path):
+    path = save_tiny(minilm_tokenizer, tmp_path)
+    (path / "state_encoder" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="state encoder"):
+        QRAG.from_pretrained(str(path))
+
+
+@pytest.mark.parametrize("document", ["", "   \n ", None, 17])
+def test_bad_documents(tiny_model, document):
+    with pytest.raises(InvalidInputError, match="empty|must be a string"):
+        tiny_model.index_documents(document)
+
+
+def test_bad_chunk_size(tiny_model, story):
+    with pytest.raises(InvalidInputError, match="chunk size"):
+        tiny_model.index_documents(story, chunking=ChunkingConfig(mode="tokens", max_tokens=0))
+
+
+def test_index_persistence_round_trip(tiny_model, story, tmp_path):
+    index = tiny_model.index_documents([story, "Another short document. It has two sentences."], doc_ids=["s", "t"])
+    index.save(tmp_path / "idx")
+    loaded = DocumentIndex.load(tmp_path / "idx")
+    assert loaded.doc_ids == ["s", "t"] and [c.text for c in loaded.chunks] == [c.text for c in index.chunks]
+    assert torch.equal(loaded.content, index.content)
+    a = tiny_model.search("Where is Mary?", index, steps=3)
+    b = tiny_model.search("Where is Mary?", loaded, steps=3)
+    assert [s.chunk_index for s in a.trace] == [s.chunk_index for s in b.trace]
+    (tmp_path / "idx" / "embeddings.safetensors").write_bytes(b"oops")
+    with pytest.raises(CheckpointError, match="embeddings.safetensors"):
+        DocumentIndex.load(tmp_path / "idx")
+
+
+def test_embeddings_are_computed_once_per_text(tiny_model, tmp_path):
+    from qrag_core.embedding_cache import EmbeddingCache
+
+    calls = []
+    original = tiny_model.action_encoder.encode
+
+    def counting(texts, **kw):
+        calls.append(len(texts))
+        return original(texts, **kw)
+
+    tiny_model.action_encoder.encode = counting
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    first = tiny_model.encode_chunks(["a b", "c d", "a b"], cache)
+    second = tiny_model.encode_chunks(["c d", "e f"], EmbeddingCache(tmp_path / "cache.sqlite"))
+    assert calls == [2, 1]
+    assert torch.equal(first[0], first[2]) and torch.equal(first[1], second[0])
+
+
+@pytest.mark.slow
+def test_real_minilm_round_trip(real_model, tmp_path, story):
+    real_model.save_pretrained(tmp_path / "real")
+    loaded = QRAG.from_pretrained(str(tmp_path / "real"))
+    index = real_model.index_documents(story)
+    assert torch.allclose(all_q_values(real_model, index), all_q_values(loaded, index), atol=1e-5)

@@ -1,0 +1,112 @@
+"""Greedy and beam search (SPEC §3.5) on a tiny random model and on the real MiniLM."""
+
+import pytest
+
+from qrag_core import QRAGConfig
+from qrag_core.errors import InvalidInputError
+from tests.conftest import make_tiny_model
+
+SENTENCES = [
+    f"Sentence number {i} talks about {w}."
+    for i, w in enumerate(
+        "apples rivers kings ships towers wolves lamps cakes roads bells stars coins ropes masks drums".split()
+    )
+]
+
+
+@pytest.fixture()
+def index(tiny_model):
+    return tiny_model.index_documents([SENTENCES])
+
+
+def test_greedy_never_selects_a_chunk_twice(tiny_model, index):
+    result = tiny_model.search("what about ships and wolves?", index, steps=10)
+    chosen = [s.chunk_index for s in result.trace]
+    assert len(chosen) == len(set(chosen)) == 10
+    assert [s.chunk.index for s in result.chunks] == sorted(chosen), "evidence comes in document order"
+
+
+def test_trace_records_q_position_and_steps(tiny_model, index):
+    result = tiny_model.search("kings", index, steps=3)
+    assert [s.step for s in result.trace] == [1, 2, 3]
+    first = result.trace[0]
+    assert first.position == pytest.approx(9 * first.chunk_index / len(SENTENCES))
+    assert all(a[0] != first.chunk_index for a in first.alternatives)
+    assert result.trace[0].q_value >= max(q for _, q in first.alternatives)
+    assert "step 1" in result.format()
+
+
+@pytest.mark.parametrize("mode", ["relative", "absolute", "none"])
+def test_beam_width_one_equals_greedy(minilm_tokenizer, mode):
+    model = make_tiny_model(minilm_tokenizer, QRAGConfig(position_mode=mode))
+    index = model.index_documents([SENTENCES])
+    greedy = model.search("towers and bells", index, steps=4)
+    beam = model.search("towers and bells", index, steps=4, beam=1)
+    assert [s.chunk_index for s in beam.trace] == [s.chunk_index for s in greedy.trace]
+    assert beam.total_q == pytest.approx(greedy.total_q)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("width", [2, 3])
+def test_beam_never_scores_lower_than_greedy(minilm_tokenizer, seed, width):
+    model = make_tiny_model(minilm_tokenizer, seed=seed)
+    index = model.index_documents([SENTENCES])
+    question = f"question {seed} about masks and drums"
+    greedy = model.search(question, index, steps=4)
+    beam = model.search(question, index, steps=4, beam=width, expand_k=width + 1)
+    assert beam.total_q >= greedy.total_q - 1e-6
+
+
+def test_stop_threshold_stops_early_but_returns_at_least_one(tiny_model, index):
+    result = tiny_model.search("apples", index, steps=5, stop_threshold=10.0)
+    assert len(result.chunks) == 1 and result.stopped_early
+
+
+def test_more_steps_than_chunks_returns_all_with_warning(tiny_model):
+    index = tiny_model.index_documents([SENTENCES[:3]])
+    with pytest.warns(UserWarning, match="only 3 chunks"):
+        result = tiny_model.search("anything", index, steps=8)
+    assert sorted(s.chunk.index for s in result.chunks) == [0, 1, 2]
+
+
+def test_search_restricted_to_one_document(tiny_model):
+    index = tiny_model.index_documents([SENTENCES[:8], SENTENCES[8:]], doc_ids=["a", "b"])
+    result = tiny_model.search("stars", index, steps=3, document_id="b")
+    assert {s.chunk.doc_id for s in result.chunks} == {"b"}
+    everywhere = tiny_model.search("stars", index, steps=len(SENTENCES))
+    assert {s.chunk.doc_id for s in everywhere.chunks} == {"a", "b"}
+    assert [(s.chunk.doc_id, s.chunk.index) for s in everywhere.chunks] == sorted(
+        (s.chunk.doc_id, s.chunk.index) for s in everywhere.chunks
+    )
+    with pytest.raises(InvalidInputError, match="no document 'c'"):
+        tiny_model.search("stars", index, document_id="c")
+
+
+@pytest.mark.parametrize(
+    ("question", "options", "message"),
+    [
+        ("", {}, "empty"),
+        ("   ", {}, "empty"),
+        (42, {}, "must be a string"),
+        ("ok", {"steps": 0}, "positive"),
+        ("ok", {"beam": 0}, "positive"),
+    ],
+)
+def test_bad_search_inputs(tiny_model, index, question, options, message):
+    with pytest.raises(InvalidInputError, match=message):
+        tiny_model.search(question, index, **options)
+
+
+def test_index_from_another_encoder_is_refused(minilm_tokenizer, index):
+    other = make_tiny_model(minilm_tokenizer, seed=7)
+    with pytest.raises(InvalidInputError, match="different action encoder"):
+        other.search("apples", index)
+
+
+@pytest.mark.slow
+def test_real_minilm_multi_step_finds_both_facts(real_model, story):
+    result = real_model.retrieve("Where is Mary?", story, steps=2)
+    texts = " ".join(result.texts)
+    assert "Mary moved to the bathroom." in texts and "Mary went back to the kitchen." in texts
+    beam = real_model.retrieve("Where is Mary?", story, steps=2, beam=3)
+    assert beam.total_q >= result.total_q - 1e-6
