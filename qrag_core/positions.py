@@ -16,6 +16,8 @@ documents gets positions per document.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from qrag_core.errors import InvalidInputError
@@ -79,6 +81,77 @@ def chunk_positions(
     if mode == "none":
         return torch.zeros(num_chunks, device=selected.device)
     raise InvalidInputError(f"unknown position mode {mode!r}; use 'relative', 'absolute' or 'none'")
+
+
+@dataclass
+class PositionIntervals:
+    """ρ as a piecewise-linear function of the chunk index: ρ(i) = offset + slope·(i − start) on [start, end).
+
+    Inside one interval between selected chunks ρ_t is linear, so a whole document's positions are
+    described by k+1 intervals per document; fast scoring never needs a per-chunk position array.
+    """
+
+    starts: torch.Tensor
+    """First chunk (global index) of each non-empty interval, ascending."""
+    ends: torch.Tensor
+    """One past the last chunk of each interval."""
+    offsets: torch.Tensor
+    """ρ of the interval's first chunk (j·δ for interval j)."""
+    slopes: torch.Tensor
+    """Increase of ρ per chunk inside the interval (ℓ divided by the interval's length)."""
+
+    def as_list(self) -> list[tuple[int, int, float, float]]:
+        return list(
+            zip(self.starts.tolist(), self.ends.tolist(), self.offsets.tolist(), self.slopes.tolist(), strict=True)
+        )
+
+    def at(self, index: torch.Tensor) -> torch.Tensor:
+        """ρ of the chunks at the given global indices."""
+        which = torch.searchsorted(self.starts, index, right=True) - 1
+        return self.offsets[which] + self.slopes[which] * (index - self.starts[which]).float()
+
+    def dense(self, num_chunks: int) -> torch.Tensor:
+        """ρ of every chunk (for training and tests; retrieval uses the intervals directly)."""
+        return self.at(torch.arange(num_chunks, device=self.starts.device))
+
+
+def position_intervals(
+    mode: str,
+    num_chunks: int,
+    selected: list[int],
+    delta: float,
+    ell: float,
+    doc_starts: list[int] | None = None,
+    device: torch.device | None = None,
+) -> PositionIntervals:
+    """The intervals of ρ_t (``relative``), of ℓ·i/N (``absolute``) or of 0 (``none``), per document."""
+    if mode not in ("relative", "absolute", "none"):
+        raise InvalidInputError(f"unknown position mode {mode!r}; use 'relative', 'absolute' or 'none'")
+    starts = list(doc_starts) if doc_starts else [0]
+    ends = [*starts[1:], num_chunks]
+    chosen = sorted(selected) if mode == "relative" else []
+    rows: list[tuple[int, int, float, float]] = []
+    cursor = 0
+    for doc_start, doc_end in zip(starts, ends, strict=True):
+        while cursor < len(chosen) and chosen[cursor] < doc_start:
+            cursor += 1
+        inside = []
+        while cursor < len(chosen) and chosen[cursor] < doc_end:
+            inside.append(chosen[cursor])
+            cursor += 1
+        bounds = [doc_start, *inside, doc_end]
+        for j in range(len(bounds) - 1):
+            left, right = bounds[j], bounds[j + 1]
+            if right > left:
+                slope = 0.0 if mode == "none" else ell / (right - left)
+                rows.append((left, right, j * delta, slope))
+    columns = list(zip(*rows, strict=True))
+    return PositionIntervals(
+        torch.tensor(columns[0], dtype=torch.long, device=device),
+        torch.tensor(columns[1], dtype=torch.long, device=device),
+        torch.tensor(columns[2], dtype=torch.float32, device=device),
+        torch.tensor(columns[3], dtype=torch.float32, device=device),
+    )
 
 
 def rope_frequencies(dim: int, theta: float = 10000.0, twin_heads: bool = False) -> torch.Tensor:

@@ -21,6 +21,8 @@ import torch
 from qrag_core.chunking import Chunk
 from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
+from qrag_core.positions import position_intervals
+from qrag_core.scoring import top_k
 
 if TYPE_CHECKING:
     from qrag_core.model import QRAG
@@ -137,37 +139,37 @@ def search(
         doc_starts = None
     else:
         offset, end = 0, len(index)
-        doc_starts = index.doc_starts if len(index.doc_ids) > 1 else None
+        doc_starts = index.doc_starts.tolist() if len(index.doc_ids) > 1 else None
     actions = actions[offset:end]
     n = end - offset
     if steps > n:
         warnings.warn(f"{steps} steps asked for but only {n} chunks exist; returning all of them", stacklevel=2)
         steps = n
+    norm_max = float(actions.norm(dim=-1).max())
 
     beams = [_Beam((), 0.0, [], True)]
     finished: list[_Beam] = []
     for t in range(steps):
         selections = [[index.chunks[offset + i].text for i in sorted(b.selected)] for b in beams]
         states = model.state_vectors([question] * len(beams), selections)
-        positions = torch.stack([model.positions(n, b.selected, doc_starts) for b in beams])
-        q = model.q_values(states, actions, positions)
-        for row, b in enumerate(beams):
-            if b.selected:
-                q[row, list(b.selected)] = float("-inf")
         k = min(max(expand_k, alternatives + 1), n - t)
-        top_q, top_i = q.topk(k, dim=1)
         children: dict[frozenset[int], _Beam] = {}
         for row, b in enumerate(beams):
-            if stop_threshold is not None and t > 0 and top_q[row, 0].item() < stop_threshold:
+            intervals = position_intervals(
+                config.position_mode, n, list(b.selected), config.delta, config.ell, doc_starts, actions.device
+            )
+            top_q, top_i = top_k(states[row], actions, intervals, model.freqs, k, list(b.selected), norm_max)
+            if stop_threshold is not None and t > 0 and top_q[0].item() < stop_threshold:
                 finished.append(b)
                 continue
-            cand = list(zip(top_i[row].tolist(), top_q[row].tolist(), strict=True))
+            cand = list(zip(top_i.tolist(), top_q.tolist(), strict=True))
+            cand_positions = intervals.at(top_i).tolist()
             for rank, (i, qv) in enumerate(cand[: min(expand_k, len(cand))]):
                 step = SearchStep(
                     t + 1,
                     offset + i,
                     qv,
-                    positions[row, i].item(),
+                    cand_positions[rank],
                     [(offset + j, v) for j, v in cand if j != i][:alternatives],
                 )
                 child = _Beam((*b.selected, i), b.q_sum + qv, [*b.steps, step], b.greedy and rank == 0)
