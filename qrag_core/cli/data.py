@@ -1,0 +1,80 @@
+"""``qrag-data``: build the benchmark JSONL files of SPEC §5 and warm the shared embedding cache.
+
+qrag-data warm-cache                       # encode every haystack sentence once per machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from tqdm.auto import tqdm
+
+from qrag_core.cli import setup_logging
+from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
+from qrag_core.errors import QRAGError
+
+logger = logging.getLogger(__name__)
+
+
+def warm_cache(args: argparse.Namespace) -> None:
+    """Encode every haystack sentence with the base model's action encoder into the shared cache."""
+    from qrag_core.data.haystack import Haystack
+    from qrag_core.model import QRAG
+
+    haystack = Haystack.load()
+    texts = list(dict.fromkeys(haystack.all_sentences()))
+    model = QRAG.from_base(args.base_model)
+    cache = EmbeddingCache(args.cache)
+    logger.info("%d distinct haystack sentences; encoding those not yet in %s", len(texts), args.cache)
+    with tqdm(total=len(texts), desc="haystack sentences", unit="sent") as bar:
+        for first in range(0, len(texts), args.batch):
+            batch = texts[first : first + args.batch]
+            model.encode_chunks(batch, cache)
+            bar.update(len(batch))
+    cache.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qrag-data",
+        description="Build benchmark data (SPEC §5) from the shared data directory ($QRAG_DATA_DIR) "
+        "and warm the shared embedding cache.",
+    )
+    parser.add_argument("--verbose", action="store_true", help="debug logging on stderr (default: info)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    warm = commands.add_parser(
+        "warm-cache",
+        help="encode all haystack sentences into the shared embedding cache (once per machine)",
+        description="Encode every sentence of the haystack novels with the base encoder and store the "
+        "embeddings in the shared cache, so benchmark samples only encode their new sentences.",
+    )
+    warm.add_argument(
+        "--base-model", default=None, help="base encoder name or path (default: all-MiniLM-L6-v2, the shipped base)"
+    )
+    warm.add_argument(
+        "--cache",
+        default=str(default_cache_dir() / "embeddings.sqlite"),
+        help="embedding cache file (default: $QRAG_CACHE_DIR/embeddings.sqlite, i.e. %(default)s)",
+    )
+    warm.add_argument("--batch", type=int, default=1024, help="sentences encoded and stored per step (default: 1024)")
+    warm.set_defaults(run=warm_cache)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        args.run(args)
+    except (QRAGError, FileNotFoundError) as err:
+        print(f"qrag-data: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""BabiLong samples (Kuratov et al. 2024; SPEC §5): bAbI facts hidden in long book text.
+
+For one bAbI question (see :mod:`qrag_core.data.babi`), the whole story up to the question is kept;
+its statements are scattered, in order, among consecutive sentences of a haystack novel taken from a
+random start of a random book (:mod:`qrag_core.data.haystack`), until the sample reaches the target
+length in base-tokenizer tokens. One sentence is one chunk, so the sample is written in the
+``chunks`` + ``support`` form of SPEC §4 with the exact indices of the supporting facts, plus the
+fields ``task``, ``length`` (the target label, e.g. ``"4k"``), ``tokens`` (the actual count),
+``split`` and ``source`` (``file:line`` of the bAbI question).
+
+Lengths: ``"0k"`` is the story alone; otherwise ``k`` = 1024 tokens and ``M`` = 1024 k. The total
+(facts + haystack) never exceeds the target and falls short of it by at most 1%: near the end, a
+haystack sentence that would overshoot is passed over for the next one that fits.
+
+Test samples are the 100 per task listed in ``babilong/test_100_idxs.json`` (indices into the test
+file's questions in file order); training samples are drawn from the train split. Every sample has
+its own random generator seeded by (seed, task, split, length, question index), so the same seed
+gives the same file and sample ``i`` does not depend on how many samples are built.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from collections.abc import Iterator
+from functools import lru_cache
+
+from qrag_core.chunking import Tokenizer
+from qrag_core.data.babi import SPLITS, BabiSample, babi_samples
+from qrag_core.data.examples import Example
+from qrag_core.data.haystack import Haystack, count_tokens, fill_to_budget, scatter_in_order
+from qrag_core.data.paths import data_file
+from qrag_core.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+BABILONG_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
+STANDARD_LENGTHS = ("0k", "1k", "4k", "16k", "32k", "128k", "1M", "10M")
+LENGTH_TOLERANCE = 0.01
+"""A sample's tokens lie in [target · (1 − tolerance), target]."""
+
+_LENGTH = re.compile(r"^(\d+)([kKmM]?)$")
+_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
+
+
+def parse_length(length: int | str) -> int:
+    """Target tokens of a length: an integer, or a label such as ``"4k"`` or ``"1M"``."""
+    if isinstance(length, int) and not isinstance(length, bool):
+        value = length
+    else:
+        match = _LENGTH.match(str(length).strip())
+        if not match:
+            raise InvalidInputError(f"bad length {length!r}: use a number of tokens or a label like 0k, 4k, 128k, 1M")
+        value = int(match.group(1)) * _UNITS[match.group(2).lower()]
+    if value < 0:
+        raise InvalidInputError(f"length must not be negative, got {length!r}")
+    return value
+
+
+def length_label(length: int | str) -> str:
+    """The label of a length (``4096`` → ``"4k"``); counts that are no whole k or M stay numbers."""
+    tokens = parse_length(length)
+    if tokens == 0:
+        return "0k"
+    for suffix, unit in (("M", _UNITS["m"]), ("k", _UNITS["k"])):
+        if tokens % unit == 0:
+            return f"{tokens // unit}{suffix}"
+    return str(tokens)
+
+
+@lru_cache(maxsize=1)
+def _test_index_table() -> dict[str, list[int]]:
+    return json.loads(data_file("babilong", "test_100_idxs.json").read_text())
+
+
+def babilong_test_indices(task: str) -> list[int]:
+    """The BabiLong test questions of a task (indices into its test file's questions)."""
+    table = _test_index_table()
+    if task not in table:
+        raise InvalidInputError(
+            f"babilong/test_100_idxs.json lists no test samples for {task!r}; it has {sorted(table)}"
+        )
+    return list(table[task])
+
+
+def _question_indices(task: str, split: str, n: int | None, seed: int, available: int) -> list[int]:
+    if split == "test":
+        chosen = babilong_test_indices(task)
+        return chosen if n is None else chosen[:n]
+    order = list(range(available))
+    random.Random(f"babilong-train-order:{seed}:{task}").shuffle(order)
+    return order if n is None else order[:n]
+
+
+def make_sample(
+    sample: BabiSample,
+    target: int,
+    haystack: Haystack | None,
+    rng: random.Random,
+    tokenizer: Tokenizer | None = None,
+) -> tuple[list[str], list[int], int] | None:
+    """Chunks, support indices and token count of one sample; None when the story alone is too long."""
+    story_tokens = sum(count_tokens(sample.story, tokenizer))
+    if target == 0:
+        return list(sample.story), sorted(set(sample.support)), story_tokens
+    if story_tokens > target:
+        return None
+    assert haystack is not None, "a haystack is needed for lengths above 0k"
+    background, noise_tokens = fill_to_budget(
+        haystack.stream(rng), target - story_tokens, int(target * LENGTH_TOLERANCE)
+    )
+    chunks, fact_positions = scatter_in_order(background, sample.story, rng)
+    support = sorted({fact_positions[i] for i in sample.support})
+    return chunks, support, story_tokens + noise_tokens
+
+
+def iter_babilong(
+    task: str,
+    split: str,
+    length: int | str,
+    n: int | None = None,
+    seed: int = 0,
+    haystack: Haystack | None = None,
+    tokenizer: Tokenizer | None = None,
+) -> Iterator[Example]:
+    """BabiLong examples one at a time (a 10M-token sample is built as a list of sentences, never a string).
+
+    ``n`` limits the count: the first ``n`` of the 100 test samples, or ``n`` random training questions
+    (all of them, shuffled, when None). ``haystack`` and ``tokenizer`` default to the novels and the
+    base tokenizer.
+    """
+    if split not in SPLITS:
+        raise InvalidInputError(f"unknown split {split!r}; use one of {SPLITS}")
+    if n is not None and n <= 0:
+        raise InvalidInputError(f"n must be positive, got {n}")
+    target = parse_length(length)
+    label = length_label(target)
+    samples = babi_samples(task, split)
+    if target > 0 and haystack is None:
+        haystack = Haystack.load(tokenizer)
+    skipped = 0
+    for index in _question_indices(task, split, n, seed, len(samples)):
+        if not 0 <= index < len(samples):
+            raise InvalidInputError(f"{task} {split}: question index {index} outside 0..{len(samples) - 1}")
+        sample = samples[index]
+        rng = random.Random(f"babilong:{seed}:{task}:{split}:{target}:{index}")
+        built = make_sample(sample, target, haystack, rng, tokenizer)
+        if built is None:
+            skipped += 1
+            continue
+        chunks, support, tokens = built
+        yield Example(
+            id=f"babilong-{task}-{split}-{label}-{index}",
+            question=sample.question,
+            chunks=chunks,
+            support=support,
+            answer=sample.answer,
+            extra={"task": task, "length": label, "tokens": tokens, "split": split, "source": sample.source},
+        )
+    if skipped:
+        logger.warning(
+            "%s %s %s: skipped %d questions whose story alone is longer than the target", task, split, label, skipped
+        )
+
+
+def build_babilong(
+    task: str,
+    split: str,
+    length: int | str,
+    n: int | None = None,
+    seed: int = 0,
+    haystack: Haystack | None = None,
+    tokenizer: Tokenizer | None = None,
+) -> list[Example]:
+    """All examples of :func:`iter_babilong` as a list."""
+    return list(iter_babilong(task, split, length, n, seed, haystack, tokenizer))

@@ -1,0 +1,211 @@
+"""Dataset builders: bAbI parsing, haystack cleaning, BabiLong samples (issue 3 tests)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from qrag_core.data import paths
+from qrag_core.data.babi import babi_files, parse_babi_file
+from qrag_core.data.babilong import babilong_test_indices, build_babilong, iter_babilong, length_label, parse_length
+from qrag_core.data.examples import read_jsonl, write_jsonl
+from qrag_core.data.haystack import (
+    Haystack,
+    book_paragraphs,
+    count_tokens,
+    fill_to_budget,
+    scatter_in_order,
+    strip_gutenberg,
+)
+from qrag_core.errors import DataFormatError, InvalidInputError
+
+
+def _has_data() -> bool:
+    try:
+        paths.data_dir()
+    except paths.DataNotFoundError:
+        return False
+    return True
+
+
+needs_data = pytest.mark.skipif(not _has_data(), reason="the shared benchmark data directory is not available")
+
+
+@pytest.fixture(scope="module")
+def haystack() -> Haystack:
+    return Haystack.load()
+
+
+# ----------------------------------------------------------------------------- paths
+def test_data_dir_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(paths.DATA_DIR_ENV, str(tmp_path))
+    assert paths.data_dir() == tmp_path
+    with pytest.raises(paths.DataNotFoundError, match="babi"):
+        paths.data_file("babi")
+    monkeypatch.setenv(paths.DATA_DIR_ENV, str(tmp_path / "missing"))
+    with pytest.raises(paths.DataNotFoundError, match="QRAG_DATA_DIR"):
+        paths.data_dir()
+
+
+# ----------------------------------------------------------------------------- bAbI
+def test_parse_babi_keeps_story_and_maps_support(tmp_path: Path) -> None:
+    path = tmp_path / "qa9_x_test.txt"
+    path.write_text(
+        "1 Mary went to the kitchen.\n2 John went to the garden.\n3 Where is Mary? \tkitchen\t1\n"
+        "4 Mary moved to the office.\n5 Where is Mary?\toffice\t4\n1 Bill went home.\n2 Where is Bill?\thome\t1\n"
+    )
+    samples = parse_babi_file(path)
+    assert len(samples) == 3
+    first, second, third = samples
+    assert first.story == ("Mary went to the kitchen.", "John went to the garden.")
+    assert (first.question, first.answer, first.support) == ("Where is Mary?", "kitchen", (0,))
+    # The earlier question line is not part of the story; fact 4 is the story's third statement.
+    assert second.story[-1] == "Mary moved to the office." and second.support == (2,)
+    assert third.story == ("Bill went home.",) and third.source == "qa9_x_test.txt:7"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("1 A.\n3 B.\n", "does not follow"),
+        ("x A.\n", "numeric ID"),
+        ("1 A.\n2 Where?\tA\t5\n", "name no earlier fact"),
+        ("1 A.\n2 Where?\tA\n", "question<TAB>answer"),
+    ],
+)
+def test_parse_babi_rejects_malformed_lines(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_text(text)
+    with pytest.raises(DataFormatError, match=problem) as err:
+        parse_babi_file(path)
+    assert str(path) in str(err.value)
+
+
+@needs_data
+def test_qa3_train_uses_1k_train_plus_valid_10k() -> None:
+    names = [p.name for p in babi_files("qa3", "train")]
+    assert names == ["qa3_three-supporting-facts_train.txt", "qa3_valid.txt"]
+    assert "en-10k" in str(babi_files("qa2", "train")[0])
+    with pytest.raises(InvalidInputError, match="qa21"):
+        babi_files("qa21", "test")
+
+
+# ----------------------------------------------------------------------------- haystack
+def test_strip_gutenberg_and_join_wrapped_lines() -> None:
+    raw = (
+        "Header\r\n***START OF THE BOOK***\r\nIt was a dark\r\nnight.  Rain fell.\r\n\r\n"
+        "Next para.\r\n*** END OF IT\r\nLicence"
+    )
+    body = strip_gutenberg(raw)
+    assert "Header" not in body and "Licence" not in body
+    assert book_paragraphs(body) == ["It was a dark night. Rain fell.", "Next para."]
+    with pytest.raises(FileNotFoundError, match="markers"):
+        strip_gutenberg("no markers here", "x.txt")
+
+
+def test_fill_to_budget_never_exceeds_and_stops_within_tolerance() -> None:
+    stream = iter([("a", 5), ("b", 50), ("c", 3), ("d", 1), ("e", 9)] * 10)
+    taken, total = fill_to_budget(stream, budget=10, tolerance=1)
+    assert taken == ["a", "c", "d"] and total == 9
+    assert fill_to_budget(iter([]), budget=0, tolerance=0) == ([], 0)
+
+
+def test_scatter_in_order_keeps_both_orders() -> None:
+    background = [f"n{i}" for i in range(20)]
+    items = ["f0", "f1", "f2", "f3"]
+    merged, positions = scatter_in_order(background, items, random.Random(3))
+    assert [merged[p] for p in positions] == items
+    assert positions == sorted(positions)
+    assert [m for m in merged if m.startswith("n")] == background
+
+
+@needs_data
+def test_haystack_sentences_are_clean(haystack: Haystack) -> None:
+    assert len(haystack.names) == 6
+    for book in haystack.sentences:
+        text = " ".join(book)
+        assert "Project Gutenberg-tm" not in text and "START OF" not in text and "\n" not in text
+    assert all(len(c) == len(s) for c, s in zip(haystack.counts, haystack.sentences, strict=True))
+
+
+# ----------------------------------------------------------------------------- BabiLong
+def test_length_labels() -> None:
+    assert parse_length("4k") == 4096 and parse_length("1M") == 1024 * 1024 and parse_length(300) == 300
+    assert length_label(4096) == "4k" and length_label("10M") == "10M" and length_label(0) == "0k"
+    with pytest.raises(InvalidInputError, match="bad length"):
+        parse_length("4 kilo")
+
+
+@needs_data
+@pytest.mark.parametrize(("task", "length"), [("qa1", "1k"), ("qa3", "1k"), ("qa2", "4k"), ("qa5", "16k")])
+def test_babilong_facts_in_order_and_length_within_2_percent(haystack: Haystack, task: str, length: str) -> None:
+    from qrag_core.data.babi import babi_samples
+
+    examples = build_babilong(task, "test", length, n=4, seed=1, haystack=haystack)
+    samples = babi_samples(task, "test")
+    assert [e.id for e in examples] == [f"babilong-{task}-test-{length}-{i}" for i in babilong_test_indices(task)[:4]]
+    for example, index in zip(examples, babilong_test_indices(task)[:4], strict=True):
+        sample = samples[index]
+        # The story is a subsequence of the chunks, in order.
+        it = iter(example.chunks)
+        assert all(any(chunk == fact for chunk in it) for fact in sample.story)
+        assert sorted(example.chunks[i] for i in example.support) == sorted({sample.story[i] for i in sample.support})
+        assert example.answer == sample.answer and example.question == sample.question
+        assert example.extra["task"] == task and example.extra["length"] == length
+        tokens = sum(count_tokens(example.chunks))
+        assert example.extra["tokens"] == tokens
+        assert 0.98 * parse_length(length) <= tokens <= parse_length(length)
+
+
+@needs_data
+def test_babilong_support_indices_are_exactly_the_facts(haystack: Haystack) -> None:
+    example = build_babilong("qa2", "test", "1k", n=1, seed=0, haystack=haystack)[0]
+    from qrag_core.data.babi import babi_samples
+
+    sample = babi_samples("qa2", "test")[babilong_test_indices("qa2")[0]]
+    # Map each story statement to its chunk position by walking the chunks in order.
+    positions, cursor = [], 0
+    for fact in sample.story:
+        while example.chunks[cursor] != fact:
+            cursor += 1
+        positions.append(cursor)
+        cursor += 1
+    assert example.support == sorted({positions[i] for i in sample.support})
+
+
+@needs_data
+def test_babilong_same_seed_same_file(tmp_path: Path, haystack: Haystack) -> None:
+    a, b, c = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
+    write_jsonl(iter_babilong("qa1", "train", "1k", n=3, seed=7, haystack=haystack), a)
+    write_jsonl(iter_babilong("qa1", "train", "1k", n=3, seed=7, haystack=haystack), b)
+    write_jsonl(iter_babilong("qa1", "train", "1k", n=3, seed=8, haystack=haystack), c)
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+    rows = read_jsonl(a, need_support=True)
+    assert len(rows) == 3 and all(r.extra["split"] == "train" for r in rows)
+
+
+@needs_data
+def test_babilong_0k_is_the_story_alone() -> None:
+    example = build_babilong("qa4", "test", "0k", n=1)[0]
+    assert len(example.chunks) == 2 and example.extra["length"] == "0k"
+
+
+@needs_data
+def test_babilong_1m_sample_streams_to_length(haystack: Haystack) -> None:
+    example = next(iter_babilong("qa1", "test", "1M", n=1, seed=0, haystack=haystack))
+    target = parse_length("1M")
+    assert 0.99 * target <= example.extra["tokens"] <= target
+    assert len(example.chunks) > 40_000
+
+
+@needs_data
+def test_babilong_rejects_bad_arguments() -> None:
+    with pytest.raises(InvalidInputError, match="split"):
+        build_babilong("qa1", "dev", "1k")
+    with pytest.raises(InvalidInputError, match="no test samples"):
+        build_babilong("qa6", "test", "0k")
+    with pytest.raises(InvalidInputError, match="n must be positive"):
+        build_babilong("qa1", "test", "0k", n=0)
