@@ -1,0 +1,102 @@
+"""The baselines every benchmark row is measured against (SPEC §5), as retrieval methods of the evaluation loop.
+
+- ``dense``: single-step top-T by cosine similarity of mean-pooled embeddings of the untrained base
+  encoder (all-MiniLM-L6-v2 by default). Chunk embeddings are the content embeddings e_i of the
+  frozen action encoder, so they come from the same shared cache as Q-RAG's.
+- ``bm25``: top-T by BM25 (``bm25s``, English stop words) over the chunks of each document.
+- ``multistep-untrained``: the Q-RAG search loop (SPEC §3.5) with both encoders at the base weights.
+
+:func:`make_method` builds any of them, or ``qrag`` (a trained model's search), by name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from qrag_core.chunking import Chunk
+from qrag_core.embedding_cache import EmbeddingCache
+from qrag_core.errors import InvalidInputError
+from qrag_core.evaluation import QRAGSearch, RetrievalMethod
+from qrag_core.model import QRAG
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("qrag", "dense", "bm25", "multistep-untrained")
+BASELINES = ("dense", "bm25", "multistep-untrained")
+
+
+def _top_in_document_order(scores: torch.Tensor, steps: int) -> list[int]:
+    return sorted(scores.topk(min(steps, len(scores))).indices.tolist())
+
+
+@dataclass
+class DenseTopK:
+    """Single-step dense retrieval: the T chunks most similar (cosine) to the question."""
+
+    model: QRAG
+    """Supplies the encoder: its action transformer embeds both the chunks and the question."""
+    cache: EmbeddingCache | None = None
+    name: str = "dense"
+
+    def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
+        content = self.model.encode_chunks([c.text for c in chunks], self.cache)
+        query = self.model.action_encoder.encode([question])
+        scores = torch.nn.functional.cosine_similarity(content, query, dim=-1)
+        return _top_in_document_order(scores, steps)
+
+
+@dataclass
+class BM25TopK:
+    """Single-step lexical retrieval: the T chunks with the highest BM25 score for the question."""
+
+    stopwords: str = "en"
+    """bm25s stop-word list applied to chunks and question."""
+    name: str = "bm25"
+
+    def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
+        import bm25s
+
+        retriever = bm25s.BM25()
+        retriever.index(
+            bm25s.tokenize([c.text for c in chunks], stopwords=self.stopwords, show_progress=False), show_progress=False
+        )
+        query = bm25s.tokenize([question], stopwords=self.stopwords, show_progress=False, return_ids=False)
+        found, _ = retriever.retrieve(query, k=min(steps, len(chunks)), show_progress=False)
+        return sorted(int(i) for i in found[0])
+
+
+def base_model_of(name_or_path: str | None) -> QRAG:
+    """The untrained model on the base encoder of ``name_or_path`` (a trained model's base, or the encoder itself)."""
+    if name_or_path is None:
+        return QRAG.from_base()
+    return QRAG.from_base(QRAG.from_pretrained(name_or_path).config.base_model)
+
+
+def make_method(
+    name: str,
+    model: str | QRAG | None = None,
+    cache: EmbeddingCache | None = None,
+    beam: int | None = None,
+    stop_threshold: float | None = None,
+) -> RetrievalMethod:
+    """A retrieval method by name (:data:`METHODS`).
+
+    ``model`` is a loaded model or a name/path: for ``qrag`` the model searched (None: the default
+    model); for ``dense`` and ``multistep-untrained`` its base encoder is used untrained (None: the
+    default base). ``beam`` and ``stop_threshold`` apply to the search methods.
+    """
+    if name not in METHODS:
+        raise InvalidInputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    if name == "bm25":
+        return BM25TopK()
+    if name == "qrag":
+        loaded = model if isinstance(model, QRAG) else QRAG.from_pretrained(model)
+        return QRAGSearch(loaded, cache, beam, stop_threshold)
+    base = QRAG.from_base(model.config.base_model) if isinstance(model, QRAG) else base_model_of(model)
+    if name == "dense":
+        return DenseTopK(base, cache)
+    return QRAGSearch(base, cache, beam, stop_threshold, name="multistep-untrained")

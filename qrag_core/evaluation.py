@@ -1,0 +1,152 @@
+"""One evaluation loop for ``qrag-eval``, the benchmarks and the trainer's periodic evaluation (SPEC §5).
+
+For each example, a retrieval method selects up to T chunks of the example's document (a Q-RAG
+model's multi-step search, or a baseline of :mod:`qrag_core.baselines`); the selection is scored
+against the example's support chunks (fact EM / recall / precision / F1, :mod:`qrag_core.metrics`),
+against its needle values when it has them (RULER NIAH value recall), and, when a reader is given,
+by the accuracy of the reader's answer from the selected chunks (BabiLong's label rule for QA1–5).
+Documents are indexed through the shared :class:`EmbeddingCache`, so a haystack sentence is
+encoded once per machine, whichever benchmark or model needs it.
+
+The result is a plain dict: ``n``, ``fact_em``, ``fact_recall``, ``fact_precision``, ``fact_f1``,
+``value_recall`` and ``answer_accuracy`` where measured, ``seconds`` (wall time), ``method``,
+``steps`` and ``per_task`` (the same scores per ``task`` field, when the rows carry one).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tqdm.auto import tqdm
+
+from qrag_core.chunking import Chunk, Tokenizer
+from qrag_core.config import ChunkingConfig
+from qrag_core.data.examples import Example
+from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
+from qrag_core.errors import InvalidInputError
+from qrag_core.metrics import aggregate, answer_correct, fact_scores, value_recall
+from qrag_core.model import QRAG
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STEPS = 4
+"""T when neither the caller nor the task says otherwise (BabiLong / RULER use 4–6, SPEC §3.1)."""
+TASK_STEPS = {"hotpotqa": 2, "musique": 4}
+"""T by ``task`` field for the open-domain sets (SPEC §3.1: HotpotQA 2, MuSiQue 4)."""
+
+Reader = Callable[[str, Sequence[str]], str]
+"""Answers a question from the selected chunk texts (in document order); used for answer accuracy."""
+
+
+def shared_cache() -> EmbeddingCache:
+    """The machine-wide embedding cache every tool shares (``$QRAG_CACHE_DIR/embeddings.sqlite``)."""
+    return EmbeddingCache(default_cache_dir() / "embeddings.sqlite")
+
+
+class RetrievalMethod(Protocol):
+    """Something that picks chunks of one document for a question."""
+
+    name: str
+
+    def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
+        """Indices into ``chunks`` of at most ``steps`` selected chunks."""
+        ...
+
+
+@dataclass
+class QRAGSearch:
+    """Q-RAG multi-step search (SPEC §3.5) with a trained or untrained model."""
+
+    model: QRAG
+    cache: EmbeddingCache | None = None
+    """Where content embeddings are looked up and stored (None: encode every document afresh)."""
+    beam: int | None = None
+    """Beam width (None: the model's default)."""
+    stop_threshold: float | None = None
+    """Stop when the best Q falls below this (None: the model's default)."""
+    name: str = "qrag"
+
+    def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            index = self.model.index_documents([list(chunks)], cache=self.cache)
+            result = self.model.search(question, index, steps=steps, beam=self.beam, stop_threshold=self.stop_threshold)
+        finally:
+            self.model.train(was_training)
+        return [selected.chunk.index for selected in result.chunks]
+
+
+def steps_for(example: Example, steps: int | None) -> int:
+    """T for one example: the given value, else the task's default, else :data:`DEFAULT_STEPS`."""
+    if steps is not None:
+        return steps
+    return TASK_STEPS.get(str(example.extra.get("task", "")), DEFAULT_STEPS)
+
+
+def score_example(
+    example: Example,
+    method: RetrievalMethod,
+    steps: int | None = None,
+    chunking: ChunkingConfig | None = None,
+    tokenizer: Tokenizer | None = None,
+    reader: Reader | None = None,
+) -> dict[str, float]:
+    """Retrieve for one example and score the selection (see the module docstring)."""
+    chunks = example.to_chunks(chunking, tokenizer)
+    if not example.has_support:
+        raise InvalidInputError(f"example {example.id} has no support labels ('support' or 'supporting_facts')")
+    support = example.support_indices(chunks)
+    t = min(steps_for(example, steps), len(chunks))
+    selected = method.select(example.question, chunks, t)
+    facts = fact_scores(selected, support)
+    row = {"fact_em": facts.em, "fact_recall": facts.recall, "fact_precision": facts.precision, "fact_f1": facts.f1}
+    texts = [chunks[i].text for i in sorted(selected)]
+    values = example.extra.get("values")
+    if values:
+        row["value_recall"] = value_recall(texts, [str(v) for v in values])
+    if reader is not None and example.answer is not None:
+        output = reader(example.question, texts)
+        task = example.extra.get("task")
+        row["answer_accuracy"] = float(answer_correct(example.answer, output, example.question, task))
+    return row
+
+
+def evaluate(
+    method: RetrievalMethod,
+    examples: Iterable[Example],
+    steps: int | None = None,
+    chunking: ChunkingConfig | None = None,
+    tokenizer: Tokenizer | None = None,
+    reader: Reader | None = None,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Scores of ``method`` on ``examples``: overall means, ``seconds`` and ``per_task`` means.
+
+    ``steps`` is T for every example (None: per task, see :func:`steps_for`); ``chunking`` and
+    ``tokenizer`` split examples given as raw documents (default: sentences; the tokenizer cuts
+    over-long ones); ``reader`` enables answer accuracy.
+    """
+    start = time.perf_counter()
+    rows: list[dict[str, float]] = []
+    tasks: list[str | None] = []
+    for example in tqdm(examples, desc=f"evaluating {method.name}", unit="ex", disable=not show_progress):
+        rows.append(score_example(example, method, steps, chunking, tokenizer, reader))
+        task = example.extra.get("task")
+        tasks.append(None if task is None else str(task))
+    if not rows:
+        raise InvalidInputError("no examples to evaluate")
+    result: dict[str, Any] = aggregate(rows)
+    result["seconds"] = time.perf_counter() - start
+    result["method"] = method.name
+    result["steps"] = steps
+    if any(task is not None for task in tasks):
+        names = sorted({task for task in tasks if task is not None})
+        result["per_task"] = {
+            name: aggregate(row for row, task in zip(rows, tasks, strict=True) if task == name) for name in names
+        }
+    return result
