@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 STATE_DIR = "state_encoder"
+STATE_DELTA_FILE = "state_encoder_delta.safetensors"
 ACTION_DIR = "action_encoder"
 HEAD_FILE = "action_head.safetensors"
 FORMAT_VERSION = 1
@@ -51,6 +52,21 @@ def _load_encoder(path: str, max_tokens: int, what: str) -> TextEncoder:
         return TextEncoder.from_path(path, max_tokens)
     except Exception as err:  # transformers and safetensors raise many types for bad directories
         raise CheckpointError(f"cannot load the {what} from {path}: {err}") from err
+
+
+def _load_base_encoder(config: QRAGConfig, expected_fingerprint: str | None, cfg_path: Path, what: str) -> TextEncoder:
+    """The base model named in ``config``, checked against the fingerprint recorded at save time."""
+    try:
+        base = resolve_model_path(config.base_model)
+    except ModelNotFoundError as err:
+        raise CheckpointError(f"{cfg_path}: its base model is not available: {err}") from err
+    encoder = _load_encoder(base, config.max_chunk_tokens, what)
+    if expected_fingerprint and encoder.fingerprint() != expected_fingerprint:
+        raise CheckpointError(
+            f"{cfg_path}: the base model {config.base_model!r} found at {base} is not the one this model "
+            "was trained with (weights fingerprint differs)"
+        )
+    return encoder
 
 
 class QRAG(nn.Module):
@@ -132,26 +148,21 @@ class QRAG(nn.Module):
             raise CheckpointError(f"{cfg_path} is corrupt: {err}") from err
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise CheckpointError(f"{cfg_path}: format {meta['format_version']} is newer than this qrag; upgrade qrag")
+        compact = meta.get("state_encoder", {}).get("format") == "fp16-delta"
         for needed in (
-            [STATE_DIR]
+            [STATE_DELTA_FILE if compact else STATE_DIR]
             + ([HEAD_FILE] if config.action_head else [])
             + ([] if config.freeze_action_encoder else [ACTION_DIR])
         ):
             if not (path / needed).exists():
                 raise CheckpointError(f"{path / needed} is missing; the model directory is incomplete")
-        state = _load_encoder(str(path / STATE_DIR), config.max_chunk_tokens, "state encoder")
+        if compact:
+            state = _load_base_encoder(config, meta["state_encoder"].get("base_fingerprint"), cfg_path, "state encoder")
+            _apply_delta(state, path / STATE_DELTA_FILE)
+        else:
+            state = _load_encoder(str(path / STATE_DIR), config.max_chunk_tokens, "state encoder")
         if config.freeze_action_encoder:
-            try:
-                base = resolve_model_path(config.base_model)
-            except ModelNotFoundError as err:
-                raise CheckpointError(f"{cfg_path}: its frozen base model is not available: {err}") from err
-            action = _load_encoder(base, config.max_chunk_tokens, "frozen action encoder")
-            expected = meta.get("action_fingerprint")
-            if expected and action.fingerprint() != expected:
-                raise CheckpointError(
-                    f"{cfg_path}: the base model {config.base_model!r} found at {base} is not the one this model "
-                    "was trained with (weights fingerprint differs)"
-                )
+            action = _load_base_encoder(config, meta.get("action_fingerprint"), cfg_path, "frozen action encoder")
         else:
             action = _load_encoder(str(path / ACTION_DIR), config.max_chunk_tokens, "action encoder")
         head = None
@@ -164,13 +175,21 @@ class QRAG(nn.Module):
                 raise CheckpointError(f"{path / HEAD_FILE} cannot be loaded: {err}") from err
         return cls(config, state, action, head, training_info=meta.get("training"))
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
-        """Write the model to ``directory`` atomically (a crash never leaves a half-written model)."""
+    def save_pretrained(self, directory: str | os.PathLike[str], compact: bool = False) -> None:
+        """Write the model to ``directory`` atomically (a crash never leaves a half-written model).
+
+        ``compact`` stores the state encoder as the float16 values of only the tensors that differ from
+        the base model (the base comes from ``config.base_model`` at load time, checked by fingerprint).
+        """
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-qrag-", dir=directory.parent))
+        state_meta: dict[str, Any] = {"format": "full"}
         try:
-            self.state_encoder.save(str(tmp / STATE_DIR))
+            if compact:
+                state_meta = self._save_state_delta(tmp / STATE_DELTA_FILE)
+            else:
+                self.state_encoder.save(str(tmp / STATE_DIR))
             if not self.config.freeze_action_encoder:
                 self.action_encoder.save(str(tmp / ACTION_DIR))
             if self.action_head is not None:
@@ -186,6 +205,7 @@ class QRAG(nn.Module):
                     "action_fingerprint": self.action_encoder.fingerprint()
                     if self.config.freeze_action_encoder
                     else None,
+                    "state_encoder": state_meta,
                     "training": self.training_info,
                 }
             }
@@ -197,6 +217,18 @@ class QRAG(nn.Module):
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
+
+    def _save_state_delta(self, file: Path) -> dict[str, Any]:
+        base = _load_encoder(resolve_model_path(self.config.base_model), self.config.max_chunk_tokens, "base model")
+        base_weights = base.model.state_dict()
+        changed = {
+            name: tensor.detach().to("cpu", torch.float16).contiguous()
+            for name, tensor in self.state_encoder.model.state_dict().items()
+            if name not in base_weights or not torch.equal(tensor.cpu(), base_weights[name])
+        }
+        save_file(changed, str(file))
+        logger.info("compact state encoder: %d of %d tensors differ from the base", len(changed), len(base_weights))
+        return {"format": "fp16-delta", "base_fingerprint": base.fingerprint(), "changed_tensors": len(changed)}
 
     # ----------------------------------------------------------------------------- encoding
     @property
@@ -341,6 +373,19 @@ class QRAG(nn.Module):
         return self.search(
             question, self.index_documents([document] if isinstance(document, str) else [document]), **options
         )
+
+
+def _apply_delta(encoder: TextEncoder, file: Path) -> None:
+    try:
+        tensors = load_file(str(file))
+    except Exception as err:  # safetensors raises several types for truncated or foreign files
+        raise CheckpointError(f"{file} cannot be read: {err}") from err
+    own = encoder.model.state_dict()
+    wrong = [n for n, t in tensors.items() if n not in own or own[n].shape != t.shape]
+    if wrong:
+        raise CheckpointError(f"{file}: tensors {wrong[:5]} do not fit the base model's architecture")
+    encoder.model.load_state_dict({n: t.to(own[n].dtype) for n, t in tensors.items()}, strict=False)
+    encoder.weights_changed()
 
 
 def _is_qrag_dir(path: str) -> bool:

@@ -154,3 +154,28 @@ def test_real_minilm_round_trip(real_model, tmp_path, story):
     loaded = QRAG.from_pretrained(str(tmp_path / "real"))
     index = real_model.index_documents(story)
     assert torch.allclose(all_q_values(real_model, index), all_q_values(loaded, index), atol=1e-5)
+
+
+def test_compact_save_keeps_only_changed_tensors_in_fp16(minilm_tokenizer, tmp_path, story):
+    from safetensors.torch import load_file
+
+    model = make_tiny_model(minilm_tokenizer)
+    model.state_encoder.save(str(tmp_path / "base"))
+    model.config.base_model = str(tmp_path / "base")
+    model.action_encoder.model.load_state_dict(model.state_encoder.model.state_dict())
+    with torch.no_grad():  # "fine-tune" one layer of the state encoder
+        model.state_encoder.model.encoder.layer[0].output.dense.weight.mul_(1.1)
+    model.weights_changed()
+    index = model.index_documents(story)
+    before = all_q_values(model, index)
+    model.save_pretrained(tmp_path / "compact", compact=True)
+    assert not (tmp_path / "compact" / "state_encoder").exists()
+    delta = load_file(str(tmp_path / "compact" / "state_encoder_delta.safetensors"))
+    assert list(delta) == ["encoder.layer.0.output.dense.weight"] and delta[next(iter(delta))].dtype == torch.float16
+    loaded = QRAG.from_pretrained(str(tmp_path / "compact"))
+    assert torch.allclose(all_q_values(loaded, loaded.index_documents(story)), before, atol=2e-3)
+    with torch.no_grad():  # a different base model than the one saved against is refused
+        model.state_encoder.model.embeddings.word_embeddings.weight.add_(1.0)
+    model.state_encoder.save(str(tmp_path / "base"))
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        QRAG.from_pretrained(str(tmp_path / "compact"))
