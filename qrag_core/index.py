@@ -16,9 +16,10 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -42,6 +43,7 @@ class DocumentIndex:
         self._doc_starts: list[int] = []
         self._blocks: list[torch.Tensor] = []
         self._content: torch.Tensor | None = torch.empty((0, dim), dtype=torch.float16)
+        self._derived: dict[Hashable, Any] = {}
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -53,6 +55,16 @@ class DocumentIndex:
             self._content = torch.cat(self._blocks) if self._blocks else torch.empty((0, self.dim), dtype=torch.float16)
             self._blocks = [self._content]
         return self._content
+
+    def derived(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """Data a model derives from this index (e.g. its action vectors), computed once per key.
+
+        Forgotten whenever a document is added.
+        """
+        if key not in self._derived:
+            self._derived.clear()
+            self._derived[key] = compute()
+        return self._derived[key]
 
     @property
     def doc_starts(self) -> torch.Tensor:
@@ -74,6 +86,7 @@ class DocumentIndex:
         self.chunks.extend(chunks)
         self._blocks.append(embeddings.to(torch.float16).cpu())
         self._content = None
+        self._derived.clear()
         return doc_id
 
     def document_range(self, doc_id: str) -> tuple[int, int]:

@@ -324,18 +324,22 @@ class QRAG(nn.Module):
         return nn.functional.normalize(vectors, dim=-1) if self.config.normalize else vectors
 
     def index_action_vectors(self, index: DocumentIndex) -> torch.Tensor:
-        """Action vectors of every chunk of ``index``, cached on it until the weights change."""
-        key = (id(self), self.action_version, len(index))
-        cached = getattr(index, "_action_cache", None)
-        if cached is None or cached[0] != key:
+        """Action vectors of every chunk of ``index``, computed once until the weights or the index change."""
+        return self._index_actions(index)[0]
+
+    def index_action_norm_max(self, index: DocumentIndex) -> float:
+        """max_i |a_i| over the index's action vectors (bounds the fast scorer's error)."""
+        return self._index_actions(index)[1]
+
+    def _index_actions(self, index: DocumentIndex) -> tuple[torch.Tensor, float]:
+        def compute() -> tuple[torch.Tensor, float]:
             self.check_index(index)
             with torch.inference_mode():
-                vectors = torch.cat(
-                    [self.action_vectors(index.content[i : i + 65536]) for i in range(0, len(index), 65536)]
-                )
-            index._action_cache = (key, vectors)  # type: ignore[attr-defined]
-            cached = index._action_cache  # type: ignore[attr-defined]
-        return cached[1]
+                blocks = [self.action_vectors(index.content[i : i + 65536]) for i in range(0, len(index), 65536)]
+                vectors = torch.cat(blocks)
+            return vectors, float(vectors.norm(dim=-1).max())
+
+        return index.derived(("actions", id(self), self.action_version), compute)
 
     def state_vectors(self, questions: Sequence[str], selections: Sequence[Sequence[str]]) -> torch.Tensor:
         """E_s of states (question + selected chunk texts), with gradients."""

@@ -145,7 +145,7 @@ def search(
     if steps > n:
         warnings.warn(f"{steps} steps asked for but only {n} chunks exist; returning all of them", stacklevel=2)
         steps = n
-    norm_max = float(actions.norm(dim=-1).max())
+    norm_max = model.index_action_norm_max(index)
 
     beams = [_Beam((), 0.0, [], True)]
     finished: list[_Beam] = []
