@@ -1,0 +1,71 @@
+"""The small long document every example searches, and the command-line flags the examples share.
+
+A bAbI story (the facts a question needs, SPEC §5) is scattered, in order, among consecutive
+sentences of a public-domain novel, as BabiLong builds its samples, but small enough that the
+examples run in seconds on a CPU. The data comes from the shared offline data directory
+(``$QRAG_DATA_DIR`` or ``<repository>/../shared/data``); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import dataclass
+
+from qrag_core.data.babi import babi_samples
+from qrag_core.data.haystack import book_sentences, haystack_books, scatter_in_order
+
+
+@dataclass
+class ExampleDocument:
+    """A question over a document, with the answer and the facts a good retriever should find."""
+
+    text: str
+    """The document: story facts hidden among novel sentences, one sentence after another."""
+    question: str
+    answer: str
+    supporting_facts: list[str]
+    """The story sentences the answer depends on."""
+    source: str
+    """Where the story and the background text come from."""
+    doc_id: str
+    """A short identifier of the document."""
+
+
+def example_document(task: str = "qa2", question_index: int = 0, background_sentences: int = 150) -> ExampleDocument:
+    """Question ``question_index`` of the bAbI ``task`` test split, hidden among novel sentences."""
+    sample = babi_samples(task, "test")[question_index]
+    rng = random.Random(f"{task}:{question_index}")
+    book = haystack_books()[0]
+    novel = book_sentences(book)
+    start = rng.randrange(len(novel) - background_sentences)
+    sentences, _ = scatter_in_order(novel[start : start + background_sentences], sample.story, rng)
+    return ExampleDocument(
+        text=" ".join(sentences),
+        question=sample.question,
+        answer=sample.answer,
+        supporting_facts=[sample.story[i] for i in sample.support],
+        source=f"bAbI {task} test ({sample.source}) in {book.name}",
+        doc_id=f"{task}-{question_index}",
+    )
+
+
+def example_arguments(description: str) -> argparse.ArgumentParser:
+    """A parser with the flags every example takes (model, steps, which question, document size)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument(
+        "--model", default=None, help="saved qrag model directory or shipped name; None: the shipped default model"
+    )
+    parser.add_argument("--k", type=int, default=4, help="chunks to retrieve, one per search step")
+    parser.add_argument("--task", default="qa2", help="bAbI task (qa1..qa20) the question comes from")
+    parser.add_argument("--question-index", type=int, default=0, help="which question of the task's test split")
+    parser.add_argument(
+        "--background-sentences", type=int, default=150, help="novel sentences the story facts are hidden among"
+    )
+    return parser
+
+
+def print_case(document: ExampleDocument) -> None:
+    print(f"Document: {len(document.text)} characters, {document.source}")
+    print(f"Question: {document.question}   (expected answer: {document.answer})")
+    print(f"Facts a good retriever finds: {document.supporting_facts}\n")

@@ -1,0 +1,53 @@
+"""Every script in examples/ runs offline on the default model, as a user would run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qrag_core.answerer import API_KEY_ENV, BASE_URL_ENV, MODEL_ENVS
+from tests.test_answerer import ChatServer
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+pytestmark = pytest.mark.slow
+
+
+def run_example(name: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in (BASE_URL_ENV, API_KEY_ENV, *MODEL_ENVS)}
+    clean.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **env)
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean,
+        cwd=EXAMPLES.parent,
+    )
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def evidence_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.lstrip().startswith("step ")]
+
+
+@pytest.mark.parametrize("name", ["answer_with_openai.py", "langchain_chain.py", "llamaindex_query_engine.py"])
+def test_example_runs_offline_and_explains_how_to_set_an_endpoint(name):
+    output = run_example(name, "--k", "3").stdout
+    assert "Question: Where is the milk?" in output
+    assert len(evidence_lines(output)) == 3
+    assert "No chat endpoint configured" in output and "OPENAI_BASE_URL" in output
+
+
+def test_answerer_example_answers_through_an_endpoint():
+    with ChatServer() as server:
+        output = run_example("answer_with_openai.py", "--k", "2", **{BASE_URL_ENV: server.url}).stdout
+    assert len(server.requests) == 1
+    user = server.requests[0]["messages"][-1]["content"]
+    assert "Question: Where is the milk?" in user
+    first = next(line for line in user.splitlines() if line.startswith("[1] "))[4:]
+    assert f"Answer from tiny-chat: From the passages: {first}" in output
