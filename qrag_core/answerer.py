@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qrag_core.errors import QRAGError
@@ -119,7 +119,7 @@ class Answer:
     """The full search result (step-by-step trace)."""
     model: str
     """The chat model that answered."""
-    messages: list[dict[str, str]] = field(default_factory=list)
+    messages: list[dict[str, str]]
     """The chat messages sent."""
 
 

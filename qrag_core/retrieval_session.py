@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,7 +216,8 @@ class RetrievalSession:
             if not isinstance(doc_id, str) or not doc_id:
                 raise InvalidInputError(f"document ids must be non-empty strings, got {doc_id!r}")
         taken = set(self.index.doc_ids)
-        clashes = sorted({i for i in given if i in taken or given.count(i) > 1})
+        counts = Counter(given)
+        clashes = sorted({i for i in given if i in taken or counts[i] > 1})
         if clashes:
             raise InvalidInputError(f"document id(s) {clashes} are already in the index or repeated")
         return [i if i is not None else uuid.uuid4().hex for i in ids]
@@ -261,8 +263,9 @@ class RetrievalSession:
             return self.model.search(question, self.index, **options.search_kwargs())
 
     # ----------------------------------------------------------------------------- persistence
-    def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write the index and how to get the model back (its name, or the model itself when it has none)."""
+    def save(self, directory: str | os.PathLike[str], options: RetrievalOptions | None = None) -> None:
+        """Write the index, how to get the model back (its name, or the model itself when it has none)
+        and a retriever's ``options`` (read back by :func:`saved_options`)."""
         directory = Path(directory)
         with self._lock:
             directory.mkdir(parents=True, exist_ok=True)
@@ -278,6 +281,7 @@ class RetrievalSession:
                 "state_fingerprint": self.model.state_encoder.fingerprint(),
                 "model_config": self.model.config.to_dict(),
                 "chunking": dataclasses.asdict(self.chunking),
+                "options": dataclasses.asdict(options or RetrievalOptions()),
             }
             (directory / SESSION_FILE).write_text(json.dumps(meta, indent=2))
 
@@ -291,18 +295,13 @@ class RetrievalSession:
     ) -> RetrievalSession:
         """Reopen a saved session; ``model`` replaces the saved one (it must share its action encoder)."""
         directory = Path(directory)
-        meta_path = directory / SESSION_FILE
-        if not meta_path.is_file():
-            raise CheckpointError(f"{meta_path} is missing: {directory} is not a saved qrag retriever")
+        meta = _read_session_file(directory)
         try:
-            meta = json.loads(meta_path.read_text())
             model_entry = meta["model"]
             chunking = ChunkingConfig(**meta["chunking"])
             expected_state = meta["state_fingerprint"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{meta_path} is corrupt: {err}") from err
-        if meta.get("format_version", 0) > SESSION_FORMAT_VERSION:
-            raise CheckpointError(f"{meta_path} was written by a newer qrag; upgrade qrag")
+        except (KeyError, TypeError) as err:
+            raise CheckpointError(f"{directory / SESSION_FILE} is corrupt: {err}") from err
         index = DocumentIndex.load(directory / INDEX_DIR)
         name: str | None = None
         if model is None:
@@ -318,6 +317,30 @@ class RetrievalSession:
                         name,
                     )
         return cls(model, index=index, chunking=chunking, cache=cache, model_name=name)
+
+
+def saved_options(directory: str | os.PathLike[str]) -> RetrievalOptions:
+    """The retriever options saved with a session by :meth:`RetrievalSession.save`."""
+    meta = _read_session_file(Path(directory))
+    try:
+        return RetrievalOptions(**meta.get("options", {}))
+    except (TypeError, InvalidInputError) as err:
+        raise CheckpointError(f"{Path(directory) / SESSION_FILE}: bad saved options: {err}") from err
+
+
+def _read_session_file(directory: Path) -> dict[str, Any]:
+    meta_path = directory / SESSION_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f"{meta_path} is missing: {directory} is not a saved qrag retriever")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{meta_path} is corrupt: {err}") from err
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path} is corrupt: expected a JSON object")
+    if meta.get("format_version", 0) > SESSION_FORMAT_VERSION:
+        raise CheckpointError(f"{meta_path} was written by a newer qrag; upgrade qrag")
+    return meta
 
 
 def _default_model_name() -> str:

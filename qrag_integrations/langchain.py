@@ -24,6 +24,7 @@ try:
     from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
     from langchain_core.documents import Document
     from langchain_core.retrievers import BaseRetriever
+    from pydantic import model_validator
 except ImportError as err:  # pragma: no cover - exercised in a subprocess without LangChain
     raise ImportError(
         'qrag_integrations.langchain needs LangChain; install it with: pip install "qrag[langchain]"'
@@ -96,12 +97,17 @@ class QRAGRetriever(BaseRetriever):
         """:meth:`add_documents` in a worker thread (encoding a long document takes a while)."""
         return await asyncio.to_thread(self.add_documents, documents, chunking)
 
-    def _options(self, overrides: dict[str, Any]) -> RetrievalOptions:
-        defaults = RetrievalOptions(**{name: getattr(self, name) for name in RetrievalOptions.names()})
-        return defaults.override(**overrides)
+    @model_validator(mode="after")
+    def _check_options(self) -> QRAGRetriever:
+        self.search_options()
+        return self
+
+    def search_options(self) -> RetrievalOptions:
+        """This retriever's search options (validated)."""
+        return RetrievalOptions(**{name: getattr(self, name) for name in RetrievalOptions.names()})
 
     def _search(self, query: str, overrides: dict[str, Any]) -> list[Document]:
-        result = self.session.search(query, self._options(overrides))
+        result = self.session.search(query, self.search_options().override(**overrides))
         return [
             Document(page_content=sel.chunk.text, metadata=evidence_metadata(sel), id=chunk_id(sel.chunk))
             for sel in result.chunks

@@ -52,6 +52,7 @@ from qrag_core.retrieval_session import (
     RetrievalSession,
     chunk_id,
     evidence_metadata,
+    saved_options,
 )
 from qrag_core.search import SelectedChunk
 
@@ -124,12 +125,13 @@ class QRAGRetriever(BaseRetriever):
         callback_manager: CallbackManager | None = None,
         **options: Any,
     ) -> QRAGRetriever:
-        """Reopen a retriever written by :meth:`persist` (``model`` overrides the saved model)."""
-        return cls(RetrievalSession.load(persist_dir, model, cache), RetrievalOptions(**options), callback_manager)
+        """Reopen a retriever written by :meth:`persist`; ``model`` and ``options`` override the saved ones."""
+        session = RetrievalSession.load(persist_dir, model, cache)
+        return cls(session, saved_options(persist_dir).override(**options), callback_manager)
 
     def persist(self, persist_dir: str | os.PathLike[str]) -> None:
-        """Save the index and the model's name (or the model itself if it was built in memory)."""
-        self.session.save(persist_dir)
+        """Save the index, the options and the model's name (or the model itself if it was built in memory)."""
+        self.session.save(persist_dir, self.options)
 
     def insert_documents(self, documents: Sequence[Document]) -> list[str]:
         """Chunk and index LlamaIndex documents; returns their ids."""

@@ -115,6 +115,11 @@ def test_bad_options_name_the_problem(retriever, overrides, message):
         retriever.invoke(QUESTION, **overrides)
 
 
+def test_bad_constructor_options_are_refused_at_construction(retriever):
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        QRAGRetriever(session=retriever.session, k=0)
+
+
 def test_empty_retriever_and_bad_documents_are_explained(tiny_model):
     retriever = QRAGRetriever.from_model(tiny_model)
     with pytest.raises(InvalidInputError, match="no documents yet"):

@@ -113,12 +113,14 @@ def test_persist_and_reload_an_in_memory_model(minilm_tokenizer, documents, tmp_
     retriever = QRAGRetriever.from_defaults(documents=documents, model=model, k=4)
     retriever.persist(tmp_path / "store")
     assert (tmp_path / "store" / MODEL_DIR / "config.json").is_file()
-    reloaded = QRAGRetriever.from_persist_dir(tmp_path / "store", k=4)
+    reloaded = QRAGRetriever.from_persist_dir(tmp_path / "store")
+    assert reloaded.options == RetrievalOptions(k=4), "options are saved with the retriever"
     assert reloaded.session.doc_ids == ["story", "notes"]
     before = [(n.node.node_id, n.score) for n in retriever.retrieve(QUESTION)]
     after = [(n.node.node_id, n.score) for n in reloaded.retrieve(QUESTION)]
     assert [i for i, _ in after] == [i for i, _ in before]
     assert [s for _, s in after] == pytest.approx([s for _, s in before], abs=1e-5)
+    assert len(QRAGRetriever.from_persist_dir(tmp_path / "store", model=model, k=1).retrieve(QUESTION)) == 1
 
 
 def test_reloading_with_another_action_encoder_is_refused(retriever, minilm_tokenizer, tmp_path):
