@@ -155,7 +155,7 @@ async def test_ainvoke_runs_in_a_worker_thread_and_leaves_the_loop_free(retrieve
     ticking.cancel()
     assert len(docs) == 2
     assert threads and threads[0] != threading.get_ident()
-    assert ticks >= 10, f"the event loop ran only {ticks} ticks during a 0.3 s search"
+    assert ticks >= 3, f"the event loop ran only {ticks} ticks during a 0.3 s search (blocked?)"
 
 
 async def test_concurrent_async_calls_and_additions_are_safe(retriever):
