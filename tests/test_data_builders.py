@@ -209,3 +209,26 @@ def test_babilong_rejects_bad_arguments() -> None:
         build_babilong("qa6", "test", "0k")
     with pytest.raises(InvalidInputError, match="n must be positive"):
         build_babilong("qa1", "test", "0k", n=0)
+
+
+# ----------------------------------------------------------------------------- qrag-data CLI
+@needs_data
+def test_qrag_data_babilong_writes_the_same_file_for_the_same_seed(tmp_path: Path) -> None:
+    from qrag_core.cli.data import main as data_main
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for out in (a, b):
+        args = ["babilong", "--task", "qa1", "qa2", "--length", "1k", "--split", "test", "--n", "2", "--out", str(out)]
+        assert data_main(args) == 0
+    assert a.read_bytes() == b.read_bytes()
+    rows = read_jsonl(a, need_support=True)
+    assert [r.extra["task"] for r in rows] == ["qa1", "qa1", "qa2", "qa2"]
+
+
+def test_qrag_data_reports_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qrag_core.cli.data import main as data_main
+
+    assert data_main(["babilong", "--task", "qa99", "--length", "1k", "--out", str(tmp_path / "x.jsonl")]) == 1
+    assert "qa99" in capsys.readouterr().err
+    assert data_main(["babilong", "--task", "qa1", "--length", "lots", "--out", str(tmp_path / "x.jsonl")]) == 1
+    assert "bad length" in capsys.readouterr().err

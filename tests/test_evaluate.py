@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
 from qrag_core.baselines import BM25TopK, DenseTopK, make_method
 from qrag_core.chunking import Chunk
+from qrag_core.cli.evaluate import main as eval_main
 from qrag_core.data.examples import Example
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import InvalidInputError
 from qrag_core.evaluation import QRAGSearch, evaluate, steps_for
+from tests.conftest import make_tiny_encoder
 
 CHUNKS = [
     "Mary moved to the bathroom.",
@@ -129,3 +133,92 @@ def test_make_method_rejects_unknown_names() -> None:
     with pytest.raises(InvalidInputError, match="unknown method"):
         make_method("tfidf")
     assert make_method("bm25").name == "bm25"
+
+
+# ----------------------------------------------------------------------------- qrag-eval CLI
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+ROWS = [
+    {"id": "a", "question": "Where is the zebra?", "chunks": CHUNKS, "support": [1], "task": "qa1"},
+    {"id": "b", "question": "Where is Mary?", "chunks": CHUNKS, "support": [0, 4], "task": "qa2"},
+    {"id": "c", "question": "Where is John?", "document": " ".join(CHUNKS), "supporting_facts": [CHUNKS[2]]},
+]
+
+
+@pytest.fixture()
+def tiny_base_dir(tmp_path: Path, minilm_tokenizer) -> Path:
+    """A tiny random encoder saved as a plain transformers directory (a base model for every method)."""
+    directory = tmp_path / "tiny-base"
+    make_tiny_encoder(minilm_tokenizer, seed=3).save(str(directory))
+    return directory
+
+
+def test_eval_malformed_line_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps(ROWS[0]) + "\n" + '{"question": "q?", "chunks": ["a."], "support": [3]}\n')
+    assert eval_main(["--data", str(data), "--method", "bm25", "--json"]) != 0
+    captured = capsys.readouterr()
+    assert f"{data}:2:" in captured.err and "support" in captured.err
+    assert captured.out == ""
+    data.write_text("{not json\n")
+    assert eval_main(["--data", str(data), "--method", "bm25"]) != 0
+    assert f"{data}:1: invalid JSON" in capsys.readouterr().err
+
+
+def test_eval_rows_without_support_are_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _write_rows(tmp_path / "nosupport.jsonl", [{"question": "q?", "chunks": ["a.", "b."]}])
+    assert eval_main(["--data", str(data), "--method", "bm25"]) == 1
+    assert f"{data}:1: training needs support labels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["qrag", "dense", "bm25", "multistep-untrained"])
+def test_eval_json_schema_for_each_method(
+    tmp_path: Path, tiny_base_dir: Path, method: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write_rows(tmp_path / "small.jsonl", ROWS)
+    args = ["--data", str(data), "--method", method, "--json", "--steps", "2", "--model", str(tiny_base_dir)]
+    assert eval_main([*args, "--cache", str(tmp_path / "cache.sqlite"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out)  # exactly one JSON object: anything else on stdout fails to parse
+    assert out.strip().count("\n") == 0
+    assert {"n", "fact_em", "fact_recall", "fact_f1", "seconds", "per_task"} <= result.keys()
+    assert result["n"] == 3 and result["method"] == method
+    assert set(result["per_task"]) == {"qa1", "qa2"} and result["per_task"]["qa1"]["n"] == 1
+    assert all(0.0 <= result[k] <= 1.0 for k in ("fact_em", "fact_recall", "fact_f1"))
+
+
+def test_eval_table_and_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _write_rows(tmp_path / "small.jsonl", ROWS)
+    assert eval_main(["--data", str(data), "--method", "bm25", "--limit", "2", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("method: bm25") and "fact_f1" in lines[1]
+    assert lines[-1].split()[:2] == ["all", "2"]
+    assert eval_main(["--data", str(data), "--method", "bm25", "--steps", "0"]) == 1
+    assert eval_main(["--data", str(tmp_path / "missing.jsonl"), "--method", "bm25"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_default_model_end_to_end_on_babilong(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real MiniLM, no --model (the default model), on BabiLong samples written by qrag-data."""
+    from qrag_core.cli.data import main as data_main
+    from qrag_core.data.paths import DataNotFoundError, data_dir
+
+    try:
+        data_dir()
+    except DataNotFoundError:
+        pytest.skip("the shared benchmark data directory is not available")
+    data = tmp_path / "qa1_1k.jsonl"
+    assert data_main(["babilong", "--task", "qa1", "--length", "1k", "--n", "3", "--out", str(data)]) == 0
+    args = ["--data", str(data), "--json", "--quiet", "--cache", str(tmp_path / "cache.sqlite")]
+    assert eval_main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 3 and result["method"] == "qrag" and set(result["per_task"]) == {"qa1"}
+    assert eval_main([*args, "--method", "dense"]) == 0
+    dense = json.loads(capsys.readouterr().out)
+    # One support fact among ~60 sentences: the base encoder finds it within its top 4 at least once.
+    assert dense["fact_recall"] > 0.0

@@ -8,6 +8,9 @@ from __future__ import annotations
 import logging
 import sys
 
+CHATTY_LOGGERS = ("bm25s",)
+"""Third-party loggers that log every call at DEBUG level; kept at WARNING unless ``verbose``."""
+
 
 def setup_logging(verbose: bool = False) -> None:
     """Log to stderr: INFO by default, DEBUG with ``verbose``."""
@@ -16,3 +19,5 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)

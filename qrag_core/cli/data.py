@@ -13,10 +13,26 @@ from collections.abc import Sequence
 from tqdm.auto import tqdm
 
 from qrag_core.cli import setup_logging
+from qrag_core.data.examples import write_jsonl
 from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
 from qrag_core.errors import QRAGError
 
 logger = logging.getLogger(__name__)
+
+
+def babilong(args: argparse.Namespace) -> None:
+    """Write BabiLong samples of one or more tasks at one length."""
+    from qrag_core.data.babilong import iter_babilong
+    from qrag_core.data.haystack import Haystack
+
+    haystack = Haystack.load()
+    rows = (
+        example
+        for task in args.task
+        for example in iter_babilong(task, args.split, args.length, args.n, args.seed, haystack)
+    )
+    count = write_jsonl(rows, args.out)
+    logger.info("wrote %d BabiLong examples to %s", count, args.out)
 
 
 def warm_cache(args: argparse.Namespace) -> None:
@@ -37,6 +53,12 @@ def warm_cache(args: argparse.Namespace) -> None:
     cache.close()
 
 
+def add_common(command: argparse.ArgumentParser) -> None:
+    """The --seed and --out options every builder takes."""
+    command.add_argument("--seed", type=int, default=0, help="random seed; same seed, same file (default: 0)")
+    command.add_argument("--out", required=True, help="JSONL file to write (parent folders are created)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qrag-data",
@@ -45,6 +67,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--verbose", action="store_true", help="debug logging on stderr (default: info)")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    babi = commands.add_parser(
+        "babilong",
+        help="BabiLong QA1-5: bAbI facts hidden in haystack novel sentences",
+        description="BabiLong samples: the bAbI story of each question scattered, in order, among consecutive "
+        "sentences of a random novel, up to the target length in base-tokenizer tokens.",
+    )
+    babi.add_argument(
+        "--task", nargs="+", required=True, help="one or more bAbI tasks, e.g. qa1 qa2 (BabiLong uses qa1..qa5)"
+    )
+    babi.add_argument(
+        "--length",
+        required=True,
+        help="target tokens: 0k (story only), 1k, 4k, 16k, 32k, 128k, 1M, 10M (k = 1024, M = 1024k) or a number",
+    )
+    babi.add_argument(
+        "--split", choices=("train", "test"), default="test", help="bAbI split to draw from (default: %(default)s)"
+    )
+    babi.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="samples per task (default: all; the test split has the 100 of babilong/test_100_idxs.json)",
+    )
+    add_common(babi)
+    babi.set_defaults(run=babilong)
 
     warm = commands.add_parser(
         "warm-cache",
