@@ -1,0 +1,197 @@
+"""``qrag-finetune``: fine-tune a Q-RAG model on labelled JSONL data (SPEC §3.4 algorithm, §4 data format).
+
+    qrag-finetune --data train.jsonl --eval-data test.jsonl --out runs/my-model
+    qrag-finetune --data train.jsonl --out runs/my-model --resume      # after an interruption
+
+Every training hyperparameter has a flag generated from :class:`qrag_core.training.TrainingConfig`
+(its help is the field's docstring), and so do the model settings of :class:`qrag_core.config.QRAGConfig`
+used when starting from a base encoder. The run writes ``OUT/metrics.csv`` (and TensorBoard events when
+tensorboard is installed), ``OUT/checkpoint`` (atomic, resumable) and the final model ``OUT/model``,
+loadable with ``QRAG.from_pretrained("OUT/model")``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qrag_core.cli import setup_logging
+from qrag_core.config import POSITION_MODES, QRAGConfig
+from qrag_core.data.examples import read_jsonl
+from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
+from qrag_core.errors import QRAGError
+from qrag_core.model import QRAG
+from qrag_core.training import TrainingConfig, train
+from qrag_core.training.config import REWARDS, field_docs
+from qrag_core.training.trainer import CHECKPOINT_DIR, MODEL_DIR
+
+logger = logging.getLogger(__name__)
+
+CHOICES = {"reward": REWARDS, "position_mode": POSITION_MODES}
+"""String settings that only take a few values."""
+MODEL_FIELDS_SKIPPED = ("base_model", "chunking")
+"""QRAGConfig fields without a model flag (--base-model has its own; chunking keeps its defaults)."""
+
+
+def _value_parser(annotation: Any) -> Callable[[str], Any]:
+    """argparse ``type`` for a field annotation: int, float, str, or one of them or None ("none")."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        parse = _value_parser(inner)
+
+        def optional(text: str) -> Any:
+            return None if text.lower() == "none" else parse(text)
+
+        optional.__name__ = f"{inner.__name__} or none"
+        return optional
+    return annotation
+
+
+def add_dataclass_flags(group: argparse._ArgumentGroup, cls: type, suppress_defaults: bool, skip: Sequence[str] = ()):
+    """One ``--flag`` per dataclass field, its help the field's docstring plus the default."""
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        help_text = f"{docs.get(f.name, '')} (default: {default})"
+        kwargs: dict[str, Any] = {"dest": f.name, "help": help_text.replace("%", "%%")}
+        kwargs["default"] = argparse.SUPPRESS if suppress_defaults else default
+        if hints[f.name] is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _value_parser(hints[f.name])
+            kwargs["metavar"] = f.name.upper()
+            if f.name in CHOICES:
+                kwargs["choices"] = CHOICES[f.name]
+        group.add_argument(flag, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qrag-finetune",
+        description="Fine-tune the Q-RAG embedders on JSONL examples with support labels (SPEC §4): a supervised "
+        "warm start, then soft Q-learning (SPEC §3.4). Writes OUT/metrics.csv, OUT/checkpoint and the final "
+        "model OUT/model (load it with QRAG.from_pretrained).",
+    )
+    run = parser.add_argument_group("data and output")
+    run.add_argument("--data", required=True, help="training JSONL; every row needs support labels")
+    run.add_argument(
+        "--eval-data",
+        action="append",
+        default=[],
+        metavar="EVAL.jsonl",
+        help="evaluation JSONL (repeatable); its scores are named after the file name",
+    )
+    run.add_argument("--out", required=True, help="output directory: metrics, checkpoint and the final model")
+    run.add_argument("--resume", action="store_true", help="continue the interrupted run whose checkpoint is in OUT")
+    start = run.add_mutually_exclusive_group()
+    start.add_argument(
+        "--base-model",
+        default=None,
+        help="start untrained from this encoder name or directory (default: all-MiniLM-L6-v2)",
+    )
+    start.add_argument("--init-from", default=None, help="start from this saved qrag model (continue its training)")
+    run.add_argument(
+        "--cache",
+        default=str(default_cache_dir() / "embeddings.sqlite"),
+        help="shared embedding cache file of content embeddings; 'none' keeps them in memory (default: %(default)s)",
+    )
+    run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--verbose", action="store_true", help="debug logging")
+    model = parser.add_argument_group(
+        "model settings", "Used when starting from --base-model; a model given with --init-from keeps its own."
+    )
+    add_dataclass_flags(model, QRAGConfig, suppress_defaults=True, skip=MODEL_FIELDS_SKIPPED)
+    training = parser.add_argument_group("training hyperparameters")
+    add_dataclass_flags(training, TrainingConfig, suppress_defaults=False)
+    return parser
+
+
+def _eval_sets(paths: Sequence[str]) -> dict[str, list]:
+    sets: dict[str, list] = {}
+    for path in paths:
+        name = Path(path).stem
+        while name in sets:
+            name += "_"
+        sets[name] = read_jsonl(path, need_support=True)
+    return sets
+
+
+def _model(args: argparse.Namespace, model_settings: dict[str, Any]) -> QRAG:
+    if args.init_from is not None:
+        if model_settings:
+            raise QRAGError(
+                f"model settings {sorted(model_settings)} only apply with --base-model; "
+                f"{args.init_from} keeps the settings it was trained with"
+            )
+        return QRAG.from_pretrained(args.init_from)
+    return QRAG.from_base(args.base_model, QRAGConfig(**model_settings))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    model_names = {f.name for f in dataclasses.fields(QRAGConfig)} - set(MODEL_FIELDS_SKIPPED)
+    model_settings = {k: v for k, v in vars(args).items() if k in model_names}
+    training_names = {f.name for f in dataclasses.fields(TrainingConfig)}
+    config = TrainingConfig(**{k: v for k, v in vars(args).items() if k in training_names}).validate()
+    out = Path(args.out)
+    if (out / CHECKPOINT_DIR).exists() and not args.resume:
+        raise QRAGError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    examples = read_jsonl(args.data, need_support=True)
+    eval_sets = _eval_sets(args.eval_data)
+    model = _model(args, model_settings)
+    cache = EmbeddingCache(None if args.cache.lower() == "none" else args.cache)
+    data_info = {"data": str(args.data), "eval_data": list(args.eval_data)}
+    data_info |= {"init_from": args.init_from} if args.init_from else {"base_model": model.config.base_model}
+    try:
+        result = train(
+            model,
+            examples,
+            config,
+            eval_sets,
+            out_dir=out,
+            resume=args.resume,
+            cache=cache,
+            show_progress=not args.no_progress,
+            data_info=data_info,
+        )
+    finally:
+        cache.close()
+    return {
+        "model": str(out / MODEL_DIR),
+        "metrics": str(out / "metrics.csv"),
+        "steps": result.steps,
+        "examples_seen": result.examples,
+        "train_seconds": round(result.train_seconds, 1),
+        "evaluation": result.evaluation,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        summary = run(args)
+    except (QRAGError, FileNotFoundError) as err:
+        print(f"qrag-finetune: error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

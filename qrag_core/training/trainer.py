@@ -1,0 +1,648 @@
+"""Fine-tuning the Q-RAG embedders: a supervised warm start, then soft Q-learning (SPEC §3.4, arXiv 2511.07328 §3).
+
+Read top to bottom, this module is the whole algorithm:
+
+1. pure math: the learning-rate schedule, the reward, the soft value
+   V′(s) = α·log Σ_{available c} exp(Q_θ′(s, c)/α), the λ-returns
+   G_t = r_t + γ·[(1 − λ)·V′(s_{t+1}) + λ·G_{t+1}] (G_t = r_t at an episode's last step), the Polyak update
+   θ′ ← τθ + (1 − τ)θ′;
+2. training documents: chunks, support chunk indices and (action transformer frozen) their content
+   embeddings e_i, computed once through the shared embedding cache;
+3. the supervised warm start: from a random gold prefix of the support set, cross-entropy pushing
+   softmax(Q/temperature) over the available chunks towards the support chunks still missing;
+4. the soft-Q phase, on-policy without a replay buffer: episodes rolled out in parallel with the online
+   networks (Boltzmann policy over the top-k available chunks, α_t = α_0·lr_t/lr_peak), soft values from
+   target networks, λ-returns computed backwards, MSE between Q_θ(s_t, a_t) and G_t with gradients through
+   the state embedding and the chosen action's embedding, Polyak target updates after each optimiser step;
+5. the loop: AdamW with warm-up then linear decay per phase, gradient accumulation and clipping, periodic
+   greedy evaluation (fact EM / recall, :mod:`qrag_core.evaluation`), the metrics log, atomic checkpoints
+   and exact resume.
+
+Both phases run the networks in eval mode (no dropout), so a rollout, its targets and its loss all see
+the same deterministic Q-function.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from qrag_core.data.examples import Example
+from qrag_core.embedding_cache import EmbeddingCache
+from qrag_core.errors import CheckpointError, InvalidInputError
+from qrag_core.evaluation import QRAGSearch, evaluate
+from qrag_core.model import QRAG
+from qrag_core.training.config import TrainingConfig
+from qrag_core.training.metrics_log import MetricsLog
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+MODEL_DIR = "model"
+TRAINER_STATE_FILE = "trainer_state.pt"
+RESUME_MAY_CHANGE = frozenset({"eval_every", "eval_steps", "eval_limit", "checkpoint_every", "max_train_seconds"})
+"""Settings a resumed run may change: they decide what is measured and when to stop, not what is learnt."""
+TRAIN_FIELDS = (
+    "step",
+    "phase",
+    "examples",
+    "lr",
+    "alpha",
+    "loss",
+    "grad_norm",
+    "rollout_fact_em",
+    "rollout_return",
+    "rollout_length",
+)
+
+
+# ================================================================================================ 1. pure math
+def phase_learning_rate(step: int, phase_steps: int, peak: float, warmup_steps: int) -> float:
+    """Linear warm-up over ``warmup_steps`` then linear decay; ``step`` is 0-based inside the phase (never 0)."""
+    ramp = (step + 1) / max(warmup_steps, 1)
+    decay = (phase_steps - step) / max(phase_steps - warmup_steps, 1)
+    return peak * min(1.0, ramp, decay)
+
+
+def step_reward(kind: str, num_support: int, found_before: int, found_after: int, num_selected: int) -> float:
+    """Reward of one step (SPEC §3.1) given how many support chunks the state held before and after it.
+
+    ``sparse``: 1 at the step at which all support is first in the state; ``step_penalty``: then
+    0.5 + 0.5·|F*|/|selected| instead; ``per_fact``: 1/|F*| for every newly found support chunk.
+    """
+    if kind == "per_fact":
+        return (found_after - found_before) / num_support
+    if found_after < num_support or found_before == num_support:
+        return 0.0
+    if kind == "sparse":
+        return 1.0
+    if kind == "step_penalty":
+        return 0.5 + 0.5 * num_support / num_selected
+    raise InvalidInputError(f"unknown reward {kind!r}")
+
+
+def soft_value(q: torch.Tensor, alpha: float) -> torch.Tensor:
+    """V(s) = α·log Σ_c exp(Q(s, c)/α) over the last dimension; unavailable chunks hold -inf."""
+    return alpha * torch.logsumexp(q / alpha, dim=-1)
+
+
+def lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """λ-returns of one episode, computed backwards.
+
+    ``rewards[t]`` is r_t for t = 0..L-1 and ``next_values[t]`` is V′(s_{t+1}) for t = 0..L-2 (the last
+    step ends the episode, so G_{L-1} = r_{L-1} and it needs no next value).
+    """
+    length = rewards.shape[0]
+    if next_values.shape[0] != length - 1:
+        raise InvalidInputError(f"{length} rewards need {length - 1} next-state values, got {next_values.shape[0]}")
+    returns = torch.empty_like(rewards)
+    returns[-1] = rewards[-1]
+    for t in range(length - 2, -1, -1):
+        returns[t] = rewards[t] + gamma * ((1.0 - lam) * next_values[t] + lam * returns[t + 1])
+    return returns
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """θ′ ← τθ + (1 − τ)θ′ for every trainable parameter of ``online`` (frozen ones are shared or equal)."""
+    for (name, p_target), (other, p_online) in zip(
+        target.named_parameters(remove_duplicate=False), online.named_parameters(remove_duplicate=False), strict=True
+    ):
+        if name != other or p_target.shape != p_online.shape:
+            raise CheckpointError(f"target and online networks differ in structure ({name} vs {other})")
+        if p_online.requires_grad:
+            p_target.lerp_(p_online, tau)
+
+
+# ================================================================================================ 2. documents
+@dataclass
+class TrainingDocument:
+    """One training example as the trainer uses it: chunk texts, support indices and frozen content embeddings."""
+
+    example_id: str
+    question: str
+    texts: list[str]
+    support: frozenset[int]
+    content: torch.Tensor | None = None
+    """(N, d) float16 content embeddings e_i when the action transformer is frozen; else computed per use."""
+
+    def state_texts(self, selected: Sequence[int]) -> list[str]:
+        """The selected chunks in document order, as the state encoder reads them (SPEC §3.2)."""
+        return [self.texts[i] for i in sorted(selected)]
+
+
+def prepare_documents(model: QRAG, examples: Iterable[Example], what: str = "training") -> list[TrainingDocument]:
+    """Chunk every example and resolve its support chunks; an example without support labels is an error."""
+    documents = []
+    for example in examples:
+        if not isinstance(example, Example):
+            raise InvalidInputError(f"{what} data must hold qrag Example objects, got {type(example).__name__}")
+        if not example.has_support:
+            raise InvalidInputError(
+                f"{what} example {example.id!r} has no support labels ('supporting_facts' or 'support')"
+            )
+        chunks = example.to_chunks(model.config.chunking, model.action_encoder.tokenizer)
+        support = example.support_indices(chunks)
+        documents.append(TrainingDocument(example.id, example.question, [c.text for c in chunks], frozenset(support)))
+    if not documents:
+        raise InvalidInputError(f"the {what} data holds no examples")
+    return documents
+
+
+def example_schedule(num_examples: int, num_steps: int, batch_size: int, seed: int) -> np.ndarray:
+    """Example indices of every optimiser step, (num_steps, batch_size): shuffled epochs, fixed by the seed."""
+    rng = np.random.default_rng([seed, 7])
+    needed = num_steps * batch_size
+    epochs = [rng.permutation(num_examples) for _ in range(-(-needed // num_examples))]
+    order = np.concatenate(epochs) if epochs else np.empty(0, dtype=np.int64)
+    return order[:needed].reshape(num_steps, batch_size)
+
+
+# ================================================================================================ episodes
+@dataclass
+class Episode:
+    """One rollout: the chunks chosen in order and the reward of each step."""
+
+    doc: TrainingDocument
+    actions: list[int] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+
+    @property
+    def found_all(self) -> bool:
+        return self.doc.support.issubset(self.actions)
+
+
+@dataclass
+class TrainingResult:
+    """What a finished (or time-limited) run produced."""
+
+    steps: int
+    examples: int
+    train_seconds: float
+    rows: list[dict[str, str]]
+    evaluation: dict[str, dict[str, float]]
+
+
+class Trainer:
+    """Runs the warm start and the soft-Q phase on ``model`` in place; see the module docstring."""
+
+    def __init__(
+        self,
+        model: QRAG,
+        examples: Iterable[Example],
+        config: TrainingConfig,
+        eval_sets: Mapping[str, Iterable[Example]] | None = None,
+        out_dir: str | os.PathLike[str] | None = None,
+        cache: EmbeddingCache | None = None,
+        show_progress: bool = True,
+        data_info: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.data_info = dict(data_info or {})
+        self.config = config.validate()
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.show_progress = show_progress
+        self.frozen = model.config.freeze_action_encoder
+        self.episode_steps = config.episode_steps or model.config.max_steps
+        self.eval_steps = config.eval_steps or model.config.max_steps
+        _seed_everything(config.seed)
+        self.documents = prepare_documents(model, examples)
+        too_long = sum(len(d.support) > self.episode_steps for d in self.documents)
+        if too_long:
+            logger.warning(
+                "%d of %d training examples have more support chunks than the %d steps of an episode",
+                too_long,
+                len(self.documents),
+                self.episode_steps,
+            )
+        self.eval_sets = {name: list(exs)[: config.eval_limit] for name, exs in (eval_sets or {}).items()}
+        for name, eval_examples in self.eval_sets.items():
+            prepare_documents(model, eval_examples, what=f"evaluation ({name})")  # fail early on bad labels
+        self.schedule = example_schedule(len(self.documents), config.total_steps, config.batch_size, config.seed)
+        self.rng = np.random.default_rng([config.seed, 11])
+        self.step = 0
+        self.train_seconds = 0.0
+        self.wall_seconds = 0.0
+        self.last_evaluation: dict[str, dict[str, float]] = {}
+        self.target: QRAG | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        fields = list(TRAIN_FIELDS)
+        for name in self.eval_sets:
+            fields += [f"eval_{name}_fact_em", f"eval_{name}_fact_recall"]
+        self.fields = [*fields, "train_seconds", "wall_seconds"]
+
+    # -------------------------------------------------------------------------------------------- content
+    def encode_training_documents(self) -> None:
+        """Content embeddings of the scheduled training documents, once, through the cache (frozen encoder)."""
+        if not self.frozen:
+            return
+        used = sorted(set(self.schedule.ravel().tolist()))
+        todo = [self.documents[i] for i in used if self.documents[i].content is None]
+        if not todo:
+            return
+        texts = [t for doc in todo for t in doc.texts]
+        logger.info("content embeddings of %d training documents (%d chunks)", len(todo), len(texts))
+        content = self.model.encode_chunks(texts, self.cache, show_progress=self.show_progress).to(torch.float16)
+        first = 0
+        for doc in todo:
+            doc.content = content[first : first + len(doc.texts)]
+            first += len(doc.texts)
+
+    def content(self, doc: TrainingDocument, network: QRAG) -> torch.Tensor:
+        """e_i of every chunk of ``doc`` under ``network``'s action transformer, without gradient."""
+        if doc.content is not None:
+            return doc.content
+        return network.action_encoder.encode(doc.texts)
+
+    def content_with_grad(self, docs: Sequence[TrainingDocument], indices: Sequence[int]) -> torch.Tensor:
+        """e of chunk ``indices[j]`` of ``docs[j]``, with gradient when the action transformer is trained."""
+        if self.frozen:
+            return torch.stack([doc.content[i] for doc, i in zip(docs, indices, strict=True)]).float()
+        return self.model.action_encoder.embed([doc.texts[i] for doc, i in zip(docs, indices, strict=True)])
+
+    def q_row(self, network: QRAG, state: torch.Tensor, actions: torch.Tensor, selected: Sequence[int]) -> torch.Tensor:
+        """Q(s, c) for every chunk c of one document, -inf at the selected ones."""
+        q = network.q_values(state.unsqueeze(0), actions, network.positions(actions.shape[0], selected))[0]
+        if selected:
+            q = q.index_fill(0, torch.as_tensor(list(selected), device=q.device), float("-inf"))
+        return q
+
+    # -------------------------------------------------------------------------------------------- 3. warm start
+    def warm_start_loss(self, docs: Sequence[TrainingDocument], batch_size: int) -> torch.Tensor:
+        """−log Σ_{missing support c} softmax(Q(s, ·)/temperature)_c from random gold prefixes, summed / batch."""
+        model, temperature = self.model, self.config.warm_start_temperature
+        prefixes = []
+        for doc in docs:
+            support = sorted(doc.support)
+            size = int(self.rng.integers(0, len(support)))
+            prefixes.append(sorted(self.rng.choice(support, size=size, replace=False).tolist()))
+        states = model.state_vectors(
+            [d.question for d in docs], [d.state_texts(p) for d, p in zip(docs, prefixes, strict=True)]
+        )
+        loss = states.new_zeros(())
+        for row, (doc, prefix) in enumerate(zip(docs, prefixes, strict=True)):
+            content = doc.content.float() if self.frozen else model.action_encoder.embed(doc.texts)
+            logits = self.q_row(model, states[row], model.action_vectors(content), prefix) / temperature
+            missing = torch.as_tensor(sorted(doc.support - set(prefix)), device=logits.device)
+            loss = loss + torch.logsumexp(logits, 0) - torch.logsumexp(logits[missing], 0)
+        return loss / batch_size
+
+    # -------------------------------------------------------------------------------------------- 4. soft Q
+    @torch.no_grad()
+    def rollout(self, docs: Sequence[TrainingDocument], alpha: float) -> list[Episode]:
+        """Run one episode per document in parallel with the online networks and the Boltzmann policy."""
+        model, top_k = self.model, self.config.top_k
+        episodes = [Episode(doc) for doc in docs]
+        actions = [model.action_vectors(self.content(doc, model)) for doc in docs]
+        active = list(range(len(docs)))
+        for _ in range(self.episode_steps):
+            states = model.state_vectors(
+                [docs[b].question for b in active], [docs[b].state_texts(episodes[b].actions) for b in active]
+            )
+            for row, b in enumerate(active):
+                episode = episodes[b]
+                q = self.q_row(model, states[row], actions[b], episode.actions).double().cpu()
+                k = min(top_k or q.shape[0], q.shape[0] - len(episode.actions))
+                top_q, top_i = q.topk(k)
+                probs = torch.softmax((top_q - top_q[0]) / alpha, 0).numpy()
+                choice = int(top_i[self.rng.choice(k, p=probs / probs.sum())])
+                before = len(episode.doc.support.intersection(episode.actions))
+                episode.actions.append(choice)
+                after = before + (choice in episode.doc.support)
+                episode.rewards.append(
+                    step_reward(self.config.reward, len(episode.doc.support), before, after, len(episode.actions))
+                )
+            active = [b for b in active if not episodes[b].found_all and len(episodes[b].actions) < len(docs[b].texts)]
+            if not active:
+                break
+        return episodes
+
+    @torch.no_grad()
+    def episode_returns(self, episodes: Sequence[Episode], alpha: float) -> list[torch.Tensor]:
+        """λ-returns of every episode, bootstrapped from the target networks' soft values V′(s_{t+1})."""
+        target = self.target
+        assert target is not None
+        items = [(e, t) for e in episodes for t in range(1, len(e.actions))]
+        next_values: dict[int, list[torch.Tensor]] = {id(e): [] for e in episodes}
+        if items:
+            states = target.state_vectors(
+                [e.doc.question for e, _ in items], [e.doc.state_texts(e.actions[:t]) for e, t in items]
+            )
+            actions = {id(e): target.action_vectors(self.content(e.doc, target)) for e in episodes}
+            for row, (e, t) in enumerate(items):
+                q = self.q_row(target, states[row], actions[id(e)], e.actions[:t])
+                next_values[id(e)].append(soft_value(q, alpha))
+        returns = []
+        for e in episodes:
+            values = torch.stack(next_values[id(e)]).cpu() if next_values[id(e)] else torch.empty(0)
+            rewards = torch.tensor(e.rewards, dtype=torch.float32)
+            returns.append(lambda_returns(rewards, values.float(), self.config.gamma, self.config.lam))
+        return returns
+
+    def q_learning_loss(
+        self, episodes: Sequence[Episode], returns: Sequence[torch.Tensor], num_transitions: int
+    ) -> torch.Tensor:
+        """Σ (Q_θ(s_t, a_t) − G_t)² / num_transitions, with gradients through E_s(s_t) and the chosen action."""
+        model = self.model
+        items = [(e, t) for e in episodes for t in range(len(e.actions))]
+        states = model.state_vectors(
+            [e.doc.question for e, _ in items], [e.doc.state_texts(e.actions[:t]) for e, t in items]
+        )
+        chosen = model.action_vectors(
+            self.content_with_grad([e.doc for e, _ in items], [e.actions[t] for e, t in items])
+        )
+        positions = torch.stack([model.positions(len(e.doc.texts), e.actions[:t])[e.actions[t]] for e, t in items])
+        q = model.q_values(states, chosen, positions).diagonal()
+        targets = torch.cat(list(returns)).to(q.device)
+        return ((q - targets) ** 2).sum() / num_transitions
+
+    # -------------------------------------------------------------------------------------------- 5. the loop
+    def phase(self, step: int) -> str:
+        return "warm_start" if step < self.config.warm_start_steps else "soft_q"
+
+    def learning_rate(self, step: int) -> float:
+        c = self.config
+        if self.phase(step) == "warm_start":
+            return phase_learning_rate(step, c.warm_start_steps, c.warm_start_lr, c.warmup_steps)
+        return phase_learning_rate(step - c.warm_start_steps, c.rl_steps, c.lr, c.warmup_steps)
+
+    def start_phase(self, phase: str) -> None:
+        """A fresh AdamW per phase (the two losses differ in scale); target networks for the soft-Q phase."""
+        c = self.config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=c.lr, betas=(c.adam_beta1, c.adam_beta2), eps=c.adam_eps, weight_decay=c.weight_decay
+        )
+        if phase == "soft_q":
+            # The frozen action transformer is shared, not copied: it never changes.
+            shared = {} if not self.frozen else {id(self.model.action_encoder): self.model.action_encoder}
+            self.target = copy.deepcopy(self.model, memo=shared).requires_grad_(False)
+            if not self.frozen:
+                self.target.action_encoder.requires_grad_(False)
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimiser step on the scheduled batch; returns its metrics."""
+        c, model, step = self.config, self.model, self.step
+        lr = self.learning_rate(step)
+        alpha = c.alpha * lr / c.lr
+        assert self.optimizer is not None
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        docs = [self.documents[i] for i in self.schedule[step]]
+        micro = c.micro_batch_size or c.batch_size
+        metrics: dict[str, Any] = {"lr": lr}
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_total = 0.0
+        if self.phase(step) == "warm_start":
+            for first in range(0, len(docs), micro):
+                loss = self.warm_start_loss(docs[first : first + micro], len(docs))
+                loss.backward()
+                loss_total += loss.item()
+        else:
+            episodes = self.rollout(docs, alpha)
+            returns = self.episode_returns(episodes, alpha)
+            transitions = sum(len(e.actions) for e in episodes)
+            for first in range(0, len(docs), micro):
+                loss = self.q_learning_loss(
+                    episodes[first : first + micro], returns[first : first + micro], transitions
+                )
+                loss.backward()
+                loss_total += loss.item()
+            metrics |= {
+                "alpha": alpha,
+                "rollout_fact_em": float(np.mean([e.found_all for e in episodes])),
+                "rollout_return": float(np.mean([sum(e.rewards) for e in episodes])),
+                "rollout_length": float(np.mean([len(e.actions) for e in episodes])),
+            }
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
+        self.optimizer.step()
+        model.weights_changed()
+        if self.target is not None:
+            polyak_update(self.target, model, c.tau)
+            self.target.weights_changed()
+        return metrics | {"loss": loss_total, "grad_norm": float(grad_norm)}
+
+    def run_evaluation(self) -> dict[str, Any]:
+        """Greedy search with T = eval_steps on every evaluation set: fact EM and recall."""
+        model, values = self.model, {}
+        # A trained action transformer changes the content embeddings: keep those out of the shared cache.
+        method = QRAGSearch(model, self.cache if self.frozen else None, beam=1)
+        for name, examples in self.eval_sets.items():
+            scores = evaluate(method, examples, self.eval_steps, model.config.chunking, model.action_encoder.tokenizer)
+            self.last_evaluation[name] = {
+                "fact_em": scores["fact_em"],
+                "fact_recall": scores["fact_recall"],
+                "steps": self.eval_steps,
+                "documents": scores["n"],
+            }
+            values |= {f"eval_{name}_fact_em": scores["fact_em"], f"eval_{name}_fact_recall": scores["fact_recall"]}
+        return values
+
+    def run(self, resume: bool = False) -> TrainingResult:
+        """Train to the end of the schedule (or the time limit), evaluating, logging and checkpointing."""
+        c = self.config
+        self.model.eval()
+        if resume:
+            self.load_checkpoint()
+        else:
+            self.start_phase(self.phase(0))
+        log = MetricsLog(self.fields, self.out_dir, resume_step=self.step if resume else None)
+        wall_start = time.perf_counter() - self.wall_seconds
+        train_start = time.perf_counter()
+        self.encode_training_documents()
+        self.train_seconds += time.perf_counter() - train_start
+        if self.step == 0 and not resume and self.eval_sets:  # the evaluation before training
+            log.write(
+                {"step": 0, "phase": self.phase(0), "examples": 0} | self.run_evaluation() | self._times(wall_start)
+            )
+        bar = tqdm(total=c.total_steps, initial=self.step, desc="training", unit="step", disable=not self.show_progress)
+        try:
+            while self.step < c.total_steps:
+                if self.step > 0 and self.phase(self.step) != self.phase(self.step - 1):
+                    self.start_phase(self.phase(self.step))
+                started = time.perf_counter()
+                metrics = self.train_step()
+                self.train_seconds += time.perf_counter() - started
+                phase = self.phase(self.step)
+                self.step += 1
+                row = {"step": self.step, "phase": phase, "examples": self.step * c.batch_size} | metrics
+                last = self.step == c.total_steps or self._out_of_time()
+                if self._due(c.eval_every) or last or self.step == c.warm_start_steps:
+                    row |= self.run_evaluation()
+                log.write(row | self._times(wall_start))
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", phase=phase)
+                if last:
+                    break
+                if self._due(c.checkpoint_every):
+                    self.save_checkpoint(wall_start)
+        finally:
+            bar.close()
+            log.close()
+        if self.step < c.total_steps:
+            logger.info("stopped after %.0f s of training (max_train_seconds)", self.train_seconds)
+        self.model.training_info = self.training_info()
+        if self.out_dir is not None:
+            self.save_checkpoint(wall_start)
+            self.model.save_pretrained(self.out_dir / MODEL_DIR)
+        return TrainingResult(self.step, self.step * c.batch_size, self.train_seconds, log.rows, self.last_evaluation)
+
+    def _out_of_time(self) -> bool:
+        limit = self.config.max_train_seconds
+        return limit is not None and self.train_seconds >= limit
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and self.step % every == 0
+
+    def _times(self, wall_start: float) -> dict[str, float]:
+        self.wall_seconds = time.perf_counter() - wall_start
+        return {"train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds}
+
+    def training_info(self) -> dict[str, Any]:
+        """What the model card records about this run."""
+        c = self.config
+        return self.data_info | {
+            "trainer": "qrag soft-Q (SPEC 3.4)",
+            "training_examples": len(self.documents),
+            "steps": self.step,
+            "warm_start_steps": min(self.step, c.warm_start_steps),
+            "soft_q_steps": max(0, self.step - c.warm_start_steps),
+            "examples_seen": self.step * c.batch_size,
+            "seconds": round(self.train_seconds, 1),
+            "action_encoder": "frozen (action head trained)" if self.frozen else "trained",
+            "config": c.to_dict(),
+            "evaluation": {
+                f"{name}_{k}": v for name, scores in self.last_evaluation.items() for k, v in scores.items()
+            },
+        }
+
+    # -------------------------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, wall_start: float) -> None:
+        """Write model, target networks, optimiser, RNG states and counters atomically to out/checkpoint."""
+        if self.out_dir is None:
+            return
+        self._times(wall_start)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        final = self.out_dir / CHECKPOINT_DIR
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-checkpoint-", dir=self.out_dir))
+        try:
+            self.model.training_info = self.training_info()
+            self.model.save_pretrained(tmp / MODEL_DIR)
+            assert self.optimizer is not None
+            state = {
+                "step": self.step,
+                "train_seconds": self.train_seconds,
+                "wall_seconds": self.wall_seconds,
+                "config": self.config.to_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "target": None if self.target is None else _trainable_state(self.target, self.model),
+                "last_evaluation": self.last_evaluation,
+                "rng": {
+                    "trainer": self.rng.bit_generator.state,
+                    "torch": torch.get_rng_state(),
+                    "numpy": np.random.get_state(),
+                    "python": random.getstate(),
+                },
+            }
+            torch.save(state, tmp / TRAINER_STATE_FILE)
+            old = self.out_dir / (CHECKPOINT_DIR + ".old")
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp, final)
+            if old.exists():
+                shutil.rmtree(old)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+
+    def load_checkpoint(self) -> None:
+        """Restore the state written by :meth:`save_checkpoint`, so the run continues exactly."""
+        if self.out_dir is None:
+            raise InvalidInputError("resuming needs the output directory of the interrupted run")
+        directory = self.out_dir / CHECKPOINT_DIR
+        if not directory.is_dir() and (self.out_dir / (CHECKPOINT_DIR + ".old")).is_dir():
+            directory = self.out_dir / (CHECKPOINT_DIR + ".old")  # a crash between the two renames
+        if not (directory / TRAINER_STATE_FILE).is_file():
+            raise CheckpointError(f"no checkpoint to resume from in {self.out_dir}")
+        try:
+            state = torch.load(directory / TRAINER_STATE_FILE, weights_only=False)
+        except Exception as err:  # torch.load raises many types for a damaged file
+            raise CheckpointError(f"{directory / TRAINER_STATE_FILE} cannot be read: {err}") from err
+        changed = sorted(
+            k for k, v in state["config"].items() if self.config.to_dict().get(k) != v and k not in RESUME_MAY_CHANGE
+        )
+        if changed:
+            raise CheckpointError(f"the checkpoint in {directory} was written with other settings: {changed}")
+        saved = QRAG.from_pretrained(str(directory / MODEL_DIR), device=str(self.model.device))
+        self.model.load_state_dict(saved.state_dict())
+        self.model.weights_changed()
+        self.step = state["step"]
+        self.train_seconds, self.wall_seconds = state["train_seconds"], state["wall_seconds"]
+        self.last_evaluation = state["last_evaluation"]
+        self.start_phase(self.phase(self.step))
+        assert self.optimizer is not None
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.target is not None:
+            self.target.load_state_dict(state["target"], strict=False)
+            self.target.weights_changed()
+        self.rng.bit_generator.state = state["rng"]["trainer"]
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        logger.info("resumed from %s at step %d", directory, self.step)
+
+
+def _trainable_state(target: QRAG, online: QRAG) -> dict[str, torch.Tensor]:
+    """The target's copies of the online network's trainable parameters (frozen ones are shared)."""
+    trainable = {name for name, p in online.named_parameters() if p.requires_grad}
+    return {k: v.detach().clone() for k, v in target.state_dict().items() if k in trainable}
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(
+    model: QRAG,
+    examples: Iterable[Example],
+    config: TrainingConfig | None = None,
+    eval_examples: Iterable[Example] | Mapping[str, Iterable[Example]] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    cache: EmbeddingCache | None = None,
+    show_progress: bool = True,
+    data_info: Mapping[str, Any] | None = None,
+) -> TrainingResult:
+    """Fine-tune ``model`` in place on labelled examples (a list, a generator, or ``read_jsonl(...)``).
+
+    ``eval_examples`` is one evaluation set or several by name. With ``out_dir`` the run writes
+    ``metrics.csv``, TensorBoard events, checkpoints and the final model (``out_dir/model``);
+    ``resume=True`` continues the run whose checkpoint is there. ``data_info`` (e.g. the data file names)
+    is recorded in the model card.
+    """
+    if eval_examples is None:
+        eval_sets: Mapping[str, Iterable[Example]] = {}
+    elif isinstance(eval_examples, Mapping):
+        eval_sets = eval_examples
+    else:
+        eval_sets = {"eval": eval_examples}
+    trainer = Trainer(model, examples, config or TrainingConfig(), eval_sets, out_dir, cache, show_progress, data_info)
+    return trainer.run(resume=resume)

@@ -1,0 +1,360 @@
+"""Tests of the soft-Q trainer (qrag_core.training): the math by hand, learning, resume, data errors."""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+
+import pytest
+import torch
+import transformers
+from torch import nn
+
+from qrag_core.config import QRAGConfig
+from qrag_core.data.examples import Example
+from qrag_core.encoders import TextEncoder
+from qrag_core.errors import CheckpointError, InvalidInputError
+from qrag_core.model import QRAG
+from qrag_core.model_names import base_minilm_path
+from qrag_core.training import TrainingConfig, train
+from qrag_core.training.metrics_log import TIMING_FIELDS
+from qrag_core.training.trainer import (
+    Episode,
+    Trainer,
+    example_schedule,
+    lambda_returns,
+    phase_learning_rate,
+    polyak_update,
+    soft_value,
+    step_reward,
+)
+
+PERSONS = "john mary sandra daniel bill fred julie emily jeff tom anna lucy".split()
+ITEMS = "apple football milk ball box key book pen".split()
+PLACES = "kitchen garden office bathroom bedroom hallway park school".split()
+
+
+def chain_examples(n: int, seed: int, distractors: int = 4) -> list[Example]:
+    """Two-fact chains: "P took the ITEM." then "P is in the PLACE." for "where is the ITEM?".
+
+    The location fact names only the person, so it can be found only once the first fact is in the
+    state; each distractor person either took another item or is somewhere else.
+    """
+    rng = random.Random(seed)
+    examples = []
+    for i in range(n):
+        persons = rng.sample(PERSONS, 1 + 2 * distractors)
+        items = rng.sample(ITEMS, 1 + distractors)
+        places = rng.sample(PLACES, 1 + distractors)
+        facts = [(f"{persons[0]} took the {items[0]}.", True), (f"{persons[0]} is in the {places[0]}.", True)]
+        facts += [(f"{persons[1 + j]} took the {items[1 + j]}.", False) for j in range(distractors)]
+        facts += [(f"{persons[1 + distractors + j]} is in the {places[1 + j]}.", False) for j in range(distractors)]
+        rng.shuffle(facts)
+        examples.append(
+            Example(
+                id=f"chain-{seed}-{i}",
+                question=f"where is the {items[0]}?",
+                chunks=[text for text, _ in facts],
+                support=[k for k, (_, is_support) in enumerate(facts) if is_support],
+            )
+        )
+    return examples
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, especially when other jobs share the CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> str:
+    """A saved random 1-layer, 32-d BERT with the MiniLM tokenizer, usable as --base-model."""
+    torch.manual_seed(0)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base_minilm_path())
+    config = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=tokenizer.vocab_size,
+    )
+    path = tmp_path_factory.mktemp("tiny-base")
+    TextEncoder(transformers.BertModel(config), tokenizer).save(str(path))
+    return str(path)
+
+
+def tiny_model(base: str, **settings) -> QRAG:
+    return QRAG.from_base(base, QRAGConfig(max_steps=2, **settings), device="cpu")
+
+
+def quick_config(**overrides) -> TrainingConfig:
+    values = dict(
+        warm_start_steps=4,
+        rl_steps=8,
+        batch_size=4,
+        lr=1e-3,
+        warm_start_lr=1e-3,
+        warmup_steps=2,
+        eval_every=3,
+        checkpoint_every=0,
+    )
+    return TrainingConfig(**(values | overrides))
+
+
+# ------------------------------------------------------------------------------------------------ math by hand
+def test_lambda_returns_by_hand():
+    rewards = torch.tensor([0.0, 0.0, 1.0])
+    next_values = torch.tensor([0.5, 0.8])  # V'(s_1), V'(s_2)
+    got = lambda_returns(rewards, next_values, gamma=0.9, lam=0.5)
+    g2 = 1.0
+    g1 = 0.0 + 0.9 * (0.5 * 0.8 + 0.5 * g2)
+    g0 = 0.0 + 0.9 * (0.5 * 0.5 + 0.5 * g1)
+    assert torch.allclose(got, torch.tensor([g0, g1, g2]))
+    assert math.isclose(g0, 0.5895, abs_tol=1e-9)
+
+
+def test_lambda_returns_early_end_and_bootstrapping():
+    # An episode that ended after one step (support found): G_0 = r_0, nothing is bootstrapped.
+    assert lambda_returns(torch.tensor([1.0]), torch.empty(0), 0.99, 0.65).tolist() == [1.0]
+    # λ = 0: one-step soft TD targets r_t + γ·V'(s_{t+1}); the last step keeps its own reward.
+    got = lambda_returns(torch.tensor([0.0, 0.25, 0.5]), torch.tensor([0.7, 0.2]), gamma=0.5, lam=0.0)
+    assert torch.allclose(got, torch.tensor([0.35, 0.35, 0.5]))
+    # λ = 1: discounted Monte-Carlo returns, the values are ignored.
+    got = lambda_returns(torch.tensor([1.0, 0.0, 2.0]), torch.tensor([9.0, 9.0]), gamma=0.5, lam=1.0)
+    assert torch.allclose(got, torch.tensor([1.5, 1.0, 2.0]))
+    with pytest.raises(InvalidInputError):
+        lambda_returns(torch.tensor([0.0, 1.0]), torch.tensor([0.1, 0.2]), 0.9, 0.5)
+
+
+def test_soft_value_by_hand():
+    q = torch.tensor([1.0, 1.0, float("-inf")])  # the third chunk is already selected
+    assert math.isclose(soft_value(q, 0.5).item(), 1.0 + 0.5 * math.log(2), rel_tol=1e-6)
+    # A small α approaches the hard max; a large α adds the log of the number of options.
+    q = torch.tensor([0.2, 0.9, -0.3])
+    assert math.isclose(soft_value(q, 1e-3).item(), 0.9, abs_tol=1e-4)
+    expected = 10 * math.log(sum(math.exp(v / 10) for v in [0.2, 0.9, -0.3]))
+    assert math.isclose(soft_value(q, 10.0).item(), expected, rel_tol=1e-6)
+    batch = soft_value(torch.tensor([[0.0, 0.0], [1.0, float("-inf")]]), 1.0)
+    assert torch.allclose(batch, torch.tensor([math.log(2), 1.0]))
+
+
+def test_polyak_update_mixes_trainable_parameters_only():
+    torch.manual_seed(0)
+    online, target = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1)), nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    online[1].requires_grad_(False)
+    before = [p.detach().clone() for p in target.parameters()]
+    polyak_update(target, online, tau=0.25)
+    for (name, new), old, p_online in zip(target.named_parameters(), before, online.parameters(), strict=True):
+        if name.startswith("0."):
+            assert torch.allclose(new, 0.25 * p_online + 0.75 * old)
+        else:
+            assert torch.equal(new, old)
+    with pytest.raises(CheckpointError):
+        polyak_update(nn.Sequential(nn.Linear(3, 1), nn.Linear(3, 3)), online, 0.5)
+
+
+def test_learning_rate_schedule_warms_up_then_decays_to_almost_zero():
+    lrs = [phase_learning_rate(s, 10, 1.0, 4) for s in range(10)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert lrs[4:] == pytest.approx([1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+    assert min(lrs) > 0  # α_t = α_0·lr_t/lr_0 never reaches zero
+    assert phase_learning_rate(0, 5, 2.0, 0) == 2.0
+
+
+def test_rewards():
+    assert step_reward("sparse", 2, 1, 2, 3) == 1.0
+    assert step_reward("sparse", 2, 0, 1, 1) == 0.0
+    assert step_reward("sparse", 2, 2, 2, 4) == 0.0  # only the step that completes the support pays
+    assert step_reward("step_penalty", 2, 1, 2, 2) == 1.0
+    assert step_reward("step_penalty", 2, 1, 2, 4) == 0.75
+    assert step_reward("per_fact", 4, 1, 2, 2) == 0.25
+    assert step_reward("per_fact", 4, 2, 2, 3) == 0.0
+    with pytest.raises(InvalidInputError):
+        step_reward("dense", 2, 1, 2, 2)
+
+
+def test_example_schedule_is_seeded_shuffled_epochs():
+    schedule = example_schedule(5, 4, 3, seed=1)
+    assert schedule.shape == (4, 3)
+    flat = schedule.ravel().tolist()
+    assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))
+    assert (example_schedule(5, 4, 3, seed=1) == schedule).all()
+    assert (example_schedule(5, 4, 3, seed=2) != schedule).any()
+
+
+def test_config_validation_names_the_setting():
+    with pytest.raises(InvalidInputError, match="micro_batch_size"):
+        TrainingConfig(batch_size=8, micro_batch_size=3).validate()
+    with pytest.raises(InvalidInputError, match="reward"):
+        TrainingConfig(reward="dense").validate()
+    with pytest.raises(InvalidInputError, match="nothing to train"):
+        TrainingConfig(warm_start_steps=0, rl_steps=0).validate()
+
+
+# ------------------------------------------------------------------------------------------------ the networks
+def test_q_learning_loss_trains_state_encoder_and_action_head(tiny_base):
+    model = tiny_model(tiny_base)
+    trainer = Trainer(model, chain_examples(8, 0), quick_config(warm_start_steps=0), show_progress=False)
+    trainer.encode_training_documents()
+    trainer.start_phase("soft_q")
+    docs = trainer.documents[:4]
+    episodes = [Episode(d, actions=sorted(d.support), rewards=[0.0, 1.0]) for d in docs]
+    returns = trainer.episode_returns(episodes, alpha=0.05)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = trainer.q_learning_loss(episodes, returns, num_transitions=8)
+        loss.backward()
+        assert model.action_head.weight.grad.abs().sum() > 0
+        assert model.state_encoder.model.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(p.grad is None for p in model.action_encoder.parameters())  # frozen
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_micro_batches_accumulate_the_same_gradient(tiny_base):
+    weights = []
+    for micro in (None, 2):
+        model = tiny_model(tiny_base)
+        config = quick_config(warm_start_steps=1, rl_steps=1, micro_batch_size=micro, eval_every=0)
+        train(model, chain_examples(8, 0), config, show_progress=False)
+        weights.append(model.action_head.weight.detach().clone())
+    assert torch.allclose(weights[0], weights[1], atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ learning
+def test_warm_start_then_soft_q_learns_two_fact_chains(tiny_base):
+    """Near-chance fact EM before training, clearly above after; the soft-Q phase adds to the warm start."""
+    model = tiny_model(tiny_base)
+    config = TrainingConfig(
+        warm_start_steps=400,
+        warm_start_lr=3e-3,
+        rl_steps=300,
+        lr=1e-3,
+        eval_every=100,
+        checkpoint_every=0,
+    )
+    result = train(model, chain_examples(400, 1), config, chain_examples(60, 2), show_progress=False)
+    em = {int(row["step"]): float(row["eval_eval_fact_em"]) for row in result.rows if row["eval_eval_fact_em"]}
+    # chance: both support chunks among 2 picks out of 10 is 1/45
+    assert em[0] <= 0.1
+    assert em[700] >= 0.6
+    assert em[700] >= em[400] + 0.1, em
+    assert result.evaluation["eval"]["fact_em"] == pytest.approx(em[700])
+
+
+# ------------------------------------------------------------------------------------------------ resume
+class Crash(RuntimeError):
+    pass
+
+
+def metric_rows(path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in csv.DictReader(f)]
+
+
+def test_resume_after_a_crash_gives_the_same_metrics_rows(tiny_base, tmp_path, monkeypatch):
+    data, held_out = chain_examples(24, 3), chain_examples(6, 4)
+    config = quick_config(checkpoint_every=6, rl_steps=10)
+    whole = tmp_path / "whole"
+    train(tiny_model(tiny_base), data, config, held_out, out_dir=whole, show_progress=False)
+
+    crashed = tmp_path / "crashed"
+    real_step = Trainer.train_step
+
+    def crash_at_step_9(self):
+        if self.step == 9:
+            raise Crash("killed")
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_step_9)
+    with pytest.raises(Crash):
+        train(tiny_model(tiny_base), data, config, held_out, out_dir=crashed, show_progress=False)
+    monkeypatch.undo()
+    assert len(metric_rows(crashed / "metrics.csv")) == 10  # step 0 .. 9, the last checkpoint was at 6
+    result = train(tiny_model(tiny_base), data, config, held_out, out_dir=crashed, resume=True, show_progress=False)
+
+    assert result.steps == config.total_steps
+    assert metric_rows(crashed / "metrics.csv") == metric_rows(whole / "metrics.csv")
+    a, b = QRAG.from_pretrained(str(whole / "model")), QRAG.from_pretrained(str(crashed / "model"))
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_resume_refuses_other_settings_and_missing_checkpoints(tiny_base, tmp_path):
+    data = chain_examples(8, 3)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train(tiny_model(tiny_base), data, quick_config(), out_dir=tmp_path, resume=True, show_progress=False)
+    train(tiny_model(tiny_base), data, quick_config(rl_steps=2), out_dir=tmp_path, show_progress=False)
+    with pytest.raises(CheckpointError, match="lr"):
+        train(
+            tiny_model(tiny_base),
+            data,
+            quick_config(rl_steps=2, lr=0.5),
+            out_dir=tmp_path,
+            resume=True,
+            show_progress=False,
+        )
+
+
+# ------------------------------------------------------------------------------------------------ options
+def test_full_action_encoder_training_updates_it_and_its_target(tiny_base, tmp_path):
+    model = tiny_model(tiny_base, freeze_action_encoder=False)
+    before = [p.detach().clone() for p in model.action_encoder.parameters()]
+    result = train(model, chain_examples(8, 5), quick_config(rl_steps=3), out_dir=tmp_path, show_progress=False)
+    assert result.steps == 7
+    changed = [not torch.equal(b, p) for b, p in zip(before, model.action_encoder.parameters(), strict=True)]
+    assert any(changed)
+    state = torch.load(tmp_path / "checkpoint" / "trainer_state.pt", weights_only=False)
+    assert any(k.startswith("action_encoder.") for k in state["target"])
+    reloaded = QRAG.from_pretrained(str(tmp_path / "model"))
+    assert not reloaded.config.freeze_action_encoder
+    assert reloaded.training_info["action_encoder"] == "trained"
+
+
+@pytest.mark.parametrize("reward", ["step_penalty", "per_fact"])
+def test_reward_options_and_top_k_none_run(tiny_base, reward):
+    result = train(
+        tiny_model(tiny_base),
+        chain_examples(8, 6),
+        quick_config(warm_start_steps=0, rl_steps=2, reward=reward, top_k=None),
+        show_progress=False,
+    )
+    assert [row["phase"] for row in result.rows] == ["soft_q", "soft_q"]
+    assert all(float(row["rollout_return"]) >= 0 for row in result.rows)
+
+
+def test_time_limit_stops_with_an_evaluation(tiny_base, tmp_path):
+    result = train(
+        tiny_model(tiny_base),
+        chain_examples(8, 6),
+        quick_config(max_train_seconds=0.0, eval_every=0),
+        chain_examples(4, 7),
+        out_dir=tmp_path,
+        show_progress=False,
+    )
+    assert result.steps == 1
+    assert result.rows[-1]["eval_eval_fact_em"] != ""
+    assert QRAG.from_pretrained(str(tmp_path / "model")).training_info["steps"] == 1
+
+
+# ------------------------------------------------------------------------------------------------ data errors
+def test_examples_without_support_or_with_unknown_facts_are_errors(tiny_base):
+    model = tiny_model(tiny_base)
+    unlabelled = Example(id="q7", question="where?", chunks=["a.", "b."])
+    with pytest.raises(InvalidInputError, match="q7.*no support labels"):
+        train(model, [*chain_examples(2, 0), unlabelled], quick_config(), show_progress=False)
+    missing = Example(id="q8", question="where?", document="Mary went home.", supporting_facts=["John left."])
+    with pytest.raises(InvalidInputError, match="q8.*not found"):
+        train(model, [missing], quick_config(), show_progress=False)
+    with pytest.raises(InvalidInputError, match="evaluation"):
+        train(model, chain_examples(2, 0), quick_config(), [unlabelled], show_progress=False)
+    with pytest.raises(InvalidInputError, match="no examples"):
+        train(model, [], quick_config(), show_progress=False)
