@@ -32,10 +32,12 @@ class ExampleDocument:
     """A short identifier of the document."""
 
 
-def example_document(task: str = "qa2", question_index: int = 0, background_sentences: int = 150) -> ExampleDocument:
-    """Question ``question_index`` of the bAbI ``task`` test split, hidden among novel sentences."""
-    sample = babi_samples(task, "test")[question_index]
-    rng = random.Random(f"{task}:{question_index}")
+def example_document(
+    task: str = "qa2", question_index: int = 0, background_sentences: int = 150, split: str = "test"
+) -> ExampleDocument:
+    """Question ``question_index`` of a bAbI ``task`` split, hidden among novel sentences."""
+    sample = babi_samples(task, split)[question_index]
+    rng = random.Random(f"{task}:{split}:{question_index}")
     book = haystack_books()[0]
     novel = book_sentences(book)
     start = rng.randrange(len(novel) - background_sentences)
@@ -45,8 +47,8 @@ def example_document(task: str = "qa2", question_index: int = 0, background_sent
         question=sample.question,
         answer=sample.answer,
         supporting_facts=[sample.story[i] for i in sample.support],
-        source=f"bAbI {task} test ({sample.source}) in {book.name}",
-        doc_id=f"{task}-{question_index}",
+        source=f"bAbI {task} {split} ({sample.source}) in {book.name}",
+        doc_id=f"{task}-{split}-{question_index}",
     )
 
 

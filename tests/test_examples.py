@@ -51,3 +51,13 @@ def test_answerer_example_answers_through_an_endpoint():
     assert "Question: Where is the milk?" in user
     first = next(line for line in user.splitlines() if line.startswith("[1] "))[4:]
     assert f"Answer from tiny-chat: From the passages: {first}" in output
+
+
+def test_finetune_example_trains_saves_and_retrieves_with_the_new_model(tmp_path):
+    output = run_example("finetune_custom_corpus.py", "--k", "3", "--out", str(tmp_path)).stdout
+    assert "Trained 3 steps (6 episodes)" in output
+    assert "eval: fact EM" in output
+    assert (tmp_path / "model" / "config.json").is_file() and (tmp_path / "metrics.csv").is_file()
+    assert len((tmp_path / "train.jsonl").read_text().splitlines()) == 4
+    assert f"Fine-tuned model {tmp_path / 'model'}" in output
+    assert len(evidence_lines(output)) == 3
