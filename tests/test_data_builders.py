@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -232,3 +233,125 @@ def test_qrag_data_reports_bad_arguments(tmp_path: Path, capsys: pytest.CaptureF
     assert "qa99" in capsys.readouterr().err
     assert data_main(["babilong", "--task", "qa1", "--length", "lots", "--out", str(tmp_path / "x.jsonl")]) == 1
     assert "bad length" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- RULER NIAH
+NIAH_VALUE_COUNTS = {
+    "niah_single_1": 1,
+    "niah_single_2": 1,
+    "niah_single_3": 1,
+    "niah_multikey_1": 1,
+    "niah_multikey_2": 1,
+    "niah_multikey_3": 1,
+    "niah_multivalue": 4,
+    "niah_multiquery": 4,
+}
+
+
+@needs_data
+@pytest.mark.parametrize("task", sorted(NIAH_VALUE_COUNTS))
+def test_niah_needles_support_values_and_length(haystack: Haystack, task: str) -> None:
+    from qrag_core.data.ruler import NIAH_TASKS, NOISE_SENTENCES, build_niah
+
+    examples = build_niah(task, "4k", n=2, seed=5, haystack=haystack)
+    assert [e.id for e in examples] == [f"ruler-{task}-4k-0", f"ruler-{task}-4k-1"]
+    novel = {s for book in haystack.sentences for s in book}
+    for example in examples:
+        values = example.extra["values"]
+        assert len(values) == NIAH_VALUE_COUNTS[task] == len(example.support)
+        support_text = [example.chunks[i] for i in example.support]
+        assert all(t.startswith("One of the special magic ") for t in support_text)
+        assert sorted(v for v in values if any(v in t for t in support_text)) == sorted(values)
+        assert example.question.startswith(f"What are all the special magic {NIAH_TASKS[task].values} for ")
+        others = [c for i, c in enumerate(example.chunks) if i not in set(example.support)]
+        assert not any(v in c for v in values for c in others)  # a value is only in its needle
+        kind = NIAH_TASKS[task].haystack
+        needles = [c for c in others if c.startswith("One of the special magic ")]
+        if kind == "noise":
+            assert set(others) <= set(NOISE_SENTENCES)
+        elif kind == "needle":
+            assert needles == others and len(needles) > 10
+        else:
+            assert len(needles) == (3 if task == "niah_multikey_1" else 0)
+            assert sum(c in novel for c in others) == len(others) - len(needles)
+        tokens = sum(count_tokens(example.chunks))
+        assert example.extra["tokens"] == tokens and 0.98 * 4096 <= tokens <= 4096
+
+
+@needs_data
+def test_niah_same_seed_same_samples_and_bad_task(haystack: Haystack) -> None:
+    from qrag_core.data.ruler import build_niah
+
+    first = build_niah("niah_multiquery", "1k", n=2, seed=3, haystack=haystack)
+    again = build_niah("niah_multiquery", "1k", n=2, seed=3, haystack=haystack)
+    other = build_niah("niah_multiquery", "1k", n=2, seed=4, haystack=haystack)
+    assert [e.to_json() for e in first] == [e.to_json() for e in again]
+    assert [e.to_json() for e in first] != [e.to_json() for e in other]
+    with pytest.raises(InvalidInputError, match="unknown NIAH task"):
+        build_niah("niah_single_9", "4k", haystack=haystack)
+
+
+# ----------------------------------------------------------------------------- HotpotQA, MuSiQue
+@needs_data
+def test_hotpotqa_paragraph_chunks_and_support_titles() -> None:
+    from qrag_core.data.hotpotqa import HOTPOTQA_FILE, build_hotpotqa
+
+    examples = build_hotpotqa()
+    records = json.loads(paths.data_file(*HOTPOTQA_FILE).read_text())
+    assert len(examples) == len(records) == 297
+    for example, record in zip(examples, records, strict=True):
+        gold = {title for title, _ in record["supporting_facts"]}
+        assert len(example.chunks) == len(record["context"])
+        assert {record["context"][i][0] for i in example.support} == gold
+        assert all(example.chunks[i].startswith(record["context"][i][0] + ": ") for i in example.support)
+        assert example.extra["task"] == "hotpotqa" and example.answer == record["answer"]
+    assert len(build_hotpotqa(n=5)) == 5
+
+
+@needs_data
+def test_musique_support_from_labels() -> None:
+    from qrag_core.data.musique import build_musique
+
+    examples = build_musique()
+    assert len(examples) == 200
+    assert all(len(e.chunks) == 20 and 2 <= len(e.support) <= 4 for e in examples)
+    assert {e.extra["hops"] for e in examples} >= {"2hop", "3hop1", "4hop1"}
+
+
+def test_musique_malformed_line_names_file_and_line(tmp_path: Path) -> None:
+    from qrag_core.data.musique import build_musique
+
+    good = {
+        "id": "2hop__1_2",
+        "question": "q?",
+        "answer": "a",
+        "paragraphs": [{"title": "T", "paragraph_text": "text", "is_supporting": True}],
+    }
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({"id": "x"}) + "\n")
+    with pytest.raises(DataFormatError, match=r"m\.jsonl:2: not a MuSiQue record"):
+        build_musique(path=path)
+    assert build_musique(n=1, path=path)[0].support == [0]
+
+
+def test_hotpotqa_malformed_record_is_named(tmp_path: Path) -> None:
+    from qrag_core.data.hotpotqa import build_hotpotqa
+
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps([{"_id": "a", "question": "q"}]))
+    with pytest.raises(DataFormatError, match=r"record 0"):
+        build_hotpotqa(path=path)
+
+
+@needs_data
+def test_qrag_data_ruler_hotpotqa_musique_commands(tmp_path: Path) -> None:
+    from qrag_core.cli.data import main as data_main
+
+    niah = tmp_path / "niah.jsonl"
+    assert data_main(["ruler", "--task", "all", "--length", "1k", "--n", "1", "--out", str(niah)]) == 0
+    assert len(read_jsonl(niah, need_support=True)) == 8
+    for name in ("hotpotqa", "musique"):
+        out = tmp_path / f"{name}.jsonl"
+        assert data_main([name, "--n", "3", "--out", str(out)]) == 0
+        rows = read_jsonl(out, need_support=True)
+        assert [r.extra["task"] for r in rows] == [name] * 3

@@ -35,13 +35,42 @@ def babilong(args: argparse.Namespace) -> None:
     logger.info("wrote %d BabiLong examples to %s", count, args.out)
 
 
+def ruler(args: argparse.Namespace) -> None:
+    """Write RULER NIAH samples of one or more variants at one length."""
+    from qrag_core.data.haystack import Haystack
+    from qrag_core.data.ruler import NIAH_TASKS, iter_niah
+
+    haystack = Haystack.load()
+    tasks = list(NIAH_TASKS) if args.task == ["all"] else args.task
+    rows = (example for task in tasks for example in iter_niah(task, args.length, args.n, args.seed, haystack))
+    count = write_jsonl(rows, args.out)
+    logger.info("wrote %d NIAH examples to %s", count, args.out)
+
+
+def hotpotqa(args: argparse.Namespace) -> None:
+    """Write the HotpotQA distractor subset."""
+    from qrag_core.data.hotpotqa import iter_hotpotqa
+
+    count = write_jsonl(iter_hotpotqa(args.n), args.out)
+    logger.info("wrote %d HotpotQA examples to %s", count, args.out)
+
+
+def musique(args: argparse.Namespace) -> None:
+    """Write the MuSiQue-Ans subset."""
+    from qrag_core.data.musique import iter_musique
+
+    count = write_jsonl(iter_musique(args.n), args.out)
+    logger.info("wrote %d MuSiQue examples to %s", count, args.out)
+
+
 def warm_cache(args: argparse.Namespace) -> None:
     """Encode every haystack sentence with the base model's action encoder into the shared cache."""
     from qrag_core.data.haystack import Haystack
+    from qrag_core.data.ruler import NOISE_SENTENCES
     from qrag_core.model import QRAG
 
     haystack = Haystack.load()
-    texts = list(dict.fromkeys(haystack.all_sentences()))
+    texts = list(dict.fromkeys([*NOISE_SENTENCES, *haystack.all_sentences()]))
     model = QRAG.from_base(args.base_model)
     cache = EmbeddingCache(args.cache)
     logger.info("%d distinct haystack sentences; encoding those not yet in %s", len(texts), args.cache)
@@ -93,6 +122,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common(babi)
     babi.set_defaults(run=babilong)
+
+    niah = commands.add_parser(
+        "ruler",
+        help="RULER needle-in-a-haystack variants (noise / essay / needle haystacks)",
+        description="RULER NIAH samples: 'One of the special magic ... for KEY is: VALUE.' needles hidden at random "
+        "depths of a haystack, in one-sentence chunks, with the asked values for value recall.",
+    )
+    niah.add_argument(
+        "--task",
+        nargs="+",
+        required=True,
+        help="variants: niah_single_1..3, niah_multikey_1..3, niah_multivalue, niah_multiquery, or 'all'",
+    )
+    niah.add_argument("--length", required=True, help="target tokens: 4k, 32k, 128k, 1M (k = 1024) or a number")
+    niah.add_argument("--n", type=int, default=100, help="samples per variant (default: %(default)s)")
+    add_common(niah)
+    niah.set_defaults(run=ruler)
+
+    for name, run, what in (
+        ("hotpotqa", hotpotqa, "HotpotQA distractor dev subset (297 questions, 10 paragraphs each)"),
+        ("musique", musique, "MuSiQue-Ans dev subset (200 questions, 20 paragraphs each)"),
+    ):
+        command = commands.add_parser(
+            name,
+            help=what,
+            description=f"{what}: one paragraph per chunk, support from the dataset's labels, in file order.",
+        )
+        command.add_argument("--n", type=int, default=None, help="the first N questions (default: all)")
+        command.add_argument("--out", required=True, help="JSONL file to write (parent folders are created)")
+        command.set_defaults(run=run)
 
     warm = commands.add_parser(
         "warm-cache",

@@ -117,9 +117,9 @@ def _cached_counts(path: Path, sentences: Sequence[str], tokenizer: Tokenizer) -
     return counts
 
 
-@dataclass
+@dataclass(eq=False)
 class Haystack:
-    """Sentences of the novels with their token counts; samples runs of consecutive sentences."""
+    """Sentences of the novels with their token counts; samples runs of consecutive sentences (hashed by identity)."""
 
     sentences: list[tuple[str, ...]]
     """Per book, its sentences in order."""
@@ -157,20 +157,27 @@ class Haystack:
                 yield texts[i], int(counts[i])
 
 
-def fill_to_budget(stream: Iterator[tuple[str, int]], budget: int, tolerance: int) -> tuple[list[str], int]:
+def fill_to_budget(
+    stream: Iterator[tuple[str, int]], budget: int, tolerance: int, max_passed_over: int = 1000
+) -> tuple[list[str], int]:
     """Take sentences from ``stream`` until their tokens reach ``budget`` minus at most ``tolerance``.
 
     Sentences are taken in order while they fit; near the end, a sentence that would overshoot the
-    budget is passed over for the next ones that fit, so the total never exceeds the budget.
-    Returns the sentences and their total token count.
+    budget is passed over for the next ones that fit, so the total never exceeds the budget. When
+    ``max_passed_over`` sentences in a row do not fit (a stream of long sentences only), filling
+    stops short of the tolerance. Returns the sentences and their total token count.
     """
     taken: list[str] = []
     total = 0
-    while budget - total > tolerance:
+    passed_over = 0
+    while budget - total > tolerance and passed_over < max_passed_over:
         text, tokens = next(stream)
         if 0 < tokens <= budget - total:
             taken.append(text)
             total += tokens
+            passed_over = 0
+        else:
+            passed_over += 1
     return taken, total
 
 
