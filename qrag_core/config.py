@@ -47,6 +47,9 @@ class QRAGConfig:
     """Split d into two halves with their own rotary frequencies, acting as twin Q heads whose sum is Q."""
     freeze_action_encoder: bool = True
     """Keep the action transformer at the base weights and train only a linear action head on top."""
+    freeze_state_embeddings: bool = False
+    """Keep the state encoder's word embeddings at the base weights (half of MiniLM's parameters: cheaper
+    training steps, and a compact checkpoint then stores only the transformer layers)."""
     action_head: bool = True
     """Apply a trainable d×d linear map (initialised to identity) to content embeddings."""
     max_steps: int = 4

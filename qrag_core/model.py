@@ -101,6 +101,8 @@ class QRAG(nn.Module):
         self.action_version = 0
         if config.freeze_action_encoder:
             self.action_encoder.requires_grad_(False)
+        if config.freeze_state_embeddings:
+            self.state_encoder.model.get_input_embeddings().requires_grad_(False)
 
     # ----------------------------------------------------------------------------- construction
     @classmethod

@@ -179,3 +179,11 @@ def test_compact_save_keeps_only_changed_tensors_in_fp16(minilm_tokenizer, tmp_p
     model.state_encoder.save(str(tmp_path / "base"))
     with pytest.raises(CheckpointError, match="fingerprint"):
         QRAG.from_pretrained(str(tmp_path / "compact"))
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_state_word_embeddings_can_be_frozen(minilm_tokenizer, freeze):
+    model = make_tiny_model(minilm_tokenizer, QRAGConfig(freeze_state_embeddings=freeze))
+    assert model.state_encoder.model.get_input_embeddings().weight.requires_grad is not freeze
+    assert model.state_encoder.model.encoder.layer[0].output.dense.weight.requires_grad
+    assert not any(p.requires_grad for p in model.action_encoder.parameters())
