@@ -82,12 +82,14 @@ def make_method(
     cache: EmbeddingCache | None = None,
     beam: int | None = None,
     stop_threshold: float | None = None,
+    base: QRAG | None = None,
 ) -> RetrievalMethod:
     """A retrieval method by name (:data:`METHODS`).
 
     ``model`` is a loaded model or a name/path: for ``qrag`` the model searched (None: the default
     model); for ``dense`` and ``multistep-untrained`` its base encoder is used untrained (None: the
-    default base). ``beam`` and ``stop_threshold`` apply to the search methods.
+    default base), unless ``base``, an untrained model already loaded, is given (several baselines
+    then share one). ``beam`` and ``stop_threshold`` apply to the search methods.
     """
     if name not in METHODS:
         raise InvalidInputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
@@ -96,7 +98,8 @@ def make_method(
     if name == "qrag":
         loaded = model if isinstance(model, QRAG) else QRAG.from_pretrained(model)
         return QRAGSearch(loaded, cache, beam, stop_threshold)
-    base = QRAG.from_base(model.config.base_model) if isinstance(model, QRAG) else base_model_of(model)
+    if base is None:
+        base = QRAG.from_base(model.config.base_model) if isinstance(model, QRAG) else base_model_of(model)
     if name == "dense":
         return DenseTopK(base, cache)
     return QRAGSearch(base, cache, beam, stop_threshold, name="multistep-untrained")

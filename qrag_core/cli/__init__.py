@@ -9,15 +9,23 @@ import logging
 import sys
 
 CHATTY_LOGGERS = ("bm25s",)
-"""Third-party loggers that log every call at DEBUG level; kept at WARNING unless ``verbose``."""
+"""Third-party loggers that log every call at DEBUG level (bm25s forces its level on import)."""
+
+
+class _QuietThirdParty(logging.Filter):
+    """Drops records below WARNING from :data:`CHATTY_LOGGERS`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.split(".")[0] not in CHATTY_LOGGERS
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Log to stderr: INFO by default, DEBUG with ``verbose``."""
+    """Log to stderr: INFO by default; DEBUG, third-party chatter included, with ``verbose``."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_QuietThirdParty())

@@ -1,0 +1,331 @@
+"""Retrieval methods side by side on the benchmarks of SPEC §5 (issue 3), written to BENCHMARKS.md.
+
+    python benchmarks/run_baselines.py --cells babilong:1k babilong:4k niah:4k hotpotqa musique
+    python benchmarks/run_baselines.py --methods qrag --model PATH --cells babilong:4k   # add a model's rows
+    python benchmarks/run_baselines.py --render-only                                   # rewrite BENCHMARKS.md
+
+A cell is ``suite[:length][:n]``: ``babilong`` (QA1–5 test samples of babilong/test_100_idxs.json),
+``niah`` (the eight RULER variants), ``hotpotqa`` or ``musique``; ``n`` is the samples per task
+(defaults below). Every method of a cell runs on the same samples, built deterministically (seed 0),
+through the one evaluation loop of ``qrag_core.evaluation`` with the shared embedding cache.
+
+Results accumulate in ``benchmarks/results/baselines.json``, one entry per (cell, method) with its
+scores, sample count, wall time, machine and command; pairs already there are skipped unless
+``--force``, so an interrupted run resumes and a later run adds new methods (a trained model's
+``qrag`` rows) next to the baselines. BENCHMARKS.md is regenerated from the JSON after every pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from qrag_core.baselines import BASELINES, METHODS, base_model_of, make_method
+from qrag_core.cli import setup_logging
+from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong, length_label
+from qrag_core.data.examples import Example
+from qrag_core.data.haystack import Haystack
+from qrag_core.data.hotpotqa import iter_hotpotqa
+from qrag_core.data.musique import iter_musique
+from qrag_core.data.ruler import NIAH_TASKS, iter_niah
+from qrag_core.evaluation import RetrievalMethod, evaluate, shared_cache
+
+logger = logging.getLogger("run_baselines")
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "baselines.json"
+MARKDOWN = ROOT / "BENCHMARKS.md"
+SUITES = ("babilong", "niah", "hotpotqa", "musique")
+DEFAULT_N = {"babilong": 100, "niah": 50, "hotpotqa": None, "musique": None}
+"""Samples per task when a cell does not say (None: the whole subset)."""
+LENGTH_ORDER = ("0k", "1k", "2k", "4k", "8k", "16k", "32k", "64k", "128k", "512k", "1M", "10M")
+
+
+# ============================================================================================ cells
+def parse_cell(spec: str) -> tuple[str, str | None, int | None]:
+    """``suite[:length][:n]`` → (suite, length label or None, n or None)."""
+    parts = spec.split(":")
+    suite = parts[0]
+    if suite not in SUITES:
+        raise SystemExit(f"unknown suite in cell {spec!r}; use one of {SUITES}")
+    needs_length = suite in ("babilong", "niah")
+    if needs_length and len(parts) < 2:
+        raise SystemExit(f"cell {spec!r}: {suite} needs a length, e.g. {suite}:4k")
+    length = length_label(parts[1]) if needs_length else None
+    rest = parts[2:] if needs_length else parts[1:]
+    n = int(rest[0]) if rest and rest[0] != "all" else (None if rest else DEFAULT_N[suite])
+    return suite, length, n
+
+
+def cell_key(suite: str, length: str | None) -> str:
+    return suite if length is None else f"{suite}/{length}"
+
+
+def cell_examples(suite: str, length: str | None, n: int | None, haystack: Haystack | None) -> list[Example]:
+    if suite == "babilong":
+        return [e for task in BABILONG_TASKS for e in iter_babilong(task, "test", length, n, 0, haystack)]
+    if suite == "niah":
+        return [e for task in NIAH_TASKS for e in iter_niah(task, length, n or DEFAULT_N["niah"], 0, haystack)]
+    if suite == "hotpotqa":
+        return list(iter_hotpotqa(n))
+    return list(iter_musique(n))
+
+
+# ============================================================================================ running
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, shared with other jobs"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def load_results(path: Path = RESULTS) -> dict[str, Any]:
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"cells": {}}
+
+
+def save_results(results: dict[str, Any], path: Path = RESULTS) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def build_methods(names: list[str], model: str | None) -> dict[str, RetrievalMethod]:
+    """The methods by name; the baselines on the base encoder share one loaded untrained model."""
+    cache = shared_cache()
+    base = base_model_of(model) if {"dense", "multistep-untrained"} & set(names) else None
+    return {name: make_method(name, model, cache, base=base) for name in names}
+
+
+def run_cell(
+    results: dict[str, Any],
+    spec: str,
+    methods: list[str],
+    model: str | None,
+    force: bool,
+    haystack: Haystack | None,
+    paths: tuple[Path, Path] = (RESULTS, MARKDOWN),
+) -> None:
+    """Measure the methods of one cell not yet in ``results``; save JSON and markdown (``paths``) after each."""
+    suite, length, n = parse_cell(spec)
+    key = cell_key(suite, length)
+    cell = results["cells"].setdefault(key, {"suite": suite, "length": length, "methods": {}, "samples_per_task": n})
+    if cell.get("samples_per_task") != n:
+        if not force:
+            raise SystemExit(
+                f"{key} was measured with {cell.get('samples_per_task')} samples per task, not {n}: methods of a "
+                "cell must share their samples; ask for the same n, or add --force to measure every method again"
+            )
+        cell.update(methods={}, samples_per_task=n)
+    todo = [m for m in methods if force or m not in cell["methods"]]
+    if not todo:
+        logger.info("%s: every method already measured (use --force to measure again)", key)
+        return
+    start = time.perf_counter()
+    examples = cell_examples(suite, length, n, haystack)
+    build_seconds = time.perf_counter() - start
+    logger.info("%s: %d samples built in %.0f s", key, len(examples), build_seconds)
+    loaded = build_methods(todo, model)
+    for name, method in loaded.items():
+        result = evaluate(method, examples, show_progress=True)
+        result.update(
+            {
+                "model": model if name == "qrag" else None,
+                "samples_per_task": n,
+                "build_seconds": build_seconds,
+                "machine": machine_description(),
+                "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+                "commit": git_commit(),
+                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
+        cell["methods"][name] = result
+        save_results(results, paths[0])
+        write_markdown(results, paths[1])
+        logger.info(
+            "%s %s: fact_f1 %.3f recall %.3f in %.0f s",
+            key,
+            name,
+            result["fact_f1"],
+            result["fact_recall"],
+            result["seconds"],
+        )
+
+
+# ============================================================================================ markdown
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _task_score(result: dict[str, Any], task: str | None, metric: str) -> float | None:
+    scores = result if task is None else result.get("per_task", {}).get(task)
+    return None if scores is None else scores.get(metric)
+
+
+def _method_order(cells: list[dict[str, Any]]) -> list[str]:
+    present = {m for cell in cells for m in cell["methods"]}
+    return [m for m in (*METHODS,) if m in present] + sorted(present - set(METHODS))
+
+
+def _lengths(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(cells, key=lambda c: LENGTH_ORDER.index(c["length"]) if c["length"] in LENGTH_ORDER else 99)
+
+
+def _provenance(cells: list[dict[str, Any]]) -> list[str]:
+    """Sample counts, wall time, machine and command of each cell of a table."""
+    lines = []
+    for cell in cells:
+        runs = cell["methods"].values()
+        times = ", ".join(f"{name} {result['seconds']:.0f} s" for name, result in cell["methods"].items())
+        commands = "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in runs))
+        machines = "; ".join(dict.fromkeys(r["machine"] for r in runs))
+        commits = ", ".join(dict.fromkeys(r["commit"] for r in runs))
+        first = next(iter(runs))
+        per_task = f"{first['samples_per_task']} per task" if first["samples_per_task"] else "the whole subset"
+        lines.append(
+            f"- **{cell['length'] or cell['suite']}**: {first['n']} samples ({per_task}); evaluation wall time "
+            f"{times} (+{first['build_seconds']:.0f} s building samples); {machines}; commit {commits}; {commands}"
+        )
+    return lines
+
+
+def _length_table(cells: list[dict[str, Any]], tasks: list[str], metric: str) -> list[str]:
+    methods = _method_order(cells)
+    header = "| task | method | " + " | ".join(f"{c['length']} (n={_n_per_task(c)})" for c in cells) + " |"
+    lines = [header, "|" + "---|" * (2 + len(cells))]
+    for task in [*tasks, None]:
+        for method in methods:
+            values = []
+            for cell in cells:
+                result = cell["methods"].get(method)
+                values.append(_fmt(None if result is None else _task_score(result, task, metric)))
+            lines.append(f"| {task or '**all**'} | {method} | " + " | ".join(values) + " |")
+    return lines
+
+
+def _n_per_task(cell: dict[str, Any]) -> str:
+    counts = {scores["n"] for result in cell["methods"].values() for scores in result.get("per_task", {}).values()}
+    return str(counts.pop()) if len(counts) == 1 else "/".join(str(c) for c in sorted(counts))
+
+
+def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
+    cells = results["cells"]
+    babilong = _lengths([c for c in cells.values() if c["suite"] == "babilong" and c["methods"]])
+    niah = _lengths([c for c in cells.values() if c["suite"] == "niah" and c["methods"]])
+    open_domain = [cells[k] for k in ("hotpotqa", "musique") if k in cells and cells[k]["methods"]]
+    out = [
+        "# Benchmarks",
+        "",
+        "Generated by `benchmarks/run_baselines.py` from `benchmarks/results/baselines.json` (do not edit by hand;",
+        "re-render with `python benchmarks/run_baselines.py --render-only`). Every method of a column runs on the",
+        "same samples (seed 0) through `qrag_core.evaluation`. Methods: `dense` = single-step top-T cosine with the",
+        "untrained all-MiniLM-L6-v2; `bm25` = top-T BM25 (bm25s); `multistep-untrained` = the Q-RAG search loop",
+        "with untrained base encoders; `qrag` = a trained model's search (rows added with `--methods qrag --model`).",
+        "T = 4 chunks for BabiLong and NIAH, 2 for HotpotQA, 4 for MuSiQue. Lengths count base-tokenizer tokens",
+        "(k = 1024). Samples are built from the offline stand-ins of `../shared/data` (novels instead of PG19 and",
+        "the Paul Graham essays, dev subsets of HotpotQA / MuSiQue), so absolute numbers are not comparable to",
+        "published ones. `n` in a column header is the samples per task; below each table, per column: samples,",
+        "wall time per method on this machine, and the command that produced it.",
+        "",
+    ]
+    if babilong:
+        for metric, title in (
+            ("fact_recall", "fact recall@T"),
+            ("fact_f1", "fact F1"),
+            ("fact_em", "fact EM (all support facts retrieved)"),
+        ):
+            out += [f"## BabiLong QA1–QA5: {title}", "", *_length_table(babilong, list(BABILONG_TASKS), metric), ""]
+        out += ["BabiLong columns:", "", *_provenance(babilong), ""]
+    if niah:
+        out += [
+            "## RULER NIAH: value recall (fraction of the asked needle values in the T selected chunks)",
+            "",
+            *_length_table(niah, list(NIAH_TASKS), "value_recall"),
+            "",
+            "NIAH columns:",
+            "",
+            *_provenance(niah),
+            "",
+        ]
+    if open_domain:
+        out += ["## HotpotQA (distractor) and MuSiQue-Ans: support paragraphs", ""]
+        out += ["| dataset | method | n | T | fact EM | fact recall | fact F1 |", "|---|---|---|---|---|---|---|"]
+        for cell in open_domain:
+            steps = 2 if cell["suite"] == "hotpotqa" else 4
+            for method in _method_order([cell]):
+                r = cell["methods"][method]
+                out.append(
+                    f"| {cell['suite']} | {method} | {r['n']} | {steps} | {_fmt(r['fact_em'])} | "
+                    f"{_fmt(r['fact_recall'])} | {_fmt(r['fact_f1'])} |"
+                )
+        out += ["", *_provenance(open_domain), ""]
+    if results.get("timings"):
+        out += ["## Timing checks", "", "| check | seconds | limit | machine | command |", "|---|---|---|---|---|"]
+        for check in results["timings"]:
+            out.append(
+                f"| {check['what']} | {check['seconds']:.1f} | {check['limit_seconds']} | {check['machine']} | "
+                f"`{check['command']}` |"
+            )
+        out.append("")
+    path.write_text("\n".join(out).rstrip() + "\n")
+
+
+# ============================================================================================ main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--cells",
+        nargs="*",
+        default=[],
+        help="cells to measure, in order: suite[:length][:n], e.g. babilong:4k niah:32k:10 hotpotqa\n"
+        f"(default n per task: {DEFAULT_N})",
+    )
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=list(BASELINES), help="methods (default: %(default)s)"
+    )
+    parser.add_argument("--model", default=None, help="model for the qrag method (default: the default model)")
+    parser.add_argument("--force", action="store_true", help="measure (cell, method) pairs already in the JSON again")
+    parser.add_argument("--render-only", action="store_true", help="only rewrite BENCHMARKS.md from the JSON")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="results JSON (default: %(default)s)")
+    parser.add_argument("--markdown", type=Path, default=MARKDOWN, help="markdown to write (default: %(default)s)")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    results = load_results(args.results)
+    if args.render_only:
+        write_markdown(results, args.markdown)
+        return 0
+    specs = [parse_cell(spec) for spec in args.cells]  # fail on a bad cell before any work
+    haystack = Haystack.load() if any(suite in ("babilong", "niah") for suite, _, _ in specs) else None
+    for spec in args.cells:
+        run_cell(results, spec, args.methods, args.model, args.force, haystack, (args.results, args.markdown))
+    write_markdown(results, args.markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
