@@ -26,6 +26,7 @@ import random
 import re
 from collections.abc import Iterator
 from functools import lru_cache
+from typing import Any
 
 from qrag_core.chunking import Tokenizer
 from qrag_core.data.babi import SPLITS, BabiSample, babi_samples
@@ -165,14 +166,6 @@ def iter_babilong(
         )
 
 
-def build_babilong(
-    task: str,
-    split: str,
-    length: int | str,
-    n: int | None = None,
-    seed: int = 0,
-    haystack: Haystack | None = None,
-    tokenizer: Tokenizer | None = None,
-) -> list[Example]:
-    """All examples of :func:`iter_babilong` as a list."""
-    return list(iter_babilong(task, split, length, n, seed, haystack, tokenizer))
+def build_babilong(*args: Any, **kwargs: Any) -> list[Example]:
+    """All examples of :func:`iter_babilong` (same arguments) as a list."""
+    return list(iter_babilong(*args, **kwargs))

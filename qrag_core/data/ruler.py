@@ -34,9 +34,10 @@ import logging
 import random
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from qrag_core.chunking import Tokenizer
 from qrag_core.data.babilong import LENGTH_TOLERANCE, length_label, parse_length
@@ -103,7 +104,7 @@ class _Draw:
         self.vocabulary = vocabulary
         self.used: set[str] = set()
 
-    def _fresh(self, make) -> str:  # noqa: ANN001 - a zero-argument callable
+    def _fresh(self, make: Callable[[], str]) -> str:
         while True:
             item = make()
             if item not in self.used:
@@ -209,13 +210,6 @@ def iter_niah(
         )
 
 
-def build_niah(
-    task: str,
-    length: int | str,
-    n: int = 100,
-    seed: int = 0,
-    haystack: Haystack | None = None,
-    tokenizer: Tokenizer | None = None,
-) -> list[Example]:
-    """All examples of :func:`iter_niah` as a list."""
-    return list(iter_niah(task, length, n, seed, haystack, tokenizer))
+def build_niah(*args: Any, **kwargs: Any) -> list[Example]:
+    """All examples of :func:`iter_niah` (same arguments) as a list."""
+    return list(iter_niah(*args, **kwargs))
