@@ -51,7 +51,7 @@ class TrainingConfig:
     max_grad_norm: float = 2.0
     """Gradient-norm clipping threshold."""
     episode_steps: int | None = None
-    """T: chunks an episode may select (none: the model's max_steps)."""
+    """T: chunks an episode may select (none: as many as the example has support chunks; each step must find one)."""
     alpha: float = 0.05
     """α_0: temperature of the Boltzmann policy and of the soft value; annealed as α_0·lr_t/lr_peak."""
     top_k: int | None = 5

@@ -218,17 +218,16 @@ class Trainer:
         self.cache = cache if cache is not None else EmbeddingCache()
         self.show_progress = show_progress
         self.frozen = model.config.freeze_action_encoder
-        self.episode_steps = config.episode_steps or model.config.max_steps
         self.eval_steps = config.eval_steps or model.config.max_steps
         _seed_everything(config.seed)
         self.documents = prepare_documents(model, examples)
-        too_long = sum(len(d.support) > self.episode_steps for d in self.documents)
+        too_long = sum(len(d.support) > self.horizon(d) for d in self.documents)
         if too_long:
             logger.warning(
-                "%d of %d training examples have more support chunks than the %d steps of an episode",
+                "%d of %d training examples have more support chunks than the %s steps of an episode",
                 too_long,
                 len(self.documents),
-                self.episode_steps,
+                config.episode_steps,
             )
         self.eval_sets = {name: list(exs)[: config.eval_limit] for name, exs in (eval_sets or {}).items()}
         for name, eval_examples in self.eval_sets.items():
@@ -262,6 +261,10 @@ class Trainer:
         for doc in todo:
             doc.content = content[first : first + len(doc.texts)]
             first += len(doc.texts)
+
+    def horizon(self, doc: TrainingDocument) -> int:
+        """T of an episode on ``doc``: episode_steps, or (none) as many steps as ``doc`` has support chunks."""
+        return min(self.config.episode_steps or len(doc.support), len(doc.texts))
 
     def content(self, doc: TrainingDocument, network: QRAG) -> torch.Tensor:
         """e_i of every chunk of ``doc`` under ``network``'s action transformer, without gradient."""
@@ -310,7 +313,7 @@ class Trainer:
         episodes = [Episode(doc) for doc in docs]
         actions = [model.action_vectors(self.content(doc, model)) for doc in docs]
         active = list(range(len(docs)))
-        for _ in range(self.episode_steps):
+        while active:
             states = model.state_vectors(
                 [docs[b].question for b in active], [docs[b].state_texts(episodes[b].actions) for b in active]
             )
@@ -327,9 +330,9 @@ class Trainer:
                 episode.rewards.append(
                     step_reward(self.config.reward, len(episode.doc.support), before, after, len(episode.actions))
                 )
-            active = [b for b in active if not episodes[b].found_all and len(episodes[b].actions) < len(docs[b].texts)]
-            if not active:
-                break
+            active = [
+                b for b in active if not episodes[b].found_all and len(episodes[b].actions) < self.horizon(docs[b])
+            ]
         return episodes
 
     @torch.no_grad()
