@@ -6,8 +6,8 @@ for the 400k chunks of a 10M-token document on two CPU cores). Three facts make 
 1. ρ_t is linear inside each interval between selected chunks: ρ(i) = offset + slope·(i − start)
    (:func:`qrag_core.positions.position_intervals`), so no per-chunk position array is needed.
 2. ⟨s, R(ρ) a⟩ = ⟨R(−ρ) s, a⟩. A long interval is cut into equal blocks of consecutive chunks whose
-   positions differ by at most h; each block is scored against one rotated copy of the state, which is
-   a single batched matrix product over a view of the cached action vectors (no copies).
+   positions differ by at most h; each block is scored against one rotated copy of the state with one
+   matrix-vector product over a view of the cached action vectors (no copies).
 3. The error of using the block's middle position is bounded: |Q_i − Q̃_i| ≤ Σ_k |s_k||a_ik|·ω_k·|Δρ|
    ≤ ω_max·(h/2)·|s|·|a_i| =: η. A chunk whose approximate score is below the k-th best minus 2η cannot
    be in the exact top-k, so only the few chunks above that line are re-scored exactly.
@@ -41,19 +41,15 @@ def _block_scores(
     """Approximate scores of one long interval into ``out[start:end]``; returns the largest |Δρ| used."""
     length = end - start
     block = length if slope == 0 else max(1, min(length, int(step / slope) + 1))
-    count, rest = divmod(length, block)
-    firsts = torch.arange(count + (rest > 0), device=actions.device, dtype=torch.float32) * block
-    sizes = torch.full_like(firsts, block)
-    if rest:
-        sizes[-1] = rest
+    firsts = torch.arange(0, length, block, device=actions.device, dtype=torch.float32)
+    sizes = (length - firsts).clamp(max=block)
     middles = offset + slope * (firsts + (sizes - 1) / 2)
-    states = rotate(state.expand(len(middles), -1), -middles, freqs)
-    full = start + count * block
-    if count:
-        view = actions[start:full].view(count, block, -1)
-        out[start:full] = torch.bmm(view, states[:count, :, None].to(view.dtype)).flatten()
-    if rest:
-        out[full:end] = actions[full:end] @ states[-1].to(actions.dtype)
+    states = rotate(state.expand(len(middles), -1), -middles, freqs).to(actions.dtype)
+    # One matrix-vector product per block into a slice of ``out``: as fast as a single pass over the
+    # rows (a batched bmm with one column is ~2.7x slower on CPU), and no temporary of the block's size.
+    for number, first in enumerate(range(start, end, block)):
+        last = min(first + block, end)
+        torch.mv(actions[first:last], states[number], out=out[first:last])
     return slope * (block - 1) / 2
 
 
