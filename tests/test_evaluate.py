@@ -222,3 +222,46 @@ def test_eval_default_model_end_to_end_on_babilong(tmp_path: Path, capsys: pytes
     dense = json.loads(capsys.readouterr().out)
     # One support fact among ~60 sentences: the base encoder finds it within its top 4 at least once.
     assert dense["fact_recall"] > 0.0
+
+
+# ----------------------------------------------------------------------------- benchmarks/run_baselines.py
+def _load_benchmark_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run_baselines.py"
+    spec = importlib.util.spec_from_file_location("run_baselines", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_cells_parse() -> None:
+    script = _load_benchmark_script()
+    assert script.parse_cell("babilong:4k") == ("babilong", "4k", 100)
+    assert script.parse_cell("niah:32768:10") == ("niah", "32k", 10)
+    assert script.parse_cell("hotpotqa") == ("hotpotqa", None, None)
+    assert script.parse_cell("musique:20") == ("musique", None, 20)
+    with pytest.raises(SystemExit, match="needs a length"):
+        script.parse_cell("babilong")
+    with pytest.raises(SystemExit, match="unknown suite"):
+        script.parse_cell("squad")
+
+
+def test_benchmark_script_writes_json_and_tables(tmp_path: Path) -> None:
+    from qrag_core.data.paths import DataNotFoundError, data_dir
+
+    try:
+        data_dir()
+    except DataNotFoundError:
+        pytest.skip("the shared benchmark data directory is not available")
+    script = _load_benchmark_script()
+    results, markdown = tmp_path / "r.json", tmp_path / "B.md"
+    paths = ["--results", str(results), "--markdown", str(markdown)]
+    assert script.main(["--cells", "musique:3", "babilong:0k:2", "--methods", "bm25", *paths]) == 0
+    stored = json.loads(results.read_text())
+    assert stored["cells"]["musique"]["methods"]["bm25"]["n"] == 3
+    assert stored["cells"]["babilong/0k"]["methods"]["bm25"]["n"] == 10  # 2 per task, 5 tasks
+    text = markdown.read_text()
+    assert "| musique | bm25 | 3 | 4 |" in text and "| **all** | bm25 |" in text and "0k (n=2)" in text
+    with pytest.raises(SystemExit, match="samples per task"):
+        script.main(["--cells", "musique:4", "--methods", "bm25", *paths])
