@@ -44,6 +44,12 @@ logger = logging.getLogger("run_baselines")
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "baselines.json"
 MARKDOWN = ROOT / "BENCHMARKS.md"
+SECTIONS = (
+    ("The shipped default model (issue 6)", "benchmarks/default_model.md"),
+    ("Training: learning curves and comparisons (issue 7)", "benchmarks/training.md"),
+    ("Scale: 1M and 10M tokens on this CPU (issue 5)", "benchmarks/results/scale.md"),
+)
+"""Sections written by other benchmark scripts, appended to BENCHMARKS.md at every render."""
 SUITES = ("babilong", "niah", "hotpotqa", "musique")
 DEFAULT_N = {"babilong": 100, "niah": 50, "hotpotqa": None, "musique": None}
 """Samples per task when a cell does not say (None: the whole subset)."""
@@ -304,6 +310,9 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
                 f"`{check['command']}` |"
             )
         out.append("")
+    for title, section in SECTIONS:
+        if (ROOT / section).is_file():
+            out += [f"## {title}", "", f"(from `{section}`)", "", (ROOT / section).read_text().strip(), ""]
     path.write_text("\n".join(out).rstrip() + "\n")
 
 

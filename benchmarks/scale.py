@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import random
 import resource
@@ -176,7 +177,8 @@ def main() -> int:
     haystack = Haystack.load()
     sample = list(haystack.sentences[0][1000 : 1000 + args.encode_sample])
     report = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} at start",
         "command": "python " + " ".join(sys.argv),
         "encoding": encoding_throughput(model, sample, args.batch_size),
         "lengths": [],
