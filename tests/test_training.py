@@ -22,6 +22,7 @@ from qrag_core.training.metrics_log import TIMING_FIELDS
 from qrag_core.training.trainer import (
     Episode,
     Trainer,
+    ValueCalibration,
     example_schedule,
     lambda_returns,
     phase_learning_rate,
@@ -158,6 +159,20 @@ def test_polyak_update_mixes_trainable_parameters_only():
         polyak_update(nn.Sequential(nn.Linear(3, 1), nn.Linear(3, 3)), online, 0.5)
 
 
+def test_value_calibration_is_a_state_value_plus_a_positive_scale_and_keeps_the_ranking():
+    calibration = ValueCalibration(2)
+    with torch.no_grad():
+        calibration.value.weight.copy_(torch.tensor([[1.0, -2.0]]))
+        calibration.value.bias.fill_(0.5)
+        calibration.log_scale.fill_(math.log(3.0))
+    states = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    q = torch.tensor([[0.1, 0.4, -0.2], [0.3, -0.1, 0.2]])
+    got = calibration(states, q)
+    assert torch.allclose(got, torch.tensor([[1.8, 2.7, 0.9], [-0.6, -1.8, -0.9]]))
+    assert torch.equal(got.argsort(dim=1), q.argsort(dim=1))
+    assert torch.allclose(calibration(states, q[:, 0]), got[:, 0])
+
+
 def test_learning_rate_schedule_warms_up_then_decays_to_almost_zero():
     lrs = [phase_learning_rate(s, 10, 1.0, 4) for s in range(10)]
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
@@ -260,9 +275,10 @@ def metric_rows(path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in csv.DictReader(f)]
 
 
-def test_resume_after_a_crash_gives_the_same_metrics_rows(tiny_base, tmp_path, monkeypatch):
+@pytest.mark.parametrize("value_head", [False, True])
+def test_resume_after_a_crash_gives_the_same_metrics_rows(tiny_base, tmp_path, monkeypatch, value_head):
     data, held_out = chain_examples(24, 3), chain_examples(6, 4)
-    config = quick_config(checkpoint_every=6, rl_steps=10)
+    config = quick_config(checkpoint_every=6, rl_steps=10, value_head=value_head)
     whole = tmp_path / "whole"
     train(tiny_model(tiny_base), data, config, held_out, out_dir=whole, show_progress=False)
 

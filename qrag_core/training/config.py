@@ -62,6 +62,10 @@ class TrainingConfig:
     """λ of the λ-returns."""
     tau: float = 0.1
     """Polyak rate τ of the target networks: θ′ ← τθ + (1 − τ)θ′ after each optimiser step."""
+    value_head: bool = False
+    """Soft-Q phase: learn Q = V(s) + scale·cosine, a linear state value V and a scale > 0 (ranking unchanged)."""
+    value_head_lr: float = 1e-3
+    """Peak learning rate of V(s) and the scale of --value-head (they start at 0 and 1 and must move fast)."""
     reward: str = "sparse"
     """sparse: 1 when all support is found; step_penalty: 0.5+0.5·|F*|/|selected| then; per_fact: 1/|F*| per fact."""
     eval_every: int = 100
@@ -81,7 +85,15 @@ class TrainingConfig:
 
     def validate(self) -> TrainingConfig:
         """Raise InvalidInputError naming the first inconsistent setting."""
-        positive = ["batch_size", "warm_start_temperature", "alpha", "max_grad_norm", "lr", "warm_start_lr"]
+        positive = [
+            "batch_size",
+            "warm_start_temperature",
+            "alpha",
+            "max_grad_norm",
+            "lr",
+            "warm_start_lr",
+            "value_head_lr",
+        ]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"{name} must be positive, got {getattr(self, name)}")

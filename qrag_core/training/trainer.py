@@ -67,6 +67,7 @@ TRAIN_FIELDS = (
     "rollout_fact_em",
     "rollout_return",
     "rollout_length",
+    "q_scale",
 )
 
 
@@ -126,6 +127,33 @@ def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
             raise CheckpointError(f"target and online networks differ in structure ({name} vs {other})")
         if p_online.requires_grad:
             p_target.lerp_(p_online, tau)
+
+
+class ValueCalibration(nn.Module):
+    """Training-only dueling form of the soft-Q phase: Q(s, c) = V(s) + scale·⟨E_s(s), R(ρ_t)·h(e_c)⟩.
+
+    The returns live on the reward scale, while the model's Q (a cosine) comes out of the warm start
+    on a scale of its own; regressing the cosine itself onto the returns moves every chunk's similarity
+    to the returns' level and blurs the ranking the warm start learnt. A linear state value V(s) takes
+    the level of each state and a positive scale the spread; neither changes how a state ranks chunks,
+    so the saved model (which keeps only the cosine) searches exactly as the calibrated Q would.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.value = nn.Linear(dim, 1)
+        nn.init.zeros_(self.value.weight)
+        nn.init.zeros_(self.value.bias)
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.exp()
+
+    def forward(self, states: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Calibrated Q of ``q`` (B,) or (B, N) cosines for the (B, d) state embeddings."""
+        value = self.value(states.detach()).squeeze(-1)  # the level is learnt here, not by moving the embeddings
+        return value.view(-1, *([1] * (q.dim() - 1))) + self.scale * q
 
 
 # ================================================================================================ 2. documents
@@ -239,6 +267,8 @@ class Trainer:
         self.wall_seconds = 0.0
         self.last_evaluation: dict[str, dict[str, float]] = {}
         self.target: QRAG | None = None
+        self.calibration: ValueCalibration | None = None
+        self.target_calibration: ValueCalibration | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         fields = list(TRAIN_FIELDS)
         for name in self.eval_sets:
@@ -310,6 +340,7 @@ class Trainer:
     def rollout(self, docs: Sequence[TrainingDocument], alpha: float) -> list[Episode]:
         """Run one episode per document in parallel with the online networks and the Boltzmann policy."""
         model, top_k = self.model, self.config.top_k
+        scale = 1.0 if self.calibration is None else self.calibration.scale.item()
         episodes = [Episode(doc) for doc in docs]
         actions = [model.action_vectors(self.content(doc, model)) for doc in docs]
         active = list(range(len(docs)))
@@ -322,7 +353,7 @@ class Trainer:
                 q = self.q_row(model, states[row], actions[b], episode.actions).double().cpu()
                 k = min(top_k or q.shape[0], q.shape[0] - len(episode.actions))
                 top_q, top_i = q.topk(k)
-                probs = torch.softmax((top_q - top_q[0]) / alpha, 0).numpy()
+                probs = torch.softmax(scale * (top_q - top_q[0]) / alpha, 0).numpy()
                 choice = int(top_i[self.rng.choice(k, p=probs / probs.sum())])
                 before = len(episode.doc.support.intersection(episode.actions))
                 episode.actions.append(choice)
@@ -349,6 +380,8 @@ class Trainer:
             actions = {id(e): target.action_vectors(self.content(e.doc, target)) for e in episodes}
             for row, (e, t) in enumerate(items):
                 q = self.q_row(target, states[row], actions[id(e)], e.actions[:t])
+                if self.target_calibration is not None:
+                    q = self.target_calibration(states[row : row + 1], q.unsqueeze(0))[0]
                 next_values[id(e)].append(soft_value(q, alpha))
         returns = []
         for e in episodes:
@@ -371,6 +404,8 @@ class Trainer:
         )
         positions = torch.stack([model.positions(len(e.doc.texts), e.actions[:t])[e.actions[t]] for e, t in items])
         q = model.q_values(states, chosen, positions).diagonal()
+        if self.calibration is not None:
+            q = self.calibration(states, q)
         targets = torch.cat(list(returns)).to(q.device)
         return ((q - targets) ** 2).sum() / num_transitions
 
@@ -387,16 +422,20 @@ class Trainer:
     def start_phase(self, phase: str) -> None:
         """A fresh AdamW per phase (the two losses differ in scale); target networks for the soft-Q phase."""
         c = self.config
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params, lr=c.lr, betas=(c.adam_beta1, c.adam_beta2), eps=c.adam_eps, weight_decay=c.weight_decay
-        )
+        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr_scale": 1.0}]
         if phase == "soft_q":
             # The frozen action transformer is shared, not copied: it never changes.
             shared = {} if not self.frozen else {id(self.model.action_encoder): self.model.action_encoder}
             self.target = copy.deepcopy(self.model, memo=shared).requires_grad_(False)
             if not self.frozen:
                 self.target.action_encoder.requires_grad_(False)
+            if c.value_head:
+                self.calibration = ValueCalibration(self.model.state_encoder.dim).to(self.model.device)
+                self.target_calibration = copy.deepcopy(self.calibration).requires_grad_(False)
+                groups.append({"params": list(self.calibration.parameters()), "lr_scale": c.value_head_lr / c.lr})
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=c.lr, betas=(c.adam_beta1, c.adam_beta2), eps=c.adam_eps, weight_decay=c.weight_decay
+        )
 
     def train_step(self) -> dict[str, Any]:
         """One optimiser step on the scheduled batch; returns its metrics."""
@@ -405,7 +444,7 @@ class Trainer:
         alpha = c.alpha * lr / c.lr
         assert self.optimizer is not None
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         docs = [self.documents[i] for i in self.schedule[step]]
         micro = c.micro_batch_size or c.batch_size
         metrics: dict[str, Any] = {"lr": lr}
@@ -439,6 +478,9 @@ class Trainer:
         if self.target is not None:
             polyak_update(self.target, model, c.tau)
             self.target.weights_changed()
+        if self.calibration is not None and self.target_calibration is not None:
+            polyak_update(self.target_calibration, self.calibration, c.tau)
+            metrics["q_scale"] = self.calibration.scale.item()
         return metrics | {"loss": loss_total, "grad_norm": float(grad_norm)}
 
     def run_evaluation(self) -> dict[str, Any]:
@@ -555,6 +597,9 @@ class Trainer:
                 "config": self.config.to_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "target": None if self.target is None else _trainable_state(self.target, self.model),
+                "calibration": None
+                if self.calibration is None or self.target_calibration is None
+                else (self.calibration.state_dict(), self.target_calibration.state_dict()),
                 "last_evaluation": self.last_evaluation,
                 "rng": {
                     "trainer": self.rng.bit_generator.state,
@@ -604,6 +649,9 @@ class Trainer:
         if self.target is not None:
             self.target.load_state_dict(state["target"], strict=False)
             self.target.weights_changed()
+        if self.calibration is not None and self.target_calibration is not None:
+            self.calibration.load_state_dict(state["calibration"][0])
+            self.target_calibration.load_state_dict(state["calibration"][1])
         self.rng.bit_generator.state = state["rng"]["trainer"]
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
