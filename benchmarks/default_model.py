@@ -1,0 +1,363 @@
+"""The shipped default model side by side with the baselines and the paper (issue 6, SPEC §5).
+
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/default_model.py \\
+        --cells babilong:1k:20 babilong:4k:20 babilong:32k:20 niah:4k:10 hotpotqa:100 musique:100
+    ... --full-checkpoint runs/default_model/run/model --cells babilong:4k:20   # fp16-compact vs full precision
+    ... --render-only                                                          # rewrite the markdown
+
+A cell is ``suite[:length][:n]`` (``n`` samples per task): ``babilong`` (QA1–QA5 test samples of
+``babilong/test_100_idxs.json``, seed 0), ``niah`` (the eight RULER variants, seed 0), ``hotpotqa`` or
+``musique`` (the first ``n`` questions of the shared subsets). In one run, on the same samples, every cell
+measures the shipped model (``qrag``: greedy search) next to the three baselines of
+:mod:`qrag_core.baselines` (``dense``, ``bm25``, ``multistep-untrained``), plus ``qrag-full`` (the
+full-precision checkpoint the shipped fp16 delta was made from) when ``--full-checkpoint`` is given.
+T is the evaluation loop's default (:mod:`qrag_core.evaluation`): 4 for BabiLong and NIAH, 2 for
+HotpotQA, 4 for MuSiQue. ``--stop-threshold`` adds ``qrag-stop`` (the search stops when the best Q falls
+below the threshold), which is how the paper reports fact F1.
+
+Results accumulate in ``benchmarks/results/default_model.json`` (one entry per cell and method, with
+scores, per-task scores, sample counts, wall time, machine and command); pairs already measured are
+skipped unless ``--force``. ``benchmarks/default_model.md`` is rewritten from the JSON after every pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qrag_core.baselines import BM25TopK, DenseTopK
+from qrag_core.cli import setup_logging
+from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong, length_label, parse_length
+from qrag_core.data.examples import Example
+from qrag_core.data.haystack import Haystack
+from qrag_core.data.hotpotqa import iter_hotpotqa
+from qrag_core.data.musique import iter_musique
+from qrag_core.data.ruler import NIAH_TASKS, iter_niah
+from qrag_core.evaluation import QRAGSearch, RetrievalMethod, evaluate, shared_cache
+from qrag_core.model import QRAG
+from qrag_core.model_names import DEFAULT_MODEL_NAME, SHIPPED_MODELS_DIR
+
+logger = logging.getLogger("default_model_benchmark")
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "default_model.json"
+MARKDOWN = ROOT / "benchmarks" / "default_model.md"
+SUITES = ("babilong", "niah", "hotpotqa", "musique")
+METHOD_ORDER = ("qrag", "qrag-stop", "qrag-full", "dense", "bm25", "multistep-untrained")
+PAPER = {
+    "babilong": "answer accuracy (not fact EM), QA1–5 average ≈ 0.97 at 1k falling to ≈ 0.95 at 10M; "
+    "QA3 support-fact F1 97.8 (1k) → 96.5 (1M)",
+    "niah": "value recall, average of the variants: 100 at 4k–128k, 99.7 at 1M",
+    "hotpotqa": "fact F1 / EM 0.93 / 0.89 (trained on HotpotQA)",
+    "musique": "fact F1 / EM 0.71 / 0.55 (out of distribution)",
+}
+"""Published Q-RAG numbers (SPEC §5), one model per task trained on an A100 for up to 12 h."""
+
+
+# ============================================================================================ cells
+def parse_cell(spec: str) -> tuple[str, str | None, int | None]:
+    """``suite[:length][:n]`` → (suite, length label or None, samples per task or None for all)."""
+    suite, *rest = spec.split(":")
+    if suite not in SUITES:
+        raise SystemExit(f"unknown suite in cell {spec!r}; use one of {', '.join(SUITES)}")
+    length = None
+    if suite in ("babilong", "niah"):
+        if not rest:
+            raise SystemExit(f"cell {spec!r}: {suite} needs a length, e.g. {suite}:4k")
+        length, *rest = rest
+        length = length_label(length)
+    n = int(rest[0]) if rest and rest[0] != "all" else None
+    if suite == "niah" and n is None:
+        n = 100
+    return suite, length, n
+
+
+def cell_name(suite: str, length: str | None) -> str:
+    return suite if length is None else f"{suite}/{length}"
+
+
+def cell_examples(suite: str, length: str | None, n: int | None, haystack: Callable[[], Haystack]) -> list[Example]:
+    if suite == "babilong":
+        h = haystack() if parse_length(length) > 0 else None
+        return [e for task in BABILONG_TASKS for e in iter_babilong(task, "test", length, n, 0, h)]
+    if suite == "niah":
+        return [e for task in NIAH_TASKS for e in iter_niah(task, length, n, 0, haystack())]
+    if suite == "hotpotqa":
+        return list(iter_hotpotqa(n))
+    return list(iter_musique(n))
+
+
+# ============================================================================================ methods
+def build_methods(args: argparse.Namespace) -> dict[str, Callable[[], RetrievalMethod]]:
+    """Method name → a factory (models are loaded once, on first use)."""
+    cache = shared_cache()
+    loaded: dict[str, QRAG] = {}
+
+    def model(key: str, load: Callable[[], QRAG]) -> QRAG:
+        if key not in loaded:
+            loaded[key] = load().eval()
+        return loaded[key]
+
+    def shipped() -> QRAG:
+        return model("qrag", lambda: QRAG.from_pretrained(args.model))
+
+    def base() -> QRAG:
+        return model("base", lambda: QRAG.from_base(shipped().config.base_model))
+
+    methods: dict[str, Callable[[], RetrievalMethod]] = {
+        "qrag": lambda: QRAGSearch(shipped(), cache, beam=1),
+        "dense": lambda: DenseTopK(base(), cache),
+        "bm25": lambda: BM25TopK(),
+        "multistep-untrained": lambda: QRAGSearch(base(), cache, beam=1, name="multistep-untrained"),
+    }
+    if args.stop_threshold is not None:
+        methods["qrag-stop"] = lambda: QRAGSearch(
+            shipped(), cache, beam=1, stop_threshold=args.stop_threshold, name="qrag-stop"
+        )
+    if args.full_checkpoint is not None:
+        methods["qrag-full"] = lambda: QRAGSearch(
+            model("full", lambda: QRAG.from_pretrained(args.full_checkpoint)), cache, beam=1, name="qrag-full"
+        )
+    return {name: methods[name] for name in METHOD_ORDER if name in methods and name in args.methods}
+
+
+def machine(note: str) -> str:
+    """This machine in words, with ``note`` (e.g. other jobs sharing the CPU)."""
+    described = f"{os.cpu_count()}-core {platform.machine()} CPU, no GPU, {torch.get_num_threads()} torch thread(s)"
+    return f"{described}; {note}" if note else described
+
+
+# ============================================================================================ results
+def load_results() -> dict[str, Any]:
+    if RESULTS.is_file():
+        return json.loads(RESULTS.read_text())
+    return {"entries": {}}
+
+
+def save_results(results: dict[str, Any]) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
+    os.replace(tmp, RESULTS)
+    MARKDOWN.write_text(render(results), encoding="utf-8")
+
+
+def run_cell(
+    spec: str,
+    args: argparse.Namespace,
+    factories: dict[str, Callable[[], RetrievalMethod]],
+    results: dict[str, Any],
+    haystack: Callable[[], Haystack],
+) -> None:
+    """Measure every method of ``factories`` not yet in ``results`` on one cell, saving after each."""
+    suite, length, n = parse_cell(spec)
+    cell = cell_name(suite, length)
+    todo = [m for m in factories if args.force or f"{cell}|{m}" not in results["entries"]]
+    if not todo:
+        logger.info("%s: every method already measured (use --force to measure again)", cell)
+        return
+    examples = cell_examples(suite, length, n, haystack)
+    command = "python benchmarks/default_model.py " + shlex.join(sys.argv[1:])
+    for name in todo:
+        method = factories[name]()
+        logger.info("%s: %s on %d examples", cell, name, len(examples))
+        scores = evaluate(method, examples, show_progress=not args.quiet)
+        scores |= {
+            "cell": cell,
+            "suite": suite,
+            "length": length,
+            "per_task_n": n,
+            "machine": machine(args.machine_note),
+            "command": command,
+            "date": dt.datetime.now().isoformat(timespec="seconds"),
+        }
+        results["entries"][f"{cell}|{name}"] = scores
+        save_results(results)
+        logger.info("%s %s: fact EM %.3f, seconds %.0f", cell, name, scores["fact_em"], scores["seconds"])
+
+
+# ============================================================================================ markdown
+def _length_key(entry: dict[str, Any]) -> int:
+    return parse_length(entry["length"]) if entry.get("length") else 0
+
+
+def _method_key(name: str) -> int:
+    return METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def _sorted_entries(results: dict[str, Any], suite: str) -> list[dict[str, Any]]:
+    entries = [e for e in results["entries"].values() if e["suite"] == suite]
+    return sorted(entries, key=lambda e: (_length_key(e), _method_key(e["method"])))
+
+
+def _cell_value(entry: dict[str, Any], task: str, metric: str) -> str:
+    scores = entry.get("per_task", {}).get(task)
+    return "–" if scores is None or metric not in scores else f"{scores[metric]:.2f}"
+
+
+def _per_task_table(results: dict[str, Any], suite: str, tasks: tuple[str, ...], metric: str, extra: str | None) -> str:
+    header = ["length", "method", "n per task", *tasks, "average"]
+    if extra:
+        header.append(extra)
+    header.append("seconds")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for e in _sorted_entries(results, suite):
+        row = [e["length"], e["method"], str(e["per_task_n"]), *(_cell_value(e, t, metric) for t in tasks)]
+        row.append(f"**{e[metric]:.3f}**" if e["method"].startswith("qrag") else f"{e[metric]:.3f}")
+        if extra == "QA3 fact F1":
+            row.append(_cell_value(e, "qa3", "fact_f1"))
+        row.append(f"{e['seconds']:.0f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _open_domain_table(results: dict[str, Any]) -> str:
+    header = ["set", "method", "n", "T", "fact EM", "fact F1", "fact recall", "seconds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for suite, steps in (("hotpotqa", 2), ("musique", 4)):
+        for e in _sorted_entries(results, suite):
+            row = [suite, e["method"], str(e["n"]), str(steps)]
+            row += [f"{e[k]:.3f}" for k in ("fact_em", "fact_f1", "fact_recall")] + [f"{e['seconds']:.0f}"]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _compact_table(results: dict[str, Any]) -> str | None:
+    entries = results["entries"]
+    pairs = [
+        (key.split("|")[0], entries[key], entries.get(key.replace("|qrag-full", "|qrag")))
+        for key in entries
+        if key.endswith("|qrag-full")
+    ]
+    pairs = [(cell, full, compact) for cell, full, compact in pairs if compact is not None]
+    if not pairs:
+        return None
+    lines = [
+        "| cell | n | metric | fp16 compact (shipped) | full precision | difference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for cell, full, compact in sorted(pairs, key=lambda p: p[0]):
+        metric = "value_recall" if "value_recall" in full else "fact_em"
+        diff = compact[metric] - full[metric]
+        lines.append(f"| {cell} | {full['n']} | {metric} | {compact[metric]:.3f} | {full[metric]:.3f} | {diff:+.3f} |")
+    return "\n".join(lines)
+
+
+def render(results: dict[str, Any]) -> str:
+    entries = list(results["entries"].values())
+    machines = sorted({e["machine"] for e in entries})
+    commands = sorted({e["command"] for e in entries})
+    out = [
+        "## The default model `qrag-babilong-minilm` (issue 6)",
+        "",
+        "Generated by `benchmarks/default_model.py` from `benchmarks/results/default_model.json`. "
+        "Every method of a row group ran in the same invocation on the same samples (seed 0); `n per task` is "
+        "the sample count per task, `seconds` the wall time of the method on the whole cell (all tasks).",
+        "",
+        "Machines: " + "; ".join(machines or ["–"]),
+        "",
+        "Commands:",
+        "",
+        *[f"    {c}" for c in commands],
+        "",
+        "### BabiLong QA1–QA5: fact EM (T = 4)",
+        "",
+        f"Paper: {PAPER['babilong']}.",
+        "",
+        _per_task_table(results, "babilong", BABILONG_TASKS, "fact_em", "QA3 fact F1"),
+        "",
+        "### RULER NIAH: value recall (T = 4)",
+        "",
+        f"Paper: {PAPER['niah']}.",
+        "",
+        _per_task_table(results, "niah", tuple(NIAH_TASKS), "value_recall", None),
+        "",
+        "### HotpotQA and MuSiQue subsets, zero-shot",
+        "",
+        f"Paper: HotpotQA {PAPER['hotpotqa']}; MuSiQue {PAPER['musique']}.",
+        "",
+        _open_domain_table(results),
+    ]
+    compact = _compact_table(results)
+    if compact:
+        out += ["", "### fp16 compact delta vs full-precision checkpoint", "", compact]
+    return "\n".join(out) + "\n"
+
+
+CARD_SECTION = "## Evaluation (benchmarks/default_model.py)"
+
+
+def update_card(results: dict[str, Any], card: Path) -> None:
+    """Replace the evaluation section of the shipped model's card with the current tables."""
+    text = card.read_text(encoding="utf-8")
+    kept = text.split(CARD_SECTION)[0].rstrip()
+    tables = render(results).split("\n", 1)[1].replace("\n### ", "\n#### ")
+    card.write_text(f"{kept}\n\n{CARD_SECTION}\n{tables}", encoding="utf-8")
+
+
+# ============================================================================================ CLI
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cells", nargs="*", default=[], help="cells suite[:length][:n] to measure (default: none)")
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=list(METHOD_ORDER),
+        help="methods to measure (default: all that apply: %(default)s)",
+    )
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL_NAME, help="the model measured as qrag (default: %(default)s, shipped)"
+    )
+    parser.add_argument(
+        "--full-checkpoint", default=None, help="full-precision checkpoint to compare as qrag-full (default: none)"
+    )
+    parser.add_argument(
+        "--stop-threshold", type=float, default=None, help="add qrag-stop with this Q threshold (default: none)"
+    )
+    parser.add_argument("--force", action="store_true", help="measure pairs already in the results again")
+    parser.add_argument("--render-only", action="store_true", help="measure nothing, only rewrite the markdown")
+    parser.add_argument(
+        "--update-card",
+        action="store_true",
+        help=f"at the end, write the tables into the card {SHIPPED_MODELS_DIR.name}/{DEFAULT_MODEL_NAME}/README.md",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    parser.add_argument("--machine-note", default="", help="recorded with the machine, e.g. other jobs running")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    torch.set_num_threads(args.threads)
+    results = load_results()
+    haystacks: list[Haystack] = []
+
+    def haystack() -> Haystack:
+        if not haystacks:
+            haystacks.append(Haystack.load())
+        return haystacks[0]
+
+    factories = build_methods(args)
+    for spec in [] if args.render_only else args.cells:
+        run_cell(spec, args, factories, results, haystack)
+    save_results(results)
+    if args.update_card:
+        update_card(results, SHIPPED_MODELS_DIR / DEFAULT_MODEL_NAME / "README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

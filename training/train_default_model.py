@@ -1,0 +1,211 @@
+"""Reproduces the shipped default model ``qrag-babilong-minilm`` (issue 6): data, ``qrag-finetune``, compact copy.
+
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python training/train_default_model.py
+
+Three stages, each printed before it runs:
+
+1. **data** — a training mixture of short documents (SPEC §5 builders, ``qrag_core.data``): BabiLong QA1–QA5
+   training questions (bAbI en-10k train split; QA3 from the 1k train file plus en-valid-10k, see
+   :mod:`qrag_core.data.babi`) at 1k tokens, plus QA2/QA3 stories alone (0k), plus RULER NIAH samples of all
+   eight variants at 1k tokens (seed 1, so they differ from the seed-0 benchmark samples). Long-context
+   ability is left to ρ_t (SPEC §3.3): no training document is longer than 1k tokens. Small evaluation sets
+   (BabiLong test samples and NIAH samples at 4k tokens) are written for the periodic evaluation.
+2. **train** — ``qrag-finetune`` (the exact argument list is printed and recorded in the card) from
+   all-MiniLM-L6-v2 with relative positions, the action transformer frozen (action head trained) and the
+   state encoder's word embeddings frozen: the supervised warm start (run dir ``WORK_DIR/warm_start``), then,
+   with ``--rl-steps`` > 0, soft Q-learning from the warm-started model (SPEC §3.4; ``WORK_DIR/soft_q``).
+3. **ship** — the trained model is saved with ``save_pretrained(compact=True)`` (the state encoder as fp16
+   values of the tensors that differ from the base) into ``qrag_core/models/qrag-babilong-minilm``, its card
+   recording the recipe, the command and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shlex
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from qrag_core.cli import setup_logging
+from qrag_core.cli.finetune import main as finetune_main
+from qrag_core.data.babilong import iter_babilong
+from qrag_core.data.examples import Example, write_jsonl
+from qrag_core.data.haystack import Haystack
+from qrag_core.data.ruler import NIAH_TASKS, iter_niah
+from qrag_core.model import QRAG
+from qrag_core.model_names import DEFAULT_MODEL_NAME, SHIPPED_MODELS_DIR
+from qrag_core.training.trainer import MODEL_DIR
+
+logger = logging.getLogger("train_default_model")
+
+BABILONG_TRAIN_MIX: dict[tuple[str, str], int] = {
+    ("qa1", "1k"): 1000,
+    ("qa2", "1k"): 2000,
+    ("qa2", "0k"): 500,
+    ("qa3", "1k"): 1500,
+    ("qa3", "0k"): 500,
+    ("qa4", "1k"): 1000,
+    ("qa5", "1k"): 1500,
+}
+"""(task, length) → training questions; the two- and three-fact tasks get most of them."""
+NIAH_TRAIN_PER_TASK = 150
+"""RULER NIAH training samples per variant (1k tokens, seed NIAH_TRAIN_SEED)."""
+NIAH_TRAIN_SEED = 1
+"""Seed of the NIAH training samples (the benchmarks use seed 0)."""
+TRAIN_LENGTH_NIAH = "1k"
+EVAL_LENGTH = "4k"
+EVAL_BABILONG_PER_TASK = 10
+"""BabiLong test samples per task in the periodic evaluation (the first of the 100 test samples)."""
+EVAL_NIAH_PER_TASK = 5
+"""NIAH samples per variant in the periodic evaluation (seed 0, 4k tokens)."""
+MODEL_FLAGS = ["--base-model", "all-MiniLM-L6-v2", "--position-mode", "relative", "--freeze-state-embeddings"]
+"""Model settings of the shipped model (the other QRAGConfig fields keep their defaults)."""
+
+
+def training_examples(haystack: Haystack) -> Iterator[Example]:
+    for (task, length), n in BABILONG_TRAIN_MIX.items():
+        yield from iter_babilong(task, "train", length, n, seed=0, haystack=haystack)
+    for task in NIAH_TASKS:
+        yield from iter_niah(task, TRAIN_LENGTH_NIAH, NIAH_TRAIN_PER_TASK, seed=NIAH_TRAIN_SEED, haystack=haystack)
+
+
+def build_data(data_dir: Path) -> tuple[Path, list[Path]]:
+    """Write train.jsonl and the evaluation files (skipped when they already exist); returns their paths."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    train_file = data_dir / "train.jsonl"
+    eval_files = {
+        data_dir / f"babilong_{EVAL_LENGTH}.jsonl": lambda h: (
+            ex
+            for task in ("qa1", "qa2", "qa3", "qa4", "qa5")
+            for ex in iter_babilong(task, "test", EVAL_LENGTH, EVAL_BABILONG_PER_TASK, haystack=h)
+        ),
+        data_dir / f"niah_{EVAL_LENGTH}.jsonl": lambda h: (
+            ex for task in NIAH_TASKS for ex in iter_niah(task, EVAL_LENGTH, EVAL_NIAH_PER_TASK, haystack=h)
+        ),
+    }
+    todo = [p for p in [train_file, *eval_files] if not p.is_file()]
+    if todo:
+        haystack = Haystack.load()
+        if train_file in todo:
+            count = write_jsonl(training_examples(haystack), train_file)
+            logger.info("wrote %d training examples to %s", count, train_file)
+        for path, make in eval_files.items():
+            if path in todo:
+                logger.info("wrote %d evaluation examples to %s", write_jsonl(make(haystack), path), path)
+    return train_file, list(eval_files)
+
+
+def finetune_arguments(args: argparse.Namespace, stage: str, train_file: Path, eval_files: Sequence[Path]) -> list[str]:
+    """qrag-finetune arguments of one stage: ``warm_start`` (from the base encoder) or ``soft_q`` (from it)."""
+    argv = ["--data", str(train_file)]
+    for path in eval_files:
+        argv += ["--eval-data", str(path)]
+    argv += ["--out", str(args.work_dir / stage)]
+    if stage == "warm_start":
+        argv += [*MODEL_FLAGS, "--warm-start-steps", str(args.warm_start_steps), "--rl-steps", "0"]
+        seconds = args.warm_start_seconds
+    else:
+        argv += ["--init-from", str(args.work_dir / "warm_start" / MODEL_DIR)]
+        argv += ["--warm-start-steps", "0", "--rl-steps", str(args.rl_steps)]
+        seconds = args.rl_seconds
+    argv += [
+        "--batch-size", str(args.batch_size),
+        "--episode-steps", str(args.episode_steps),
+        "--eval-steps", str(args.eval_steps),
+        "--eval-every", str(args.eval_every),
+        "--checkpoint-every", str(args.eval_every),
+        "--seed", str(args.seed),
+        "--threads", str(args.threads),
+        "--no-progress",
+    ]  # fmt: skip
+    if seconds is not None:
+        argv += ["--max-train-seconds", str(seconds)]
+    if args.resume and (args.work_dir / stage).is_dir():
+        argv.append("--resume")
+    return argv
+
+
+def machine_description(threads: int) -> str:
+    return (
+        f"{os.cpu_count()}-core {platform.machine()} CPU ({platform.processor() or 'unknown model'}), "
+        f"no GPU, {threads} torch thread(s), torch {torch.__version__}"
+    )
+
+
+def ship(run_model: Path, target: Path, commands: Sequence[str], args: argparse.Namespace) -> None:
+    """Save the trained model compactly into the package, recording how it was made."""
+    model = QRAG.from_pretrained(str(run_model))
+    model.training_info |= {
+        "name": DEFAULT_MODEL_NAME,
+        "recipe": (
+            "BabiLong "
+            + ", ".join(f"{task} {length} x{n}" for (task, length), n in BABILONG_TRAIN_MIX.items())
+            + f"; RULER NIAH all 8 variants {TRAIN_LENGTH_NIAH} x{NIAH_TRAIN_PER_TASK} (seed {NIAH_TRAIN_SEED})"
+        ),
+        "command": " && ".join(commands),
+        "hardware": machine_description(args.threads) + (f"; {args.machine_note}" if args.machine_note else ""),
+    }
+    model.save_pretrained(target, compact=True)
+    size = sum(p.stat().st_size for p in target.iterdir())
+    logger.info("shipped %s (%.1f MB)", target, size / 1e6)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Build the training mixture, run qrag-finetune and ship the compact default model.",
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, default=Path("runs/default_model"), help="data and run folder (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--ship-to",
+        type=Path,
+        default=SHIPPED_MODELS_DIR / DEFAULT_MODEL_NAME,
+        help="where the compact model is written; 'none' skips shipping (default: the package's models folder)",
+    )
+    parser.add_argument("--warm-start-steps", type=int, default=2400, help="warm-start optimiser steps (default: 2400)")
+    parser.add_argument(
+        "--rl-steps", type=int, default=0, help="soft-Q optimiser steps after the warm start; 0 skips them (default: 0)"
+    )
+    parser.add_argument("--warm-start-seconds", type=float, default=None, help="warm-start time limit (default: none)")
+    parser.add_argument("--rl-seconds", type=float, default=None, help="soft-Q time limit (default: none)")
+    parser.add_argument("--batch-size", type=int, default=16, help="episodes per optimiser step (default: 16)")
+    parser.add_argument("--episode-steps", type=int, default=5, help="T of a training episode (default: 5)")
+    parser.add_argument("--eval-steps", type=int, default=4, help="T of the periodic evaluation (default: 4)")
+    parser.add_argument("--eval-every", type=int, default=400, help="evaluate, checkpoint every N steps (default: 400)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted stages in WORK_DIR")
+    parser.add_argument(
+        "--machine-note", default="", help="free text recorded in the card's hardware line, e.g. other jobs running"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    torch.set_num_threads(args.threads)
+    train_file, eval_files = build_data(args.work_dir / "data")
+    stages = ["warm_start"] + (["soft_q"] if args.rl_steps > 0 else [])
+    commands = []
+    for stage in stages:
+        finetune_argv = finetune_arguments(args, stage, train_file, eval_files)
+        commands.append("qrag-finetune " + shlex.join(finetune_argv))
+        logger.info("running: %s", commands[-1])
+        status = finetune_main(finetune_argv)
+        if status != 0:
+            return status
+    if str(args.ship_to).lower() != "none":
+        ship(args.work_dir / stages[-1] / MODEL_DIR, args.ship_to, commands, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
