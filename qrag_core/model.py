@@ -213,6 +213,7 @@ class QRAG(nn.Module):
             }
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
             write_model_card(tmp / "README.md", self.config, self.training_info)
+            _usual_permissions(tmp)
             if directory.exists():
                 shutil.rmtree(directory)
             os.replace(tmp, directory)
@@ -379,6 +380,14 @@ class QRAG(nn.Module):
         return self.search(
             question, self.index_documents([document] if isinstance(document, str) else [document]), **options
         )
+
+
+def _usual_permissions(directory: Path) -> None:
+    """Give a directory made by ``mkdtemp`` (0700, files 0600) the permissions the umask gives new files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _apply_delta(encoder: TextEncoder, file: Path) -> None:
