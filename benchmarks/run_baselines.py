@@ -312,7 +312,9 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
         out.append("")
     for title, section in SECTIONS:
         if (ROOT / section).is_file():
-            out += [f"## {title}", "", f"(from `{section}`)", "", (ROOT / section).read_text().strip(), ""]
+            text = (ROOT / section).read_text().strip()
+            heading = [] if text.startswith("## ") else [f"## {title}", ""]
+            out += [*heading, f"(from `{section}`)", "", text, ""]
     path.write_text("\n".join(out).rstrip() + "\n")
 
 
