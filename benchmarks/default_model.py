@@ -12,24 +12,29 @@ measures the shipped model (``qrag``: greedy search) next to the three baselines
 :mod:`qrag_core.baselines` (``dense``, ``bm25``, ``multistep-untrained``), plus ``qrag-full`` (the
 full-precision checkpoint the shipped fp16 delta was made from) when ``--full-checkpoint`` is given.
 T is the evaluation loop's default (:mod:`qrag_core.evaluation`): 4 for BabiLong and NIAH, 2 for
-HotpotQA, 4 for MuSiQue. ``--stop-threshold`` adds ``qrag-stop`` (the search stops when the best Q falls
+HotpotQA, 4 for MuSiQue; ``--steps`` sets T for every cell of a run (recorded as ``cell@T<steps>``, e.g. T = 3
+for QA3's three facts). ``--stop-threshold`` adds ``qrag-stop`` (the search stops when the best Q falls
 below the threshold), which is how the paper reports fact F1.
 
 Results accumulate in ``benchmarks/results/default_model.json`` (one entry per cell and method, with
-scores, per-task scores, sample counts, wall time, machine and command); pairs already measured are
-skipped unless ``--force``. ``benchmarks/default_model.md`` is rewritten from the JSON after every pair.
+scores, per-task scores, sample counts, wall time, machine and command), merged under a file lock so that
+several runs may go at once; pairs already measured are skipped unless ``--force``.
+``benchmarks/default_model.md`` is rewritten from the JSON after every pair, and ``--update-card`` copies
+its tables into the shipped model's card.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
 import platform
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,7 +49,7 @@ from qrag_core.data.haystack import Haystack
 from qrag_core.data.hotpotqa import iter_hotpotqa
 from qrag_core.data.musique import iter_musique
 from qrag_core.data.ruler import NIAH_TASKS, iter_niah
-from qrag_core.evaluation import QRAGSearch, RetrievalMethod, evaluate, shared_cache
+from qrag_core.evaluation import DEFAULT_STEPS, TASK_STEPS, QRAGSearch, RetrievalMethod, evaluate, shared_cache
 from qrag_core.model import QRAG
 from qrag_core.model_names import DEFAULT_MODEL_NAME, SHIPPED_MODELS_DIR
 
@@ -145,25 +150,32 @@ def load_results() -> dict[str, Any]:
     return {"entries": {}}
 
 
-def save_results(results: dict[str, Any]) -> None:
+def save_results(new_entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Merge ``new_entries`` into the results file (under a lock: several invocations may run at once),
+    rewrite the markdown, and return all results."""
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    os.replace(tmp, RESULTS)
-    MARKDOWN.write_text(render(results), encoding="utf-8")
+    with open(Path(tempfile.gettempdir()) / "qrag-default-model-results.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = load_results()
+        results["entries"].update(new_entries)
+        tmp = RESULTS.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
+        os.replace(tmp, RESULTS)
+        MARKDOWN.write_text(render(results), encoding="utf-8")
+    return results
 
 
 def run_cell(
     spec: str,
     args: argparse.Namespace,
     factories: dict[str, Callable[[], RetrievalMethod]],
-    results: dict[str, Any],
     haystack: Callable[[], Haystack],
 ) -> None:
-    """Measure every method of ``factories`` not yet in ``results`` on one cell, saving after each."""
+    """Measure every method of ``factories`` not yet in the results on one cell, saving after each."""
     suite, length, n = parse_cell(spec)
-    cell = cell_name(suite, length)
-    todo = [m for m in factories if args.force or f"{cell}|{m}" not in results["entries"]]
+    cell = cell_name(suite, length) + (f"@T{args.steps}" if args.steps else "")
+    measured = load_results()["entries"]
+    todo = [m for m in factories if args.force or f"{cell}|{m}" not in measured]
     if not todo:
         logger.info("%s: every method already measured (use --force to measure again)", cell)
         return
@@ -172,7 +184,7 @@ def run_cell(
     for name in todo:
         method = factories[name]()
         logger.info("%s: %s on %d examples", cell, name, len(examples))
-        scores = evaluate(method, examples, show_progress=not args.quiet)
+        scores = evaluate(method, examples, steps=args.steps, show_progress=not args.quiet)
         scores |= {
             "cell": cell,
             "suite": suite,
@@ -182,8 +194,7 @@ def run_cell(
             "command": command,
             "date": dt.datetime.now().isoformat(timespec="seconds"),
         }
-        results["entries"][f"{cell}|{name}"] = scores
-        save_results(results)
+        save_results({f"{cell}|{name}": scores})
         logger.info("%s %s: fact EM %.3f, seconds %.0f", cell, name, scores["fact_em"], scores["seconds"])
 
 
@@ -196,9 +207,20 @@ def _method_key(name: str) -> int:
     return METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER)
 
 
+def _steps(entry: dict[str, Any]) -> int:
+    """T the entry was measured with (the evaluation loop's per-task default when the run set none)."""
+    return entry["steps"] or TASK_STEPS.get(entry["suite"], DEFAULT_STEPS)
+
+
 def _sorted_entries(results: dict[str, Any], suite: str) -> list[dict[str, Any]]:
     entries = [e for e in results["entries"].values() if e["suite"] == suite]
-    return sorted(entries, key=lambda e: (_length_key(e), _method_key(e["method"])))
+    return sorted(entries, key=lambda e: (_length_key(e), _steps(e), _method_key(e["method"])))
+
+
+def _task_counts(entry: dict[str, Any]) -> str:
+    """Samples per task: one number, or the range when a builder skipped some (stories longer than the length)."""
+    counts = sorted({scores["n"] for scores in entry.get("per_task", {}).values()}) or [entry["n"]]
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
 
 
 def _cell_value(entry: dict[str, Any], task: str, metric: str) -> str:
@@ -207,13 +229,13 @@ def _cell_value(entry: dict[str, Any], task: str, metric: str) -> str:
 
 
 def _per_task_table(results: dict[str, Any], suite: str, tasks: tuple[str, ...], metric: str, extra: str | None) -> str:
-    header = ["length", "method", "n per task", *tasks, "average"]
+    header = ["length", "T", "method", "n per task", *tasks, "average"]
     if extra:
         header.append(extra)
     header.append("seconds")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in _sorted_entries(results, suite):
-        row = [e["length"], e["method"], str(e["per_task_n"]), *(_cell_value(e, t, metric) for t in tasks)]
+        row = [e["length"], str(_steps(e)), e["method"], _task_counts(e), *(_cell_value(e, t, metric) for t in tasks)]
         row.append(f"**{e[metric]:.3f}**" if e["method"].startswith("qrag") else f"{e[metric]:.3f}")
         if extra == "QA3 fact F1":
             row.append(_cell_value(e, "qa3", "fact_f1"))
@@ -225,9 +247,9 @@ def _per_task_table(results: dict[str, Any], suite: str, tasks: tuple[str, ...],
 def _open_domain_table(results: dict[str, Any]) -> str:
     header = ["set", "method", "n", "T", "fact EM", "fact F1", "fact recall", "seconds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for suite, steps in (("hotpotqa", 2), ("musique", 4)):
+    for suite in ("hotpotqa", "musique"):
         for e in _sorted_entries(results, suite):
-            row = [suite, e["method"], str(e["n"]), str(steps)]
+            row = [suite, e["method"], str(e["n"]), str(_steps(e))]
             row += [f"{e[k]:.3f}" for k in ("fact_em", "fact_f1", "fact_recall")] + [f"{e['seconds']:.0f}"]
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -271,13 +293,13 @@ def render(results: dict[str, Any]) -> str:
         "",
         *[f"    {c}" for c in commands],
         "",
-        "### BabiLong QA1–QA5: fact EM (T = 4)",
+        "### BabiLong QA1–QA5: fact EM",
         "",
         f"Paper: {PAPER['babilong']}.",
         "",
         _per_task_table(results, "babilong", BABILONG_TASKS, "fact_em", "QA3 fact F1"),
         "",
-        "### RULER NIAH: value recall (T = 4)",
+        "### RULER NIAH: value recall",
         "",
         f"Paper: {PAPER['niah']}.",
         "",
@@ -325,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stop-threshold", type=float, default=None, help="add qrag-stop with this Q threshold (default: none)"
     )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="T for every cell of this run, recorded as cell@T<steps> (default: the evaluation loop's per-task T)",
+    )
     parser.add_argument("--force", action="store_true", help="measure pairs already in the results again")
     parser.add_argument("--render-only", action="store_true", help="measure nothing, only rewrite the markdown")
     parser.add_argument(
@@ -342,7 +370,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     torch.set_num_threads(args.threads)
-    results = load_results()
     haystacks: list[Haystack] = []
 
     def haystack() -> Haystack:
@@ -352,8 +379,8 @@ def main(argv: list[str] | None = None) -> int:
 
     factories = build_methods(args)
     for spec in [] if args.render_only else args.cells:
-        run_cell(spec, args, factories, results, haystack)
-    save_results(results)
+        run_cell(spec, args, factories, haystack)
+    results = save_results({})
     if args.update_card:
         update_card(results, SHIPPED_MODELS_DIR / DEFAULT_MODEL_NAME / "README.md")
     return 0

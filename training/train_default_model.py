@@ -22,12 +22,14 @@ Three stages, each printed before it runs:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
 import shlex
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -57,7 +59,7 @@ BABILONG_TRAIN_MIX: dict[tuple[str, str], int] = {
 NIAH_TRAIN_PER_TASK = 150
 """RULER NIAH training samples per variant (1k tokens, seed NIAH_TRAIN_SEED)."""
 NIAH_TRAIN_SEED = 1
-"""Seed of the NIAH training samples (the benchmarks use seed 0)."""
+"""Seed of the first stage's NIAH training samples (the benchmarks use seed 0); stage k uses NIAH_TRAIN_SEED + k."""
 TRAIN_LENGTH_NIAH = "1k"
 EVAL_LENGTH = "4k"
 EVAL_BABILONG_PER_TASK = 10
@@ -68,17 +70,33 @@ MODEL_FLAGS = ["--base-model", "all-MiniLM-L6-v2", "--position-mode", "relative"
 """Model settings of the shipped model (the other QRAGConfig fields keep their defaults)."""
 
 
-def training_examples(haystack: Haystack) -> Iterator[Example]:
+@dataclass
+class Stage:
+    """One qrag-finetune run of the recipe."""
+
+    name: str
+    """Its run folder under WORK_DIR."""
+    data_seed: int
+    """Seed of its training file: which training questions, and where their facts lie in which haystack."""
+    init_from: str | None
+    """The stage whose model it starts from (None: the base encoder with MODEL_FLAGS)."""
+    phase_flags: list[str]
+    """Steps and learning rate of its phase."""
+    seconds: float | None
+    """Its training time limit."""
+
+
+def training_examples(haystack: Haystack, seed: int) -> Iterator[Example]:
     for (task, length), n in BABILONG_TRAIN_MIX.items():
-        yield from iter_babilong(task, "train", length, n, seed=0, haystack=haystack)
+        yield from iter_babilong(task, "train", length, n, seed=seed, haystack=haystack)
     for task in NIAH_TASKS:
-        yield from iter_niah(task, TRAIN_LENGTH_NIAH, NIAH_TRAIN_PER_TASK, seed=NIAH_TRAIN_SEED, haystack=haystack)
+        yield from iter_niah(task, TRAIN_LENGTH_NIAH, NIAH_TRAIN_PER_TASK, NIAH_TRAIN_SEED + seed, haystack)
 
 
-def build_data(data_dir: Path) -> tuple[Path, list[Path]]:
-    """Write train.jsonl and the evaluation files (skipped when they already exist); returns their paths."""
+def build_data(data_dir: Path, seeds: Sequence[int]) -> tuple[dict[int, Path], list[Path]]:
+    """Write one training file per seed and the evaluation files (each skipped when it exists); their paths."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    train_file = data_dir / "train.jsonl"
+    train_files = {seed: data_dir / f"train_seed{seed}.jsonl" for seed in seeds}
     eval_files = {
         data_dir / f"babilong_{EVAL_LENGTH}.jsonl": lambda h: (
             ex
@@ -89,31 +107,46 @@ def build_data(data_dir: Path) -> tuple[Path, list[Path]]:
             ex for task in NIAH_TASKS for ex in iter_niah(task, EVAL_LENGTH, EVAL_NIAH_PER_TASK, haystack=h)
         ),
     }
-    todo = [p for p in [train_file, *eval_files] if not p.is_file()]
+    todo = [p for p in [*train_files.values(), *eval_files] if not p.is_file()]
     if todo:
         haystack = Haystack.load()
-        if train_file in todo:
-            count = write_jsonl(training_examples(haystack), train_file)
-            logger.info("wrote %d training examples to %s", count, train_file)
+        for seed, path in train_files.items():
+            if path in todo:
+                count = write_jsonl(training_examples(haystack, seed), path)
+                logger.info("wrote %d training examples to %s", count, path)
         for path, make in eval_files.items():
             if path in todo:
                 logger.info("wrote %d evaluation examples to %s", write_jsonl(make(haystack), path), path)
-    return train_file, list(eval_files)
+    return train_files, list(eval_files)
 
 
-def finetune_arguments(args: argparse.Namespace, stage: str, train_file: Path, eval_files: Sequence[Path]) -> list[str]:
-    """qrag-finetune arguments of one stage: ``warm_start`` (from the base encoder) or ``soft_q`` (from it)."""
+def recipe_stages(args: argparse.Namespace) -> list[Stage]:
+    """The warm start from the base encoder, an optional second warm start on fresh data, optional soft-Q."""
+    stages = [Stage("warm_start", 0, None, ["--warm-start-steps", str(args.warm_start_steps)], args.warm_start_seconds)]
+    if args.continue_steps > 0:
+        flags = ["--warm-start-steps", str(args.continue_steps), "--warm-start-lr", str(args.continue_lr)]
+        stages.append(Stage("warm_start_2", 1, "warm_start", flags, args.continue_seconds))
+    if args.rl_steps > 0:
+        flags = ["--warm-start-steps", "0", "--rl-steps", str(args.rl_steps)]
+        stages.append(Stage("soft_q", stages[-1].data_seed, stages[-1].name, flags, args.rl_seconds))
+    return stages
+
+
+def finetune_arguments(
+    args: argparse.Namespace, stage: Stage, train_file: Path, eval_files: Sequence[Path]
+) -> list[str]:
+    """The qrag-finetune arguments of one stage."""
     argv = ["--data", str(train_file)]
     for path in eval_files:
         argv += ["--eval-data", str(path)]
-    argv += ["--out", str(args.work_dir / stage)]
-    if stage == "warm_start":
-        argv += [*MODEL_FLAGS, "--warm-start-steps", str(args.warm_start_steps), "--rl-steps", "0"]
-        seconds = args.warm_start_seconds
+    argv += ["--out", str(args.work_dir / stage.name)]
+    if stage.init_from is None:
+        argv += MODEL_FLAGS
     else:
-        argv += ["--init-from", str(args.work_dir / "warm_start" / MODEL_DIR)]
-        argv += ["--warm-start-steps", "0", "--rl-steps", str(args.rl_steps)]
-        seconds = args.rl_seconds
+        argv += ["--init-from", str(args.work_dir / stage.init_from / MODEL_DIR)]
+    argv += stage.phase_flags
+    if "--rl-steps" not in stage.phase_flags:
+        argv += ["--rl-steps", "0"]
     argv += [
         "--batch-size", str(args.batch_size),
         "--episode-steps", str(args.episode_steps),
@@ -124,9 +157,9 @@ def finetune_arguments(args: argparse.Namespace, stage: str, train_file: Path, e
         "--threads", str(args.threads),
         "--no-progress",
     ]  # fmt: skip
-    if seconds is not None:
-        argv += ["--max-train-seconds", str(seconds)]
-    if args.resume and (args.work_dir / stage).is_dir():
+    if stage.seconds is not None:
+        argv += ["--max-train-seconds", str(stage.seconds)]
+    if args.resume and (args.work_dir / stage.name).is_dir():
         argv.append("--resume")
     return argv
 
@@ -138,16 +171,24 @@ def machine_description(threads: int) -> str:
     )
 
 
-def ship(run_model: Path, target: Path, commands: Sequence[str], args: argparse.Namespace) -> None:
+def ship(stages: Sequence[Stage], target: Path, commands: Sequence[str], args: argparse.Namespace) -> None:
     """Save the trained model compactly into the package, recording how it was made."""
-    model = QRAG.from_pretrained(str(run_model))
+    model = QRAG.from_pretrained(str(args.work_dir / stages[-1].name / MODEL_DIR))
+    done = {}
+    for stage in stages:
+        info = json.loads((args.work_dir / stage.name / MODEL_DIR / "config.json").read_text())["qrag"]["training"]
+        done[stage.name] = {k: info[k] for k in ("steps", "examples_seen", "seconds")}
     model.training_info |= {
         "name": DEFAULT_MODEL_NAME,
         "recipe": (
             "BabiLong "
             + ", ".join(f"{task} {length} x{n}" for (task, length), n in BABILONG_TRAIN_MIX.items())
-            + f"; RULER NIAH all 8 variants {TRAIN_LENGTH_NIAH} x{NIAH_TRAIN_PER_TASK} (seed {NIAH_TRAIN_SEED})"
+            + f"; RULER NIAH all 8 variants {TRAIN_LENGTH_NIAH} x{NIAH_TRAIN_PER_TASK}; per stage, data seed "
+            + ", ".join(f"{stage.name}: {stage.data_seed}" for stage in stages)
+            + f" (NIAH seed + {NIAH_TRAIN_SEED})"
         ),
+        "stages": done,
+        "total_seconds": round(sum(d["seconds"] for d in done.values()), 1),
         "command": " && ".join(commands),
         "hardware": machine_description(args.threads) + (f"; {args.machine_note}" if args.machine_note else ""),
     }
@@ -171,7 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--warm-start-steps", type=int, default=2400, help="warm-start optimiser steps (default: 2400)")
     parser.add_argument(
-        "--rl-steps", type=int, default=0, help="soft-Q optimiser steps after the warm start; 0 skips them (default: 0)"
+        "--continue-steps",
+        type=int,
+        default=0,
+        help="steps of a second warm start from the first, on training data of seed 1; 0 skips it (default: 0)",
+    )
+    parser.add_argument("--continue-lr", type=float, default=3e-5, help="its peak learning rate (default: 3e-5)")
+    parser.add_argument("--continue-seconds", type=float, default=None, help="its time limit (default: none)")
+    parser.add_argument(
+        "--rl-steps",
+        type=int,
+        default=0,
+        help="soft-Q optimiser steps after the warm start(s); 0 skips them (default: 0)",
     )
     parser.add_argument("--warm-start-seconds", type=float, default=None, help="warm-start time limit (default: none)")
     parser.add_argument("--rl-seconds", type=float, default=None, help="soft-Q time limit (default: none)")
@@ -183,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted stages in WORK_DIR")
     parser.add_argument(
+        "--skip-stages",
+        type=int,
+        default=0,
+        help="reuse the models of the first N stages, already trained in WORK_DIR (default: 0)",
+    )
+    parser.add_argument(
         "--machine-note", default="", help="free text recorded in the card's hardware line, e.g. other jobs running"
     )
     return parser
@@ -192,18 +250,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     torch.set_num_threads(args.threads)
-    train_file, eval_files = build_data(args.work_dir / "data")
-    stages = ["warm_start"] + (["soft_q"] if args.rl_steps > 0 else [])
+    stages = recipe_stages(args)
+    train_files, eval_files = build_data(args.work_dir / "data", sorted({stage.data_seed for stage in stages}))
     commands = []
-    for stage in stages:
-        finetune_argv = finetune_arguments(args, stage, train_file, eval_files)
+    for number, stage in enumerate(stages):
+        finetune_argv = finetune_arguments(args, stage, train_files[stage.data_seed], eval_files)
         commands.append("qrag-finetune " + shlex.join(finetune_argv))
+        if number < args.skip_stages:
+            logger.info("reusing the finished stage %s of: %s", stage.name, commands[-1])
+            continue
         logger.info("running: %s", commands[-1])
         status = finetune_main(finetune_argv)
         if status != 0:
             return status
     if str(args.ship_to).lower() != "none":
-        ship(args.work_dir / stages[-1] / MODEL_DIR, args.ship_to, commands, args)
+        ship(stages, args.ship_to, commands, args)
     return 0
 
 
