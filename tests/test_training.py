@@ -234,6 +234,32 @@ def test_q_learning_loss_trains_state_encoder_and_action_head(tiny_base):
     assert losses[-1] < 0.2 * losses[0]
 
 
+def test_warm_start_mistakes_add_the_state_after_the_top_wrong_pick(tiny_base, monkeypatch):
+    model = tiny_model(tiny_base)
+    trainer = Trainer(model, chain_examples(8, 0), quick_config(warm_start_mistakes=1.0), show_progress=False)
+    trainer.encode_training_documents()
+    seen = []
+    real = Trainer.supervised_loss
+
+    def record(self, docs, prefixes):
+        seen.append(list(prefixes))
+        return real(self, docs, prefixes)
+
+    monkeypatch.setattr(Trainer, "supervised_loss", record)
+    docs = trainer.documents[:4]
+    trainer.warm_start_loss(docs, len(docs))
+    gold, with_mistake = seen
+    assert len(with_mistake) == 4
+    for doc, prefix, extended in zip(docs, gold, with_mistake, strict=True):
+        (wrong,) = set(extended) - set(prefix)
+        assert wrong not in doc.support and set(prefix) <= doc.support
+        with torch.no_grad():
+            state = model.state_vectors([doc.question], [doc.state_texts(prefix)])[0]
+            q = trainer.q_row(model, state, model.action_vectors(doc.content.float()), prefix)
+        q[sorted(doc.support)] = float("-inf")
+        assert wrong == int(q.argmax())
+
+
 def test_micro_batches_accumulate_the_same_gradient(tiny_base):
     weights = []
     for micro in (None, 2):

@@ -34,6 +34,8 @@ class TrainingConfig:
     """Peak learning rate of the warm start."""
     warm_start_temperature: float = 0.05
     """Temperature of the warm-start softmax over the Q-values of the available chunks."""
+    warm_start_mistakes: float = 0.0
+    """Fraction of warm-start examples that also train from the state after the model's top-ranked wrong chunk."""
     rl_steps: int = 300
     """Optimiser steps of the soft Q-learning phase that follows the warm start (0 switches it off)."""
     lr: float = 5e-5
@@ -110,7 +112,7 @@ class TrainingConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise InvalidInputError(f"{name} must be positive or none, got {value}")
-        for name in ("gamma", "lam", "tau"):
+        for name in ("gamma", "lam", "tau", "warm_start_mistakes"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InvalidInputError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.reward not in REWARDS:

@@ -317,23 +317,49 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------------- 3. warm start
     def warm_start_loss(self, docs: Sequence[TrainingDocument], batch_size: int) -> torch.Tensor:
-        """−log Σ_{missing support c} softmax(Q(s, ·)/temperature)_c from random gold prefixes, summed / batch."""
-        model, temperature = self.model, self.config.warm_start_temperature
+        """−log Σ_{missing support c} softmax(Q(s, ·)/temperature)_c from random gold prefixes, summed / batch.
+
+        With ``warm_start_mistakes`` = p, a fraction p of the examples adds a second state: the gold prefix
+        plus the non-support chunk the model ranks highest there, i.e. the state after its likeliest mistake,
+        so that the model also learns to find the missing support after a wrong pick (greedy search at
+        T > |F*| has steps to spare for that).
+        """
         prefixes = []
         for doc in docs:
             support = sorted(doc.support)
             size = int(self.rng.integers(0, len(support)))
             prefixes.append(sorted(self.rng.choice(support, size=size, replace=False).tolist()))
+        loss, q_rows = self.supervised_loss(docs, prefixes)
+        with_mistake = [b for b in range(len(docs)) if self.rng.random() < self.config.warm_start_mistakes]
+        mistakes = []
+        for b in with_mistake:
+            q = q_rows[b].index_fill(0, torch.as_tensor(sorted(docs[b].support)), float("-inf"))
+            if torch.isfinite(q).any():
+                mistakes.append((b, int(q.argmax())))
+        if mistakes:
+            extra, _ = self.supervised_loss(
+                [docs[b] for b, _ in mistakes], [sorted([*prefixes[b], m]) for b, m in mistakes]
+            )
+            loss = loss + extra
+        return loss / batch_size
+
+    def supervised_loss(
+        self, docs: Sequence[TrainingDocument], prefixes: Sequence[list[int]]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Summed cross-entropy of the warm start at the states (question + prefix), and those Q rows detached."""
+        model, temperature = self.model, self.config.warm_start_temperature
         states = model.state_vectors(
             [d.question for d in docs], [d.state_texts(p) for d, p in zip(docs, prefixes, strict=True)]
         )
-        loss = states.new_zeros(())
+        loss, q_rows = states.new_zeros(()), []
         for row, (doc, prefix) in enumerate(zip(docs, prefixes, strict=True)):
             content = doc.content.float() if self.frozen else model.action_encoder.embed(doc.texts)
-            logits = self.q_row(model, states[row], model.action_vectors(content), prefix) / temperature
+            q = self.q_row(model, states[row], model.action_vectors(content), prefix)
+            logits = q / temperature
             missing = torch.as_tensor(sorted(doc.support - set(prefix)), device=logits.device)
             loss = loss + torch.logsumexp(logits, 0) - torch.logsumexp(logits[missing], 0)
-        return loss / batch_size
+            q_rows.append(q.detach().cpu())
+        return loss, q_rows
 
     # -------------------------------------------------------------------------------------------- 4. soft Q
     @torch.no_grad()
