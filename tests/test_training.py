@@ -260,11 +260,14 @@ def test_warm_start_mistakes_add_the_state_after_the_top_wrong_pick(tiny_base, m
         assert wrong == int(q.argmax())
 
 
-def test_micro_batches_accumulate_the_same_gradient(tiny_base):
+@pytest.mark.parametrize("mistakes", [0.0, 0.5])
+def test_micro_batches_accumulate_the_same_gradient(tiny_base, mistakes):
     weights = []
     for micro in (None, 2):
         model = tiny_model(tiny_base)
-        config = quick_config(warm_start_steps=1, rl_steps=1, micro_batch_size=micro, eval_every=0)
+        config = quick_config(
+            warm_start_steps=1, rl_steps=1, micro_batch_size=micro, eval_every=0, warm_start_mistakes=mistakes
+        )
         train(model, chain_examples(8, 0), config, show_progress=False)
         weights.append(model.action_head.weight.detach().clone())
     assert torch.allclose(weights[0], weights[1], atol=1e-5)

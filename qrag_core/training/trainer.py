@@ -324,13 +324,14 @@ class Trainer:
         so that the model also learns to find the missing support after a wrong pick (greedy search at
         T > |F*| has steps to spare for that).
         """
-        prefixes = []
-        for doc in docs:
+        prefixes, with_mistake = [], []
+        for b, doc in enumerate(docs):  # per example, so that micro-batching draws the same numbers
             support = sorted(doc.support)
             size = int(self.rng.integers(0, len(support)))
             prefixes.append(sorted(self.rng.choice(support, size=size, replace=False).tolist()))
+            if self.config.warm_start_mistakes > 0 and self.rng.random() < self.config.warm_start_mistakes:
+                with_mistake.append(b)
         loss, q_rows = self.supervised_loss(docs, prefixes)
-        with_mistake = [b for b in range(len(docs)) if self.rng.random() < self.config.warm_start_mistakes]
         mistakes = []
         for b in with_mistake:
             q = q_rows[b].index_fill(0, torch.as_tensor(sorted(docs[b].support)), float("-inf"))
