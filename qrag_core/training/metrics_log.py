@@ -16,7 +16,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.csv"
-TIMING_FIELDS = ("train_seconds", "wall_seconds")
+TIMING_FIELDS = ("train_seconds", "train_cpu_seconds", "wall_seconds")
 
 
 def _format(value: Any) -> str:

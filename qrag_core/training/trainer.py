@@ -24,6 +24,7 @@ the same deterministic Q-function.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -31,7 +32,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,7 @@ class Trainer:
         self.rng = np.random.default_rng([config.seed, 11])
         self.step = 0
         self.train_seconds = 0.0
+        self.train_cpu_seconds = 0.0
         self.wall_seconds = 0.0
         self.last_evaluation: dict[str, dict[str, float]] = {}
         self.target: QRAG | None = None
@@ -273,7 +275,7 @@ class Trainer:
         fields = list(TRAIN_FIELDS)
         for name in self.eval_sets:
             fields += [f"eval_{name}_fact_em", f"eval_{name}_fact_recall"]
-        self.fields = [*fields, "train_seconds", "wall_seconds"]
+        self.fields = [*fields, "train_seconds", "train_cpu_seconds", "wall_seconds"]
 
     # -------------------------------------------------------------------------------------------- content
     def encode_training_documents(self) -> None:
@@ -536,9 +538,8 @@ class Trainer:
             self.start_phase(self.phase(0))
         log = MetricsLog(self.fields, self.out_dir, resume_step=self.step if resume else None)
         wall_start = time.perf_counter() - self.wall_seconds
-        train_start = time.perf_counter()
-        self.encode_training_documents()
-        self.train_seconds += time.perf_counter() - train_start
+        with self._training_clock():
+            self.encode_training_documents()
         if self.step == 0 and not resume and self.eval_sets:  # the evaluation before training
             log.write(
                 {"step": 0, "phase": self.phase(0), "examples": 0} | self.run_evaluation() | self._times(wall_start)
@@ -548,9 +549,8 @@ class Trainer:
             while self.step < c.total_steps:
                 if self.step > 0 and self.phase(self.step) != self.phase(self.step - 1):
                     self.start_phase(self.phase(self.step))
-                started = time.perf_counter()
-                metrics = self.train_step()
-                self.train_seconds += time.perf_counter() - started
+                with self._training_clock():
+                    metrics = self.train_step()
                 phase = self.phase(self.step)
                 self.step += 1
                 row = {"step": self.step, "phase": phase, "examples": self.step * c.batch_size} | metrics
@@ -575,6 +575,16 @@ class Trainer:
             self.model.save_pretrained(self.out_dir / MODEL_DIR)
         return TrainingResult(self.step, self.step * c.batch_size, self.train_seconds, log.rows, self.last_evaluation)
 
+    @contextlib.contextmanager
+    def _training_clock(self) -> Iterator[None]:
+        """Adds the wall time and the process CPU time of the enclosed training work to the run's totals."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.train_seconds += time.perf_counter() - wall
+            self.train_cpu_seconds += time.process_time() - cpu
+
     def _out_of_time(self) -> bool:
         limit = self.config.max_train_seconds
         return limit is not None and self.train_seconds >= limit
@@ -584,7 +594,11 @@ class Trainer:
 
     def _times(self, wall_start: float) -> dict[str, float]:
         self.wall_seconds = time.perf_counter() - wall_start
-        return {"train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds}
+        return {
+            "train_seconds": self.train_seconds,
+            "train_cpu_seconds": self.train_cpu_seconds,
+            "wall_seconds": self.wall_seconds,
+        }
 
     def training_info(self) -> dict[str, Any]:
         """What the model card records about this run."""
@@ -597,6 +611,7 @@ class Trainer:
             "soft_q_steps": max(0, self.step - c.warm_start_steps),
             "examples_seen": self.step * c.batch_size,
             "seconds": round(self.train_seconds, 1),
+            "cpu_seconds": round(self.train_cpu_seconds, 1),
             "action_encoder": "frozen (action head trained)" if self.frozen else "trained",
             "config": c.to_dict(),
             "evaluation": {
@@ -620,6 +635,7 @@ class Trainer:
             state = {
                 "step": self.step,
                 "train_seconds": self.train_seconds,
+                "train_cpu_seconds": self.train_cpu_seconds,
                 "wall_seconds": self.wall_seconds,
                 "config": self.config.to_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -669,6 +685,7 @@ class Trainer:
         self.model.weights_changed()
         self.step = state["step"]
         self.train_seconds, self.wall_seconds = state["train_seconds"], state["wall_seconds"]
+        self.train_cpu_seconds = state["train_cpu_seconds"]
         self.last_evaluation = state["last_evaluation"]
         self.start_phase(self.phase(self.step))
         assert self.optimizer is not None
