@@ -185,6 +185,9 @@ def run_cell(
         method = factories[name]()
         logger.info("%s: %s on %d examples", cell, name, len(examples))
         scores = evaluate(method, examples, steps=args.steps, show_progress=not args.quiet)
+        model = getattr(method, "model", None)
+        if model is not None:  # which weights were measured (the shipped model may be retrained later)
+            scores["state_encoder_fingerprint"] = model.state_encoder.fingerprint()
         scores |= {
             "cell": cell,
             "suite": suite,
