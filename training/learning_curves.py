@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = []
     for spec in args.run:
-        name, sep, directory = spec.partition("=")
+        name, sep, directory = spec.rpartition("=")
         if not sep:
             parser.error(f"--run needs NAME=DIR, got {spec!r}")
         rows += evaluation_rows(name, Path(directory) / "metrics.csv")

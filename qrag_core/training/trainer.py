@@ -74,7 +74,11 @@ TRAIN_FIELDS = (
 
 # ================================================================================================ 1. pure math
 def phase_learning_rate(step: int, phase_steps: int, peak: float, warmup_steps: int) -> float:
-    """Linear warm-up over ``warmup_steps`` then linear decay; ``step`` is 0-based inside the phase (never 0)."""
+    """Linear warm-up over ``warmup_steps``, then linear decay; ``step`` is 0-based inside the phase.
+
+    The rate is positive at every step of the phase (the last one gets peak / (phase_steps − warmup_steps)),
+    so the annealed temperature α_t = α_0·lr_t/lr_peak never reaches zero.
+    """
     ramp = (step + 1) / max(warmup_steps, 1)
     decay = (phase_steps - step) / max(phase_steps - warmup_steps, 1)
     return peak * min(1.0, ramp, decay)
@@ -201,7 +205,7 @@ def example_schedule(num_examples: int, num_steps: int, batch_size: int, seed: i
     return order[:needed].reshape(num_steps, batch_size)
 
 
-# ================================================================================================ episodes
+# ================================================================================================ the trainer
 @dataclass
 class Episode:
     """One rollout: the chunks chosen in order and the reward of each step."""
