@@ -12,8 +12,11 @@ Three stages, each printed before it runs:
    (BabiLong test samples and NIAH samples at 4k tokens) are written for the periodic evaluation.
 2. **train** — ``qrag-finetune`` (the exact argument list is printed and recorded in the card) from
    all-MiniLM-L6-v2 with relative positions, the action transformer frozen (action head trained) and the
-   state encoder's word embeddings frozen: the supervised warm start (run dir ``WORK_DIR/warm_start``), then,
-   with ``--rl-steps`` > 0, soft Q-learning from the warm-started model (SPEC §3.4; ``WORK_DIR/soft_q``).
+   state encoder's word embeddings frozen: the supervised warm start (run dir ``WORK_DIR/warm_start``), then
+   optional further warm starts, each from the previous stage on training data of the next seed
+   (``--continue-steps``: ``WORK_DIR/warm_start_2``; ``--mistakes-steps``, also training from the states after
+   the model's own top wrong pick: ``WORK_DIR/warm_start_mistakes``), then, with ``--rl-steps`` > 0, soft
+   Q-learning from the last of them (SPEC §3.4; ``WORK_DIR/soft_q``).
 3. **ship** — the trained model is saved with ``save_pretrained(compact=True)`` (the state encoder as fp16
    values of the tensors that differ from the base) into ``qrag_core/models/qrag-babilong-minilm``, its card
    recording the recipe, the command and the machine.
@@ -121,13 +124,22 @@ def build_data(data_dir: Path, seeds: Sequence[int]) -> tuple[dict[int, Path], l
 
 
 def recipe_stages(args: argparse.Namespace) -> list[Stage]:
-    """The warm start from the base encoder, an optional second warm start on fresh data, optional soft-Q."""
+    """The warm start from the base encoder, optional further warm starts on fresh data, optional soft-Q."""
     stages = [Stage("warm_start", 0, None, ["--warm-start-steps", str(args.warm_start_steps)], args.warm_start_seconds)]
     if args.continue_steps > 0:
         flags = ["--warm-start-steps", str(args.continue_steps), "--warm-start-lr", str(args.continue_lr)]
         stages.append(Stage("warm_start_2", 1, "warm_start", flags, args.continue_seconds))
+    if args.mistakes_steps > 0:
+        flags = [
+            "--warm-start-steps", str(args.mistakes_steps),
+            "--warm-start-lr", str(args.mistakes_lr),
+            "--warm-start-mistakes", str(args.mistakes_fraction),
+        ]  # fmt: skip
+        data_seed = stages[-1].data_seed + 1
+        stages.append(Stage("warm_start_mistakes", data_seed, stages[-1].name, flags, args.mistakes_seconds))
     if args.rl_steps > 0:
-        flags = ["--warm-start-steps", "0", "--rl-steps", str(args.rl_steps)]
+        flags = ["--warm-start-steps", "0", "--rl-steps", str(args.rl_steps), "--lr", str(args.rl_lr)]
+        flags += ["--episode-steps", "none"]  # T = the example's support size, as in the QA2/QA3 soft-Q runs
         stages.append(Stage("soft_q", stages[-1].data_seed, stages[-1].name, flags, args.rl_seconds))
     return stages
 
@@ -147,9 +159,10 @@ def finetune_arguments(
     argv += stage.phase_flags
     if "--rl-steps" not in stage.phase_flags:
         argv += ["--rl-steps", "0"]
+    if "--episode-steps" not in stage.phase_flags:
+        argv += ["--episode-steps", str(args.episode_steps)]
     argv += [
         "--batch-size", str(args.batch_size),
-        "--episode-steps", str(args.episode_steps),
         "--eval-steps", str(args.eval_steps),
         "--eval-every", str(args.eval_every),
         "--checkpoint-every", str(args.eval_every),
@@ -171,7 +184,13 @@ def machine_description(threads: int) -> str:
     )
 
 
-def ship(stages: Sequence[Stage], target: Path, commands: Sequence[str], args: argparse.Namespace) -> None:
+def ship(
+    stages: Sequence[Stage],
+    target: Path,
+    commands: Sequence[str],
+    args: argparse.Namespace,
+    script_argv: Sequence[str],
+) -> None:
     """Save the trained model compactly into the package, recording how it was made."""
     model = QRAG.from_pretrained(str(args.work_dir / stages[-1].name / MODEL_DIR))
     done = {}
@@ -189,6 +208,7 @@ def ship(stages: Sequence[Stage], target: Path, commands: Sequence[str], args: a
         ),
         "stages": done,
         "total_seconds": round(sum(d["seconds"] for d in done.values()), 1),
+        "script": "python training/train_default_model.py " + shlex.join(script_argv),
         "command": " && ".join(commands),
         "hardware": machine_description(args.threads) + (f"; {args.machine_note}" if args.machine_note else ""),
     }
@@ -220,15 +240,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--continue-lr", type=float, default=3e-5, help="its peak learning rate (default: 3e-5)")
     parser.add_argument("--continue-seconds", type=float, default=None, help="its time limit (default: none)")
     parser.add_argument(
+        "--mistakes-steps",
+        type=int,
+        default=0,
+        help="steps of a further warm start from the previous stage, on fresh training data, that also trains from "
+        "the states after the model's own top wrong pick (qrag-finetune --warm-start-mistakes); 0 skips it "
+        "(default: 0)",
+    )
+    parser.add_argument("--mistakes-lr", type=float, default=3e-5, help="its peak learning rate (default: 3e-5)")
+    parser.add_argument(
+        "--mistakes-fraction",
+        type=float,
+        default=0.5,
+        help="its fraction of examples trained from a mistake state as well (default: 0.5)",
+    )
+    parser.add_argument("--mistakes-seconds", type=float, default=None, help="its time limit (default: none)")
+    parser.add_argument(
         "--rl-steps",
         type=int,
         default=0,
         help="soft-Q optimiser steps after the warm start(s); 0 skips them (default: 0)",
     )
+    parser.add_argument("--rl-lr", type=float, default=1e-5, help="soft-Q peak learning rate (default: 1e-5)")
     parser.add_argument("--warm-start-seconds", type=float, default=None, help="warm-start time limit (default: none)")
     parser.add_argument("--rl-seconds", type=float, default=None, help="soft-Q time limit (default: none)")
     parser.add_argument("--batch-size", type=int, default=16, help="episodes per optimiser step (default: 16)")
-    parser.add_argument("--episode-steps", type=int, default=5, help="T of a training episode (default: 5)")
+    parser.add_argument(
+        "--episode-steps",
+        type=int,
+        default=5,
+        help="T of a warm-start episode; soft-Q episodes take the support size (default: 5)",
+    )
     parser.add_argument("--eval-steps", type=int, default=4, help="T of the periodic evaluation (default: 4)")
     parser.add_argument("--eval-every", type=int, default=400, help="evaluate, checkpoint every N steps (default: 400)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
@@ -264,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if status != 0:
             return status
     if str(args.ship_to).lower() != "none":
-        ship(stages, args.ship_to, commands, args)
+        ship(stages, args.ship_to, commands, args, sys.argv[1:] if argv is None else argv)
     return 0
 
 

@@ -38,8 +38,8 @@ class TrainingConfig:
     """Fraction of warm-start examples that also train from the state after the model's top-ranked wrong chunk."""
     rl_steps: int = 300
     """Optimiser steps of the soft Q-learning phase that follows the warm start (0 switches it off)."""
-    lr: float = 5e-5
-    """Peak learning rate of the soft Q-learning phase."""
+    lr: float = 1e-5
+    """Peak learning rate of the soft Q-learning phase (5e-5 undid part of a QA2 warm start; BENCHMARKS.md)."""
     warmup_steps: int = 20
     """Linear learning-rate warm-up at the start of each phase, then linear decay to zero at its end."""
     weight_decay: float = 0.01
