@@ -150,8 +150,8 @@ def example_from_json(row: object, where: tuple[str, int], need_support: bool = 
     )
 
 
-def iter_jsonl(path: str | Path, need_support: bool = False) -> Iterator[Example]:
-    """Examples of a JSONL file; the first malformed line raises DataFormatError (file, line, problem)."""
+def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded value) of each non-blank line; invalid JSON raises DataFormatError (file, line)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
@@ -160,10 +160,15 @@ def iter_jsonl(path: str | Path, need_support: bool = False) -> Iterator[Example
             if not text.strip():
                 continue
             try:
-                row = json.loads(text)
+                yield number, json.loads(text)
             except json.JSONDecodeError as err:
                 raise DataFormatError(str(path), number, f"invalid JSON: {err.msg} (column {err.colno})") from None
-            yield example_from_json(row, (str(path), number), need_support)
+
+
+def iter_jsonl(path: str | Path, need_support: bool = False) -> Iterator[Example]:
+    """Examples of a JSONL file; the first malformed line raises DataFormatError (file, line, problem)."""
+    for number, row in iter_json_lines(path):
+        yield example_from_json(row, (str(path), number), need_support)
 
 
 def read_jsonl(path: str | Path, need_support: bool = False) -> list[Example]:

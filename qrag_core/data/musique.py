@@ -8,12 +8,11 @@ written ``"Title: text"``. The shared data holds 200 answerable dev questions
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from qrag_core.data.examples import Example
+from qrag_core.data.examples import Example, iter_json_lines
 from qrag_core.data.paths import data_file
 from qrag_core.errors import DataFormatError, InvalidInputError
 
@@ -46,19 +45,10 @@ def iter_musique(n: int | None = None, path: str | Path | None = None) -> Iterat
     if n is not None and n <= 0:
         raise InvalidInputError(f"n must be positive, got {n}")
     path = Path(path) if path is not None else data_file(*MUSIQUE_FILE)
-    count = 0
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            if n is not None and count >= n:
-                return
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(str(path), number, f"invalid JSON: {err.msg}") from None
-            yield musique_example(record, str(path), number)
-            count += 1
+    for count, (number, record) in enumerate(iter_json_lines(path), start=1):
+        yield musique_example(record, str(path), number)
+        if n is not None and count >= n:
+            return
 
 
 def build_musique(n: int | None = None, path: str | Path | None = None) -> list[Example]:
