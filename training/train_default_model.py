@@ -159,10 +159,10 @@ def finetune_arguments(
     argv += stage.phase_flags
     if "--rl-steps" not in stage.phase_flags:
         argv += ["--rl-steps", "0"]
+    argv += ["--batch-size", str(args.batch_size)]
     if "--episode-steps" not in stage.phase_flags:
         argv += ["--episode-steps", str(args.episode_steps)]
     argv += [
-        "--batch-size", str(args.batch_size),
         "--eval-steps", str(args.eval_steps),
         "--eval-every", str(args.eval_every),
         "--checkpoint-every", str(args.eval_every),
@@ -217,6 +217,15 @@ def ship(
     logger.info("shipped %s (%.1f MB)", target, size / 1e6)
 
 
+def add_stage_arguments(parser: argparse.ArgumentParser, name: str, lr: float, what: str) -> None:
+    """``--NAME-steps`` (0 skips the stage), ``--NAME-lr`` and ``--NAME-seconds`` of an optional stage."""
+    parser.add_argument(
+        f"--{name}-steps", type=int, default=0, help=f"optimiser steps of {what}; 0 skips it (default: 0)"
+    )
+    parser.add_argument(f"--{name}-lr", type=float, default=lr, help=f"its peak learning rate (default: {lr:g})")
+    parser.add_argument(f"--{name}-seconds", type=float, default=None, help="its time limit (default: none)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Build the training mixture, run qrag-finetune and ship the compact default model.",
@@ -231,39 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the compact model is written; 'none' skips shipping (default: the package's models folder)",
     )
     parser.add_argument("--warm-start-steps", type=int, default=2400, help="warm-start optimiser steps (default: 2400)")
-    parser.add_argument(
-        "--continue-steps",
-        type=int,
-        default=0,
-        help="steps of a second warm start from the first, on training data of seed 1; 0 skips it (default: 0)",
+    add_stage_arguments(parser, "continue", 3e-5, "a second warm start from the first, on training data of seed 1")
+    add_stage_arguments(
+        parser,
+        "mistakes",
+        3e-5,
+        "a further warm start from the previous stage, on fresh training data, that also trains from the states "
+        "after the model's own top wrong pick (qrag-finetune --warm-start-mistakes)",
     )
-    parser.add_argument("--continue-lr", type=float, default=3e-5, help="its peak learning rate (default: 3e-5)")
-    parser.add_argument("--continue-seconds", type=float, default=None, help="its time limit (default: none)")
-    parser.add_argument(
-        "--mistakes-steps",
-        type=int,
-        default=0,
-        help="steps of a further warm start from the previous stage, on fresh training data, that also trains from "
-        "the states after the model's own top wrong pick (qrag-finetune --warm-start-mistakes); 0 skips it "
-        "(default: 0)",
-    )
-    parser.add_argument("--mistakes-lr", type=float, default=3e-5, help="its peak learning rate (default: 3e-5)")
     parser.add_argument(
         "--mistakes-fraction",
         type=float,
         default=0.5,
         help="its fraction of examples trained from a mistake state as well (default: 0.5)",
     )
-    parser.add_argument("--mistakes-seconds", type=float, default=None, help="its time limit (default: none)")
-    parser.add_argument(
-        "--rl-steps",
-        type=int,
-        default=0,
-        help="soft-Q optimiser steps after the warm start(s); 0 skips them (default: 0)",
-    )
-    parser.add_argument("--rl-lr", type=float, default=1e-5, help="soft-Q peak learning rate (default: 1e-5)")
+    add_stage_arguments(parser, "rl", 1e-5, "soft Q-learning after the warm start(s)")
     parser.add_argument("--warm-start-seconds", type=float, default=None, help="warm-start time limit (default: none)")
-    parser.add_argument("--rl-seconds", type=float, default=None, help="soft-Q time limit (default: none)")
     parser.add_argument("--batch-size", type=int, default=16, help="episodes per optimiser step (default: 16)")
     parser.add_argument(
         "--episode-steps",
