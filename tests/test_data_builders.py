@@ -189,6 +189,36 @@ def test_babilong_same_seed_same_file(tmp_path: Path, haystack: Haystack) -> Non
 
 
 @needs_data
+def test_babilong_hard_distractors_mention_the_topic(haystack: Haystack) -> None:
+    import re
+
+    from qrag_core.data.babi import babi_samples
+    from qrag_core.data.babilong import topic_words
+
+    plain = build_babilong("qa2", "train", "1k", n=3, seed=0, haystack=haystack)
+    hard = build_babilong("qa2", "train", "1k", n=3, seed=0, haystack=haystack, distractors=6)
+    samples = {s.source: s for s in babi_samples("qa2", "train")}
+    for easy, example in zip(plain, hard, strict=True):
+        sample = samples[example.extra["source"]]
+        words = topic_words(sample)
+        assert all(w not in {"where", "is", "the"} for w in words)
+        story = set(sample.story)
+        mentioning = re.compile(r"\b(" + "|".join(words) + r")\b", re.IGNORECASE)
+
+        def topical(chunks: list[str], story: set[str] = story, pattern: re.Pattern[str] = mentioning) -> int:
+            return sum(1 for c in chunks if c not in story and pattern.search(c))
+
+        assert topical(example.chunks) >= 6 > topical(easy.chunks)
+        # The facts and their support indices are as without distractors, and the length stays in bounds.
+        assert [example.chunks[i] for i in example.support] == [easy.chunks[i] for i in easy.support]
+        assert example.extra["distractors"] == 6 and "distractors" not in easy.extra
+        assert example.extra["tokens"] == sum(count_tokens(example.chunks))
+        assert 0.98 * 1024 <= example.extra["tokens"] <= 1024
+    with pytest.raises(InvalidInputError, match="distractors"):
+        build_babilong("qa2", "train", "1k", n=1, haystack=haystack, distractors=-1)
+
+
+@needs_data
 def test_babilong_0k_is_the_story_alone() -> None:
     example = build_babilong("qa4", "test", "0k", n=1)[0]
     assert len(example.chunks) == 2 and example.extra["length"] == "0k"

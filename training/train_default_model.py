@@ -14,7 +14,9 @@ Three stages, each printed before it runs:
    all-MiniLM-L6-v2 with relative positions, the action transformer frozen (action head trained) and the
    state encoder's word embeddings frozen: the supervised warm start (run dir ``WORK_DIR/warm_start``), then
    optional further warm starts, each from the previous stage on training data of the next seed
-   (``--continue-steps``: ``WORK_DIR/warm_start_2``; ``--mistakes-steps``, also training from the states after
+   (``--continue-steps``: ``WORK_DIR/warm_start_2``; ``--distractors-steps``, on BabiLong documents that also
+   hold hard distractors, novel sentences mentioning the question's words: ``WORK_DIR/warm_start_distractors``;
+   ``--mistakes-steps``, also training from the states after
    the model's own top wrong pick: ``WORK_DIR/warm_start_mistakes``), then, with ``--rl-steps`` > 0, soft
    Q-learning from the last of them (SPEC §3.4; ``WORK_DIR/soft_q``).
 3. **ship** — the trained model is saved with ``save_pretrained(compact=True)`` (the state encoder as fp16
@@ -87,19 +89,29 @@ class Stage:
     """Steps and learning rate of its phase."""
     seconds: float | None
     """Its training time limit."""
+    distractors: int = 0
+    """Hard distractors per BabiLong training document (qrag_core.data.babilong.make_sample)."""
+
+    @property
+    def data_key(self) -> tuple[int, int]:
+        """Which training file it reads: (data seed, distractors)."""
+        return self.data_seed, self.distractors
 
 
-def training_examples(haystack: Haystack, seed: int) -> Iterator[Example]:
+def training_examples(haystack: Haystack, seed: int, distractors: int) -> Iterator[Example]:
     for (task, length), n in BABILONG_TRAIN_MIX.items():
-        yield from iter_babilong(task, "train", length, n, seed=seed, haystack=haystack)
+        yield from iter_babilong(task, "train", length, n, seed=seed, haystack=haystack, distractors=distractors)
     for task in NIAH_TASKS:
         yield from iter_niah(task, TRAIN_LENGTH_NIAH, NIAH_TRAIN_PER_TASK, NIAH_TRAIN_SEED + seed, haystack)
 
 
-def build_data(data_dir: Path, seeds: Sequence[int]) -> tuple[dict[int, Path], list[Path]]:
-    """Write one training file per seed and the evaluation files (each skipped when it exists); their paths."""
+def build_data(data_dir: Path, keys: Sequence[tuple[int, int]]) -> tuple[dict[tuple[int, int], Path], list[Path]]:
+    """Write one training file per (seed, distractors) and the evaluation files (each skipped when it exists)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    train_files = {seed: data_dir / f"train_seed{seed}.jsonl" for seed in seeds}
+    train_files = {
+        (seed, hard): data_dir / (f"train_seed{seed}" + (f"_distractors{hard}" if hard else "") + ".jsonl")
+        for seed, hard in keys
+    }
     eval_files = {
         data_dir / f"babilong_{EVAL_LENGTH}.jsonl": lambda h: (
             ex
@@ -113,9 +125,9 @@ def build_data(data_dir: Path, seeds: Sequence[int]) -> tuple[dict[int, Path], l
     todo = [p for p in [*train_files.values(), *eval_files] if not p.is_file()]
     if todo:
         haystack = Haystack.load()
-        for seed, path in train_files.items():
+        for (seed, hard), path in train_files.items():
             if path in todo:
-                count = write_jsonl(training_examples(haystack, seed), path)
+                count = write_jsonl(training_examples(haystack, seed, hard), path)
                 logger.info("wrote %d training examples to %s", count, path)
         for path, make in eval_files.items():
             if path in todo:
@@ -129,6 +141,19 @@ def recipe_stages(args: argparse.Namespace) -> list[Stage]:
     if args.continue_steps > 0:
         flags = ["--warm-start-steps", str(args.continue_steps), "--warm-start-lr", str(args.continue_lr)]
         stages.append(Stage("warm_start_2", 1, "warm_start", flags, args.continue_seconds))
+    if args.distractors_steps > 0:
+        flags = ["--warm-start-steps", str(args.distractors_steps), "--warm-start-lr", str(args.distractors_lr)]
+        data_seed = stages[-1].data_seed + 1
+        stages.append(
+            Stage(
+                "warm_start_distractors",
+                data_seed,
+                stages[-1].name,
+                flags,
+                args.distractors_seconds,
+                args.distractors_per_document,
+            )
+        )
     if args.mistakes_steps > 0:
         flags = [
             "--warm-start-steps", str(args.mistakes_steps),
@@ -177,6 +202,26 @@ def finetune_arguments(
     return argv
 
 
+REUSE_FLAGS = {"--resume": 0, "--skip-stages": 1}
+"""Flags that only reuse earlier work (flag → how many values follow it); the recorded script leaves them out."""
+
+
+def recorded_script(argv: Sequence[str]) -> str:
+    """The command that reproduces a run from scratch: this script with ``argv`` minus :data:`REUSE_FLAGS`."""
+    kept: list[str] = []
+    skip = 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag in REUSE_FLAGS:
+            skip = 0 if "=" in arg else REUSE_FLAGS[flag]
+            continue
+        kept.append(arg)
+    return "python training/train_default_model.py " + shlex.join(kept)
+
+
 def machine_description(threads: int) -> str:
     return (
         f"{os.cpu_count()}-core {platform.machine()} CPU ({platform.processor() or 'unknown model'}), "
@@ -203,12 +248,16 @@ def ship(
             "BabiLong "
             + ", ".join(f"{task} {length} x{n}" for (task, length), n in BABILONG_TRAIN_MIX.items())
             + f"; RULER NIAH all 8 variants {TRAIN_LENGTH_NIAH} x{NIAH_TRAIN_PER_TASK}; per stage, data seed "
-            + ", ".join(f"{stage.name}: {stage.data_seed}" for stage in stages)
+            + ", ".join(
+                f"{stage.name}: {stage.data_seed}"
+                + (f" with {stage.distractors} hard distractors per BabiLong document" if stage.distractors else "")
+                for stage in stages
+            )
             + f" (NIAH seed + {NIAH_TRAIN_SEED})"
         ),
         "stages": done,
         "total_seconds": round(sum(d["seconds"] for d in done.values()), 1),
-        "script": "python training/train_default_model.py " + shlex.join(script_argv),
+        "script": recorded_script(script_argv),
         "command": " && ".join(commands),
         "hardware": machine_description(args.threads) + (f"; {args.machine_note}" if args.machine_note else ""),
     }
@@ -241,6 +290,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--warm-start-steps", type=int, default=2400, help="warm-start optimiser steps (default: 2400)")
     add_stage_arguments(parser, "continue", 3e-5, "a second warm start from the first, on training data of seed 1")
+    add_stage_arguments(
+        parser,
+        "distractors",
+        3e-5,
+        "a further warm start from the previous stage, on fresh training data whose BabiLong documents also hold "
+        "hard distractors (novel sentences that mention the question's words)",
+    )
+    parser.add_argument(
+        "--distractors-per-document",
+        type=int,
+        default=6,
+        help="its hard distractors per BabiLong training document (default: 6)",
+    )
     add_stage_arguments(
         parser,
         "mistakes",
@@ -285,10 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     torch.set_num_threads(args.threads)
     stages = recipe_stages(args)
-    train_files, eval_files = build_data(args.work_dir / "data", sorted({stage.data_seed for stage in stages}))
+    train_files, eval_files = build_data(args.work_dir / "data", sorted({stage.data_key for stage in stages}))
     commands = []
     for number, stage in enumerate(stages):
-        finetune_argv = finetune_arguments(args, stage, train_files[stage.data_seed], eval_files)
+        finetune_argv = finetune_arguments(args, stage, train_files[stage.data_key], eval_files)
         commands.append("qrag-finetune " + shlex.join(finetune_argv))
         if number < args.skip_stages:
             logger.info("reusing the finished stage %s of: %s", stage.name, commands[-1])

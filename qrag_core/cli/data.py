@@ -29,7 +29,9 @@ def babilong(args: argparse.Namespace) -> None:
     rows = (
         example
         for task in args.task
-        for example in iter_babilong(task, args.split, args.length, args.n, args.seed, haystack)
+        for example in iter_babilong(
+            task, args.split, args.length, args.n, args.seed, haystack, distractors=args.distractors
+        )
     )
     count = write_jsonl(rows, args.out)
     logger.info("wrote %d BabiLong examples to %s", count, args.out)
@@ -119,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="samples per task (default: all; the test split has the 100 of babilong/test_100_idxs.json)",
+    )
+    babi.add_argument(
+        "--distractors",
+        type=int,
+        default=0,
+        help="per sample, this many hard distractors: novel sentences that mention a word of the question or "
+        "of a supporting fact, for training retrievers that must beat them in long documents (default: 0)",
     )
     add_common(babi)
     babi.set_defaults(run=babilong)

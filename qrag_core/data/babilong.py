@@ -8,6 +8,11 @@ length in base-tokenizer tokens. One sentence is one chunk, so the sample is wri
 fields ``task``, ``length`` (the target label, e.g. ``"4k"``), ``tokens`` (the actual count),
 ``split`` and ``source`` (``file:line`` of the bAbI question).
 
+Training samples can carry hard distractors (``distractors`` > 0): haystack sentences that mention a word
+of the question or of a supporting fact ("milk", "Mary", "garden"), placed among the others. A random
+1k-token run of novel text rarely mentions the question's object, but a 1M-token one does dozens of
+times, and a retriever that only learned "pick the sentence about the milk" then picks the novel's.
+
 Lengths: ``"0k"`` is the story alone; otherwise ``k`` = 1024 tokens and ``M`` = 1024 k. The total
 (facts + haystack) never exceeds the target and falls short of it by at most 1%: near the end, a
 haystack sentence that would overshoot is passed over for the next one that fits.
@@ -41,6 +46,11 @@ BABILONG_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
 STANDARD_LENGTHS = ("0k", "1k", "4k", "16k", "32k", "128k", "1M", "10M")
 LENGTH_TOLERANCE = 0.01
 """A sample's tokens lie in [target · (1 − tolerance), target]."""
+
+DISTRACTOR_MAX_TOKENS = 64
+"""Longest hard distractor in tokens (the default ``max_chunk_tokens``, so no distractor is cut)."""
+_WORD = re.compile(r"[A-Za-z]+")
+_FUNCTION_WORDS = frozenset("a an the to of in on into is was are where what who whom which there back".split())
 
 _LENGTH = re.compile(r"^(\d+)([kKmM]?)$")
 _UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
@@ -95,26 +105,45 @@ def _question_indices(task: str, split: str, n: int | None, seed: int, available
     return order if n is None else order[:n]
 
 
+def topic_words(sample: BabiSample) -> list[str]:
+    """The content words of the question and its supporting facts, lower-cased, in order of first use."""
+    texts = [sample.question, *(sample.story[i] for i in sample.support)]
+    words = (w.lower() for text in texts for w in _WORD.findall(text))
+    return list(dict.fromkeys(w for w in words if w not in _FUNCTION_WORDS))
+
+
 def make_sample(
     sample: BabiSample,
     target: int,
     haystack: Haystack | None,
     rng: random.Random,
     tokenizer: Tokenizer | None = None,
+    distractors: int = 0,
 ) -> tuple[list[str], list[int], int] | None:
-    """Chunks, support indices and token count of one sample; None when the story alone is too long."""
+    """Chunks, support indices and token count of one sample; None when the story alone is too long.
+
+    ``distractors`` haystack sentences that mention a :func:`topic_words` word are placed at random among
+    the ordinary haystack sentences (as many as fit the budget).
+    """
     story_tokens = sum(count_tokens(sample.story, tokenizer))
     if target == 0:
         return list(sample.story), sorted(set(sample.support)), story_tokens
     if story_tokens > target:
         return None
     assert haystack is not None, "a haystack is needed for lengths above 0k"
-    background, noise_tokens = fill_to_budget(
-        haystack.stream(rng), target - story_tokens, int(target * LENGTH_TOLERANCE)
-    )
+    budget = target - story_tokens
+    hard: list[str] = []
+    if distractors > 0:
+        for text, tokens in haystack.topical(topic_words(sample), distractors, rng, DISTRACTOR_MAX_TOKENS):
+            if tokens <= budget:
+                hard.append(text)
+                budget -= tokens
+    background, noise_tokens = fill_to_budget(haystack.stream(rng), budget, int(target * LENGTH_TOLERANCE))
+    if hard:
+        background, _ = scatter_in_order(background, hard, rng)
     chunks, fact_positions = scatter_in_order(background, sample.story, rng)
     support = sorted({fact_positions[i] for i in sample.support})
-    return chunks, support, story_tokens + noise_tokens
+    return chunks, support, target - budget + noise_tokens
 
 
 def iter_babilong(
@@ -125,17 +154,20 @@ def iter_babilong(
     seed: int = 0,
     haystack: Haystack | None = None,
     tokenizer: Tokenizer | None = None,
+    distractors: int = 0,
 ) -> Iterator[Example]:
     """BabiLong examples one at a time (a 10M-token sample is built as a list of sentences, never a string).
 
     ``n`` limits the count: the first ``n`` of the 100 test samples, or ``n`` random training questions
     (all of them, shuffled, when None). ``haystack`` and ``tokenizer`` default to the novels and the
-    base tokenizer.
+    base tokenizer. ``distractors`` adds that many hard distractors per sample (see :func:`make_sample`).
     """
     if split not in SPLITS:
         raise InvalidInputError(f"unknown split {split!r}; use one of {SPLITS}")
     if n is not None and n <= 0:
         raise InvalidInputError(f"n must be positive, got {n}")
+    if distractors < 0:
+        raise InvalidInputError(f"distractors must not be negative, got {distractors}")
     target = parse_length(length)
     label = length_label(target)
     samples = babi_samples(task, split)
@@ -147,18 +179,21 @@ def iter_babilong(
             raise InvalidInputError(f"{task} {split}: question index {index} outside 0..{len(samples) - 1}")
         sample = samples[index]
         rng = random.Random(f"babilong:{seed}:{task}:{split}:{target}:{index}")
-        built = make_sample(sample, target, haystack, rng, tokenizer)
+        built = make_sample(sample, target, haystack, rng, tokenizer, distractors)
         if built is None:
             skipped += 1
             continue
         chunks, support, tokens = built
+        extra = {"task": task, "length": label, "tokens": tokens, "split": split, "source": sample.source}
+        if distractors and target > 0:
+            extra["distractors"] = distractors
         yield Example(
             id=f"babilong-{task}-{split}-{label}-{index}",
             question=sample.question,
             chunks=chunks,
             support=support,
             answer=sample.answer,
-            extra={"task": task, "length": label, "tokens": tokens, "split": split, "source": sample.source},
+            extra=extra,
         )
     if skipped:
         logger.warning(

@@ -20,7 +20,7 @@ import logging
 import random
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,8 @@ class Haystack:
     """Per book, the token count of each sentence."""
     names: list[str]
     """Per book, its file name."""
+    _mentions: dict[str, list[tuple[int, int]]] = field(default_factory=dict, repr=False)
+    """Cache of :meth:`mentions`: word → (book, sentence) of the sentences that contain it."""
 
     @classmethod
     def load(cls, tokenizer: Tokenizer | None = None, books: Sequence[Path] | None = None) -> Haystack:
@@ -143,6 +145,34 @@ class Haystack:
     def all_sentences(self) -> Iterator[str]:
         for book in self.sentences:
             yield from book
+
+    def mentions(self, word: str) -> list[tuple[int, int]]:
+        """(book, sentence index) of every sentence that contains ``word`` as a whole word, ignoring case."""
+        key = word.lower()
+        if key not in self._mentions:
+            pattern = re.compile(rf"\b{re.escape(key)}\b", re.IGNORECASE)
+            self._mentions[key] = [
+                (b, i) for b, book in enumerate(self.sentences) for i, text in enumerate(book) if pattern.search(text)
+            ]
+        return self._mentions[key]
+
+    def topical(self, words: Sequence[str], n: int, rng: random.Random, max_tokens: int) -> list[tuple[str, int]]:
+        """Up to ``n`` distinct (sentence, tokens) pairs that mention one of ``words`` (hard distractors).
+
+        Each pick draws a word uniformly, then one of its sentences of at most ``max_tokens`` tokens, so a
+        rare word ("milk") is as likely to be represented as a common one; words no sentence mentions are skipped.
+        """
+        pools = [
+            pool
+            for word in dict.fromkeys(words)
+            if (pool := [(b, i) for b, i in self.mentions(word) if 0 < self.counts[b][i] <= max_tokens])
+        ]
+        chosen: dict[tuple[int, int], None] = {}
+        for _ in range(4 * n):
+            if len(chosen) == n or not pools:
+                break
+            chosen.setdefault(rng.choice(rng.choice(pools)))
+        return [(self.sentences[b][i], int(self.counts[b][i])) for b, i in chosen]
 
     def stream(self, rng: random.Random) -> Iterator[tuple[str, int]]:
         """Endless (sentence, tokens) pairs: consecutive sentences from a random start of a random book.
