@@ -41,7 +41,7 @@ import torch
 
 from qrag_core.cli import setup_logging
 from qrag_core.cli.finetune import main as finetune_main
-from qrag_core.data.babilong import iter_babilong
+from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
 from qrag_core.data.examples import Example, write_jsonl
 from qrag_core.data.haystack import Haystack
 from qrag_core.data.ruler import NIAH_TASKS, iter_niah
@@ -115,7 +115,7 @@ def build_data(data_dir: Path, keys: Sequence[tuple[int, int]]) -> tuple[dict[tu
     eval_files = {
         data_dir / f"babilong_{EVAL_LENGTH}.jsonl": lambda h: (
             ex
-            for task in ("qa1", "qa2", "qa3", "qa4", "qa5")
+            for task in BABILONG_TASKS
             for ex in iter_babilong(task, "test", EVAL_LENGTH, EVAL_BABILONG_PER_TASK, haystack=h)
         ),
         data_dir / f"niah_{EVAL_LENGTH}.jsonl": lambda h: (

@@ -131,19 +131,21 @@ def make_sample(
     if story_tokens > target:
         return None
     assert haystack is not None, "a haystack is needed for lengths above 0k"
-    budget = target - story_tokens
     hard: list[str] = []
+    hard_tokens = 0
     if distractors > 0:
         for text, tokens in haystack.topical(topic_words(sample), distractors, rng, DISTRACTOR_MAX_TOKENS):
-            if tokens <= budget:
+            if story_tokens + hard_tokens + tokens <= target:
                 hard.append(text)
-                budget -= tokens
-    background, noise_tokens = fill_to_budget(haystack.stream(rng), budget, int(target * LENGTH_TOLERANCE))
+                hard_tokens += tokens
+    background, noise_tokens = fill_to_budget(
+        haystack.stream(rng), target - story_tokens - hard_tokens, int(target * LENGTH_TOLERANCE)
+    )
     if hard:
         background, _ = scatter_in_order(background, hard, rng)
     chunks, fact_positions = scatter_in_order(background, sample.story, rng)
     support = sorted({fact_positions[i] for i in sample.support})
-    return chunks, support, target - budget + noise_tokens
+    return chunks, support, story_tokens + hard_tokens + noise_tokens
 
 
 def iter_babilong(

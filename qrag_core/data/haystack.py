@@ -127,8 +127,8 @@ class Haystack:
     """Per book, the token count of each sentence."""
     names: list[str]
     """Per book, its file name."""
-    _mentions: dict[str, list[tuple[int, int]]] = field(default_factory=dict, repr=False)
-    """Cache of :meth:`mentions`: word → (book, sentence) of the sentences that contain it."""
+    _mentions: dict[tuple[str, int], list[tuple[int, int]]] = field(default_factory=dict, repr=False)
+    """Cache of :meth:`mentions`: (word, max_tokens) → (book, sentence) of the sentences that qualify."""
 
     @classmethod
     def load(cls, tokenizer: Tokenizer | None = None, books: Sequence[Path] | None = None) -> Haystack:
@@ -146,13 +146,17 @@ class Haystack:
         for book in self.sentences:
             yield from book
 
-    def mentions(self, word: str) -> list[tuple[int, int]]:
-        """(book, sentence index) of every sentence that contains ``word`` as a whole word, ignoring case."""
-        key = word.lower()
+    def mentions(self, word: str, max_tokens: int) -> list[tuple[int, int]]:
+        """(book, sentence index) of every sentence of 1..``max_tokens`` tokens that contains ``word`` as a
+        whole word, ignoring case (computed once per word and bound)."""
+        key = (word.lower(), max_tokens)
         if key not in self._mentions:
-            pattern = re.compile(rf"\b{re.escape(key)}\b", re.IGNORECASE)
+            pattern = re.compile(rf"\b{re.escape(key[0])}\b", re.IGNORECASE)
             self._mentions[key] = [
-                (b, i) for b, book in enumerate(self.sentences) for i, text in enumerate(book) if pattern.search(text)
+                (b, i)
+                for b, (book, counts) in enumerate(zip(self.sentences, self.counts, strict=True))
+                for i, text in enumerate(book)
+                if 0 < counts[i] <= max_tokens and pattern.search(text)
             ]
         return self._mentions[key]
 
@@ -162,11 +166,7 @@ class Haystack:
         Each pick draws a word uniformly, then one of its sentences of at most ``max_tokens`` tokens, so a
         rare word ("milk") is as likely to be represented as a common one; words no sentence mentions are skipped.
         """
-        pools = [
-            pool
-            for word in dict.fromkeys(words)
-            if (pool := [(b, i) for b, i in self.mentions(word) if 0 < self.counts[b][i] <= max_tokens])
-        ]
+        pools = [pool for word in dict.fromkeys(words) if (pool := self.mentions(word, max_tokens))]
         chosen: dict[tuple[int, int], None] = {}
         for _ in range(4 * n):
             if len(chosen) == n or not pools:
