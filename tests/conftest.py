@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -15,6 +19,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from qrag_core import QRAG, QRAGConfig  # noqa: E402
 from qrag_core.encoders import TextEncoder  # noqa: E402
 from qrag_core.model_names import base_minilm_path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path: str) -> ModuleType:
+    """Import a script of the repository (``benchmarks/…``, ``training/…``) as a module, by its path."""
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,8 @@ from qrag_core.data.examples import Example
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import InvalidInputError
 from qrag_core.evaluation import QRAGSearch, evaluate, steps_for
-from tests.conftest import make_tiny_encoder
+from tests.conftest import load_script, make_tiny_encoder
+from tests.test_data_builders import needs_data
 
 CHUNKS = [
     "Mary moved to the bathroom.",
@@ -203,15 +204,11 @@ def test_eval_table_and_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 @pytest.mark.slow
+@needs_data
 def test_eval_default_model_end_to_end_on_babilong(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The real MiniLM, no --model (the default model), on BabiLong samples written by qrag-data."""
     from qrag_core.cli.data import main as data_main
-    from qrag_core.data.paths import DataNotFoundError, data_dir
 
-    try:
-        data_dir()
-    except DataNotFoundError:
-        pytest.skip("the shared benchmark data directory is not available")
     data = tmp_path / "qa1_1k.jsonl"
     assert data_main(["babilong", "--task", "qa1", "--length", "1k", "--n", "3", "--out", str(data)]) == 0
     args = ["--data", str(data), "--json", "--quiet", "--cache", str(tmp_path / "cache.sqlite")]
@@ -226,13 +223,7 @@ def test_eval_default_model_end_to_end_on_babilong(tmp_path: Path, capsys: pytes
 
 # ----------------------------------------------------------------------------- benchmarks/run_baselines.py
 def _load_benchmark_script():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run_baselines.py"
-    spec = importlib.util.spec_from_file_location("run_baselines", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/run_baselines.py")
 
 
 def test_benchmark_cells_parse() -> None:
@@ -247,13 +238,8 @@ def test_benchmark_cells_parse() -> None:
         script.parse_cell("squad")
 
 
+@needs_data
 def test_benchmark_script_writes_json_and_tables(tmp_path: Path) -> None:
-    from qrag_core.data.paths import DataNotFoundError, data_dir
-
-    try:
-        data_dir()
-    except DataNotFoundError:
-        pytest.skip("the shared benchmark data directory is not available")
     script = _load_benchmark_script()
     results, markdown = tmp_path / "r.json", tmp_path / "B.md"
     paths = ["--results", str(results), "--markdown", str(markdown)]
