@@ -51,6 +51,12 @@ def validate_text(text: object, what: str = "document") -> str:
         raise InvalidInputError(f"{what} must be a string, got {type(text).__name__}")
     if not text.strip():
         raise InvalidInputError(f"{what} is empty (or only whitespace); there is nothing to retrieve from")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidInputError(
+            f"{what} holds a lone surrogate {text[err.start]!r} at character {err.start}: not valid Unicode"
+        ) from None
     return text
 
 

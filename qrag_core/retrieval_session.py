@@ -33,6 +33,7 @@ from qrag_core.index import DocumentIndex
 from qrag_core.model import QRAG
 from qrag_core.model_names import BASE_MODEL_ALIASES, DEFAULT_MODEL_NAME, shipped_model_names
 from qrag_core.search import SearchResult, SelectedChunk
+from qrag_core.validation import check_finite, check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +63,8 @@ class RetrievalOptions:
 
     def __post_init__(self) -> None:
         for name in ("k", "beam", "expand_k"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise InvalidInputError(f"retrieval option {name} must be a positive integer, got {value!r}")
-        if self.stop_threshold is not None and (
-            isinstance(self.stop_threshold, bool) or not isinstance(self.stop_threshold, int | float)
-        ):
-            raise InvalidInputError(f"retrieval option stop_threshold must be a number, got {self.stop_threshold!r}")
+            check_positive_int(f"retrieval option {name}", getattr(self, name), allow_none=True)
+        check_finite("retrieval option stop_threshold", self.stop_threshold, allow_none=True)
         if self.document_id is not None and not isinstance(self.document_id, str):
             raise InvalidInputError(f"retrieval option document_id must be a string, got {self.document_id!r}")
 

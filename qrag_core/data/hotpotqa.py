@@ -9,7 +9,6 @@ dataset's ``type`` (bridge / comparison) and ``level``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from qrag_core.data.examples import Example
 from qrag_core.data.paths import data_file
 from qrag_core.errors import DataFormatError, InvalidInputError
+from qrag_core.text_files import read_json_file
 
 HOTPOTQA_FILE = ("hotpotqa", "hotpot_dev_distractor_v1_subset.json")
 
@@ -48,10 +48,7 @@ def iter_hotpotqa(n: int | None = None, path: str | Path | None = None) -> Itera
     if n is not None and n <= 0:
         raise InvalidInputError(f"n must be positive, got {n}")
     path = Path(path) if path is not None else data_file(*HOTPOTQA_FILE)
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataFormatError(str(path), err.lineno, f"invalid JSON: {err.msg}") from None
+    records = read_json_file(path)
     if not isinstance(records, list):
         raise DataFormatError(str(path), 1, "expected a JSON array of HotpotQA records")
     for number, record in enumerate(records[:n]):
