@@ -24,8 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_script(relative_path: str) -> ModuleType:
-    """Import a script of the repository (``benchmarks/…``, ``training/…``) as a module, by its path."""
+    """Import a script of the repository (``benchmarks/…``, ``training/…``) as a module, by its path.
+
+    Its folder goes on ``sys.path`` as when the script runs, so that it finds its sibling modules.
+    """
     path = REPO / relative_path
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

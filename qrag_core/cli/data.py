@@ -50,19 +50,19 @@ def ruler(args: argparse.Namespace) -> None:
 
 
 def hotpotqa(args: argparse.Namespace) -> None:
-    """Write the HotpotQA distractor subset."""
+    """Write a split of the HotpotQA distractor data."""
     from qrag_core.data.hotpotqa import iter_hotpotqa
 
-    count = write_jsonl(iter_hotpotqa(args.n), args.out)
-    logger.info("wrote %d HotpotQA examples to %s", count, args.out)
+    count = write_jsonl(iter_hotpotqa(args.n, split=args.split), args.out)
+    logger.info("wrote %d HotpotQA %s examples to %s", count, args.split, args.out)
 
 
 def musique(args: argparse.Namespace) -> None:
-    """Write the MuSiQue-Ans subset."""
+    """Write a split of the MuSiQue-Ans data."""
     from qrag_core.data.musique import iter_musique
 
-    count = write_jsonl(iter_musique(args.n), args.out)
-    logger.info("wrote %d MuSiQue examples to %s", count, args.out)
+    count = write_jsonl(iter_musique(args.n, split=args.split), args.out)
+    logger.info("wrote %d MuSiQue %s examples to %s", count, args.split, args.out)
 
 
 def warm_cache(args: argparse.Namespace) -> None:
@@ -149,15 +149,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(niah)
     niah.set_defaults(run=ruler)
 
-    for name, run, what in (
-        ("hotpotqa", hotpotqa, "HotpotQA distractor dev subset (297 questions, 10 paragraphs each)"),
-        ("musique", musique, "MuSiQue-Ans dev subset (200 questions, 20 paragraphs each)"),
+    for name, run, what, splits, default, split_help in (
+        (
+            "hotpotqa",
+            hotpotqa,
+            "HotpotQA distractor setting (10 paragraphs per question)",
+            ("train", "test"),
+            "test",
+            "test: the 297-question subset of the official dev set; train: 907 questions, the 100 of "
+            "hotpot_train_v1.1_subset.json plus 807 official dev questions (hotpot_dev_distractor_v1_trainpool.json) "
+            "disjoint from the test questions, since the official train file is not available offline",
+        ),
+        (
+            "musique",
+            musique,
+            "MuSiQue-Ans (20 paragraphs per question)",
+            ("train", "dev"),
+            "dev",
+            "dev: the 200-question subset of the official dev set; train: 100 official train questions",
+        ),
     ):
         command = commands.add_parser(
             name,
             help=what,
             description=f"{what}: one paragraph per chunk, support from the dataset's labels, in file order.",
         )
+        command.add_argument("--split", choices=splits, default=default, help=f"{split_help} (default: %(default)s)")
         command.add_argument("--n", type=int, default=None, help="the first N questions (default: all)")
         command.add_argument("--out", required=True, help="JSONL file to write (parent folders are created)")
         command.set_defaults(run=run)
