@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,9 +15,13 @@ import torch
 import transformers
 
 from qrag_core.cli.finetune import main
+from qrag_core.config import QRAGConfig
 from qrag_core.encoders import TextEncoder
+from qrag_core.errors import InvalidInputError, QRAGError
 from qrag_core.model import QRAG
 from qrag_core.model_names import base_minilm_path
+from qrag_core.training import TrainingConfig, train
+from qrag_core.training.distributed import Processes
 from qrag_core.training.trainer import Trainer, boltzmann_choice
 from tests.conftest import REPO
 from tests.test_training import Crash, chain_examples
@@ -26,10 +31,10 @@ pytest.importorskip("accelerate")
 SETTINGS = [
     *("--seed", "3", "--batch-size", "4", "--micro-batch-size", "1", "--max-steps", "2", "--value-head"),
     *("--warm-start-steps", "3", "--warm-start-mistakes", "0.5", "--warm-start-lr", "3e-3", "--warmup-steps", "1"),
-    *("--rl-steps", "3", "--lr", "3e-3", "--eval-every", "0", "--checkpoint-every", "3"),
+    *("--rl-steps", "3", "--lr", "3e-3", "--eval-every", "0", "--checkpoint-every", "1"),
     *("--cache", "none", "--no-progress"),
 ]
-"""Six steps (three of each phase) of batch 4 in micro-batches of 1, a checkpoint at step 3."""
+"""Six steps (three of each phase) of batch 4 in micro-batches of 1, a checkpoint after every step."""
 
 
 def test_boltzmann_choice_draws_what_numpy_choice_draws():
@@ -85,17 +90,30 @@ def tiny_cli_setup(tmp_path):
     return str(tmp_path / "base"), str(tmp_path / "train.jsonl")
 
 
-def test_two_processes_follow_the_single_process_run_and_resume_on_another_count(tiny_cli_setup, tmp_path, monkeypatch):
+def test_a_run_resumed_on_two_processes_follows_the_single_process_run(tiny_cli_setup, tmp_path, monkeypatch):
+    """Killed after step 1 on one process, resumed under torchrun on two: the weights of the whole run."""
     base, data = tiny_cli_setup
     torch.set_num_threads(1)
     assert main(cli_args(base, data, str(tmp_path / "one"))) == 0
+    real_step = Trainer.train_step
 
-    two = torchrun(cli_args(base, data, str(tmp_path / "two")))
+    def crash_at_step_1(self):
+        if self.step == 1:
+            raise Crash("killed")
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_step_1)
+    with pytest.raises(Crash):
+        main(cli_args(base, data, str(tmp_path / "two")))
+    monkeypatch.undo()
+
+    two = torchrun([*cli_args(base, data, str(tmp_path / "two")), "--resume"])
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count('"steps": 6') == 1, "only the main process reports"
+    assert '"processes": 2' in two.stdout
     single, double = weights(tmp_path / "one"), weights(tmp_path / "two")
-    moved = max((single[k] - QRAG.from_base(base, device="cpu").state_dict()[k]).abs().max() for k in single)
-    assert moved > 1e-3, "the run trains"
+    untrained = QRAG.from_base(base, device="cpu").state_dict()
+    assert max((single[k] - untrained[k]).abs().max() for k in single) > 1e-3, "the run trains"
     gap = max((tensor - double[name]).abs().max().item() for name, tensor in single.items())
     print(f"largest weight difference of 2 processes vs 1: {gap:.2e}")
     assert gap < 1e-5
@@ -103,19 +121,19 @@ def test_two_processes_follow_the_single_process_run_and_resume_on_another_count
     model_card = json.loads((tmp_path / "two" / "model" / "config.json").read_text())
     assert model_card["qrag"]["training"]["processes"] == 2
 
-    # A single-process run killed after its step-3 checkpoint, resumed on two processes.
-    real_step = Trainer.train_step
 
-    def crash_at_step_4(self):
-        if self.step == 4:
-            raise Crash("killed")
-        return real_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_4)
-    with pytest.raises(Crash):
-        main(cli_args(base, data, str(tmp_path / "resumed")))
-    monkeypatch.undo()
-    resumed = torchrun([*cli_args(base, data, str(tmp_path / "resumed")), "--resume"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    for name, tensor in weights(tmp_path / "resumed").items():
-        assert torch.allclose(tensor, single[name], atol=1e-5, rtol=0), name
+def test_bf16_mixed_precision_trains_on_cpu_and_fp16_needs_a_gpu(tiny_cli_setup, tmp_path, monkeypatch):
+    base, data = tiny_cli_setup
+    config = TrainingConfig(warm_start_steps=1, rl_steps=1, batch_size=2, lr=1e-3, warm_start_lr=1e-3, eval_every=0)
+    model = QRAG.from_base(base, QRAGConfig(max_steps=2), device="cpu")
+    before = model.action_head.weight.detach().clone()
+    train(model, chain_examples(4, 0), dataclasses.replace(config, mixed_precision="bf16"), show_progress=False)
+    assert torch.isfinite(model.action_head.weight).all()
+    assert not torch.equal(model.action_head.weight, before)
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidInputError, match="fp16"):
+            train(model, chain_examples(4, 0), dataclasses.replace(config, mixed_precision="fp16"))
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # as without the distributed extra
+    with pytest.raises(QRAGError, match=r"qrag\[distributed\]"):
+        Processes.from_environment("bf16")
+    assert type(Processes.from_environment("no")) is Processes, "one plain process needs no extra package"

@@ -183,6 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         "model": str(out / MODEL_DIR),
         "metrics": str(out / "metrics.csv"),
         "steps": result.steps,
+        "processes": processes.world_size,
         "examples_seen": result.examples,
         "train_seconds": round(result.train_seconds, 1),
         "evaluation": result.evaluation,

@@ -328,7 +328,7 @@ class Trainer:
     def content_with_grad(self, docs: Sequence[TrainingDocument], indices: Sequence[int]) -> torch.Tensor:
         """e of chunk ``indices[j]`` of ``docs[j]``, with gradient when the action transformer is trained."""
         if self.frozen:
-            return torch.stack([doc.content[i] for doc, i in zip(docs, indices, strict=True)]).float()
+            return torch.stack([doc.content[i].float() for doc, i in zip(docs, indices, strict=True)])
         return self.model.action_encoder.embed([doc.texts[i] for doc, i in zip(docs, indices, strict=True)])
 
     def q_row(self, network: QRAG, state: torch.Tensor, actions: torch.Tensor, selected: Sequence[int]) -> torch.Tensor:
