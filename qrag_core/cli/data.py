@@ -38,13 +38,20 @@ def babilong(args: argparse.Namespace) -> None:
 
 
 def ruler(args: argparse.Namespace) -> None:
-    """Write RULER NIAH samples of one or more variants at one length."""
+    """Write RULER samples (NIAH variants, HotpotQA QA) of one or more tasks at one length."""
     from qrag_core.data.haystack import Haystack
     from qrag_core.data.ruler import NIAH_TASKS, iter_niah
+    from qrag_core.data.ruler_qa import QA_TASKS, iter_ruler_qa
 
     haystack = Haystack.load()
     tasks = list(NIAH_TASKS) if args.task == ["all"] else args.task
-    rows = (example for task in tasks for example in iter_niah(task, args.length, args.n, args.seed, haystack))
+    rows = (
+        example
+        for task in tasks
+        for example in (iter_ruler_qa if task in QA_TASKS else iter_niah)(
+            task, args.length, args.n, args.seed, haystack
+        )
+    )
     count = write_jsonl(rows, args.out)
     logger.info("wrote %d NIAH examples to %s", count, args.out)
 
@@ -134,18 +141,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     niah = commands.add_parser(
         "ruler",
-        help="RULER needle-in-a-haystack variants (noise / essay / needle haystacks)",
+        help="RULER needle-in-a-haystack variants (noise / essay / needle haystacks) and HotpotQA in a haystack",
         description="RULER NIAH samples: 'One of the special magic ... for KEY is: VALUE.' needles hidden at random "
-        "depths of a haystack, in one-sentence chunks, with the asked values for value recall.",
+        "depths of a haystack, in one-sentence chunks, with the asked values for value recall. RULER QA "
+        "(qa_hotpotqa): each HotpotQA test question with its gold paragraphs hidden at random places among its "
+        "own distractor paragraphs and those of the other test questions (novel sentences fill beyond them), "
+        "one paragraph per chunk.",
     )
     niah.add_argument(
         "--task",
         nargs="+",
         required=True,
-        help="variants: niah_single_1..3, niah_multikey_1..3, niah_multivalue, niah_multiquery, or 'all'",
+        help="variants: niah_single_1..3, niah_multikey_1..3, niah_multivalue, niah_multiquery, 'all' (the eight "
+        "NIAH variants), or qa_hotpotqa",
     )
     niah.add_argument("--length", required=True, help="target tokens: 4k, 32k, 128k, 1M (k = 1024) or a number")
-    niah.add_argument("--n", type=int, default=100, help="samples per variant (default: %(default)s)")
+    niah.add_argument(
+        "--n",
+        type=int,
+        default=100,
+        help="samples per variant; for qa_hotpotqa the first N of the 297 test questions (default: %(default)s)",
+    )
     add_common(niah)
     niah.set_defaults(run=ruler)
 

@@ -65,7 +65,8 @@ def hotpot_example(record: dict[str, Any], where: str, extra: dict[str, Any] | N
     )
 
 
-def _read_records(path: Path) -> list[Any]:
+def read_hotpot_records(path: Path) -> list[Any]:
+    """The records of a HotpotQA JSON file (a JSON array); DataFormatError when it is not one."""
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -94,7 +95,7 @@ def iter_hotpotqa(n: int | None = None, path: str | Path | None = None, split: s
     )
     left = n
     for source, labels in sources:
-        records = _read_records(source)
+        records = read_hotpot_records(source)
         for number, record in enumerate(records[:left]):
             yield hotpot_example(record, f"{source} (record {number})", labels)
         if left is not None:
