@@ -413,3 +413,9 @@ def test_a_directory_that_is_no_model_says_so_and_what_was_expected(tmp_path: Pa
     message = str(err.value)
     assert '"qrag" entry' in message and "model.safetensors" in message and "tokenizer.json" in message
     assert "sentencepiece" not in message
+
+
+def test_a_question_with_undecodable_command_line_bytes_is_rejected(tiny_model: QRAG) -> None:
+    index = tiny_model.index_documents("Mary left. John slept.")
+    with pytest.raises(InvalidInputError, match="the question holds a lone surrogate"):
+        tiny_model.search("Where is \udcff Mary?", index)  # how Python passes the byte 0xff of an argv
