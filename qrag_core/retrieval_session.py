@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qrag_core.atomic import Layout, atomic_directory
 from qrag_core.chunking import Chunk, chunk_text
 from qrag_core.config import ChunkingConfig
 from qrag_core.embedding_cache import EmbeddingCache
@@ -40,6 +41,8 @@ SESSION_FILE = "qrag_retriever.json"
 INDEX_DIR = "index"
 MODEL_DIR = "model"
 SESSION_FORMAT_VERSION = 1
+RETRIEVER_LAYOUT = Layout("retriever", (SESSION_FILE,), (SESSION_FILE, INDEX_DIR, MODEL_DIR))
+"""What :meth:`RetrievalSession.save` writes: a save may replace only a directory like this."""
 
 RETRIEVAL_METADATA_KEYS: tuple[str, ...] = ("doc_id", "chunk_index", "start", "end", "step", "q_value", "position")
 """Metadata keys every retrieved chunk gets on top of its source document's metadata."""
@@ -263,17 +266,21 @@ class RetrievalSession:
             return self.model.search(question, self.index, **options.search_kwargs())
 
     # ----------------------------------------------------------------------------- persistence
-    def save(self, directory: str | os.PathLike[str], options: RetrievalOptions | None = None) -> None:
+    def save(
+        self, directory: str | os.PathLike[str], options: RetrievalOptions | None = None, overwrite: bool = True
+    ) -> None:
         """Write the index, how to get the model back (its name, or the model itself when it has none)
-        and a retriever's ``options`` (read back by :func:`saved_options`)."""
-        directory = Path(directory)
-        with self._lock:
-            directory.mkdir(parents=True, exist_ok=True)
-            self.index.save(directory / INDEX_DIR)
+        and a retriever's ``options`` (read back by :func:`saved_options`).
+
+        The directory is written atomically; saving over a saved retriever replaces it
+        (``overwrite=False`` refuses that), any other non-empty directory is never replaced.
+        """
+        with self._lock, atomic_directory(directory, RETRIEVER_LAYOUT, overwrite) as tmp:
+            self.index.save(tmp / INDEX_DIR)
             if self.model_name is not None:
                 model_entry: dict[str, Any] = {"name": self.model_name}
             else:
-                self.model.save_pretrained(directory / MODEL_DIR)
+                self.model.save_pretrained(tmp / MODEL_DIR)
                 model_entry = {"saved": MODEL_DIR}
             meta = {
                 "format_version": SESSION_FORMAT_VERSION,
@@ -283,7 +290,7 @@ class RetrievalSession:
                 "chunking": dataclasses.asdict(self.chunking),
                 "options": dataclasses.asdict(options or RetrievalOptions()),
             }
-            (directory / SESSION_FILE).write_text(json.dumps(meta, indent=2))
+            (tmp / SESSION_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(

@@ -9,6 +9,7 @@ import random
 import pytest
 import torch
 import transformers
+from safetensors.torch import load_file
 from torch import nn
 
 from qrag_core.config import QRAGConfig
@@ -357,8 +358,8 @@ def test_full_action_encoder_training_updates_it_and_its_target(tiny_base, tmp_p
     assert result.steps == 7
     changed = [not torch.equal(b, p) for b, p in zip(before, model.action_encoder.parameters(), strict=True)]
     assert any(changed)
-    state = torch.load(tmp_path / "checkpoint" / "trainer_state.pt", weights_only=False)
-    assert any(k.startswith("action_encoder.") for k in state["target"])
+    target = load_file(str(tmp_path / "checkpoint" / "trainer_state.safetensors"))
+    assert any(k.startswith("target.action_encoder.") for k in target)
     reloaded = QRAG.from_pretrained(str(tmp_path / "model"))
     assert not reloaded.config.freeze_action_encoder
     assert reloaded.training_info["action_encoder"] == "trained"
