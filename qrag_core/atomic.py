@@ -43,6 +43,7 @@ TMP_PREFIX = ".tmp-"
 ASIDE_SUFFIX = ".old"
 """``.tmp-NAME.old``: the previous copy of NAME while the new one is moved into place."""
 _RANDOM_PART = r"[a-z0-9_]{8}"  # what tempfile appends to the prefix
+_TEMPORARY = re.compile(re.escape(TMP_PREFIX) + r".+-" + _RANDOM_PART)
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,8 @@ def atomic_directory(
         try:
             yield tmp
             _usual_permissions(tmp)
-            _sync_tree(tmp)
+            if not _TEMPORARY.fullmatch(path.parent.name):  # else the enclosing save syncs everything
+                _sync_tree(tmp)
         except Exception as err:
             if _disk_full(err):
                 raise StorageError(f"no space left on device at {path}; the previous copy, if any, is kept") from err
@@ -221,9 +223,8 @@ def save_tensors(
 
 def remove_leftover_files(directory: Path) -> None:
     """Remove the temporary files :func:`write_file` leaves in ``directory`` when killed."""
-    orphan = re.compile(re.escape(TMP_PREFIX) + r".+-" + _RANDOM_PART)
     for leftover in directory.iterdir():
-        if leftover.is_file() and orphan.fullmatch(leftover.name):
+        if leftover.is_file() and _TEMPORARY.fullmatch(leftover.name):
             logger.info("removing %s, left by an interrupted write", leftover)
             leftover.unlink()
 

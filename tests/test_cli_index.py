@@ -46,3 +46,30 @@ def test_help_explains_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--document", "--out", "--chunking", "--max-tokens", "--shard-size", "--batch-size", "--no-cache"):
         assert flag in text
+
+
+def test_build_never_deletes_the_book_or_other_files_in_out(tmp_path, story, capsys, monkeypatch):
+    """--out holding the book (or any file qrag did not write) is refused, with or without --overwrite;
+    an earlier qrag index is replaced only with --overwrite."""
+    monkeypatch.setenv("QRAG_CACHE_DIR", str(tmp_path / "cache"))
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    book = shelf / "book.txt"
+    book.write_text(story)
+    for extra in ([], ["--overwrite"]):
+        argv = ["build", "--document", str(book), "--out", str(shelf), "--model", "minilm", *extra]
+        assert main(argv) == 2
+        assert f"refusing to replace {shelf}" in capsys.readouterr().err
+        assert book.read_text() == story and sorted(p.name for p in tmp_path.iterdir()) == ["cache", "shelf"]
+    monkeypatch.chdir(shelf)
+    assert main(["build", "--document", "book.txt", "--out", ".", "--model", "minilm"]) == 2
+    assert "current directory" in capsys.readouterr().err and book.read_text() == story
+
+    out = tmp_path / "idx"
+    argv = ["build", "--document", str(book), "--out", str(out), "--model", "minilm", "--shard-size", "4"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "already holds a qrag index" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    assert DocumentIndex.load(out).doc_ids == ["book.txt"]

@@ -32,8 +32,8 @@ from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
 from qrag_core.errors import QRAGError
 from qrag_core.model import QRAG
 from qrag_core.training import TrainingConfig, train
-from qrag_core.training.config import REWARDS, field_docs
 from qrag_core.training.checkpoint import MODEL_DIR, check_run_dir
+from qrag_core.training.config import REWARDS, field_docs
 
 logger = logging.getLogger(__name__)
 

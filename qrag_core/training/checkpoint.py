@@ -47,7 +47,7 @@ TENSORBOARD_DIR = "tensorboard"
 STATE_FILE = "trainer_state.json"
 TENSORS_FILE = "trainer_state.safetensors"
 LEGACY_STATE_FILE = "trainer_state.pt"
-"""The pickle file of checkpoints written by qrag before 0.2; recognised only to refuse it."""
+"""The pickle file of checkpoints written by earlier qrag versions; recognised only to refuse it."""
 CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_LAYOUT = Layout(
     "training checkpoint", (STATE_FILE, LEGACY_STATE_FILE), (STATE_FILE, TENSORS_FILE, MODEL_DIR, LEGACY_STATE_FILE)
@@ -69,6 +69,10 @@ def write_checkpoint(directory: Path, model: QRAG, state: Mapping[str, Any], ten
 def read_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The JSON state and the tensors of the checkpoint at ``directory`` (after recovering an interrupted save)."""
     recover(directory)
+    legacy_aside = directory.with_name(directory.name + ".old")  # left by earlier qrag versions after a kill
+    if directory.is_dir() and legacy_aside.is_dir() and CHECKPOINT_LAYOUT.is_own(legacy_aside):
+        logger.info("removing %s, a stale copy left by an older qrag", legacy_aside)
+        shutil.rmtree(legacy_aside)
     if (directory / LEGACY_STATE_FILE).is_file() and not (directory / STATE_FILE).is_file():
         raise CheckpointError(
             f"{directory / LEGACY_STATE_FILE} is a checkpoint of an older qrag in pickle format, which qrag never "
