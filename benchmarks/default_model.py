@@ -27,38 +27,29 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import fcntl
-import json
 import logging
-import os
-import platform
 import shlex
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from harness import ROOT, ResultsStore, lazy_haystack, length_order, machine_description, markdown_table, parse_cell
 
 from qrag_core.baselines import BM25TopK, DenseTopK
 from qrag_core.cli import setup_logging
-from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong, length_label, parse_length
-from qrag_core.data.examples import Example
+from qrag_core.data.babilong import BABILONG_TASKS
 from qrag_core.data.haystack import Haystack
-from qrag_core.data.hotpotqa import iter_hotpotqa
-from qrag_core.data.musique import iter_musique
-from qrag_core.data.ruler import NIAH_TASKS, iter_niah
+from qrag_core.data.ruler import NIAH_TASKS
 from qrag_core.evaluation import DEFAULT_STEPS, TASK_STEPS, QRAGSearch, RetrievalMethod, evaluate, shared_cache
 from qrag_core.model import QRAG
 from qrag_core.model_names import DEFAULT_MODEL_NAME, SHIPPED_MODELS_DIR
 
 logger = logging.getLogger("default_model_benchmark")
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "default_model.json"
 MARKDOWN = ROOT / "benchmarks" / "default_model.md"
-SUITES = ("babilong", "niah", "hotpotqa", "musique")
 METHOD_ORDER = ("qrag", "qrag-stop", "qrag-full", "dense", "bm25", "multistep-untrained")
 PAPER = {
     "babilong": "answer accuracy (not fact EM), QA1–5 average ≈ 0.97 at 1k falling to ≈ 0.95 at 10M; "
@@ -68,39 +59,6 @@ PAPER = {
     "musique": "fact F1 / EM 0.71 / 0.55 (out of distribution)",
 }
 """Published Q-RAG numbers (SPEC §5), one model per task trained on an A100 for up to 12 h."""
-
-
-# ============================================================================================ cells
-def parse_cell(spec: str) -> tuple[str, str | None, int | None]:
-    """``suite[:length][:n]`` → (suite, length label or None, samples per task or None for all)."""
-    suite, *rest = spec.split(":")
-    if suite not in SUITES:
-        raise SystemExit(f"unknown suite in cell {spec!r}; use one of {', '.join(SUITES)}")
-    length = None
-    if suite in ("babilong", "niah"):
-        if not rest:
-            raise SystemExit(f"cell {spec!r}: {suite} needs a length, e.g. {suite}:4k")
-        length, *rest = rest
-        length = length_label(length)
-    n = int(rest[0]) if rest and rest[0] != "all" else None
-    if suite == "niah" and n is None:
-        n = 100
-    return suite, length, n
-
-
-def cell_name(suite: str, length: str | None) -> str:
-    return suite if length is None else f"{suite}/{length}"
-
-
-def cell_examples(suite: str, length: str | None, n: int | None, haystack: Callable[[], Haystack]) -> list[Example]:
-    if suite == "babilong":
-        h = haystack() if parse_length(length) > 0 else None
-        return [e for task in BABILONG_TASKS for e in iter_babilong(task, "test", length, n, 0, h)]
-    if suite == "niah":
-        return [e for task in NIAH_TASKS for e in iter_niah(task, length, n, 0, haystack())]
-    if suite == "hotpotqa":
-        return list(iter_hotpotqa(n))
-    return list(iter_musique(n))
 
 
 # ============================================================================================ methods
@@ -137,31 +95,16 @@ def build_methods(args: argparse.Namespace) -> dict[str, Callable[[], RetrievalM
     return {name: methods[name] for name in METHOD_ORDER if name in methods and name in args.methods}
 
 
-def machine(note: str) -> str:
-    """This machine in words, with ``note`` (e.g. other jobs sharing the CPU)."""
-    described = f"{os.cpu_count()}-core {platform.machine()} CPU, no GPU, {torch.get_num_threads()} torch thread(s)"
-    return f"{described}; {note}" if note else described
-
-
 # ============================================================================================ results
-def load_results() -> dict[str, Any]:
-    if RESULTS.is_file():
-        return json.loads(RESULTS.read_text())
-    return {"entries": {}}
+STORE = ResultsStore(RESULTS, lambda: {"entries": {}})
 
 
 def save_results(new_entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Merge ``new_entries`` into the results file (under a lock: several invocations may run at once),
-    rewrite the markdown, and return all results."""
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(Path(tempfile.gettempdir()) / "qrag-default-model-results.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        results = load_results()
+    """Merge ``new_entries`` into the results file (several invocations may run at once), rewrite the
+    markdown, and return all results."""
+    with STORE.updating() as results:
         results["entries"].update(new_entries)
-        tmp = RESULTS.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-        os.replace(tmp, RESULTS)
-        MARKDOWN.write_text(render(results), encoding="utf-8")
+    MARKDOWN.write_text(render(results), encoding="utf-8")
     return results
 
 
@@ -172,14 +115,14 @@ def run_cell(
     haystack: Callable[[], Haystack],
 ) -> None:
     """Measure every method of ``factories`` not yet in the results on one cell, saving after each."""
-    suite, length, n = parse_cell(spec)
-    cell = cell_name(suite, length) + (f"@T{args.steps}" if args.steps else "")
-    measured = load_results()["entries"]
+    suite, length, n = parsed = parse_cell(spec)
+    cell = parsed.key + (f"@T{args.steps}" if args.steps else "")
+    measured = STORE.load()["entries"]
     todo = [m for m in factories if args.force or f"{cell}|{m}" not in measured]
     if not todo:
         logger.info("%s: every method already measured (use --force to measure again)", cell)
         return
-    examples = cell_examples(suite, length, n, haystack)
+    examples = parsed.examples(haystack)
     command = "python benchmarks/default_model.py " + shlex.join(sys.argv[1:])
     for name in todo:
         method = factories[name]()
@@ -193,7 +136,7 @@ def run_cell(
             "suite": suite,
             "length": length,
             "per_task_n": n,
-            "machine": machine(args.machine_note),
+            "machine": machine_description(args.machine_note),
             "command": command,
             "date": dt.datetime.now().isoformat(timespec="seconds"),
         }
@@ -203,7 +146,7 @@ def run_cell(
 
 # ============================================================================================ markdown
 def _length_key(entry: dict[str, Any]) -> int:
-    return parse_length(entry["length"]) if entry.get("length") else 0
+    return length_order(entry.get("length"))
 
 
 def _method_key(name: str) -> int:
@@ -236,26 +179,26 @@ def _per_task_table(results: dict[str, Any], suite: str, tasks: tuple[str, ...],
     if extra:
         header.append(extra)
     header.append("seconds")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for e in _sorted_entries(results, suite):
         row = [e["length"], str(_steps(e)), e["method"], _task_counts(e), *(_cell_value(e, t, metric) for t in tasks)]
         row.append(f"**{e[metric]:.3f}**" if e["method"].startswith("qrag") else f"{e[metric]:.3f}")
         if extra == "QA3 fact F1":
             row.append(_cell_value(e, "qa3", "fact_f1"))
         row.append(f"{e['seconds']:.0f}")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        rows.append(row)
+    return "\n".join(markdown_table(header, rows))
 
 
 def _open_domain_table(results: dict[str, Any]) -> str:
     header = ["set", "method", "n", "T", "fact EM", "fact F1", "fact recall", "seconds"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for suite in ("hotpotqa", "musique"):
         for e in _sorted_entries(results, suite):
             row = [suite, e["method"], str(e["n"]), str(_steps(e))]
             row += [f"{e[k]:.3f}" for k in ("fact_em", "fact_f1", "fact_recall")] + [f"{e['seconds']:.0f}"]
-            lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+            rows.append(row)
+    return "\n".join(markdown_table(header, rows))
 
 
 def _compact_table(results: dict[str, Any]) -> str | None:
@@ -268,15 +211,13 @@ def _compact_table(results: dict[str, Any]) -> str | None:
     pairs = [(cell, full, compact) for cell, full, compact in pairs if compact is not None]
     if not pairs:
         return None
-    lines = [
-        "| cell | n | metric | fp16 compact (shipped) | full precision | difference |",
-        "|---|---|---|---|---|---|",
-    ]
+    header = ["cell", "n", "metric", "fp16 compact (shipped)", "full precision", "difference"]
+    rows = []
     for cell, full, compact in sorted(pairs, key=lambda p: p[0]):
         metric = "value_recall" if "value_recall" in full else "fact_em"
         diff = compact[metric] - full[metric]
-        lines.append(f"| {cell} | {full['n']} | {metric} | {compact[metric]:.3f} | {full[metric]:.3f} | {diff:+.3f} |")
-    return "\n".join(lines)
+        rows.append([cell, str(full["n"]), metric, f"{compact[metric]:.3f}", f"{full[metric]:.3f}", f"{diff:+.3f}"])
+    return "\n".join(markdown_table(header, rows))
 
 
 def render(results: dict[str, Any]) -> str:
@@ -377,13 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     torch.set_num_threads(args.threads)
-    haystacks: list[Haystack] = []
-
-    def haystack() -> Haystack:
-        if not haystacks:
-            haystacks.append(Haystack.load())
-        return haystacks[0]
-
+    haystack = lazy_haystack()
     factories = build_methods(args)
     for spec in [] if args.render_only else args.cells:
         run_cell(spec, args, factories, haystack)

@@ -19,29 +19,33 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from harness import (
+    DEFAULT_SAMPLES,
+    ROOT,
+    Cell,
+    ResultsStore,
+    git_commit,
+    length_order,
+    machine_description,
+    markdown_table,
+    parse_cell,
+)
+
 from qrag_core.baselines import BASELINES, METHODS, base_model_of, make_method
 from qrag_core.cli import setup_logging
-from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong, length_label
-from qrag_core.data.examples import Example
+from qrag_core.data.babilong import BABILONG_TASKS
 from qrag_core.data.haystack import Haystack
-from qrag_core.data.hotpotqa import iter_hotpotqa
-from qrag_core.data.musique import iter_musique
-from qrag_core.data.ruler import NIAH_TASKS, iter_niah
+from qrag_core.data.ruler import NIAH_TASKS
 from qrag_core.evaluation import RetrievalMethod, evaluate, shared_cache
 
 logger = logging.getLogger("run_baselines")
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "baselines.json"
 MARKDOWN = ROOT / "BENCHMARKS.md"
 SECTIONS = (
@@ -50,72 +54,15 @@ SECTIONS = (
     ("Scale: 1M and 10M tokens on this CPU (issue 5)", "benchmarks/results/scale.md"),
 )
 """Sections written by other benchmark scripts, appended to BENCHMARKS.md at every render."""
-SUITES = ("babilong", "niah", "hotpotqa", "musique")
-DEFAULT_N = {"babilong": 100, "niah": 50, "hotpotqa": None, "musique": None}
-"""Samples per task when a cell does not say (None: the whole subset)."""
-LENGTH_ORDER = ("0k", "1k", "2k", "4k", "8k", "16k", "32k", "64k", "128k", "512k", "1M", "10M")
-
-
-# ============================================================================================ cells
-def parse_cell(spec: str) -> tuple[str, str | None, int | None]:
-    """``suite[:length][:n]`` → (suite, length label or None, n or None)."""
-    parts = spec.split(":")
-    suite = parts[0]
-    if suite not in SUITES:
-        raise SystemExit(f"unknown suite in cell {spec!r}; use one of {SUITES}")
-    needs_length = suite in ("babilong", "niah")
-    if needs_length and len(parts) < 2:
-        raise SystemExit(f"cell {spec!r}: {suite} needs a length, e.g. {suite}:4k")
-    length = length_label(parts[1]) if needs_length else None
-    rest = parts[2:] if needs_length else parts[1:]
-    n = int(rest[0]) if rest and rest[0] != "all" else (None if rest else DEFAULT_N[suite])
-    return suite, length, n
-
-
-def cell_key(suite: str, length: str | None) -> str:
-    return suite if length is None else f"{suite}/{length}"
-
-
-def cell_examples(suite: str, length: str | None, n: int | None, haystack: Haystack | None) -> list[Example]:
-    if suite == "babilong":
-        return [e for task in BABILONG_TASKS for e in iter_babilong(task, "test", length, n, 0, haystack)]
-    if suite == "niah":
-        return [e for task in NIAH_TASKS for e in iter_niah(task, length, n or DEFAULT_N["niah"], 0, haystack)]
-    if suite == "hotpotqa":
-        return list(iter_hotpotqa(n))
-    return list(iter_musique(n))
 
 
 # ============================================================================================ running
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, shared with other jobs"
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def load_results(path: Path = RESULTS) -> dict[str, Any]:
-    if path.is_file():
-        return json.loads(path.read_text())
-    return {"cells": {}}
+    return results_store(path).load()
 
 
-def save_results(results: dict[str, Any], path: Path = RESULTS) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    tmp.replace(path)
+def results_store(path: Path = RESULTS) -> ResultsStore:
+    return ResultsStore(path, lambda: {"cells": {}})
 
 
 def build_methods(names: list[str], model: str | None) -> dict[str, RetrievalMethod]:
@@ -135,8 +82,8 @@ def run_cell(
     paths: tuple[Path, Path] = (RESULTS, MARKDOWN),
 ) -> None:
     """Measure the methods of one cell not yet in ``results``; save JSON and markdown (``paths``) after each."""
-    suite, length, n = parse_cell(spec)
-    key = cell_key(suite, length)
+    suite, length, n = parsed = parse_cell(spec)
+    key = parsed.key
     cell = results["cells"].setdefault(key, {"suite": suite, "length": length, "methods": {}, "samples_per_task": n})
     if cell.get("samples_per_task") != n:
         if not force:
@@ -150,7 +97,7 @@ def run_cell(
         logger.info("%s: every method already measured (use --force to measure again)", key)
         return
     start = time.perf_counter()
-    examples = cell_examples(suite, length, n, haystack)
+    examples = parsed.examples(lambda: haystack)
     build_seconds = time.perf_counter() - start
     logger.info("%s: %d samples built in %.0f s", key, len(examples), build_seconds)
     loaded = build_methods(todo, model)
@@ -168,12 +115,11 @@ def run_cell(
             }
         )
         # Merge into the file as it is now: other runs (other cells or methods, timing checks) may have written to it.
-        latest = load_results(paths[0])
-        stored = latest["cells"].get(key)
-        if stored is None or stored.get("samples_per_task") != n:
-            stored = latest["cells"][key] = {"suite": suite, "length": length, "samples_per_task": n, "methods": {}}
-        stored["methods"][name] = result
-        save_results(latest, paths[0])
+        with results_store(paths[0]).updating() as latest:
+            stored = latest["cells"].get(key)
+            if stored is None or stored.get("samples_per_task") != n:
+                stored = latest["cells"][key] = {"suite": suite, "length": length, "samples_per_task": n, "methods": {}}
+            stored["methods"][name] = result
         write_markdown(latest, paths[1])
         logger.info(
             "%s %s: fact_f1 %.3f recall %.3f in %.0f s",
@@ -201,7 +147,7 @@ def _method_order(cells: list[dict[str, Any]]) -> list[str]:
 
 
 def _lengths(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(cells, key=lambda c: LENGTH_ORDER.index(c["length"]) if c["length"] in LENGTH_ORDER else 99)
+    return sorted(cells, key=lambda c: length_order(c["length"]))
 
 
 def _provenance(cells: list[dict[str, Any]]) -> list[str]:
@@ -223,17 +169,16 @@ def _provenance(cells: list[dict[str, Any]]) -> list[str]:
 
 
 def _length_table(cells: list[dict[str, Any]], tasks: list[str], metric: str) -> list[str]:
-    methods = _method_order(cells)
-    header = "| task | method | " + " | ".join(f"{c['length']} (n={_n_per_task(c)})" for c in cells) + " |"
-    lines = [header, "|" + "---|" * (2 + len(cells))]
+    header = ["task", "method", *(f"{c['length']} (n={_n_per_task(c)})" for c in cells)]
+    rows = []
     for task in [*tasks, None]:
-        for method in methods:
+        for method in _method_order(cells):
             values = []
             for cell in cells:
                 result = cell["methods"].get(method)
                 values.append(_fmt(None if result is None else _task_score(result, task, metric)))
-            lines.append(f"| {task or '**all**'} | {method} | " + " | ".join(values) + " |")
-    return lines
+            rows.append([task or "**all**", method, *values])
+    return markdown_table(header, rows)
 
 
 def _n_per_task(cell: dict[str, Any]) -> str:
@@ -284,15 +229,13 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
         ]
     if open_domain:
         out += ["## HotpotQA (distractor) and MuSiQue-Ans: support paragraphs", ""]
-        out += ["| dataset | method | n | T | fact EM | fact recall | fact F1 |", "|---|---|---|---|---|---|---|"]
-        for cell in open_domain:
-            steps = 2 if cell["suite"] == "hotpotqa" else 4
-            for method in _method_order([cell]):
-                r = cell["methods"][method]
-                out.append(
-                    f"| {cell['suite']} | {method} | {r['n']} | {steps} | {_fmt(r['fact_em'])} | "
-                    f"{_fmt(r['fact_recall'])} | {_fmt(r['fact_f1'])} |"
-                )
+        rows = [
+            [cell["suite"], method, str(r["n"]), str(Cell(cell["suite"], None, None).steps)]
+            + [_fmt(r[metric]) for metric in ("fact_em", "fact_recall", "fact_f1")]
+            for cell in open_domain
+            for method, r in ((m, cell["methods"][m]) for m in _method_order([cell]))
+        ]
+        out += markdown_table(["dataset", "method", "n", "T", "fact EM", "fact recall", "fact F1"], rows)
         out += ["", *_provenance(open_domain), ""]
     if results.get("timings"):
         out += [
@@ -301,15 +244,12 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
             "Measured by `python benchmarks/time_eval.py` (a fresh `qrag-eval` process; the haystack already in the",
             "shared embedding cache via `qrag-data warm-cache`).",
             "",
-            "| check | seconds | limit | machine | command |",
-            "|---|---|---|---|---|",
         ]
-        for check in results["timings"]:
-            out.append(
-                f"| {check['what']} | {check['seconds']:.1f} | {check['limit_seconds']} | {check['machine']} | "
-                f"`{check['command']}` |"
-            )
-        out.append("")
+        rows = [
+            [c["what"], f"{c['seconds']:.1f}", str(c["limit_seconds"]), c["machine"], f"`{c['command']}`"]
+            for c in results["timings"]
+        ]
+        out += [*markdown_table(["check", "seconds", "limit", "machine", "command"], rows), ""]
     for title, section in SECTIONS:
         if (ROOT / section).is_file():
             text = (ROOT / section).read_text().strip()
@@ -328,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         default=[],
         help="cells to measure, in order: suite[:length][:n], e.g. babilong:4k niah:32k:10 hotpotqa\n"
-        f"(default n per task: {DEFAULT_N})",
+        f"(default n per task, None = the whole subset: {DEFAULT_SAMPLES})",
     )
     parser.add_argument(
         "--methods", nargs="+", choices=METHODS, default=list(BASELINES), help="methods (default: %(default)s)"

@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from run_baselines import load_results, machine_description, save_results, write_markdown
+from harness import machine_description
+from run_baselines import results_store, write_markdown
 
 BIN = Path(sys.executable).parent
 
@@ -47,9 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_description(),
         "command": shown,
     }
-    results = load_results()
-    results["timings"] = [t for t in results.get("timings", []) if t["command"] != shown] + [check]
-    save_results(results)
+    with results_store().updating() as results:
+        results["timings"] = [t for t in results.get("timings", []) if t["command"] != shown] + [check]
     write_markdown(results)
     print(json.dumps(check))
     return 0 if seconds <= args.limit else 1

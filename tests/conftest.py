@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -15,6 +16,8 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Retrievers use the shared on-disk embedding cache by default; tests get their own, empty one.
+os.environ["QRAG_CACHE_DIR"] = tempfile.mkdtemp(prefix="qrag-test-cache-")
 
 from qrag_core import QRAG, QRAGConfig  # noqa: E402
 from qrag_core.encoders import TextEncoder  # noqa: E402
@@ -24,8 +27,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_script(relative_path: str) -> ModuleType:
-    """Import a script of the repository (``benchmarks/…``, ``training/…``) as a module, by its path."""
+    """Import a script of the repository (``benchmarks/…``, ``training/…``) as a module, by its path.
+
+    Its folder goes on ``sys.path`` as when the script runs, so that it finds its sibling modules.
+    """
     path = REPO / relative_path
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -348,6 +348,48 @@ def test_musique_support_from_labels() -> None:
     assert {e.extra["hops"] for e in examples} >= {"2hop", "3hop1", "4hop1"}
 
 
+@needs_data
+def test_hotpotqa_train_split_is_disjoint_from_test_and_labelled() -> None:
+    from qrag_core.data.hotpotqa import HOTPOTQA_SPLITS, build_hotpotqa
+
+    train, test = build_hotpotqa(split="train"), build_hotpotqa(split="test")
+    assert (len(train), len(test)) == (907, 297)
+    assert not {e.id for e in train} & {e.id for e in test}
+    assert len({e.id for e in train}) == 907
+    assert [e.extra["official_split"] for e in train] == ["train"] * 100 + ["dev"] * 807
+    assert {e.extra["split"] for e in train} == {"train"} and {e.extra["split"] for e in test} == {"test"}
+    assert {e.extra["official_split"] for e in test} == {"dev"}
+    records = [
+        record
+        for folder, name, _ in HOTPOTQA_SPLITS["train"]
+        for record in json.loads(paths.data_file(folder, name).read_text())
+    ]
+    for example, record in zip(train, records, strict=True):
+        gold = {title for title, _ in record["supporting_facts"]}
+        assert example.id == record["_id"] and {record["context"][i][0] for i in example.support} == gold
+    # n counts across the split's two files
+    assert [e.extra["official_split"] for e in build_hotpotqa(n=102, split="train")[-3:]] == ["train", "dev", "dev"]
+    with pytest.raises(InvalidInputError, match="unknown HotpotQA split"):
+        build_hotpotqa(split="dev")
+
+
+@needs_data
+def test_musique_train_split_is_disjoint_from_dev() -> None:
+    from qrag_core.data.musique import MUSIQUE_SPLITS, build_musique
+
+    train, dev = build_musique(split="train"), build_musique()
+    assert (len(train), len(dev)) == (100, 200)
+    assert not {e.id for e in train} & {e.id for e in dev}
+    assert {e.extra["split"] for e in train} == {"train"} and {e.extra["split"] for e in dev} == {"dev"}
+    lines = paths.data_file(*MUSIQUE_SPLITS["train"]).read_text().splitlines()
+    for example, line in zip(train, lines, strict=True):
+        record = json.loads(line)
+        assert [i for i, p in enumerate(record["paragraphs"]) if p["is_supporting"]] == example.support
+        assert 2 <= len(example.support) <= 4 and len(example.chunks) == 20
+    with pytest.raises(InvalidInputError, match="unknown MuSiQue split"):
+        build_musique(split="test")
+
+
 def test_musique_malformed_line_names_file_and_line(tmp_path: Path) -> None:
     from qrag_core.data.musique import build_musique
 
@@ -385,3 +427,7 @@ def test_qrag_data_ruler_hotpotqa_musique_commands(tmp_path: Path) -> None:
         assert data_main([name, "--n", "3", "--out", str(out)]) == 0
         rows = read_jsonl(out, need_support=True)
         assert [r.extra["task"] for r in rows] == [name] * 3
+    for name, split in (("hotpotqa", "train"), ("musique", "train"), ("hotpotqa", "test"), ("musique", "dev")):
+        out = tmp_path / f"{name}-{split}.jsonl"
+        assert data_main([name, "--split", split, "--n", "2", "--out", str(out)]) == 0
+        assert [r.extra["split"] for r in read_jsonl(out, need_support=True)] == [split] * 2

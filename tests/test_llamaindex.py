@@ -40,14 +40,14 @@ def test_nodes_with_q_value_scores_in_document_order(retriever, documents):
     order = []
     for hit in found:
         meta = hit.node.metadata
-        assert hit.score == meta["q_value"]
-        assert meta["source"] == f"{meta['doc_id']}.txt"
-        assert texts[meta["doc_id"]][hit.node.start_char_idx : hit.node.end_char_idx] == hit.node.get_content()
-        assert hit.node.node_id == f"{meta['doc_id']}#{meta['chunk_index']}"
-        assert hit.node.relationships[NodeRelationship.SOURCE].node_id == meta["doc_id"]
-        order.append((["story", "notes"].index(meta["doc_id"]), meta["chunk_index"]))
+        assert hit.score == meta["qrag_q_value"]
+        assert meta["source"] == f"{meta['qrag_doc_id']}.txt"
+        assert texts[meta["qrag_doc_id"]][hit.node.start_char_idx : hit.node.end_char_idx] == hit.node.get_content()
+        assert hit.node.node_id == f"{meta['qrag_doc_id']}#{meta['qrag_chunk_index']}"
+        assert hit.node.relationships[NodeRelationship.SOURCE].node_id == meta["qrag_doc_id"]
+        order.append((["story", "notes"].index(meta["qrag_doc_id"]), meta["qrag_chunk_index"]))
     assert order == sorted(order)
-    assert sorted(hit.node.metadata["step"] for hit in found) == [1, 2, 3]
+    assert sorted(hit.node.metadata["qrag_step"] for hit in found) == [1, 2, 3]
     core = retriever.session.search(QUESTION, RetrievalOptions(k=3))
     assert [hit.node.get_content() for hit in found] == core.texts
 
@@ -75,7 +75,7 @@ def test_nodes_of_one_source_form_one_document(tiny_model):
         "Mary went back to the kitchen.",
     ]
     assert [c.index for c in chunks] == [0, 1, 2]
-    assert [(c.metadata["node_id"], c.metadata["part"]) for c in chunks] == [("a-0", 0), ("a-0", 0), ("a-1", 1)]
+    assert [(c.metadata["qrag_piece_id"], c.metadata["part"]) for c in chunks] == [("a-0", 0), ("a-0", 0), ("a-1", 1)]
     joined = "\n".join(n.text for n in nodes if n.ref_doc_id == "a")
     assert all(joined[c.start : c.end] == c.text for c in chunks)
 

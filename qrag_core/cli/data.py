@@ -38,31 +38,38 @@ def babilong(args: argparse.Namespace) -> None:
 
 
 def ruler(args: argparse.Namespace) -> None:
-    """Write RULER NIAH samples of one or more variants at one length."""
+    """Write RULER samples (NIAH variants, HotpotQA QA) of one or more tasks at one length."""
     from qrag_core.data.haystack import Haystack
     from qrag_core.data.ruler import NIAH_TASKS, iter_niah
+    from qrag_core.data.ruler_qa import QA_TASKS, iter_ruler_qa
 
     haystack = Haystack.load()
     tasks = list(NIAH_TASKS) if args.task == ["all"] else args.task
-    rows = (example for task in tasks for example in iter_niah(task, args.length, args.n, args.seed, haystack))
+    rows = (
+        example
+        for task in tasks
+        for example in (iter_ruler_qa if task in QA_TASKS else iter_niah)(
+            task, args.length, args.n, args.seed, haystack
+        )
+    )
     count = write_jsonl(rows, args.out)
     logger.info("wrote %d NIAH examples to %s", count, args.out)
 
 
 def hotpotqa(args: argparse.Namespace) -> None:
-    """Write the HotpotQA distractor subset."""
+    """Write a split of the HotpotQA distractor data."""
     from qrag_core.data.hotpotqa import iter_hotpotqa
 
-    count = write_jsonl(iter_hotpotqa(args.n), args.out)
-    logger.info("wrote %d HotpotQA examples to %s", count, args.out)
+    count = write_jsonl(iter_hotpotqa(args.n, split=args.split), args.out)
+    logger.info("wrote %d HotpotQA %s examples to %s", count, args.split, args.out)
 
 
 def musique(args: argparse.Namespace) -> None:
-    """Write the MuSiQue-Ans subset."""
+    """Write a split of the MuSiQue-Ans data."""
     from qrag_core.data.musique import iter_musique
 
-    count = write_jsonl(iter_musique(args.n), args.out)
-    logger.info("wrote %d MuSiQue examples to %s", count, args.out)
+    count = write_jsonl(iter_musique(args.n, split=args.split), args.out)
+    logger.info("wrote %d MuSiQue %s examples to %s", count, args.split, args.out)
 
 
 def warm_cache(args: argparse.Namespace) -> None:
@@ -134,30 +141,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     niah = commands.add_parser(
         "ruler",
-        help="RULER needle-in-a-haystack variants (noise / essay / needle haystacks)",
+        help="RULER needle-in-a-haystack variants (noise / essay / needle haystacks) and HotpotQA in a haystack",
         description="RULER NIAH samples: 'One of the special magic ... for KEY is: VALUE.' needles hidden at random "
-        "depths of a haystack, in one-sentence chunks, with the asked values for value recall.",
+        "depths of a haystack, in one-sentence chunks, with the asked values for value recall. RULER QA "
+        "(qa_hotpotqa): each HotpotQA test question with its gold paragraphs hidden at random places among its "
+        "own distractor paragraphs and those of the other test questions (novel sentences fill beyond them), "
+        "one paragraph per chunk.",
     )
     niah.add_argument(
         "--task",
         nargs="+",
         required=True,
-        help="variants: niah_single_1..3, niah_multikey_1..3, niah_multivalue, niah_multiquery, or 'all'",
+        help="variants: niah_single_1..3, niah_multikey_1..3, niah_multivalue, niah_multiquery, 'all' (the eight "
+        "NIAH variants), or qa_hotpotqa",
     )
     niah.add_argument("--length", required=True, help="target tokens: 4k, 32k, 128k, 1M (k = 1024) or a number")
-    niah.add_argument("--n", type=int, default=100, help="samples per variant (default: %(default)s)")
+    niah.add_argument(
+        "--n",
+        type=int,
+        default=100,
+        help="samples per variant; for qa_hotpotqa the first N of the 297 test questions (default: %(default)s)",
+    )
     add_common(niah)
     niah.set_defaults(run=ruler)
 
-    for name, run, what in (
-        ("hotpotqa", hotpotqa, "HotpotQA distractor dev subset (297 questions, 10 paragraphs each)"),
-        ("musique", musique, "MuSiQue-Ans dev subset (200 questions, 20 paragraphs each)"),
+    for name, run, what, splits, default, split_help in (
+        (
+            "hotpotqa",
+            hotpotqa,
+            "HotpotQA distractor setting (10 paragraphs per question)",
+            ("train", "test"),
+            "test",
+            "test: the 297-question subset of the official dev set; train: 907 questions, the 100 of "
+            "hotpot_train_v1.1_subset.json plus 807 official dev questions (hotpot_dev_distractor_v1_trainpool.json) "
+            "disjoint from the test questions, since the official train file is not available offline",
+        ),
+        (
+            "musique",
+            musique,
+            "MuSiQue-Ans (20 paragraphs per question)",
+            ("train", "dev"),
+            "dev",
+            "dev: the 200-question subset of the official dev set; train: 100 official train questions",
+        ),
     ):
         command = commands.add_parser(
             name,
             help=what,
             description=f"{what}: one paragraph per chunk, support from the dataset's labels, in file order.",
         )
+        command.add_argument("--split", choices=splits, default=default, help=f"{split_help} (default: %(default)s)")
         command.add_argument("--n", type=int, default=None, help="the first N questions (default: all)")
         command.add_argument("--out", required=True, help="JSONL file to write (parent folders are created)")
         command.set_defaults(run=run)

@@ -1,0 +1,181 @@
+"""What every benchmark script shares: cells, their samples, the machine, the results store, tables.
+
+A **cell** is written ``suite[:length][:n]``: ``babilong`` (QA1–QA5 test samples of
+``babilong/test_100_idxs.json``), ``niah`` (the eight RULER variants), ``hotpotqa`` or ``musique``
+(the first ``n`` questions of the shared subsets); ``n`` is the number of samples per task, ``all`` or
+left out for the suite's default (:data:`DEFAULT_SAMPLES`). Samples are built deterministically (seed 0),
+so every method measured on a cell, in any run, sees the same samples. T, the chunks retrieved per
+question, comes from :mod:`qrag_core.evaluation` (``TASK_STEPS``, ``DEFAULT_STEPS``).
+
+Results live in JSON files written through :class:`ResultsStore`: every update re-reads the file under
+an exclusive lock, merges, and replaces it atomically, so several benchmark runs may go at once.
+
+The scripts (``run_baselines.py``, ``default_model.py``, ``time_eval.py``, …) import this module as
+their sibling; they are thin front-ends over it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong, length_label, parse_length
+from qrag_core.data.examples import Example
+from qrag_core.data.haystack import Haystack
+from qrag_core.data.hotpotqa import iter_hotpotqa
+from qrag_core.data.musique import iter_musique
+from qrag_core.data.ruler import NIAH_TASKS, iter_niah
+from qrag_core.evaluation import DEFAULT_STEPS, TASK_STEPS
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+SUITES = ("babilong", "niah", "hotpotqa", "musique")
+LENGTH_SUITES = ("babilong", "niah")
+"""Suites whose samples are built at a document length (a cell names it)."""
+DEFAULT_SAMPLES: dict[str, int | None] = {"babilong": 100, "niah": 100, "hotpotqa": None, "musique": None}
+"""Samples per task when a cell does not say (None: the whole shared subset)."""
+
+
+class CellError(SystemExit):
+    """A cell written wrongly; exits the script with the message."""
+
+
+class Cell(NamedTuple):
+    """One benchmark cell: a suite, a document length (BabiLong and NIAH only) and samples per task."""
+
+    suite: str
+    length: str | None
+    n: int | None
+    """Samples per task; None: the whole subset."""
+
+    @property
+    def key(self) -> str:
+        """``suite`` or ``suite/length``: how results name the cell."""
+        return self.suite if self.length is None else f"{self.suite}/{self.length}"
+
+    @property
+    def steps(self) -> int:
+        """T for this suite when a run does not set it."""
+        return TASK_STEPS.get(self.suite, DEFAULT_STEPS)
+
+    def examples(self, haystack: Callable[[], Haystack]) -> list[Example]:
+        """The cell's samples, built deterministically; ``haystack`` loads the novels when they are needed."""
+        if self.suite == "babilong":
+            background = haystack() if parse_length(self.length or 0) > 0 else None
+            return [
+                e for task in BABILONG_TASKS for e in iter_babilong(task, "test", self.length, self.n, 0, background)
+            ]
+        if self.suite == "niah":
+            return [e for task in NIAH_TASKS for e in iter_niah(task, self.length, self.n, 0, haystack())]
+        if self.suite == "hotpotqa":
+            return list(iter_hotpotqa(self.n))
+        return list(iter_musique(self.n))
+
+
+def parse_cell(spec: str) -> Cell:
+    """``suite[:length][:n]`` → :class:`Cell`; a wrongly written cell exits with a message."""
+    suite, *rest = spec.split(":")
+    if suite not in SUITES:
+        raise CellError(f"unknown suite in cell {spec!r}; use one of {', '.join(SUITES)}")
+    length = None
+    if suite in LENGTH_SUITES:
+        if not rest:
+            raise CellError(f"cell {spec!r}: {suite} needs a length, e.g. {suite}:4k")
+        length = length_label(rest.pop(0))
+    if len(rest) > 1:
+        raise CellError(f"cell {spec!r} has too many parts; write suite[:length][:n]")
+    if not rest:
+        return Cell(suite, length, DEFAULT_SAMPLES[suite])
+    if rest[0] == "all":
+        if suite == "niah":
+            raise CellError(f"cell {spec!r}: NIAH samples are generated, so give their number, e.g. niah:4k:50")
+        return Cell(suite, length, None)
+    try:
+        n = int(rest[0])
+    except ValueError:
+        raise CellError(f"cell {spec!r}: samples per task must be a number or 'all', got {rest[0]!r}") from None
+    if n <= 0:
+        raise CellError(f"cell {spec!r}: samples per task must be positive")
+    return Cell(suite, length, n)
+
+
+def lazy_haystack() -> Callable[[], Haystack]:
+    """A loader of the haystack novels that reads them on first use only (open-domain cells need none)."""
+    loaded: list[Haystack] = []
+
+    def load() -> Haystack:
+        if not loaded:
+            loaded.append(Haystack.load())
+        return loaded[0]
+
+    return load
+
+
+# ============================================================================================ provenance
+def machine_description(note: str = "") -> str:
+    """This machine in words (CPU model, cores, torch threads, GPU), with ``note`` (e.g. other jobs running)."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    described = f"{cpu}, {os.cpu_count()} cores, {gpu}, {torch.get_num_threads()} torch thread(s)"
+    return f"{described}; {note}" if note else described
+
+
+def git_commit() -> str:
+    """The short commit of the working tree the benchmark runs from ("unknown" outside git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+# ============================================================================================ results
+class ResultsStore:
+    """A JSON results file that several benchmark processes update at once without losing entries."""
+
+    def __init__(self, path: Path, empty: Callable[[], dict[str, Any]]) -> None:
+        self.path = Path(path)
+        self.empty = empty
+        """Makes the content of a results file that does not exist yet."""
+
+    def load(self) -> dict[str, Any]:
+        if self.path.is_file():
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        return self.empty()
+
+    @contextlib.contextmanager
+    def updating(self) -> Iterator[dict[str, Any]]:
+        """Yields the file's current content under an exclusive lock and writes it back (atomically) after."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            results = self.load()
+            yield results
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(results, indent=1, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, self.path)
+
+
+# ============================================================================================ tables
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def length_order(length: str | None) -> int:
+    """Sort key of a length label (cells without a length first)."""
+    return parse_length(length) if length else 0

@@ -1,0 +1,63 @@
+"""The shared benchmark harness (benchmarks/harness.py): cell grammar, T per suite, the locked results store."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import load_script
+
+
+@pytest.fixture(scope="module")
+def harness():
+    return load_script("benchmarks/harness.py")
+
+
+def test_cells_parse_with_the_suite_defaults(harness) -> None:
+    assert harness.parse_cell("babilong:4k") == ("babilong", "4k", 100)
+    assert harness.parse_cell("niah:4096") == ("niah", "4k", 100)
+    assert harness.parse_cell("babilong:1M:all") == ("babilong", "1M", None)
+    cell = harness.parse_cell("hotpotqa:20")
+    assert (cell.key, cell.steps, cell.n) == ("hotpotqa", 2, 20)
+    assert harness.parse_cell("babilong:32k:5").key == "babilong/32k"
+    assert harness.parse_cell("babilong:32k:5").steps == 4
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ("squad", "unknown suite"),
+        ("niah", "needs a length"),
+        ("babilong:4k:5:6", "too many parts"),
+        ("musique:five", "must be a number"),
+        ("musique:0", "must be positive"),
+        ("niah:4k:all", "give their number"),
+    ],
+)
+def test_badly_written_cells_exit_with_the_problem(harness, spec: str, problem: str) -> None:
+    with pytest.raises(SystemExit, match=problem):
+        harness.parse_cell(spec)
+
+
+def _add_entries(path: str, first: int) -> None:
+    store = load_script("benchmarks/harness.py").ResultsStore(Path(path), lambda: {"entries": {}})
+    for i in range(first, first + 20):
+        with store.updating() as results:
+            results["entries"][str(i)] = i
+
+
+def test_results_store_keeps_every_entry_of_concurrent_writers(harness, tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_add_entries, args=(str(path), first)) for first in (0, 100)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+        assert writer.exitcode == 0
+    entries = json.loads(path.read_text())["entries"]
+    assert sorted(map(int, entries)) == [*range(20), *range(100, 120)]
+    assert harness.ResultsStore(path, dict).load()["entries"] == entries
