@@ -58,10 +58,17 @@ class Layout:
     """Glob patterns of every top-level name qrag writes into such a directory (the markers included)."""
     recognise: Callable[[Path], bool] | None = None
     """Extra test of a marker file (e.g. ``config.json`` has a "qrag" key); None: its presence suffices."""
+    listed: Callable[[Path], Iterable[str]] | None = None
+    """Further names a directory's own marker lists as written with it (e.g. an adapter's files)."""
 
     def foreign_entries(self, directory: Path) -> list[str]:
         """Names in ``directory`` that qrag does not write into this kind of directory."""
-        return sorted(p.name for p in directory.iterdir() if not any(fnmatch(p.name, e) for e in self.entries))
+        listed = set(self.listed(directory)) if self.listed is not None else set()
+        return sorted(
+            p.name
+            for p in directory.iterdir()
+            if p.name not in listed and not any(fnmatch(p.name, e) for e in self.entries)
+        )
 
     def is_own(self, directory: Path) -> bool:
         """Whether ``directory`` holds qrag's output of this kind and nothing else."""

@@ -26,7 +26,7 @@ import os
 import shutil
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,18 @@ SESSION_FILE = "qrag_retriever.json"
 INDEX_DIR = "index"
 MODEL_DIR = "model"
 SESSION_FORMAT_VERSION = 1
-RETRIEVER_LAYOUT = Layout("retriever", (SESSION_FILE,), (SESSION_FILE, INDEX_DIR, MODEL_DIR))
+
+
+def _extra_files(directory: Path) -> list[str]:
+    """The further files a saved retriever's session file lists (see ``extra_files`` of ``save``)."""
+    try:
+        listed = json.loads((directory / SESSION_FILE).read_text(encoding="utf-8")).get("extra_files", [])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return []
+    return [name for name in listed if isinstance(name, str)] if isinstance(listed, list) else []
+
+
+RETRIEVER_LAYOUT = Layout("retriever", (SESSION_FILE,), (SESSION_FILE, INDEX_DIR, MODEL_DIR), listed=_extra_files)
 """What :meth:`RetrievalSession.save` writes: a save may replace only a directory like this."""
 
 METADATA_PREFIX = "qrag_"
@@ -398,15 +409,26 @@ class RetrievalSession:
 
     # ----------------------------------------------------------------------------- persistence
     def save(
-        self, directory: str | os.PathLike[str], options: RetrievalOptions | None = None, overwrite: bool = True
+        self,
+        directory: str | os.PathLike[str],
+        options: RetrievalOptions | None = None,
+        overwrite: bool = True,
+        extra_files: Mapping[str, str] | None = None,
     ) -> None:
         """Write the index, how to get the model back (its name, or the model itself when it has none)
         and a retriever's ``options`` (read back by :func:`saved_options`).
 
-        The directory is written atomically; saving over a saved retriever replaces it
-        (``overwrite=False`` refuses that), any other non-empty directory is never replaced.
+        The directory is written atomically, with ``extra_files`` (file name → UTF-8 text, e.g. an
+        adapter's own records) in it; saving over a saved retriever replaces it (``overwrite=False``
+        refuses that), any other non-empty directory is never replaced.
         """
+        extra_files = dict(extra_files or {})
+        own = {SESSION_FILE, INDEX_DIR, MODEL_DIR}
+        if any(name in own or Path(name).name != name or name.startswith(".") for name in extra_files):
+            raise InvalidInputError(f"extra files need plain names other than qrag's own, got {sorted(extra_files)}")
         with self._lock, atomic_directory(directory, RETRIEVER_LAYOUT, overwrite) as tmp:
+            for name, text in extra_files.items():
+                (tmp / name).write_text(text, encoding="utf-8")
             self.index.save(tmp / INDEX_DIR)
             if self.model_name is not None:
                 model_entry: dict[str, Any] = {"name": self.model_name}
@@ -420,6 +442,7 @@ class RetrievalSession:
                 "model_config": self.model.config.to_dict(),
                 "chunking": dataclasses.asdict(self.chunking),
                 "options": dataclasses.asdict(options or RetrievalOptions()),
+                "extra_files": sorted(extra_files),
             }
             (tmp / SESSION_FILE).write_text(json.dumps(meta, indent=2))
 

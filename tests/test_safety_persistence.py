@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from qrag_core import QRAGConfig, atomic, index, model
-from qrag_core.errors import QRAGError, StorageError, UnsafeOutputError
+from qrag_core.errors import InvalidInputError, QRAGError, StorageError, UnsafeOutputError
 from qrag_core.index import DocumentIndex
 from qrag_core.model import QRAG
 from qrag_core.retrieval_session import RetrievalSession
@@ -68,10 +68,12 @@ def test_save_pretrained_refuses_the_working_and_home_directories_and_their_pare
     work = user_directory(tmp_path / "home" / "project")
     monkeypatch.chdir(work)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for target in (".", work, work.parent, tmp_path, "~", "/"):
+    for target in (".", work, work.parent, tmp_path, "~"):  # never "/" here: a regression would wipe the machine
         with pytest.raises(UnsafeOutputError, match="refusing to replace .*current directory|home directory"):
             tiny_model.save_pretrained(target)
     assert_untouched(work)
+    with pytest.raises(UnsafeOutputError, match="refusing to replace /: it is or contains the current directory"):
+        atomic.check_replaceable("/", model.MODEL_LAYOUT)  # checked without saving anything
     index = tiny_model.index_documents("Mary went to the garden. John took the milk.")
     with pytest.raises(UnsafeOutputError, match="refusing to replace"):
         index.save(".")
@@ -180,3 +182,31 @@ def test_a_save_that_writes_what_its_layout_does_not_list_changes_nothing(tmp_pa
         (tmp / "surprise.bin").write_text("?")
     assert (tmp_path / "thing" / "thing.json").read_text() == "1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thing"]
+
+
+def test_a_retriever_saved_with_extra_files_is_replaced_as_a_whole(loadable, tmp_path):
+    session = RetrievalSession(loadable)
+    session.add_texts(["Mary went to the garden. John took the milk."], ids=["story"])
+    own = tmp_path / "own"
+    session.save(own, extra_files={"adapter_records.jsonl": "first\n"})
+    session.save(own, extra_files={"adapter_records.jsonl": "second\n"})  # listed in its session file: qrag's
+    assert (own / "adapter_records.jsonl").read_text() == "second\n"
+    session.save(own)
+    assert not (own / "adapter_records.jsonl").exists()
+    for name in ("index", "../escape.txt", ".hidden"):
+        with pytest.raises(InvalidInputError, match="extra files need plain names"):
+            session.save(tmp_path / "bad", extra_files={name: ""})
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_llamaindex_retriever_persists_twice_to_the_same_directory(loadable, tmp_path):
+    pytest.importorskip("llama_index.core")
+    from llama_index.core import Document
+
+    from qrag_integrations.llamaindex import QRAGRetriever
+
+    retriever = QRAGRetriever.from_defaults(documents=[Document(text="Mary went home.", doc_id="a")], model=loadable)
+    retriever.persist(tmp_path / "store")
+    retriever.insert_documents([Document(text="John took the milk.", doc_id="b")])
+    retriever.persist(tmp_path / "store")
+    assert QRAGRetriever.from_persist_dir(tmp_path / "store").session.doc_ids == ["a", "b"]
