@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qrag_core.errors import InvalidInputError
+
 logger = logging.getLogger(__name__)
 
 _LOOKUP_BATCH = 500
@@ -44,8 +46,13 @@ class EmbeddingCache:
         self._lock = threading.Lock()
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=120, check_same_thread=False)
-            self._db.execute("CREATE TABLE IF NOT EXISTS emb (fp TEXT, key BLOB, vec BLOB, PRIMARY KEY (fp, key))")
+            try:
+                self._db = sqlite3.connect(self.path, timeout=120, check_same_thread=False)
+                self._db.execute("CREATE TABLE IF NOT EXISTS emb (fp TEXT, key BLOB, vec BLOB, PRIMARY KEY (fp, key))")
+            except sqlite3.Error as err:
+                raise InvalidInputError(
+                    f"cannot use {self.path} as the embedding cache ({err}); give another cache file"
+                ) from err
 
     def get_many(self, fingerprint: str, texts: Sequence[str]) -> dict[bytes, np.ndarray]:
         keys = list({text_key(t) for t in texts})

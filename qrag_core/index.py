@@ -25,7 +25,8 @@ from safetensors.torch import load_file
 
 from qrag_core.atomic import Layout, atomic_directory, save_tensors
 from qrag_core.chunking import Chunk
-from qrag_core.errors import CheckpointError, InvalidInputError
+from qrag_core.errors import CheckpointError, DataFormatError, InvalidInputError
+from qrag_core.text_files import iter_json_lines, read_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -143,10 +144,10 @@ class DocumentIndex:
         if not meta_path.is_file():
             raise CheckpointError(f"{meta_path} is missing: {directory} is not a saved qrag index")
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = read_json_file(meta_path)
             index = cls(meta["fingerprint"], int(meta["dim"]))
             doc_ids, doc_starts = list(meta["doc_ids"]), list(meta["doc_starts"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError) as err:  # DataFormatError (undecodable, invalid JSON) included
             raise CheckpointError(f"{meta_path} is corrupt: {err}") from err
         try:
             content = load_file(str(directory / "embeddings.safetensors"))["content"]
@@ -154,9 +155,8 @@ class DocumentIndex:
             raise CheckpointError(f"{directory / 'embeddings.safetensors'} cannot be read: {err}") from err
         chunks_path = directory / "chunks.jsonl"
         try:
-            with open(chunks_path, encoding="utf-8") as f:
-                chunks = [Chunk(**json.loads(line)) for line in f]
-        except (OSError, json.JSONDecodeError, TypeError) as err:
+            chunks = [Chunk(**row) for _, row in iter_json_lines(chunks_path)]
+        except (OSError, DataFormatError, TypeError) as err:
             raise CheckpointError(f"{chunks_path} cannot be read: {err}") from err
         if content.shape != (len(chunks), index.dim) or len(doc_ids) != len(doc_starts):
             raise CheckpointError(

@@ -37,13 +37,15 @@ from qrag_core.atomic import Layout, atomic_directory
 from qrag_core.chunking import Chunk, chunk_text
 from qrag_core.config import ChunkingConfig
 from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir, shared_cache
-from qrag_core.errors import CheckpointError, InvalidInputError
+from qrag_core.errors import CheckpointError, DataFormatError, InvalidInputError
 from qrag_core.index import DocumentIndex
 from qrag_core.long_index import build_long_index
 from qrag_core.model import QRAG
 from qrag_core.model_names import BASE_MODEL_ALIASES, DEFAULT_MODEL_NAME, shipped_model_names
 from qrag_core.search import SearchResult, SelectedChunk
 from qrag_core.sources import Piece, RebuiltSource, rebuild_source
+from qrag_core.text_files import read_json_file
+from qrag_core.validation import check_finite, check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -104,13 +106,8 @@ class RetrievalOptions:
 
     def __post_init__(self) -> None:
         for name in ("k", "beam", "expand_k"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise InvalidInputError(f"retrieval option {name} must be a positive integer, got {value!r}")
-        if self.stop_threshold is not None and (
-            isinstance(self.stop_threshold, bool) or not isinstance(self.stop_threshold, int | float)
-        ):
-            raise InvalidInputError(f"retrieval option stop_threshold must be a number, got {self.stop_threshold!r}")
+            check_positive_int(f"retrieval option {name}", getattr(self, name), allow_none=True)
+        check_finite("retrieval option stop_threshold", self.stop_threshold, allow_none=True)
         if self.document_id is not None and not isinstance(self.document_id, str):
             raise InvalidInputError(f"retrieval option document_id must be a string, got {self.document_id!r}")
         if self.document_ids is not None:
@@ -514,8 +511,8 @@ def _read_session_file(directory: Path) -> dict[str, Any]:
     if not meta_path.is_file():
         raise CheckpointError(f"{meta_path} is missing: {directory} is not a saved qrag retriever")
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
+        meta = read_json_file(meta_path)
+    except DataFormatError as err:
         raise CheckpointError(f"{meta_path} is corrupt: {err}") from err
     if not isinstance(meta, dict):
         raise CheckpointError(f"{meta_path} is corrupt: expected a JSON object")

@@ -48,6 +48,14 @@ def test_help_explains_every_flag(capsys):
         assert flag in text
 
 
+def exit_status(argv: list[str]) -> int:
+    """What the command returns, or the status of the argparse error it exits with."""
+    try:
+        return main(argv)
+    except SystemExit as exit_info:
+        return exit_info.code
+
+
 def test_build_never_deletes_the_book_or_other_files_in_out(tmp_path, story, capsys, monkeypatch):
     """--out holding the book (or any file qrag did not write) is refused, with or without --overwrite;
     an earlier qrag index is replaced only with --overwrite."""
@@ -56,14 +64,19 @@ def test_build_never_deletes_the_book_or_other_files_in_out(tmp_path, story, cap
     shelf.mkdir()
     book = shelf / "book.txt"
     book.write_text(story)
-    for extra in ([], ["--overwrite"]):
-        argv = ["build", "--document", str(book), "--out", str(shelf), "--model", "minilm", *extra]
-        assert main(argv) == 2
-        assert f"refusing to replace {shelf}" in capsys.readouterr().err
-        assert book.read_text() == story and sorted(p.name for p in tmp_path.iterdir()) == ["cache", "shelf"]
-    monkeypatch.chdir(shelf)
-    assert main(["build", "--document", "book.txt", "--out", ".", "--model", "minilm"]) == 2
-    assert "current directory" in capsys.readouterr().err and book.read_text() == story
+    (shelf / "notes.txt").write_text("mine")
+    for out in (shelf, tmp_path):
+        for extra in ([], ["--overwrite"]):
+            argv = ["build", "--document", str(book), "--out", str(out), "--model", "minilm", *extra]
+            assert exit_status(argv) == 2
+            assert str(out) in capsys.readouterr().err
+            assert book.read_text() == story and (shelf / "notes.txt").read_text() == "mine"
+    other_book = tmp_path / "other.txt"  # the book elsewhere: the user's files in --out are still refused
+    other_book.write_text(story)
+    argv = ["build", "--document", str(other_book), "--out", str(shelf), "--model", "minilm", "--overwrite"]
+    assert exit_status(argv) == 2
+    assert "is not empty and is not a qrag index" in capsys.readouterr().err
+    assert sorted(p.name for p in shelf.iterdir()) == ["book.txt", "notes.txt"]
 
     out = tmp_path / "idx"
     argv = ["build", "--document", str(book), "--out", str(out), "--model", "minilm", "--shard-size", "4"]

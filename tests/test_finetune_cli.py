@@ -107,7 +107,7 @@ def test_tiny_end_to_end_run_and_resume(tiny_base, data, tmp_path, capsys):
     assert "held_out_fact_em" in (out / "model" / "README.md").read_text()
 
     code, _, stderr = run_cli(argv, capsys)  # the same --out again without --resume
-    assert code == 1 and "--resume" in stderr
+    assert code == 2 and "--resume" in stderr
     code, stdout, stderr = run_cli([*argv, "--resume"], capsys)  # a finished run resumes to its end at once
     assert code == 0, stderr
     assert json.loads(stdout)["steps"] == 6
@@ -115,7 +115,7 @@ def test_tiny_end_to_end_run_and_resume(tiny_base, data, tmp_path, capsys):
     code, _, stderr = run_cli(
         ["--data", train, "--out", tmp_path / "again", "--init-from", out / "model", "--position-mode", "none"], capsys
     )
-    assert code == 1 and "only apply with --base-model" in stderr
+    assert code == 2 and "only apply with --base-model" in stderr
 
 
 def test_an_out_with_an_earlier_run_or_a_users_files_is_never_overwritten(tiny_base, data, tmp_path, capsys):
@@ -128,7 +128,7 @@ def test_an_out_with_an_earlier_run_or_a_users_files_is_never_overwritten(tiny_b
     (mine / "metrics.csv").write_text("epoch,accuracy\n1,0.9\n")
     for extra in ([], ["--overwrite"]):
         code, _, stderr = run_cli(["--data", train, "--out", mine, *flags, *extra], capsys)
-        assert code == 1 and "not from a qrag training run" in stderr
+        assert code == 2 and "not from a qrag training run" in stderr
         assert (mine / "metrics.csv").read_text() == "epoch,accuracy\n1,0.9\n"
         assert (mine / "model" / "weights.bin").read_bytes() == b"mine"
         assert sorted(p.name for p in mine.iterdir()) == ["metrics.csv", "model"]
@@ -138,7 +138,7 @@ def test_an_out_with_an_earlier_run_or_a_users_files_is_never_overwritten(tiny_b
     shutil.rmtree(out / "checkpoint")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     code, _, stderr = run_cli(["--data", train, "--out", out, *flags, "--warm-start-steps", "3"], capsys)
-    assert code == 1 and "already holds a training run" in stderr and "--overwrite" in stderr
+    assert code == 2 and "already holds a training run" in stderr and "--overwrite" in stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     code, stdout, stderr = run_cli(
         ["--data", train, "--out", out, *flags, "--warm-start-steps", "3", "--overwrite"], capsys
@@ -155,13 +155,13 @@ def test_training_rows_without_support_are_errors_naming_the_line(tmp_path, caps
     rows = [babi_like(1)[0].to_json(), {"question": "Where is Mary?", "chunks": ["Mary left.", "John slept."]}]
     bad.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     code, _, stderr = run_cli(["--data", bad, "--out", tmp_path / "o"], capsys)
-    assert code == 1
+    assert code == 2
     assert f"{bad}:2:" in stderr and "support labels" in stderr
     bad.write_text('{"question": "q", "chunks": ["a."], "support": [0]}\n{not json\n')
     code, _, stderr = run_cli(["--data", bad, "--out", tmp_path / "o"], capsys)
-    assert code == 1 and f"{bad}:2: invalid JSON" in stderr
+    assert code == 2 and f"{bad}:2: invalid JSON" in stderr
     code, _, stderr = run_cli(["--data", tmp_path / "missing.jsonl", "--out", tmp_path / "o"], capsys)
-    assert code == 1 and "does not exist" in stderr
+    assert code == 2 and "does not exist" in stderr
 
 
 @pytest.mark.slow
