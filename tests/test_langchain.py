@@ -354,3 +354,8 @@ def test_load_opens_a_qrag_index_build_directory(shipped_retriever, tmp_path):
     assert all(BOOK["text"][d.metadata["qrag_start"] : d.metadata["qrag_end"]] == d.page_content for d in docs)
     default = QRAGRetriever.load(tmp_path / "idx")
     assert [d.page_content for d in default.invoke(BOOK["question"])][:4] == [d.page_content for d in docs]
+
+
+def test_show_progress_draws_a_bar_while_encoding(tiny_model, capsys):
+    QRAGRetriever.from_model(tiny_model, cache=None, show_progress=True).add_texts([STORY])
+    assert "encoding" in capsys.readouterr().err

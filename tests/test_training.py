@@ -24,6 +24,7 @@ from qrag_core.errors import CheckpointError, InvalidInputError, StorageError, T
 from qrag_core.model import QRAG
 from qrag_core.model_names import base_minilm_path
 from qrag_core.training import TrainingConfig, checkpoint, train
+from qrag_core.training.distributed import Processes
 from qrag_core.training.metrics_log import TIMING_FIELDS
 from qrag_core.training.trainer import (
     Episode,
@@ -254,7 +255,7 @@ def test_warm_start_mistakes_add_the_state_after_the_top_wrong_pick(tiny_base, m
 
     monkeypatch.setattr(Trainer, "supervised_loss", record)
     docs = trainer.documents[:4]
-    trainer.warm_start_loss(docs, len(docs))
+    trainer.warm_start_loss(docs, trainer.warm_start_draws(docs), len(docs))
     gold, with_mistake = seen
     assert len(with_mistake) == 4
     for doc, prefix, extended in zip(docs, gold, with_mistake, strict=True):
@@ -438,8 +439,8 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_base,
     config = quick_config(warm_start_steps=8, rl_steps=2, checkpoint_every=2, eval_every=0)
     real_loss = Trainer.warm_start_loss
 
-    def nan_at_step_6(self, docs, batch_size):
-        loss = real_loss(self, docs, batch_size)
+    def nan_at_step_6(self, *args):
+        loss = real_loss(self, *args)
         return loss * float("nan") if self.step == 5 else loss
 
     model = tiny_model(tiny_base)
@@ -453,6 +454,30 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_base,
     assert [int(r["step"]) for r in metric_rows(tmp_path / "metrics.csv")] == [1, 2, 3, 4, 5]
     result = train(tiny_model(tiny_base), data, config, out_dir=tmp_path, resume=True, show_progress=False)
     assert result.steps == 10
+
+
+def test_an_update_that_makes_the_weights_non_finite_is_never_saved(tiny_base, tmp_path):
+    """An infinite gradient with a finite loss: the step is taken (no mixed-precision scaler skips it)."""
+    real_step = Processes.optimizer_step
+    calls = []
+
+    def poisoned_third_step(self, optimizer, max_grad_norm):
+        calls.append(1)
+        norm = real_step(self, optimizer, max_grad_norm)
+        if len(calls) != 3:
+            return norm
+        with torch.no_grad():
+            optimizer.param_groups[0]["params"][0].fill_(float("inf"))
+        return torch.tensor(float("inf"))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Processes, "optimizer_step", poisoned_third_step)
+        with pytest.raises(TrainingError, match=r"step 3 .*made the weights non-finite.*checkpoint \(step 2\)"):
+            train(tiny_model(tiny_base), chain_examples(8, 3), quick_config(checkpoint_every=2), out_dir=tmp_path)
+    assert json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
+    assert not (tmp_path / "model").exists()
+    saved = QRAG.from_pretrained(str(tmp_path / "checkpoint" / "model"))
+    assert all(torch.isfinite(p).all() for p in saved.parameters())
 
 
 def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tiny_base, tmp_path):

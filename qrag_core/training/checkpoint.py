@@ -66,13 +66,17 @@ def write_checkpoint(directory: Path, model: QRAG, state: Mapping[str, Any], ten
         (tmp / STATE_FILE).write_text(json.dumps({"format_version": CHECKPOINT_FORMAT_VERSION, **state}))
 
 
-def read_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The JSON state and the tensors of the checkpoint at ``directory`` (after recovering an interrupted save)."""
+def recover_checkpoint(directory: Path) -> None:
+    """Finish or undo a checkpoint write that was killed (one process only, before any reads it)."""
     recover(directory)
     legacy_aside = directory.with_name(directory.name + ".old")  # left by earlier qrag versions after a kill
     if directory.is_dir() and legacy_aside.is_dir() and CHECKPOINT_LAYOUT.is_own(legacy_aside):
         logger.info("removing %s, a stale copy left by an older qrag", legacy_aside)
         shutil.rmtree(legacy_aside)
+
+
+def read_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The JSON state and the tensors of the checkpoint at ``directory``; nothing in it can run code."""
     if (directory / LEGACY_STATE_FILE).is_file() and not (directory / STATE_FILE).is_file():
         raise CheckpointError(
             f"{directory / LEGACY_STATE_FILE} is a checkpoint of an older qrag in pickle format, which qrag never "
