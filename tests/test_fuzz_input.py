@@ -1,5 +1,7 @@
 """Fuzz tests (hypothesis): random JSONL lines and random command lines never end in a traceback.
 
+The command lines are those of qrag-finetune, qrag-eval, qrag-index and qrag-data.
+
 Every failure must be a :class:`QRAGError` (for the JSONL reader) or, for a command line, argparse's
 usage error (exit status 2 with ``prog: error: message``) or the tool's own ``prog: error: message``
 with exit status 2. The runs are small (tens of examples, no model loaded) so they take seconds.
@@ -7,6 +9,7 @@ with exit status 2. The runs are small (tens of examples, no model loaded) so th
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -14,13 +17,14 @@ import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qrag_core.cli import data as data_cli
 from qrag_core.cli import evaluate as eval_cli
 from qrag_core.cli import finetune as finetune_cli
+from qrag_core.cli import index as index_cli
 from qrag_core.config import QRAGConfig
 from qrag_core.data.examples import read_jsonl
 from qrag_core.errors import QRAGError
@@ -73,14 +77,20 @@ def test_jsonl_reader_raises_only_qrag_errors(content: list[bytes], need_support
             pass
 
 
-def flag_arity(parser_factory: Callable[[], Any]) -> dict[str, int]:
-    """Every option string of a tool's parser except --help, with how many values it takes (0 or 1)."""
-    parser = parser_factory()
+def flag_arity(parser: argparse.ArgumentParser) -> dict[str, int]:
+    """Every option string of a parser except --help, with how many values it takes (0 or 1)."""
     return {o: int(a.nargs != 0) for a in parser._actions for o in a.option_strings if o not in ("-h", "--help")}
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The sub-command parsers of a tool (``build``, ``search``, ...)."""
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
 
 
 values = st.one_of(
     st.sampled_from(["nan", "inf", "-inf", "-1", "0", "1", "2", "0.5", "1e309", "none", "None", "true", "", "qa1"]),
+    st.sampled_from([".", "..", "/", "~", "~no-such-user/x", "a\x00b", "/etc", "/dev/null", "4k", "tokens"]),
     st.integers(-(10**12), 10**12).map(str),
     st.floats().map(str),
     st.text(max_size=6),
@@ -114,7 +124,7 @@ def assert_clean_exit(call: Callable[[], object]) -> object:
 
 
 @FUZZ
-@given(command_lines(flag_arity(finetune_cli.build_parser)), st.booleans())
+@given(command_lines(flag_arity(finetune_cli.build_parser())), st.booleans())
 def test_finetune_command_line_parsing_never_crashes(argv: list[str], with_required: bool) -> None:
     prefix = ["--data", "train.jsonl", "--out", "run"] if with_required else []
     args = assert_clean_exit(lambda: finetune_cli.parse_args([*prefix, *argv]))
@@ -125,10 +135,30 @@ def test_finetune_command_line_parsing_never_crashes(argv: list[str], with_requi
 
 
 @FUZZ
-@given(command_lines(flag_arity(eval_cli.build_parser)), st.booleans())
+@given(command_lines(flag_arity(eval_cli.build_parser())), st.booleans())
 def test_eval_command_line_parsing_never_crashes(argv: list[str], with_required: bool) -> None:
     prefix = ["--data", "test.jsonl"] if with_required else []
     assert_clean_exit(lambda: eval_cli.build_parser().parse_args([*prefix, *argv]))
+
+
+def sub_command_lines(parser: argparse.ArgumentParser) -> st.SearchStrategy[list[str]]:
+    """A random sub-command followed by a random command line of its flags."""
+    commands = subcommands(parser)
+    return st.sampled_from(sorted(commands)).flatmap(
+        lambda name: command_lines(flag_arity(commands[name])).map(lambda argv: [name, *argv])
+    )
+
+
+@FUZZ
+@given(sub_command_lines(index_cli.build_parser()))
+def test_index_command_line_parsing_never_crashes(argv: list[str]) -> None:
+    assert_clean_exit(lambda: index_cli.parse_args(argv))
+
+
+@FUZZ
+@given(sub_command_lines(data_cli.build_parser()))
+def test_data_command_line_parsing_never_crashes(argv: list[str]) -> None:
+    assert_clean_exit(lambda: data_cli.parse_args(argv))
 
 
 RUN_FLAGS = {"--steps": 1, "--beam": 1, "--stop-threshold": 1, "--limit": 1, "--json": 0, "--quiet": 0}
