@@ -10,8 +10,9 @@ Every training hyperparameter has a flag generated from :class:`qrag_core.traini
 used when starting from a base encoder. The run writes ``OUT/metrics.csv`` (and TensorBoard events when
 tensorboard is installed), ``OUT/checkpoint`` (atomic, resumable) and the final model ``OUT/model``,
 loadable with ``QRAG.from_pretrained("OUT/model")``. Other files in OUT are left alone; an earlier run's
-files there are replaced only with ``--overwrite``, files no qrag run wrote never are. Under ``torchrun`` or ``accelerate launch`` the
-run is data-parallel (:mod:`qrag_core.training.distributed`); the main process evaluates and writes.
+files there are replaced only with ``--overwrite``, files no qrag run wrote never are. Under ``torchrun``
+or ``accelerate launch`` the run is data-parallel (:mod:`qrag_core.training.distributed`); the main
+process evaluates and writes.
 """
 
 from __future__ import annotations
