@@ -290,7 +290,7 @@ def _sync_tree(directory: Path) -> None:
 
 
 def _sync_directory(directory: Path) -> None:
-    if os.name == "nt":  # Windows cannot open a directory to sync it; its renames are journalled
+    if os.name == "nt":  # Windows cannot open a directory to fsync it
         return
     fd = os.open(directory, os.O_RDONLY)
     try:
