@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+ShardEncoder = Callable[[Sequence[tuple[int, list[str]]]], Iterator[tuple[int, torch.Tensor]]]
+"""Encodes shards given as ``(number, chunk texts)``, yielding ``(number, float16 embeddings)`` as each is done."""
 
 
 def _manifest(fingerprint: str, document: str, chunking: ChunkingConfig, n: int, shard_size: int) -> dict:
@@ -56,10 +59,13 @@ def build_long_index(
     batch_size: int = 64,
     cache: EmbeddingCache | None = None,
     show_progress: bool = True,
+    encode_shards: ShardEncoder | None = None,
 ) -> DocumentIndex:
     """Chunk and encode ``document`` into an index saved at ``directory``; resumes an interrupted run.
 
-    Partial work lives in ``<directory>.partial`` until the index is complete.
+    Partial work lives in ``<directory>.partial`` until the index is complete. ``encode_shards``
+    encodes the unfinished shards elsewhere (e.g. :class:`qrag_core.ray_index.RayShardEncoder`);
+    by default ``model`` encodes them here, one after the other, through ``cache``.
     """
     directory = Path(directory)
     work = directory.with_name(directory.name + ".partial")
@@ -75,18 +81,19 @@ def build_long_index(
     manifest_path.write_text(json.dumps(manifest))
 
     starts = range(0, len(chunks), shard_size)
+    shards = [[c.text for c in chunks[first : first + shard_size]] for first in starts]
+    todo = [(n, texts) for n, texts in enumerate(shards) if not (work / f"shard-{n:05d}.safetensors").is_file()]
+    logger.info("%d of %d shards already encoded; skipping them", len(shards) - len(todo), len(shards))
+    if encode_shards is None:
+        encode_shards = _encoder_here(model, cache, batch_size)
     bar = tqdm(total=len(chunks), desc="indexing", unit="chunk", disable=not show_progress)
-    for number, first in enumerate(starts):
+    bar.update(len(chunks) - sum(len(texts) for _, texts in todo))
+    for number, content in encode_shards(todo):
         path = work / f"shard-{number:05d}.safetensors"
-        texts = [c.text for c in chunks[first : first + shard_size]]
-        if not path.is_file():
-            content = model.encode_chunks(texts, cache, batch_size=batch_size).to(torch.float16)
-            tmp = path.with_suffix(".tmp")
-            save_file({"content": content}, str(tmp))
-            os.replace(tmp, path)
-        else:
-            logger.info("shard %d already encoded; skipping", number)
-        bar.update(len(texts))
+        tmp = path.with_suffix(".tmp")
+        save_file({"content": content}, str(tmp))
+        os.replace(tmp, path)
+        bar.update(len(shards[number]))
     bar.close()
 
     content = torch.cat([load_file(str(work / f"shard-{i:05d}.safetensors"))["content"] for i in range(len(starts))])
@@ -95,3 +102,13 @@ def build_long_index(
     index.save(directory)
     shutil.rmtree(work)
     return index
+
+
+def _encoder_here(model: QRAG, cache: EmbeddingCache | None, batch_size: int) -> ShardEncoder:
+    """The local :data:`ShardEncoder`: ``model`` encodes the shards in order, through ``cache``."""
+
+    def encode(shards: Sequence[tuple[int, list[str]]]) -> Iterator[tuple[int, torch.Tensor]]:
+        for number, texts in shards:
+            yield number, model.encode_chunks(texts, cache, batch_size=batch_size).to(torch.float16)
+
+    return encode
