@@ -52,7 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     build.add_argument("--document", type=Path, required=True, help="UTF-8 text file to index")
-    build.add_argument("--out", type=Path, required=True, help="index directory to write")
+    build.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="index directory to write: new, empty, or (with --overwrite) an earlier qrag index; "
+        "any other directory is refused and left untouched",
+    )
+    build.add_argument("--overwrite", action="store_true", help="replace the qrag index already at --out")
     build.add_argument("--doc-id", default=None, help="document id stored with the chunks (default: the file name)")
     build.add_argument(
         "--chunking",
@@ -145,6 +152,8 @@ def run_build(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         batch_size=args.batch_size,
         cache=cache,
+        overwrite=args.overwrite,
+        protect=[args.document],
         encode_shards=encode_shards,
     )
     print(f"indexed {len(index)} chunks into {args.out} in {time.perf_counter() - start:.1f}s")
