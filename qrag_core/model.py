@@ -315,7 +315,7 @@ class QRAG(nn.Module):
     def check_index(self, index: DocumentIndex) -> None:
         if index.fingerprint != self.action_encoder.fingerprint():
             raise InvalidInputError(
-                "this index was built with a different action encoder; rebuild it with this model "
+                "this index was built with a different action encoder; rebuild it with this model and encoding backend "
                 f"(index fingerprint {index.fingerprint}, model {self.action_encoder.fingerprint()})"
             )
 

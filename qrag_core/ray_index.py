@@ -47,8 +47,10 @@ def encoder_files(encoder: TextEncoder) -> dict[str, bytes]:
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def load_encoder_files(files: dict[str, bytes], max_tokens: int, fingerprint: str) -> TextEncoder:
-    """Rebuild an encoder from :func:`encoder_files` in a temporary directory; it must have ``fingerprint``."""
+def load_encoder_files(
+    files: dict[str, bytes], max_tokens: int, fingerprint: str, backend: str = "torch"
+) -> TextEncoder:
+    """Rebuild an encoder from :func:`encoder_files` (inference on ``backend``); it must have ``fingerprint``."""
     from qrag_core.encoders import TextEncoder
 
     with tempfile.TemporaryDirectory(prefix="qrag-encoder-") as tmp:
@@ -57,6 +59,7 @@ def load_encoder_files(files: dict[str, bytes], max_tokens: int, fingerprint: st
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         encoder = TextEncoder.from_path(tmp, max_tokens).eval()
+    encoder.use_backend(backend)
     if encoder.fingerprint() != fingerprint:
         raise CheckpointError(
             f"the encoder rebuilt on a Ray worker has fingerprint {encoder.fingerprint()}, not {fingerprint}"
@@ -67,12 +70,14 @@ def load_encoder_files(files: dict[str, bytes], max_tokens: int, fingerprint: st
 class EncoderActor:
     """One Ray worker: holds one copy of the action encoder and encodes batches of chunk texts to float16."""
 
-    def __init__(self, files: Any, max_tokens: int, fingerprint: str, batch_size: int, threads: int) -> None:
+    def __init__(
+        self, files: Any, max_tokens: int, fingerprint: str, backend: str, batch_size: int, threads: int
+    ) -> None:
         """``files``: a Ray reference to :func:`encoder_files` of the encoder (put once, read by every actor)."""
         import ray
 
         torch.set_num_threads(threads)
-        self.encoder = load_encoder_files(ray.get(files), max_tokens, fingerprint)
+        self.encoder = load_encoder_files(ray.get(files), max_tokens, fingerprint, backend)
         if torch.cuda.is_available():
             self.encoder.to("cuda")
         self.batch_size = batch_size
@@ -132,6 +137,7 @@ class RayShardEncoder:
             ray.put(encoder_files(self.encoder)),
             self.encoder.max_tokens,
             self.encoder.fingerprint(),
+            self.encoder.backend,
             self.batch_size,
             self.cpus_per_worker,
         )

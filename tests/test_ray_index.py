@@ -92,3 +92,14 @@ def test_without_ray_the_extra_is_named(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(QRAGError, match=r"qrag\[distributed\]"):
         build_long_index_on_ray(tiny_model, DOCUMENT, tmp_path / "idx", workers=2, show_progress=False)
+
+
+def test_encoder_files_keep_the_inference_backend(tiny_model, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("QRAG_CACHE_DIR", str(tmp_path / "cache"))
+    encoder = tiny_model.action_encoder
+    encoder.use_backend("onnx")
+    rebuilt = load_encoder_files(encoder_files(encoder), encoder.max_tokens, encoder.fingerprint(), encoder.backend)
+    assert rebuilt.backend == "onnx"
+    texts = ["Mary went to the kitchen.", "The football is in the garden, said John."]
+    assert torch.equal(rebuilt.encode(texts), encoder.encode(texts))

@@ -431,3 +431,26 @@ def test_paths_of_unknown_users_are_clear_errors(tmp_path: Path, capsys: pytest.
     assert "is not a usable path" in usage_error(index_main, build, capsys)
     with pytest.raises(ModelNotFoundError, match="no model named"):
         resolve_model_path("~no-such-user/model")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"document": "Mary left. John slept.", "supporting_facts": [" "]}, "not a non-blank string"),
+        ({"chunks": ["Mary left.", "John slept."], "support": [True]}, "not integers"),
+    ],
+)
+def test_examples_built_in_python_get_the_same_support_checks(fields: dict, message: str) -> None:
+    example = Example(id="py", question="Where is Mary?", **fields)
+    with pytest.raises(InvalidInputError, match=message):
+        example.support_indices(example.to_chunks())
+
+
+def test_evaluate_checks_its_step_count() -> None:
+    example = Example(id="e", question="Where is Mary?", chunks=["Mary left.", "John slept."], support=[0])
+    with pytest.raises(InvalidInputError, match="steps must be a positive integer or None, got '2'"):
+        evaluate(BM25TopK(), [example], steps="2")  # type: ignore[arg-type]
+
+
+def test_model_paths_may_be_path_objects() -> None:
+    assert resolve_model_path(Path(resolve_model_path("minilm"))) == resolve_model_path("minilm")

@@ -31,6 +31,7 @@ from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
 from qrag_core.long_index import build_long_index
 from qrag_core.model import QRAG
+from qrag_core.onnx_backend import BACKENDS
 from qrag_core.ray_index import RayShardEncoder
 from qrag_core.text_files import read_text_file
 
@@ -43,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default=None, help="model name or path (default: the shipped default model)")
+    common.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="what computes the chunk embeddings: torch, or ONNX Runtime float32 / int8 (faster on CPU, needs "
+        "qrag[onnx]); an index is searched with the backend it was built with",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser(
@@ -128,7 +136,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _load_model(args: argparse.Namespace) -> QRAG:
-    return QRAG.from_pretrained(args.model).eval()
+    model = QRAG.from_pretrained(args.model).eval()
+    model.action_encoder.use_backend(args.backend)
+    return model
 
 
 def run_build(args: argparse.Namespace) -> int:
