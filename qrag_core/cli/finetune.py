@@ -2,14 +2,17 @@
 
     qrag-finetune --data train.jsonl --eval-data test.jsonl --out runs/my-model
     qrag-finetune --data train.jsonl --out runs/my-model --resume      # after an interruption
+    qrag-finetune --data train.jsonl --out runs/my-model --overwrite   # start that run over
     torchrun --nproc_per_node 2 -m qrag_core.cli.finetune --data train.jsonl --out runs/my-model   # 2 processes
 
 Every training hyperparameter has a flag generated from :class:`qrag_core.training.TrainingConfig`
 (its help is the field's docstring), and so do the model settings of :class:`qrag_core.config.QRAGConfig`
 used when starting from a base encoder. The run writes ``OUT/metrics.csv`` (and TensorBoard events when
 tensorboard is installed), ``OUT/checkpoint`` (atomic, resumable) and the final model ``OUT/model``,
-loadable with ``QRAG.from_pretrained("OUT/model")``. Under ``torchrun`` or ``accelerate launch`` the
-run is data-parallel (:mod:`qrag_core.training.distributed`); the main process evaluates and writes.
+loadable with ``QRAG.from_pretrained("OUT/model")``. Other files in OUT are left alone; an earlier run's
+files there are replaced only with ``--overwrite``, files no qrag run wrote never are. Under ``torchrun``
+or ``accelerate launch`` the run is data-parallel (:mod:`qrag_core.training.distributed`); the main
+process evaluates and writes.
 """
 
 from __future__ import annotations
