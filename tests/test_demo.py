@@ -100,3 +100,31 @@ def run(command: list, check: bool = True, **kwargs) -> subprocess.CompletedProc
     if check:
         assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
+
+
+def test_demo_script_runs_pip_only_when_the_install_inputs_change(tmp_path):
+    """scripts/demo.sh with a stand-in .venv whose python logs each call: pip runs once per change."""
+    for name in ("scripts/demo.sh", "pyproject.toml", "constraints.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, tmp_path / name)
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    log = tmp_path / "calls.log"
+    (bin_dir / "python").write_text(f'#!/bin/sh\necho "python $*" >> {log}\n')
+    (bin_dir / "qrag-demo").write_text(f'#!/bin/sh\necho "qrag-demo $*" >> {log}\n')
+    for script in bin_dir.iterdir():
+        script.chmod(0o755)
+
+    def pip_calls() -> list[str]:
+        log.unlink(missing_ok=True)
+        run(["bash", tmp_path / "scripts" / "demo.sh", "--steps", "2"])
+        calls = log.read_text().splitlines()
+        assert calls[-1] == "qrag-demo --steps 2"
+        return [call for call in calls if " pip install " in call]
+
+    first = pip_calls()
+    assert len(first) == 2 and "torch==2.13.0" in first[0] and first[1].endswith("-e .")
+    assert all("-c constraints.txt" in call for call in first)
+    assert pip_calls() == [], "nothing changed: no pip"
+    (tmp_path / "constraints.txt").write_text((REPO / "constraints.txt").read_text() + "numpy<3\n")
+    assert len(pip_calls()) == 2, "the constraints changed: pip again"
