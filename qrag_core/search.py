@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from qrag_core.chunking import Chunk
+from qrag_core.chunking import Chunk, validate_text
 from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
 from qrag_core.positions import position_intervals
@@ -108,10 +108,7 @@ def _validate(
     document_id: object,
     alternatives: object,
 ) -> None:
-    if not isinstance(question, str):
-        raise InvalidInputError(f"the question must be a string, got {type(question).__name__}")
-    if not question.strip():
-        raise InvalidInputError("the question is empty")
+    validate_text(question, "the question")
     if not isinstance(index, DocumentIndex):
         raise InvalidInputError(f"index must be a DocumentIndex, got {type(index).__name__}")
     if len(index) == 0:

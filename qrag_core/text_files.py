@@ -97,6 +97,8 @@ def parse_json(text: str, path: str | Path, line: int) -> Any:
 def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
     """(line number, decoded value) of each non-blank line of a JSONL file; DataFormatError names file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"data file {path} is a directory; give a JSONL file")
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
     for number, text in iter_text_lines(path):

@@ -30,6 +30,7 @@ from qrag_core.errors import CheckpointError, DataFormatError, InvalidInputError
 from qrag_core.evaluation import evaluate
 from qrag_core.index import DocumentIndex
 from qrag_core.metrics import fact_scores, resolve_support
+from qrag_core.model_names import resolve_model_path
 from qrag_core.retrieval_session import RetrievalOptions
 from qrag_core.training import TrainingConfig
 
@@ -322,8 +323,12 @@ def test_index_build_refuses_dangerous_or_wrong_outputs(
     monkeypatch.chdir(tmp_path)
     build = ["build", "--document", str(book), "--model", "minilm", "--out"]
     assert "is the current directory" in usage_error(index_main, [*build, "."], capsys)
+    assert "holds the current directory" in usage_error(index_main, [*build, ".."], capsys)
+    assert "holds the current directory" in usage_error(index_main, [*build, "/"], capsys)
     assert "is your home directory" in usage_error(index_main, [*build, "~"], capsys)
-    assert "holds the input" in usage_error(index_main, [*build, str(tmp_path.parent)], capsys)
+    assert "is the input" in usage_error(index_main, [*build, str(book)], capsys)
+    monkeypatch.chdir(Path.home())
+    assert "holds the input" in usage_error(index_main, [*build, str(tmp_path)], capsys)
     (tmp_path / "notes.txt").write_text("mine")
     assert "is a file" in usage_error(index_main, [*build, str(tmp_path / "notes.txt")], capsys)
     assert "overlap_tokens" in usage_error(index_main, [*build, "idx", "--overlap-tokens", "64"], capsys)
@@ -413,3 +418,39 @@ def test_a_directory_that_is_no_model_says_so_and_what_was_expected(tmp_path: Pa
     message = str(err.value)
     assert '"qrag" entry' in message and "model.safetensors" in message and "tokenizer.json" in message
     assert "sentencepiece" not in message
+
+
+def test_a_question_with_undecodable_command_line_bytes_is_rejected(tiny_model: QRAG) -> None:
+    index = tiny_model.index_documents("Mary left. John slept.")
+    with pytest.raises(InvalidInputError, match="the question holds a lone surrogate"):
+        tiny_model.search("Where is \udcff Mary?", index)  # how Python passes the byte 0xff of an argv
+
+
+def test_paths_of_unknown_users_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    build = ["build", "--document", str(tmp_path / "book.txt"), "--out", "~no-such-user/idx"]
+    assert "is not a usable path" in usage_error(index_main, build, capsys)
+    with pytest.raises(ModelNotFoundError, match="no model named"):
+        resolve_model_path("~no-such-user/model")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"document": "Mary left. John slept.", "supporting_facts": [" "]}, "not a non-blank string"),
+        ({"chunks": ["Mary left.", "John slept."], "support": [True]}, "not integers"),
+    ],
+)
+def test_examples_built_in_python_get_the_same_support_checks(fields: dict, message: str) -> None:
+    example = Example(id="py", question="Where is Mary?", **fields)
+    with pytest.raises(InvalidInputError, match=message):
+        example.support_indices(example.to_chunks())
+
+
+def test_evaluate_checks_its_step_count() -> None:
+    example = Example(id="e", question="Where is Mary?", chunks=["Mary left.", "John slept."], support=[0])
+    with pytest.raises(InvalidInputError, match="steps must be a positive integer or None, got '2'"):
+        evaluate(BM25TopK(), [example], steps="2")  # type: ignore[arg-type]
+
+
+def test_model_paths_may_be_path_objects() -> None:
+    assert resolve_model_path(Path(resolve_model_path("minilm"))) == resolve_model_path("minilm")

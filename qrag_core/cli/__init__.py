@@ -90,23 +90,29 @@ def _parse(kind: Callable[[str], int | float], text: str, what: str) -> int | fl
         raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
 
 
+def _resolved(parser: argparse.ArgumentParser, flag: str, path: str | Path) -> Path:
+    """``path`` made absolute (``~`` expanded); an argparse error when it cannot be."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (ValueError, RuntimeError, OSError) as err:  # a NUL byte, ~unknown-user, a symlink loop
+        parser.error(f"{flag} {str(path)!r} is not a usable path: {err}")
+
+
 def check_output_dir(parser: argparse.ArgumentParser, flag: str, out: str | Path, inputs: Iterable[str | Path]) -> None:
-    """Refuse (argparse error) an output directory that is the current, home or root directory, that is
-    or holds one of ``inputs``, or that is a file."""
-    target = Path(out).expanduser().resolve()
-    special = {Path.cwd().resolve(): "the current directory", Path.home().resolve(): "your home directory"}
-    special[Path(target.anchor)] = "the root directory"
-    if target in special:
-        parser.error(f"{flag} {out} is {special[target]}; give a directory of its own, e.g. {flag} out/index")
-    for given in inputs:
-        source = Path(given).expanduser().resolve()
-        if target == source or target in source.parents:
-            parser.error(f"{flag} {out} holds the input {given}; write the output to another directory")
+    """Refuse (argparse error) an output directory that is or holds the current or home directory or one
+    of ``inputs``, or that is a file: qrag may replace its output directory, so it must be its own."""
+    target = _resolved(parser, flag, out)
+    places = [(Path.cwd().resolve(), "the current directory"), (Path.home().resolve(), "your home directory")]
+    places += [(_resolved(parser, "input", given), f"the input {given}") for given in inputs]
+    for place, what in places:
+        if target == place or target in place.parents:
+            verb = "is" if target == place else "holds"
+            parser.error(f"{flag} {out} {verb} {what}; give the output a directory of its own, e.g. {flag} out/index")
     if target.exists() and not target.is_dir():
         parser.error(f"{flag} {out} is a file, not a directory")
 
 
 def check_output_file(parser: argparse.ArgumentParser, flag: str, out: str | Path) -> None:
-    """Refuse (argparse error) an output file name that is an existing directory."""
-    if Path(out).expanduser().is_dir():
+    """Refuse (argparse error) an output file name that is an existing directory (or no usable path)."""
+    if _resolved(parser, flag, out).is_dir():
         parser.error(f"{flag} {out} is a directory; give a file name, e.g. {flag} {Path(out) / 'data.jsonl'}")

@@ -2,12 +2,17 @@
 
     qrag-finetune --data train.jsonl --eval-data test.jsonl --out runs/my-model
     qrag-finetune --data train.jsonl --out runs/my-model --resume      # after an interruption
+    qrag-finetune --data train.jsonl --out runs/my-model --overwrite   # start that run over
+    torchrun --nproc_per_node 2 -m qrag_core.cli.finetune --data train.jsonl --out runs/my-model   # 2 processes
 
 Every training hyperparameter has a flag generated from :class:`qrag_core.training.TrainingConfig`
 (its help is the field's docstring), and so do the model settings of :class:`qrag_core.config.QRAGConfig`
 used when starting from a base encoder. The run writes ``OUT/metrics.csv`` (and TensorBoard events when
 tensorboard is installed), ``OUT/checkpoint`` (atomic, resumable) and the final model ``OUT/model``,
-loadable with ``QRAG.from_pretrained("OUT/model")``.
+loadable with ``QRAG.from_pretrained("OUT/model")``. Other files in OUT are left alone; an earlier run's
+files there are replaced only with ``--overwrite``, files no qrag run wrote never are. Under ``torchrun``
+or ``accelerate launch`` the run is data-parallel (:mod:`qrag_core.training.distributed`); the main
+process evaluates and writes.
 """
 
 from __future__ import annotations
@@ -32,12 +37,13 @@ from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
 from qrag_core.errors import InvalidInputError, QRAGError
 from qrag_core.model import QRAG
 from qrag_core.training import TrainingConfig, train
-from qrag_core.training.config import REWARDS, field_docs
-from qrag_core.training.trainer import CHECKPOINT_DIR, MODEL_DIR
+from qrag_core.training.checkpoint import MODEL_DIR, check_run_dir
+from qrag_core.training.config import MIXED_PRECISION, REWARDS, field_docs
+from qrag_core.training.distributed import Processes
 
 logger = logging.getLogger(__name__)
 
-CHOICES = {"reward": REWARDS, "position_mode": POSITION_MODES}
+CHOICES = {"reward": REWARDS, "position_mode": POSITION_MODES, "mixed_precision": MIXED_PRECISION}
 """String settings that only take a few values."""
 MODEL_FIELDS_SKIPPED = ("base_model", "chunking")
 """QRAGConfig fields without a model flag (--base-model has its own; chunking keeps its defaults)."""
@@ -94,8 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EVAL.jsonl",
         help="evaluation JSONL (repeatable); its scores are named after the file name",
     )
-    run.add_argument("--out", required=True, help="output directory: metrics, checkpoint and the final model")
-    run.add_argument("--resume", action="store_true", help="continue the interrupted run whose checkpoint is in OUT")
+    run.add_argument(
+        "--out",
+        required=True,
+        help="output directory: metrics, checkpoint and the final model (other files in it are left alone)",
+    )
+    again = run.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the interrupted run whose checkpoint is in OUT")
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an OUT that holds an earlier qrag run, replacing its metrics, checkpoint and model",
+    )
     start = run.add_mutually_exclusive_group()
     start.add_argument(
         "--base-model",
@@ -130,15 +146,16 @@ def _eval_sets(paths: Sequence[str]) -> dict[str, list]:
     return sets
 
 
-def _model(args: argparse.Namespace, settings: dict[str, Any]) -> QRAG:
+def _model(args: argparse.Namespace, settings: dict[str, Any], device: torch.device | None) -> QRAG:
+    where = None if device is None else str(device)
     if args.init_from is not None:
         if settings:
             raise QRAGError(
                 f"model settings {sorted(settings)} only apply with --base-model; "
                 f"{args.init_from} keeps the settings it was trained with"
             )
-        return QRAG.from_pretrained(args.init_from)
-    return QRAG.from_base(args.base_model, QRAGConfig(**settings))
+        return QRAG.from_pretrained(args.init_from, device=where)
+    return QRAG.from_base(args.base_model, QRAGConfig(**settings), device=where)
 
 
 def model_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -166,17 +183,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> dict[str, Any] | None:
     settings = model_settings(args)
     config = training_config(args)
+    processes = Processes.from_environment(config.mixed_precision)
     out = Path(args.out)
-    if (out / CHECKPOINT_DIR).exists() and not args.resume:
-        raise QRAGError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    if not args.resume:
+        check_run_dir(out, args.overwrite)  # before loading anything; the trainer checks again
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     examples = read_jsonl(args.data, need_support=True)
     eval_sets = _eval_sets(args.eval_data)
-    model = _model(args, settings)
+    model = _model(args, settings, processes.device)
     cache = EmbeddingCache(None if args.cache.lower() == "none" else args.cache)
     data_info = {"data": str(args.data), "eval_data": list(args.eval_data)}
     data_info |= {"init_from": args.init_from} if args.init_from else {"base_model": model.config.base_model}
@@ -188,16 +206,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             eval_sets,
             out_dir=out,
             resume=args.resume,
+            overwrite=args.overwrite,
             cache=cache,
             show_progress=not args.no_progress,
             data_info=data_info,
+            processes=processes,
         )
     finally:
         cache.close()
+    if not processes.is_main:
+        return None
     return {
         "model": str(out / MODEL_DIR),
         "metrics": str(out / "metrics.csv"),
         "steps": result.steps,
+        "processes": processes.world_size,
         "examples_seen": result.examples,
         "train_seconds": round(result.train_seconds, 1),
         "evaluation": result.evaluation,
@@ -207,7 +230,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    return run_reporting_errors("qrag-finetune", lambda: print(json.dumps(run(args), indent=2)))
+
+    def report() -> None:
+        summary = run(args)
+        if summary is not None:  # the main process of a multi-process run reports for all
+            print(json.dumps(summary, indent=2))
+
+    return run_reporting_errors("qrag-finetune", report)
 
 
 if __name__ == "__main__":

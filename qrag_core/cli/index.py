@@ -29,6 +29,7 @@ from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
 from qrag_core.long_index import build_long_index
 from qrag_core.model import QRAG
+from qrag_core.onnx_backend import BACKENDS
 from qrag_core.text_files import read_text_file
 
 
@@ -40,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default=None, help="model name or path (default: the shipped default model)")
+    common.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="what computes the chunk embeddings: torch, or ONNX Runtime float32 / int8 (faster on CPU, needs "
+        "qrag[onnx]); an index is searched with the backend it was built with",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser(
@@ -49,7 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     build.add_argument("--document", type=Path, required=True, help="UTF-8 text file to index")
-    build.add_argument("--out", type=Path, required=True, help="index directory to write")
+    build.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="index directory to write: new, empty, or (with --overwrite) an earlier qrag index; "
+        "any other directory is refused and left untouched",
+    )
+    build.add_argument("--overwrite", action="store_true", help="replace the qrag index already at --out")
     build.add_argument("--doc-id", default=None, help="document id stored with the chunks (default: the file name)")
     build.add_argument(
         "--chunking",
@@ -105,7 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _load_model(args: argparse.Namespace) -> QRAG:
-    return QRAG.from_pretrained(args.model).eval()
+    model = QRAG.from_pretrained(args.model).eval()
+    model.action_encoder.use_backend(args.backend)
+    return model
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -123,6 +140,8 @@ def run_build(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         batch_size=args.batch_size,
         cache=cache,
+        overwrite=args.overwrite,
+        protect=[args.document],
     )
     print(f"indexed {len(index)} chunks into {args.out} in {time.perf_counter() - start:.1f}s")
     return 0

@@ -17,6 +17,7 @@ from qrag_core.errors import InvalidInputError
 from qrag_core.validation import check_field_types
 
 REWARDS: tuple[str, ...] = ("sparse", "step_penalty", "per_fact")
+MIXED_PRECISION: tuple[str, ...] = ("no", "bf16", "fp16")
 
 
 @dataclass
@@ -81,6 +82,8 @@ class TrainingConfig:
     """Write a resumable checkpoint every this many optimiser steps (0: only at the end)."""
     max_train_seconds: float | None = None
     """Stop (evaluate, checkpoint, save) after the step that reaches this many seconds of training (none: no limit)."""
+    mixed_precision: str = "no"
+    """Forward passes in bf16 or fp16 (fp16: CUDA only, with loss scaling); needs qrag[distributed] (Accelerate)."""
 
     @property
     def total_steps(self) -> int:
@@ -134,6 +137,8 @@ class TrainingConfig:
                 raise InvalidInputError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
         if self.reward not in REWARDS:
             raise InvalidInputError(f"reward must be one of {REWARDS}, got {self.reward!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise InvalidInputError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
