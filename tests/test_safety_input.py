@@ -454,3 +454,7 @@ def test_evaluate_checks_its_step_count() -> None:
 
 def test_model_paths_may_be_path_objects() -> None:
     assert resolve_model_path(Path(resolve_model_path("minilm"))) == resolve_model_path("minilm")
+
+
+def test_bm25_on_chunks_without_any_word_returns_the_first_chunks() -> None:
+    assert BM25TopK().select("Where?", chunks_from_texts([".", "the .", "!"]), 2) == [0, 1]  # was bm25s ValueError
