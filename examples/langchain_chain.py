@@ -35,7 +35,8 @@ def main() -> None:
     retriever.add_documents([Document(page_content=document.text, metadata={"source": document.source})])
     for doc in retriever.invoke(document.question):
         meta = doc.metadata
-        print(f"  step {meta['step']}  Q={meta['q_value']:+.3f}  chunk {meta['chunk_index']:>4}  {doc.page_content}")
+        step, q, chunk = meta["qrag_step"], meta["qrag_q_value"], meta["qrag_chunk_index"]
+        print(f"  step {step}  Q={q:+.3f}  chunk {chunk:>4}  {doc.page_content}")
 
     endpoint = EndpointConfig.from_env()
     inputs = {"context": retriever | RunnableLambda(format_passages), "question": RunnablePassthrough()}

@@ -56,7 +56,7 @@ def main() -> None:
     response = engine.query(document.question)
     for hit in response.source_nodes:
         meta, text = hit.node.metadata, hit.node.get_content()
-        print(f"  step {meta['step']}  score(Q)={hit.score:+.3f}  chunk {meta['chunk_index']:>4}  {text}")
+        print(f"  step {meta['qrag_step']}  score(Q)={hit.score:+.3f}  chunk {meta['qrag_chunk_index']:>4}  {text}")
     print(f"\n{'Prompt the LLM would read' if llm is None else 'Answer'}:\n{response}")
 
 

@@ -51,6 +51,12 @@ def validate_text(text: object, what: str = "document") -> str:
         raise InvalidInputError(f"{what} must be a string, got {type(text).__name__}")
     if not text.strip():
         raise InvalidInputError(f"{what} is empty (or only whitespace); there is nothing to retrieve from")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidInputError(
+            f"{what} holds a lone surrogate {text[err.start]!r} at character {err.start}: not valid Unicode"
+        ) from None
     return text
 
 
@@ -112,25 +118,16 @@ def chunk_text(
     ``tokenizer`` is required for token windows, and in sentence mode it is used to cut sentences
     longer than ``config.max_tokens`` tokens into windows (without it they stay whole).
     """
-    config = config or ChunkingConfig()
+    config = (config or ChunkingConfig()).validate()
     validate_text(text)
-    if config.max_tokens <= 0:
-        raise InvalidInputError(f"chunk size must be a positive number of tokens, got {config.max_tokens}")
-    if not 0 <= config.overlap_tokens < config.max_tokens:
-        raise InvalidInputError(
-            f"overlap_tokens must be in [0, max_tokens), got {config.overlap_tokens} with "
-            f"max_tokens={config.max_tokens}"
-        )
     if config.mode == "tokens":
         if tokenizer is None:
             raise InvalidInputError("token-window chunking needs a tokenizer")
         spans: Iterable[tuple[int, int]] = _token_windows(text, tokenizer, config.max_tokens, config.overlap_tokens)
-    elif config.mode == "sentences":
+    else:
         spans = iter_sentence_spans(text)
         if tokenizer is not None:
             spans = _split_long(text, spans, tokenizer, config.max_tokens)
-    else:
-        raise InvalidInputError(f"unknown chunking mode {config.mode!r}; use 'sentences' or 'tokens'")
     meta = dict(metadata or {})
     return [
         Chunk(text=text[s:e], index=i, start=s, end=e, doc_id=doc_id, metadata=dict(meta))

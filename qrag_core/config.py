@@ -6,10 +6,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from qrag_core.errors import CheckpointError
+from qrag_core.errors import CheckpointError, InvalidInputError
+from qrag_core.validation import check_field_types
 
 PositionMode = Literal["relative", "absolute", "none"]
 POSITION_MODES: tuple[str, ...] = ("relative", "absolute", "none")
+CHUNKING_MODES: tuple[str, ...] = ("sentences", "tokens")
 CONFIG_FORMAT_VERSION = 1
 
 
@@ -23,6 +25,22 @@ class ChunkingConfig:
     """Window length in base-tokenizer tokens for `tokens` mode; sentences longer than this are split."""
     overlap_tokens: int = 0
     """Tokens shared by consecutive windows in `tokens` mode."""
+
+    def validate(self) -> ChunkingConfig:
+        """Raise InvalidInputError naming the first setting of the wrong type or out of range."""
+        check_field_types(self, prefix="chunking.")
+        if self.mode not in CHUNKING_MODES:
+            raise InvalidInputError(f"chunking.mode must be one of {CHUNKING_MODES}, got {self.mode!r}")
+        if self.max_tokens <= 0:
+            raise InvalidInputError(
+                f"chunk size (chunking.max_tokens) must be a positive number of tokens, got {self.max_tokens}"
+            )
+        if not 0 <= self.overlap_tokens < self.max_tokens:
+            raise InvalidInputError(
+                f"chunking.overlap_tokens must be in [0, max_tokens), got {self.overlap_tokens} with "
+                f"max_tokens={self.max_tokens}"
+            )
+        return self
 
 
 @dataclass
@@ -62,14 +80,19 @@ class QRAGConfig:
     """How documents are chunked by default."""
 
     def validate(self) -> QRAGConfig:
+        """Raise InvalidInputError naming the first setting of the wrong type or out of range (NaN and ±inf
+        included: a NaN δ or θ would silently give NaN scores)."""
+        check_field_types(self)
+        if not isinstance(self.chunking, ChunkingConfig):
+            raise InvalidInputError(f"chunking must be a ChunkingConfig, got {type(self.chunking).__name__}")
+        self.chunking.validate()
         if self.position_mode not in POSITION_MODES:
-            raise CheckpointError(f"position_mode must be one of {POSITION_MODES}, got {self.position_mode!r}")
-        if self.max_chunk_tokens <= 0 or self.chunking.max_tokens <= 0:
-            raise CheckpointError("max_chunk_tokens and chunking.max_tokens must be positive")
-        if self.max_steps <= 0 or self.beam_width <= 0:
-            raise CheckpointError("max_steps and beam_width must be positive")
-        if self.ell <= 0 or self.delta <= 0 or self.rope_theta <= 1:
-            raise CheckpointError("delta and ell must be positive and rope_theta > 1")
+            raise InvalidInputError(f"position_mode must be one of {POSITION_MODES}, got {self.position_mode!r}")
+        for name in ("max_chunk_tokens", "max_steps", "beam_width", "delta", "ell"):
+            if getattr(self, name) <= 0:
+                raise InvalidInputError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.rope_theta <= 1:
+            raise InvalidInputError(f"rope_theta must be > 1, got {self.rope_theta}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,11 +100,17 @@ class QRAGConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QRAGConfig:
+        """The config saved in a model's ``config.json``; CheckpointError when it is not a valid one."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"the model config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise CheckpointError(f"unknown config keys {unknown}; was this saved by a newer qrag?")
         values = dict(data)
-        if isinstance(values.get("chunking"), dict):
-            values["chunking"] = ChunkingConfig(**values["chunking"])
-        return cls(**values).validate()
+        try:
+            if isinstance(values.get("chunking"), dict):
+                values["chunking"] = ChunkingConfig(**values["chunking"])
+            return cls(**values).validate()
+        except (TypeError, InvalidInputError) as err:
+            raise CheckpointError(f"invalid model config: {err}") from err

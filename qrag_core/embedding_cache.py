@@ -3,7 +3,8 @@
 Encoding is the expensive part of indexing (~85 chunks/s on two CPU cores), so no text is ever
 encoded twice by the same weights: haystack sentences shared by many benchmark samples, a document
 indexed again, or a corpus re-indexed after fine-tuning a frozen-action model all hit this cache.
-Storage is one SQLite file (standard library, safe against interruption); vectors are float16.
+Storage is one SQLite file (standard library, safe against interruption); vectors are float16. One
+cache may be used from several threads (a retriever encodes in an event loop's worker threads).
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import hashlib
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from qrag_core.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +43,24 @@ class EmbeddingCache:
         self.path = Path(path) if path is not None else None
         self._memory: dict[tuple[str, bytes], np.ndarray] = {}
         self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=120)
-            self._db.execute("CREATE TABLE IF NOT EXISTS emb (fp TEXT, key BLOB, vec BLOB, PRIMARY KEY (fp, key))")
+            try:
+                self._db = sqlite3.connect(self.path, timeout=120, check_same_thread=False)
+                self._db.execute("CREATE TABLE IF NOT EXISTS emb (fp TEXT, key BLOB, vec BLOB, PRIMARY KEY (fp, key))")
+            except sqlite3.Error as err:
+                raise InvalidInputError(
+                    f"cannot use {self.path} as the embedding cache ({err}); give another cache file"
+                ) from err
 
     def get_many(self, fingerprint: str, texts: Sequence[str]) -> dict[bytes, np.ndarray]:
         keys = list({text_key(t) for t in texts})
         found = {k: self._memory[(fingerprint, k)] for k in keys if (fingerprint, k) in self._memory}
         missing = [k for k in keys if k not in found]
-        if self._db is not None:
+        if self._db is None:
+            return found
+        with self._lock:
             for first in range(0, len(missing), _LOOKUP_BATCH):
                 part = missing[first : first + _LOOKUP_BATCH]
                 marks = ",".join("?" * len(part))
@@ -66,7 +78,7 @@ class EmbeddingCache:
                 self._memory[(fingerprint, text_key(text))] = arr[i]
             return
         rows = [(fingerprint, text_key(t), arr[i].tobytes()) for i, t in enumerate(texts)]
-        with self._db:
+        with self._lock, self._db:
             self._db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?, ?)", rows)
 
     def close(self) -> None:
@@ -93,3 +105,8 @@ def encode_with_cache(
             found[text_key(text)] = vec.to(torch.float16).numpy()
     logger.debug("encoded %d of %d texts (%d cached or repeated)", len(todo), len(texts), len(texts) - len(todo))
     return torch.from_numpy(np.stack([np.asarray(found[text_key(t)], dtype=np.float32) for t in texts]))
+
+
+def shared_cache() -> EmbeddingCache:
+    """The on-disk cache every qrag command and retriever shares: ``<default_cache_dir()>/embeddings.sqlite``."""
+    return EmbeddingCache(default_cache_dir() / "embeddings.sqlite")

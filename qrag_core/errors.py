@@ -22,8 +22,8 @@ class CheckpointError(QRAGError):
     """A model or index directory that is corrupt, incomplete or does not match its config."""
 
 
-class DataFormatError(QRAGError, ValueError):
-    """A malformed line of a JSONL data file; the message names the file, line and problem."""
+class DataFormatError(InvalidInputError):
+    """A malformed line of a data or text file; the message names the file, line and problem."""
 
     def __init__(self, path: str, line: int, problem: str) -> None:
         self.path = path

@@ -28,7 +28,7 @@ from qrag_core.config import ChunkingConfig
 from qrag_core.data.examples import Example
 from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
 from qrag_core.errors import InvalidInputError
-from qrag_core.metrics import aggregate, answer_correct, fact_scores, value_recall
+from qrag_core.metrics import aggregate, answer_correct, fact_scores, resolve_support, value_recall
 from qrag_core.model import QRAG
 
 logger = logging.getLogger(__name__)
@@ -100,10 +100,10 @@ def score_example(
     chunks = example.to_chunks(chunking, tokenizer)
     if not example.has_support:
         raise InvalidInputError(f"example {example.id} has no support labels ('support' or 'supporting_facts')")
-    support = example.support_indices(chunks)
+    support = example.support_alternatives(chunks)
     t = min(steps_for(example, steps), len(chunks))
     selected = method.select(example.question, chunks, t)
-    facts = fact_scores(selected, support)
+    facts = fact_scores(selected, resolve_support(selected, support))
     row = {"fact_em": facts.em, "fact_recall": facts.recall, "fact_precision": facts.precision, "fact_f1": facts.f1}
     texts = [chunks[i].text for i in sorted(selected)]
     values = example.extra.get("values")

@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from qrag_core.chunking import Chunk
-from qrag_core.errors import CheckpointError, InvalidInputError
+from qrag_core.errors import CheckpointError, DataFormatError, InvalidInputError
+from qrag_core.text_files import iter_json_lines, read_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,19 @@ class DocumentIndex:
         self._derived.clear()
         return doc_id
 
+    def remove(self, doc_id: str) -> None:
+        """Drop one document's chunks and embeddings; the documents after it move up."""
+        start, end = self.document_range(doc_id)
+        pos = self.doc_ids.index(doc_id)
+        content = self.content
+        self._content = torch.cat([content[:start], content[end:]])
+        self._blocks = [self._content]
+        del self.chunks[start:end]
+        del self.doc_ids[pos]
+        del self._doc_starts[pos]
+        self._doc_starts[pos:] = [s - (end - start) for s in self._doc_starts[pos:]]
+        self._derived.clear()
+
     def document_range(self, doc_id: str) -> tuple[int, int]:
         """Global [start, end) chunk range of one document."""
         try:
@@ -132,10 +146,10 @@ class DocumentIndex:
         if not meta_path.is_file():
             raise CheckpointError(f"{meta_path} is missing: {directory} is not a saved qrag index")
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = read_json_file(meta_path)
             index = cls(meta["fingerprint"], int(meta["dim"]))
             doc_ids, doc_starts = list(meta["doc_ids"]), list(meta["doc_starts"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError) as err:  # DataFormatError (undecodable, invalid JSON) included
             raise CheckpointError(f"{meta_path} is corrupt: {err}") from err
         try:
             content = load_file(str(directory / "embeddings.safetensors"))["content"]
@@ -143,9 +157,8 @@ class DocumentIndex:
             raise CheckpointError(f"{directory / 'embeddings.safetensors'} cannot be read: {err}") from err
         chunks_path = directory / "chunks.jsonl"
         try:
-            with open(chunks_path, encoding="utf-8") as f:
-                chunks = [Chunk(**json.loads(line)) for line in f]
-        except (OSError, json.JSONDecodeError, TypeError) as err:
+            chunks = [Chunk(**row) for _, row in iter_json_lines(chunks_path)]
+        except (OSError, DataFormatError, TypeError) as err:
             raise CheckpointError(f"{chunks_path} cannot be read: {err}") from err
         if content.shape != (len(chunks), index.dim) or len(doc_ids) != len(doc_starts):
             raise CheckpointError(

@@ -2,7 +2,9 @@
 
 - Support facts (BabiLong, HotpotQA, MuSiQue; the paper's Table 2/3): with S the selected chunks and
   F* the support chunks, fact EM = [F* ⊆ S], fact recall = |S ∩ F*| / |F*|, fact precision =
-  |S ∩ F*| / |S| and fact F1 their harmonic mean.
+  |S ∩ F*| / |S| and fact F1 their harmonic mean. A fact that occurs several times in a document is
+  found by selecting any one occurrence: :func:`resolve_support` takes, for each fact, the
+  occurrence the selection covers best, and F* is the union of those.
 - RULER NIAH: value recall, the fraction of the needle values that appear in the selected chunks.
 - BabiLong answer accuracy (when a reader model produces an answer): BabiLong's label rule. The
   reader's first sentence is searched for the task's answer labels; labels named in the question
@@ -46,6 +48,18 @@ def fact_scores(selected: Collection[int], support: Collection[int]) -> FactScor
     precision = hits / len(chosen) if chosen else 0.0
     f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
     return FactScores(em=float(gold <= chosen), recall=recall, precision=precision, f1=f1)
+
+
+def resolve_support(selected: Collection[int], facts: Iterable[Sequence[Collection[int]]]) -> set[int]:
+    """F* for a selection: per fact (its occurrences, each a set of chunk indices), the occurrence with the
+    largest selected fraction (ties: the first), all joined."""
+    chosen = set(selected)
+    gold: set[int] = set()
+    for occurrences in facts:
+        if not occurrences or not all(occurrences):
+            raise ValueError("every supporting fact needs at least one occurrence of at least one chunk")
+        gold |= set(max(occurrences, key=lambda chunks: len(chosen.intersection(chunks)) / len(chunks)))
+    return gold
 
 
 def fact_em(selected: Collection[int], support: Collection[int]) -> float:

@@ -31,11 +31,12 @@ from qrag_core.chunking import Chunk, chunk_text, chunks_from_texts
 from qrag_core.config import ChunkingConfig, QRAGConfig
 from qrag_core.embedding_cache import EmbeddingCache, encode_with_cache
 from qrag_core.encoders import TextEncoder, default_device
-from qrag_core.errors import CheckpointError, InvalidInputError, ModelNotFoundError
+from qrag_core.errors import CheckpointError, DataFormatError, InvalidInputError, ModelNotFoundError
 from qrag_core.index import DocumentIndex
 from qrag_core.model_card import write_model_card
-from qrag_core.model_names import DEFAULT_MODEL_NAME, resolve_model_path, shipped_model_names
+from qrag_core.model_names import DEFAULT_MODEL_NAME, check_encoder_dir, resolve_model_path, shipped_model_names
 from qrag_core.positions import chunk_positions, rope_frequencies, rotary_scores
+from qrag_core.text_files import read_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class QRAG(nn.Module):
         path = resolve_model_path(config.base_model)
         if (Path(path) / CONFIG_FILE).is_file() and _is_qrag_dir(path):
             raise InvalidInputError(f"{path} is a trained qrag model; use QRAG.from_pretrained to load it")
+        check_encoder_dir(path)
         state = _load_encoder(path, config.max_chunk_tokens, "state encoder")
         action = _load_encoder(path, config.max_chunk_tokens, "action encoder")
         return cls(config, state, action).to(device or default_device())
@@ -143,10 +145,10 @@ class QRAG(nn.Module):
     def _load_dir(cls, path: Path) -> QRAG:
         cfg_path = path / CONFIG_FILE
         try:
-            saved = json.loads(cfg_path.read_text())
+            saved = read_json_file(cfg_path)
             config = QRAGConfig.from_dict(saved["qrag"]["config"])
             meta = saved["qrag"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+        except (DataFormatError, KeyError, TypeError) as err:
             raise CheckpointError(f"{cfg_path} is corrupt: {err}") from err
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise CheckpointError(f"{cfg_path}: format {meta['format_version']} is newer than this qrag; upgrade qrag")
@@ -278,6 +280,14 @@ class QRAG(nn.Module):
         docs = [documents] if isinstance(documents, str) else list(documents)
         if not docs:
             raise InvalidInputError("no documents to index")
+        for name, values in (("doc_ids", doc_ids), ("metadatas", metadatas)):
+            if values is not None and (isinstance(values, (str, dict)) or len(values) != len(docs)):
+                given = f"{len(values)}" if not isinstance(values, (str, dict)) else f"a {type(values).__name__}"
+                raise InvalidInputError(f"{name} must be a list with one entry per document: {len(docs)}, got {given}")
+        if doc_ids is not None and not all(isinstance(d, str) and d for d in doc_ids):
+            raise InvalidInputError("every doc_id must be a non-empty string")
+        if metadatas is not None and not all(m is None or isinstance(m, dict) for m in metadatas):
+            raise InvalidInputError("every entry of metadatas must be a dict (or None)")
         index = (
             index if index is not None else DocumentIndex(self.action_encoder.fingerprint(), self.action_encoder.dim)
         )
@@ -408,6 +418,7 @@ def _is_qrag_dir(path: str) -> bool:
     if not cfg.is_file():
         return False
     try:
-        return "qrag" in json.loads(cfg.read_text())
-    except (json.JSONDecodeError, OSError) as err:
-        raise CheckpointError(f"{cfg} is not valid JSON: {err}") from err
+        saved = read_json_file(cfg)
+    except (DataFormatError, OSError) as err:
+        raise CheckpointError(f"{cfg} is not a valid JSON file: {err}") from err
+    return isinstance(saved, dict) and "qrag" in saved

@@ -14,6 +14,15 @@ from pathlib import Path
 from qrag_core.errors import ModelNotFoundError
 
 SHIPPED_MODELS_DIR = Path(__file__).parent / "models"
+ENCODER_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+"""Weight files of a transformers encoder directory (one of them)."""
+ENCODER_TOKENIZER = ("tokenizer.json", "vocab.txt", "tokenizer.model", "sentencepiece.bpe.model", "spiece.model")
+"""Tokenizer files of a transformers encoder directory (one of them)."""
 DEFAULT_MODEL_NAME = "qrag-babilong-minilm"
 BASE_MODEL_ALIASES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "minilm")
 
@@ -42,7 +51,10 @@ def resolve_model_path(name: str) -> str:
     """A local directory for ``name``, or a hub id when the hub may be used; else ModelNotFoundError."""
     if not isinstance(name, str) or not name.strip():
         raise ModelNotFoundError(f"a model name must be a non-empty string; available: {available_names()}")
-    path = Path(name).expanduser()
+    try:
+        path = Path(name).expanduser()
+    except RuntimeError:  # "~someone" for an unknown user: not a directory, maybe a name
+        path = Path(name)
     if path.is_dir():
         return str(path)
     if name in shipped_model_names():
@@ -56,3 +68,27 @@ def resolve_model_path(name: str) -> str:
         f"no model named {name!r}: it is neither a directory nor a known name. Available names: "
         f"{', '.join(available_names())}. Pass a path to a saved qrag model or a sentence-transformers directory."
     )
+
+
+def check_encoder_dir(path: str) -> None:
+    """ModelNotFoundError unless a local directory looks like a model: say what it lacks and what a model
+    directory holds (a hub id, which is not a local directory, is left to the loader)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    missing = [
+        what
+        for what, names in (
+            ("config.json", ("config.json",)),
+            ("weights (" + " or ".join(ENCODER_WEIGHTS[::2]) + ")", ENCODER_WEIGHTS),
+            ("a tokenizer (" + " or ".join(ENCODER_TOKENIZER[:2]) + ")", ENCODER_TOKENIZER),
+        )
+        if not any((folder / name).is_file() for name in names)
+    ]
+    if missing:
+        raise ModelNotFoundError(
+            f"{path} is not a model directory: it has no {', no '.join(missing)}. Expected either a saved qrag "
+            'model (a config.json with a "qrag" entry, written by QRAG.save_pretrained) or a sentence-transformers '
+            "/ transformers encoder directory (config.json, model.safetensors or pytorch_model.bin, and tokenizer "
+            f"files such as tokenizer.json or vocab.txt). Known model names: {', '.join(available_names())}."
+        )

@@ -1,10 +1,15 @@
 """A model, its document index and search options: the retriever behind every framework adapter.
 
-The LangChain and LlamaIndex adapters (SPEC §1, ``qrag_integrations``) only translate types; what a
-retriever does lives here: chunking added documents while carrying their metadata to every chunk,
-multi-step search with per-retriever defaults and per-call overrides (SPEC §3.5: ``k`` chunks = T
-steps, beam width, early-stop threshold), the metadata attached to each retrieved chunk (step,
-Q-value, chunk index, position ρ_t), thread safety, and saving/loading a populated retriever.
+The LangChain and LlamaIndex adapters (``qrag_integrations``) only translate types; what a retriever
+does lives here: rebuilding a source from a text splitter's overlapping splits (so ρ_t spans the
+whole source, :mod:`qrag_core.sources`), chunking it while carrying each split's metadata to its
+chunks, replacing a document added again under the same id, deleting documents, multi-step search
+with per-retriever defaults and per-call overrides (``k`` chunks = T steps, beam width, early-stop
+threshold, a restriction to some documents, result order), the ``qrag_*`` metadata attached to each
+retrieved chunk (:data:`RETRIEVAL_METADATA_KEYS`), thread safety, the shared embedding cache, and
+saving/loading a populated retriever. Very long texts are encoded by the resumable sharded builder
+(:func:`qrag_core.long_index.build_long_index`): adding one again after an interruption skips the
+shards already encoded.
 
 Thread safety: one lock guards the index and the model, so searches and additions from several
 threads (or from an event loop's worker threads) run one at a time and never see a half-added
@@ -14,25 +19,32 @@ document. Torch work is CPU-bound anyway; serialising it costs no throughput on 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from qrag_core.chunking import Chunk, chunk_text
 from qrag_core.config import ChunkingConfig
-from qrag_core.embedding_cache import EmbeddingCache
-from qrag_core.errors import CheckpointError, InvalidInputError
+from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir, shared_cache
+from qrag_core.errors import CheckpointError, DataFormatError, InvalidInputError
 from qrag_core.index import DocumentIndex
+from qrag_core.long_index import build_long_index
 from qrag_core.model import QRAG
 from qrag_core.model_names import BASE_MODEL_ALIASES, DEFAULT_MODEL_NAME, shipped_model_names
 from qrag_core.search import SearchResult, SelectedChunk
+from qrag_core.sources import Piece, RebuiltSource, rebuild_source
+from qrag_core.text_files import read_json_file
+from qrag_core.validation import check_finite, check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +53,22 @@ INDEX_DIR = "index"
 MODEL_DIR = "model"
 SESSION_FORMAT_VERSION = 1
 
-RETRIEVAL_METADATA_KEYS: tuple[str, ...] = ("doc_id", "chunk_index", "start", "end", "step", "q_value", "position")
-"""Metadata keys every retrieved chunk gets on top of its source document's metadata."""
+METADATA_PREFIX = "qrag_"
+"""Prefix of every metadata key qrag adds; a user's metadata keys may not start with it."""
+RETRIEVAL_METADATA_KEYS: tuple[str, ...] = tuple(
+    METADATA_PREFIX + key for key in ("doc_id", "chunk_index", "start", "end", "step", "q_value", "position")
+)
+"""Metadata keys every retrieved chunk gets on top of its source's metadata: the document's id, the
+chunk's index in it, its character offsets in the source, the search step that picked it, its Q-value
+and its position ρ_t at that step."""
+PIECE_ID_KEY = METADATA_PREFIX + "piece_id"
+"""Metadata key holding the id of the split a chunk starts in (a LangChain split or LlamaIndex node id)."""
+ORDERS: tuple[str, ...] = ("document", "rank")
+"""Result orders: ``document`` (source order, what a reader wants) or ``rank`` (the order of selection)."""
+LONG_TEXT_CHARS = 2_000_000
+"""Texts longer than this (about 500k tokens) are encoded by the resumable sharded builder."""
+PROGRESS_MIN_CHUNKS = 2000
+"""Adds that encode at least this many chunks show a progress bar unless told otherwise."""
 
 
 @dataclass(frozen=True)
@@ -59,18 +85,23 @@ class RetrievalOptions:
     """Stop early when the best Q falls below this (default ``config.stop_threshold``)."""
     document_id: str | None = None
     """Search only this document of a multi-document index (default: all of them)."""
+    document_ids: tuple[str, ...] | None = None
+    """Search only these documents (e.g. those a metadata filter matched; empty: retrieve nothing)."""
+    order: str | None = None
+    """Order of the results: ``document`` (default) or ``rank`` (the order the search picked them)."""
 
     def __post_init__(self) -> None:
         for name in ("k", "beam", "expand_k"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise InvalidInputError(f"retrieval option {name} must be a positive integer, got {value!r}")
-        if self.stop_threshold is not None and (
-            isinstance(self.stop_threshold, bool) or not isinstance(self.stop_threshold, int | float)
-        ):
-            raise InvalidInputError(f"retrieval option stop_threshold must be a number, got {self.stop_threshold!r}")
+            check_positive_int(f"retrieval option {name}", getattr(self, name), allow_none=True)
+        check_finite("retrieval option stop_threshold", self.stop_threshold, allow_none=True)
         if self.document_id is not None and not isinstance(self.document_id, str):
             raise InvalidInputError(f"retrieval option document_id must be a string, got {self.document_id!r}")
+        if self.document_ids is not None:
+            if isinstance(self.document_ids, str) or not all(isinstance(i, str) for i in self.document_ids):
+                raise InvalidInputError(f"retrieval option document_ids must be a list, got {self.document_ids!r}")
+            object.__setattr__(self, "document_ids", tuple(self.document_ids))
+        if self.order is not None and self.order not in ORDERS:
+            raise InvalidInputError(f"retrieval option order must be one of {list(ORDERS)}, got {self.order!r}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -95,18 +126,32 @@ class RetrievalOptions:
 
 
 def evidence_metadata(selected: SelectedChunk) -> dict[str, Any]:
-    """The source document's metadata plus where the chunk is and why it was picked."""
+    """The source's metadata plus where the chunk is and why it was picked (:data:`RETRIEVAL_METADATA_KEYS`)."""
     chunk = selected.chunk
-    return {
-        **chunk.metadata,
-        "doc_id": chunk.doc_id,
-        "chunk_index": chunk.index,
-        "start": chunk.start,
-        "end": chunk.end,
-        "step": selected.step,
-        "q_value": selected.q_value,
-        "position": selected.position,
-    }
+    values = (chunk.doc_id, chunk.index, chunk.start, chunk.end, selected.step, selected.q_value, selected.position)
+    return {**chunk.metadata, **dict(zip(RETRIEVAL_METADATA_KEYS, values, strict=True))}
+
+
+def ordered(result: SearchResult, order: str | None = None) -> list[SelectedChunk]:
+    """The selected chunks in ``document`` order (default) or ``rank`` order (by search step)."""
+    if order == "rank":
+        return sorted(result.chunks, key=lambda s: s.step)
+    return list(result.chunks)
+
+
+def check_user_metadata(metadata: object, what: str) -> dict[str, Any]:
+    """A copy of a user's metadata dict; refuses keys in qrag's namespace (they would be overwritten)."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InvalidInputError(f"metadata of {what} must be a dict, got {type(metadata).__name__}")
+    clashes = sorted(k for k in metadata if isinstance(k, str) and k.startswith(METADATA_PREFIX))
+    if clashes:
+        raise InvalidInputError(
+            f"metadata of {what} has key(s) {clashes}: keys starting with {METADATA_PREFIX!r} are reserved for "
+            "qrag's retrieval metadata; rename them"
+        )
+    return dict(metadata)
 
 
 def chunk_id(chunk: Chunk) -> str:
@@ -122,11 +167,14 @@ class RetrievalSession:
         model: QRAG,
         index: DocumentIndex | None = None,
         chunking: ChunkingConfig | None = None,
-        cache: EmbeddingCache | None = None,
+        cache: EmbeddingCache | bool | None = True,
         model_name: str | None = None,
+        long_text_chars: int = LONG_TEXT_CHARS,
     ) -> None:
-        """``model_name``: the name or path ``model`` was loaded from, so :meth:`save` records it instead
-        of writing the weights; None for a model built in memory (saved with the session)."""
+        """``cache``: an embedding cache, True for the shared on-disk one (``$QRAG_CACHE_DIR``, opened on
+        first use) or None/False for none. ``model_name``: the name or path ``model`` was loaded from, so
+        :meth:`save` records it instead of writing the weights; None for a model built in memory (saved
+        with the session)."""
         self.model = model
         model.eval()
         if index is None:
@@ -135,8 +183,9 @@ class RetrievalSession:
             model.check_index(index)
         self.index = index
         self.chunking = chunking or model.config.chunking
-        self.cache = cache
+        self._cache = cache
         self.model_name = model_name
+        self.long_text_chars = long_text_chars
         self._lock = threading.RLock()
 
     @classmethod
@@ -144,7 +193,7 @@ class RetrievalSession:
         cls,
         name_or_path: str | None = None,
         chunking: ChunkingConfig | None = None,
-        cache: EmbeddingCache | None = None,
+        cache: EmbeddingCache | bool | None = True,
         device: str | None = None,
     ) -> RetrievalSession:
         """A session on :meth:`QRAG.from_pretrained` (no name: the shipped default model)."""
@@ -154,6 +203,13 @@ class RetrievalSession:
         elif Path(name_or_path).expanduser().is_dir():
             name_or_path = str(Path(name_or_path).expanduser().resolve())
         return cls(model, chunking=chunking, cache=cache, model_name=name_or_path)
+
+    @property
+    def cache(self) -> EmbeddingCache | None:
+        """The embedding cache in use (the shared one is opened here, on first use)."""
+        if self._cache is True:
+            self._cache = shared_cache()
+        return self._cache or None
 
     # ----------------------------------------------------------------------------- adding documents
     @property
@@ -170,12 +226,19 @@ class RetrievalSession:
         metadatas: Sequence[dict[str, Any] | None] | None = None,
         ids: Sequence[str | None] | None = None,
         chunking: ChunkingConfig | None = None,
+        show_progress: bool | None = None,
     ) -> list[str]:
         """Chunk and index one document per text; each chunk carries its document's metadata.
 
-        Returns the document ids (given ones, or fresh ones where ``ids`` is missing or None).
+        Returns the document ids: the given ones, or where ``ids`` is missing or None, one derived from
+        the text and metadata (adding the same document again replaces it instead of duplicating it).
         """
-        return self.add_segmented_texts([[text] for text in _as_list(texts, "texts")], metadatas, ids, chunking)
+        texts = _as_list(texts, "texts")
+        metadatas = _as_list(metadatas, "metadatas") if metadatas is not None else [None] * len(texts)
+        if len(metadatas) != len(texts):
+            raise InvalidInputError(f"{len(texts)} texts but {len(metadatas)} metadatas")
+        sources = [[Piece(text, 0, meta)] for text, meta in zip(texts, metadatas, strict=True)]
+        return self.add_sources(sources, ids, chunking, show_progress)
 
     def add_segmented_texts(
         self,
@@ -184,83 +247,148 @@ class RetrievalSession:
         ids: Sequence[str | None] | None = None,
         chunking: ChunkingConfig | None = None,
     ) -> list[str]:
-        """Index documents that arrive already cut into consecutive segments (e.g. LlamaIndex nodes).
+        """Index documents that arrive already cut into consecutive segments, with no offsets.
 
-        Each segment is chunked on its own (a long segment gives several chunks) and the chunks are
-        numbered through the whole document, so positions ρ_t span the document. ``metadatas[i]``
-        is one dict for the whole document or one dict per segment. Offsets are in the document's
-        segments joined by newlines.
+        ``metadatas[i]`` is one dict for the whole document or one dict per segment. Offsets are in the
+        document's segments joined by newlines.
         """
         documents = _as_list(documents, "documents")
-        if not documents:
-            raise InvalidInputError("no documents to add")
         metadatas = _as_list(metadatas, "metadatas") if metadatas is not None else [None] * len(documents)
-        ids = _as_list(ids, "ids") if ids is not None else [None] * len(documents)
-        for what, values in (("metadatas", metadatas), ("ids", ids)):
-            if len(values) != len(documents):
-                raise InvalidInputError(f"{len(documents)} documents but {len(values)} {what}")
+        if len(metadatas) != len(documents):
+            raise InvalidInputError(f"{len(documents)} documents but {len(metadatas)} metadatas")
+        sources = []
+        for position, (segments, meta) in enumerate(zip(documents, metadatas, strict=True)):
+            segments = _as_list(segments, f"document {position}")
+            metas = [meta] * len(segments) if meta is None or isinstance(meta, dict) else _as_list(meta, "metadatas")
+            if len(metas) != len(segments):
+                raise InvalidInputError(f"document {position} has {len(segments)} segments but {len(metas)} metadatas")
+            sources.append([Piece(text, None, m) for text, m in zip(segments, metas, strict=True)])
+        return self.add_sources(sources, ids, chunking)
+
+    def add_sources(
+        self,
+        sources: Sequence[Sequence[Piece]],
+        ids: Sequence[str | None] | None = None,
+        chunking: ChunkingConfig | None = None,
+        show_progress: bool | None = None,
+    ) -> list[str]:
+        """Index source documents, each given as its splits (:func:`qrag_core.sources.rebuild_source`).
+
+        A source whose id is already in the index replaces that document. The batch is all or nothing:
+        a refused or failing source leaves the index as it was. ``show_progress``: a progress bar while
+        encoding (None: for adds of at least :data:`PROGRESS_MIN_CHUNKS` chunks). Returns the ids.
+        """
+        sources = _as_list(sources, "sources")
+        if not sources:
+            raise InvalidInputError("no documents to add")
+        ids = _as_list(ids, "ids") if ids is not None else [None] * len(sources)
+        if len(ids) != len(sources):
+            raise InvalidInputError(f"{len(sources)} documents but {len(ids)} ids")
         config = chunking or self.chunking
+        rebuilt = [self._rebuild(pieces, position) for position, pieces in enumerate(sources)]
+        doc_ids = _document_ids(ids, rebuilt)
+        unique = dict(zip(doc_ids, rebuilt, strict=True))  # an id derived twice is the same document twice
         with self._lock:
-            doc_ids = self._new_doc_ids(ids)
-            chunk_lists = [
-                self._chunk_document(segments, meta, doc_id, config, position)
-                for position, (segments, meta, doc_id) in enumerate(zip(documents, metadatas, doc_ids, strict=True))
-            ]
-            self.model.index_documents(chunk_lists, doc_ids=doc_ids, cache=self.cache, index=self.index)
-        logger.info("indexed %d document(s), %d chunks", len(doc_ids), sum(len(c) for c in chunk_lists))
+            fresh = DocumentIndex(self.index.fingerprint, self.index.dim)
+            chunk_lists = {doc_id: self._chunk(source, doc_id, config) for doc_id, source in unique.items()}
+            long = {doc_id for doc_id, source in unique.items() if len(source.text) > self.long_text_chars}
+            texts = [c.text for doc_id, chunks in chunk_lists.items() if doc_id not in long for c in chunks]
+            if show_progress is None:
+                show_progress = len(texts) >= PROGRESS_MIN_CHUNKS
+            content = self.model.encode_chunks(texts, self.cache, show_progress=show_progress) if texts else None
+            first = 0
+            for doc_id, chunks in chunk_lists.items():
+                if doc_id in long:
+                    embeddings = self._encode_long(unique[doc_id], doc_id, config, show_progress)
+                else:
+                    embeddings = content[first : first + len(chunks)]
+                    first += len(chunks)
+                fresh.add(chunks, embeddings, doc_id=doc_id)
+            replaced = [doc_id for doc_id in unique if doc_id in self.index.doc_ids]
+            for doc_id in replaced:
+                self.index.remove(doc_id)
+            for doc_id in fresh.doc_ids:
+                start, end = fresh.document_range(doc_id)
+                self.index.add(fresh.chunks[start:end], fresh.content[start:end], doc_id=doc_id)
+        logger.info("indexed %d document(s) (%d replaced), %d chunks", len(unique), len(replaced), len(fresh.chunks))
         return doc_ids
 
-    def _new_doc_ids(self, ids: Sequence[str | None]) -> list[str]:
-        given = [i for i in ids if i is not None]
-        for doc_id in given:
-            if not isinstance(doc_id, str) or not doc_id:
-                raise InvalidInputError(f"document ids must be non-empty strings, got {doc_id!r}")
-        taken = set(self.index.doc_ids)
-        counts = Counter(given)
-        clashes = sorted({i for i in given if i in taken or counts[i] > 1})
-        if clashes:
-            raise InvalidInputError(f"document id(s) {clashes} are already in the index or repeated")
-        return [i if i is not None else uuid.uuid4().hex for i in ids]
+    def _rebuild(self, pieces: Sequence[Piece], position: int) -> RebuiltSource:
+        pieces = _as_list(pieces, f"document {position}")
+        for number, piece in enumerate(pieces):
+            if not isinstance(piece, Piece):
+                raise InvalidInputError(f"document {position}: split {number} is a {type(piece).__name__}, not a Piece")
+        checked = [
+            dataclasses.replace(piece, metadata=check_user_metadata(piece.metadata, f"document {position}"))
+            for piece in pieces
+        ]
+        return rebuild_source(checked, f"document {position}")
 
-    def _chunk_document(
-        self,
-        segments: Sequence[str],
-        metadata: dict[str, Any] | Sequence[dict[str, Any] | None] | None,
-        doc_id: str,
-        config: ChunkingConfig,
-        position: int,
-    ) -> list[Chunk]:
-        segments = _as_list(segments, f"document {position}")
-        if not segments:
-            raise InvalidInputError(f"document {position} ({doc_id}) has no text")
-        if metadata is None or isinstance(metadata, dict):
-            segment_metas = [metadata] * len(segments)
-        else:
-            segment_metas = _as_list(metadata, f"metadata of document {position}")
-            if len(segment_metas) != len(segments):
-                raise InvalidInputError(
-                    f"document {position} ({doc_id}) has {len(segments)} segments but {len(segment_metas)} metadatas"
-                )
-        chunks: list[Chunk] = []
-        offset = 0
-        for text, meta in zip(segments, segment_metas, strict=True):
-            if meta is not None and not isinstance(meta, dict):
-                raise InvalidInputError(f"metadata of document {position} must be a dict, got {type(meta).__name__}")
-            for piece in chunk_text(text, config, self.model.action_encoder.tokenizer, doc_id=doc_id, metadata=meta):
-                chunks.append(
-                    dataclasses.replace(piece, index=len(chunks), start=piece.start + offset, end=piece.end + offset)
-                )
-            offset += len(text) + 1
+    def _chunk(self, source: RebuiltSource, doc_id: str, config: ChunkingConfig) -> list[Chunk]:
+        """Chunks of a rebuilt source, offsets in the source, each with the metadata of its split."""
+        chunks = chunk_text(source.text, config, self.model.action_encoder.tokenizer, doc_id=doc_id)
+        for chunk in chunks:
+            piece = source.piece_at(source.offset + chunk.start)
+            chunk.start += source.offset
+            chunk.end += source.offset
+            chunk.metadata = dict(piece.metadata)
+            if piece.piece_id is not None:
+                chunk.metadata[PIECE_ID_KEY] = piece.piece_id
         return chunks
+
+    def _encode_long(
+        self, source: RebuiltSource, doc_id: str, config: ChunkingConfig, show_progress: bool
+    ) -> torch.Tensor:
+        """Embeddings of a very long text through the resumable sharded builder (its work dir is kept
+        under the cache directory until the text is encoded, so an interrupted add resumes)."""
+        key = hashlib.blake2b(
+            f"{self.model.action_encoder.fingerprint()}|{config}|{doc_id}".encode() + source.text.encode("utf-8"),
+            digest_size=12,
+        ).hexdigest()
+        directory = default_cache_dir() / "long-index" / key
+        logger.info("%s: %d characters; encoding it in resumable shards (%s)", doc_id, len(source.text), directory)
+        built = build_long_index(
+            self.model, source.text, directory, doc_id, config, cache=self.cache, show_progress=show_progress
+        )
+        content = built.content
+        shutil.rmtree(directory, ignore_errors=True)
+        return content
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove documents by id; all or nothing (an unknown id removes none and is named)."""
+        ids = _as_list(ids, "ids")
+        with self._lock:
+            unknown = sorted({i for i in ids if i not in self.index.doc_ids}, key=str)
+            if unknown:
+                raise InvalidInputError(f"no document(s) {unknown} in the index; nothing was deleted")
+            for doc_id in dict.fromkeys(ids):
+                self.index.remove(doc_id)
+        logger.info("deleted %d document(s)", len(set(ids)))
 
     # ----------------------------------------------------------------------------- search
     def search(self, question: str, options: RetrievalOptions | None = None) -> SearchResult:
-        """Multi-step search over every added document (or ``options.document_id``)."""
+        """Multi-step search over every added document (or ``options.document_id(s)``)."""
         options = options or RetrievalOptions()
         with self._lock:
             if len(self.index) == 0:
                 raise InvalidInputError("the retriever has no documents yet; add some with add_texts/add_documents")
-            return self.model.search(question, self.index, **options.search_kwargs())
+            index = self.index
+            kwargs = options.search_kwargs()
+            if options.document_ids is not None:
+                chosen = list(dict.fromkeys(options.document_ids))
+                if not chosen:
+                    return SearchResult(question, [], [])
+                index = self._subset(chosen) if len(chosen) > 1 else index
+                kwargs["document_id"] = chosen[0] if len(chosen) == 1 else None
+            return self.model.search(question, index, **kwargs)
+
+    def _subset(self, doc_ids: list[str]) -> DocumentIndex:
+        """An index of some documents only, in index order (for a search restricted to them)."""
+        subset = DocumentIndex(self.index.fingerprint, self.index.dim)
+        for doc_id in sorted(doc_ids, key=self.index.doc_ids.index):
+            start, end = self.index.document_range(doc_id)
+            subset.add(self.index.chunks[start:end], self.index.content[start:end], doc_id=doc_id)
+        return subset
 
     # ----------------------------------------------------------------------------- persistence
     def save(self, directory: str | os.PathLike[str], options: RetrievalOptions | None = None) -> None:
@@ -290,11 +418,14 @@ class RetrievalSession:
         cls,
         directory: str | os.PathLike[str],
         model: QRAG | None = None,
-        cache: EmbeddingCache | None = None,
+        cache: EmbeddingCache | bool | None = True,
         device: str | None = None,
     ) -> RetrievalSession:
-        """Reopen a saved session; ``model`` replaces the saved one (it must share its action encoder)."""
+        """Reopen a saved session, or a bare index (``qrag-index build`` output) on ``model`` or the
+        default model; ``model`` replaces the saved one (it must share its action encoder)."""
         directory = Path(directory)
+        if not (directory / SESSION_FILE).is_file() and directory.is_dir() and any(directory.iterdir()):
+            return cls._open_index(directory, model, cache, device)
         meta = _read_session_file(directory)
         try:
             model_entry = meta["model"]
@@ -318,9 +449,26 @@ class RetrievalSession:
                     )
         return cls(model, index=index, chunking=chunking, cache=cache, model_name=name)
 
+    @classmethod
+    def _open_index(
+        cls, directory: Path, model: QRAG | None, cache: EmbeddingCache | bool | None, device: str | None
+    ) -> RetrievalSession:
+        try:
+            index = DocumentIndex.load(directory)
+        except CheckpointError as err:
+            raise CheckpointError(
+                f"{directory} is neither a saved qrag retriever ({SESSION_FILE} is missing) nor a qrag index: {err}"
+            ) from err
+        name = None
+        if model is None:
+            model, name = QRAG.from_pretrained(None, device=device), _default_model_name()
+        return cls(model, index=index, cache=cache, model_name=name)
+
 
 def saved_options(directory: str | os.PathLike[str]) -> RetrievalOptions:
-    """The retriever options saved with a session by :meth:`RetrievalSession.save`."""
+    """The retriever options saved with a session by :meth:`RetrievalSession.save` (defaults for a bare index)."""
+    if not (Path(directory) / SESSION_FILE).is_file() and (Path(directory) / "index.json").is_file():
+        return RetrievalOptions()
     meta = _read_session_file(Path(directory))
     try:
         return RetrievalOptions(**meta.get("options", {}))
@@ -333,8 +481,8 @@ def _read_session_file(directory: Path) -> dict[str, Any]:
     if not meta_path.is_file():
         raise CheckpointError(f"{meta_path} is missing: {directory} is not a saved qrag retriever")
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
+        meta = read_json_file(meta_path)
+    except DataFormatError as err:
         raise CheckpointError(f"{meta_path} is corrupt: {err}") from err
     if not isinstance(meta, dict):
         raise CheckpointError(f"{meta_path} is corrupt: expected a JSON object")
@@ -346,6 +494,25 @@ def _read_session_file(directory: Path) -> dict[str, Any]:
 def _default_model_name() -> str:
     """The name :meth:`QRAG.from_pretrained` loads when given none (so a saved session reloads that model)."""
     return DEFAULT_MODEL_NAME if DEFAULT_MODEL_NAME in shipped_model_names() else BASE_MODEL_ALIASES[0]
+
+
+def _document_ids(ids: Sequence[str | None], sources: Sequence[RebuiltSource]) -> list[str]:
+    """The given ids (checked), and for the others an id derived from the text and first metadata."""
+    given = [i for i in ids if i is not None]
+    for doc_id in given:
+        if not isinstance(doc_id, str) or not doc_id:
+            raise InvalidInputError(f"document ids must be non-empty strings, got {doc_id!r}")
+    repeated = sorted(i for i, n in Counter(given).items() if n > 1)
+    if repeated:
+        raise InvalidInputError(f"document id(s) {repeated} are repeated in one batch")
+    return [doc_id if doc_id is not None else content_id(source) for doc_id, source in zip(ids, sources, strict=True)]
+
+
+def content_id(source: RebuiltSource) -> str:
+    """An id for a document added without one: the same text and metadata always get the same id."""
+    metadata = json.dumps(source.spans[0][2].metadata, sort_keys=True, default=repr)
+    digest = hashlib.blake2b(f"{source.offset}|{metadata}|{source.text}".encode(), digest_size=16)
+    return digest.hexdigest()
 
 
 def _as_list(values: Any, what: str) -> list[Any]:

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from qrag_core.chunking import Chunk
+from qrag_core.chunking import Chunk, validate_text
 from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
 from qrag_core.positions import position_intervals
 from qrag_core.scoring import top_k
+from qrag_core.validation import check_finite, check_positive_int, is_int
 
 if TYPE_CHECKING:
     from qrag_core.model import QRAG
@@ -97,15 +98,28 @@ class _Beam:
     greedy: bool
 
 
-def _validate(question: object, index: DocumentIndex, steps: int, beam: int, expand_k: int) -> None:
-    if not isinstance(question, str):
-        raise InvalidInputError(f"the question must be a string, got {type(question).__name__}")
-    if not question.strip():
-        raise InvalidInputError("the question is empty")
+def _validate(
+    question: object,
+    index: DocumentIndex,
+    steps: object,
+    beam: object,
+    expand_k: object,
+    stop_threshold: object,
+    document_id: object,
+    alternatives: object,
+) -> None:
+    validate_text(question, "the question")
+    if not isinstance(index, DocumentIndex):
+        raise InvalidInputError(f"index must be a DocumentIndex, got {type(index).__name__}")
     if len(index) == 0:
         raise InvalidInputError("the index is empty; add a document first")
-    if steps <= 0 or beam <= 0 or expand_k <= 0:
-        raise InvalidInputError(f"steps, beam and expand_k must be positive (got {steps}, {beam}, {expand_k})")
+    for name, value in (("steps", steps), ("beam", beam), ("expand_k", expand_k)):
+        check_positive_int(name, value)
+    check_finite("stop_threshold", stop_threshold, allow_none=True)
+    if document_id is not None and not isinstance(document_id, str):
+        raise InvalidInputError(f"document_id must be a string or None, got {document_id!r}")
+    if not is_int(alternatives) or alternatives < 0:  # type: ignore[operator]
+        raise InvalidInputError(f"alternatives must be an integer >= 0, got {alternatives!r}")
 
 
 @torch.inference_mode()
@@ -131,7 +145,7 @@ def search(
     beam = config.beam_width if beam is None else beam
     expand_k = beam if expand_k is None else expand_k
     stop_threshold = config.stop_threshold if stop_threshold is None else stop_threshold
-    _validate(question, index, steps, beam, expand_k)
+    _validate(question, index, steps, beam, expand_k, stop_threshold, document_id, alternatives)
 
     actions = model.index_action_vectors(index)
     if document_id is not None:

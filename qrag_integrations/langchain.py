@@ -1,14 +1,25 @@
-"""LangChain retriever for Q-RAG multi-step retrieval (SPEC §1, §3.5).
+"""LangChain retriever for Q-RAG multi-step retrieval (arXiv 2511.07328).
 
 A thin adapter: documents go into a :class:`qrag_core.retrieval_session.RetrievalSession`, queries
-come back as ``Document`` objects, one per selected chunk, in document order, with metadata
-``step``, ``q_value``, ``chunk_index``, ``position`` (plus ``doc_id``, ``start``, ``end`` and the
-source document's metadata)::
+come back as ``Document`` objects, one per selected chunk, with the source's metadata plus qrag's
+``qrag_doc_id``, ``qrag_chunk_index``, ``qrag_start``/``qrag_end`` (offsets in the source),
+``qrag_step``, ``qrag_q_value`` and ``qrag_position`` (a user's metadata keys are never overwritten;
+keys starting with ``qrag_`` are refused). Results come in document order (``order="document"``,
+what a reader wants) or in the order the search picked them (``order="rank"``)::
 
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
     from qrag_integrations.langchain import QRAGRetriever
     retriever = QRAGRetriever.from_pretrained(k=4)
-    retriever.add_texts([long_text], metadatas=[{"source": "book.txt"}])
+    splits = RecursiveCharacterTextSplitter(chunk_size=1000, add_start_index=True).split_documents([book])
+    retriever.add_documents(splits)                     # regrouped into the book, overlap removed
     docs = retriever.invoke("Where is Mary?", k=2)      # per-call override
+    retriever.save("book-retriever")                    # no pickle
+    retriever = QRAGRetriever.load("book-retriever")    # also opens a `qrag-index build` directory
+
+Splits of one source (documents with the same ``source`` and a ``start_index``, as a LangChain text
+splitter's ``add_start_index=True`` makes them) are indexed as that one source, so positions ρ_t span
+it; other documents stay separate. Adding a document under an id already present replaces it; a
+document without id gets one derived from its text and metadata (a split source: its ``source``).
 
 ``ainvoke`` runs the search in a worker thread, so it never blocks the event loop; the session's
 lock makes concurrent calls (and additions) safe.
@@ -17,8 +28,9 @@ lock makes concurrent calls (and additions) safe.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 try:
     from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
@@ -32,10 +44,24 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess witho
 
 from qrag_core.config import ChunkingConfig
 from qrag_core.embedding_cache import EmbeddingCache
+from qrag_core.errors import InvalidInputError
 from qrag_core.model import QRAG
-from qrag_core.retrieval_session import RetrievalOptions, RetrievalSession, chunk_id, evidence_metadata
+from qrag_core.retrieval_session import (
+    RetrievalOptions,
+    RetrievalSession,
+    chunk_id,
+    evidence_metadata,
+    ordered,
+    saved_options,
+)
+from qrag_core.sources import Piece, group_pieces
 
 __all__ = ["QRAGRetriever"]
+
+START_KEY = "start_index"
+"""Metadata key of a split's offset in its source (LangChain's ``add_start_index=True``)."""
+SOURCE_KEY = "source"
+"""Metadata key naming a split's source (set by LangChain's document loaders)."""
 
 
 class QRAGRetriever(BaseRetriever):
@@ -53,6 +79,12 @@ class QRAGRetriever(BaseRetriever):
     """Stop early when the best Q falls below this (None: the model's default)."""
     document_id: str | None = None
     """Search only this added document (None: all of them)."""
+    document_ids: list[str] | None = None
+    """Search only these added documents (None: all of them)."""
+    order: Literal["document", "rank"] | None = None
+    """Result order: ``document`` (None, the default: source order) or ``rank`` (order of selection)."""
+    show_progress: bool | None = None
+    """Progress bar while encoding added documents (None: for large adds only)."""
 
     @classmethod
     def from_pretrained(
@@ -60,19 +92,46 @@ class QRAGRetriever(BaseRetriever):
         name_or_path: str | None = None,
         *,
         chunking: ChunkingConfig | None = None,
-        cache: EmbeddingCache | None = None,
+        cache: EmbeddingCache | bool | None = True,
         device: str | None = None,
         **options: Any,
     ) -> QRAGRetriever:
-        """A retriever on a saved or shipped model (no name: the default); ``options`` as the fields."""
+        """A retriever on a saved or shipped model (no name: the default); ``options`` as the fields.
+
+        ``cache``: True (default) for the shared on-disk embedding cache (``$QRAG_CACHE_DIR``), None for none.
+        """
         return cls(session=RetrievalSession.from_pretrained(name_or_path, chunking, cache, device), **options)
 
     @classmethod
     def from_model(
-        cls, model: QRAG, *, chunking: ChunkingConfig | None = None, cache: EmbeddingCache | None = None, **options: Any
+        cls,
+        model: QRAG,
+        *,
+        chunking: ChunkingConfig | None = None,
+        cache: EmbeddingCache | bool | None = True,
+        **options: Any,
     ) -> QRAGRetriever:
         """A retriever on a model already in memory (e.g. one just fine-tuned)."""
         return cls(session=RetrievalSession(model, chunking=chunking, cache=cache), **options)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        model: QRAG | None = None,
+        cache: EmbeddingCache | bool | None = True,
+        device: str | None = None,
+        **options: Any,
+    ) -> QRAGRetriever:
+        """Reopen a retriever written by :meth:`save`, or a ``qrag-index build`` directory (on ``model`` or
+        the default model); ``options`` override the saved ones."""
+        session = RetrievalSession.load(path, model, cache, device)
+        return cls(session=session, **_fields(saved_options(path).override(**options)))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the index, the options and the model's name (or the model, if built in memory) to ``path``."""
+        self.session.save(path, self.search_options())
 
     def add_texts(
         self,
@@ -82,20 +141,53 @@ class QRAGRetriever(BaseRetriever):
         chunking: ChunkingConfig | None = None,
     ) -> list[str]:
         """Chunk and index one document per text; returns the document ids."""
-        return self.session.add_texts(texts, metadatas, ids, chunking)
+        return self.session.add_texts(texts, metadatas, ids, chunking, self.show_progress)
 
-    def add_documents(self, documents: Sequence[Document], chunking: ChunkingConfig | None = None) -> list[str]:
-        """Chunk and index LangChain documents; each chunk carries its document's metadata."""
-        return self.add_texts(
-            [doc.page_content for doc in documents],
-            [doc.metadata for doc in documents],
-            [doc.id for doc in documents],
-            chunking,
-        )
+    def add_documents(
+        self,
+        documents: Sequence[Document],
+        ids: Sequence[str | None] | None = None,
+        chunking: ChunkingConfig | None = None,
+    ) -> list[str]:
+        """Chunk and index LangChain documents; returns the id each document was added under.
 
-    async def aadd_documents(self, documents: Sequence[Document], chunking: ChunkingConfig | None = None) -> list[str]:
+        Splits of one source (same ``source``, with ``start_index``) become that one document.
+        """
+        documents = list(documents)
+        if ids is not None and len(ids) != len(documents):
+            raise InvalidInputError(f"{len(documents)} documents but {len(ids)} ids")
+        given = list(ids) if ids is not None else [doc.id for doc in documents]
+        keys = [_source_key(doc) for doc in documents]
+        pieces = [
+            Piece(doc.page_content, 0, doc.metadata)
+            if key is None
+            else Piece(doc.page_content, doc.metadata[START_KEY], doc.metadata, doc_id)
+            for doc, key, doc_id in zip(documents, keys, given, strict=True)
+        ]
+        groups, which = group_pieces(keys, pieces)
+        group_ids = [
+            _group_id([given[i] for i, w in enumerate(which) if w == number], keys[which.index(number)])
+            for number in range(len(groups))
+        ]
+        added = self.session.add_sources(groups, group_ids, chunking, self.show_progress)
+        return [added[number] for number in which]
+
+    async def aadd_documents(
+        self,
+        documents: Sequence[Document],
+        ids: Sequence[str | None] | None = None,
+        chunking: ChunkingConfig | None = None,
+    ) -> list[str]:
         """:meth:`add_documents` in a worker thread (encoding a long document takes a while)."""
-        return await asyncio.to_thread(self.add_documents, documents, chunking)
+        return await asyncio.to_thread(self.add_documents, documents, ids, chunking)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove documents by the ids :meth:`add_documents` returned (all or nothing)."""
+        self.session.delete(ids)
+
+    async def adelete(self, ids: Sequence[str]) -> None:
+        """:meth:`delete` in a worker thread."""
+        await asyncio.to_thread(self.delete, ids)
 
     @model_validator(mode="after")
     def _check_options(self) -> QRAGRetriever:
@@ -107,10 +199,11 @@ class QRAGRetriever(BaseRetriever):
         return RetrievalOptions(**{name: getattr(self, name) for name in RetrievalOptions.names()})
 
     def _search(self, query: str, overrides: dict[str, Any]) -> list[Document]:
-        result = self.session.search(query, self.search_options().override(**overrides))
+        options = self.search_options().override(**overrides)
+        result = self.session.search(query, options)
         return [
             Document(page_content=sel.chunk.text, metadata=evidence_metadata(sel), id=chunk_id(sel.chunk))
-            for sel in result.chunks
+            for sel in ordered(result, options.order)
         ]
 
     def _get_relevant_documents(
@@ -122,3 +215,22 @@ class QRAGRetriever(BaseRetriever):
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **overrides: Any
     ) -> list[Document]:
         return await asyncio.to_thread(self._search, query, overrides)
+
+
+def _source_key(doc: Document) -> tuple[str, Any] | None:
+    """The source a split belongs to (None: a document of its own)."""
+    start, source = doc.metadata.get(START_KEY), doc.metadata.get(SOURCE_KEY)
+    if isinstance(start, int) and not isinstance(start, bool) and start >= 0 and source is not None:
+        return ("source", str(source))
+    return None
+
+
+def _group_id(member_ids: list[str | None], key: tuple[str, Any] | None) -> str | None:
+    """A document's id; for a split source, its splits' common id if they share one, else its ``source``."""
+    if key is None or (len(set(member_ids)) == 1 and member_ids[0] is not None):
+        return member_ids[0]
+    return key[1]
+
+
+def _fields(options: RetrievalOptions) -> dict[str, Any]:
+    return {name: getattr(options, name) for name in RetrievalOptions.names()}

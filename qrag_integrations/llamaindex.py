@@ -1,27 +1,43 @@
-"""LlamaIndex retriever for Q-RAG multi-step retrieval (SPEC §1, §3.5).
+"""LlamaIndex retriever for Q-RAG multi-step retrieval (arXiv 2511.07328).
 
-A thin adapter over :class:`qrag_core.retrieval_session.RetrievalSession`: LlamaIndex documents or
-nodes go in, each query returns one ``NodeWithScore`` per selected chunk, in document order, with
-``score`` = the chunk's Q-value and node metadata ``step``, ``q_value``, ``chunk_index``,
-``position`` (plus ``doc_id``, ``start``, ``end`` and the source's metadata; these retrieval keys
-are hidden from the LLM prompt)::
+A thin adapter over :class:`qrag_core.retrieval_session.RetrievalSession`; each query returns
+``NodeWithScore`` objects with ``score`` = the Q-value of the selected chunk::
 
+    from llama_index.core.node_parser import SentenceSplitter
     from qrag_integrations.llamaindex import QRAGRetriever
-    retriever = QRAGRetriever.from_defaults(documents=docs, k=4)
+    nodes = SentenceSplitter(chunk_size=256).get_nodes_from_documents(docs)
+    retriever = QRAGRetriever.from_defaults(nodes=nodes, similarity_top_k=4)
     engine = retriever.as_query_engine(llm=my_llm)      # a RetrieverQueryEngine
     print(engine.query("Where is Mary?"))
     retriever.persist("./qrag_store")
     retriever = QRAGRetriever.from_persist_dir("./qrag_store")
 
-Nodes of one source document (same ``ref_doc_id``) are indexed together, in the order given, as
-one document, so Q-RAG's positions span the whole document.
+What comes back:
+
+- given **nodes**, the user's own nodes (their ids, text, metadata and relationships, unchanged, so a
+  ``QueryFusionRetriever`` merges them with another retriever's): Q-RAG searches sentence chunks of
+  the nodes, and each node holding selected chunks is returned once, scored by its best chunk's Q.
+  ``QRAGNodeWithScore.qrag`` lists qrag's metadata of the chunks selected in it;
+- given **documents**, one node per selected chunk, with ``ref_doc_id``, ``start_char_idx`` and
+  ``end_char_idx`` into the document's text, PREVIOUS/NEXT relationships to its neighbouring chunks
+  and metadata = the document's plus qrag's ``qrag_doc_id``, ``qrag_chunk_index``, ``qrag_start``,
+  ``qrag_end``, ``qrag_step``, ``qrag_q_value``, ``qrag_position`` (hidden from the LLM prompt; a
+  user's keys are never overwritten, keys starting with ``qrag_`` are refused).
+
+Nodes of one source document (same ``ref_doc_id``) are indexed as that one document, placed by
+their ``start_char_idx`` (overlap removed; without offsets: in the order given), so Q-RAG's positions
+span the whole document. Results come in document order (``order="document"``, the default) or in
+the order the search picked them (``order="rank"``, what fusion retrievers expect). ``filters``
+(``MetadataFilters``) restrict the search to the documents whose metadata match.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 try:
@@ -37,6 +53,10 @@ try:
         RelatedNodeInfo,
         TextNode,
     )
+    from llama_index.core.storage.docstore.utils import doc_to_json, json_to_doc
+    from llama_index.core.vector_stores.types import MetadataFilters
+    from llama_index.core.vector_stores.utils import build_metadata_filter_fn
+    from pydantic import Field
 except ImportError as err:  # pragma: no cover - exercised in a subprocess without LlamaIndex
     raise ImportError(
         'qrag_integrations.llamaindex needs LlamaIndex; install it with: pip install "qrag[llamaindex]"'
@@ -44,19 +64,32 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess witho
 
 from qrag_core.config import ChunkingConfig
 from qrag_core.embedding_cache import EmbeddingCache
-from qrag_core.errors import InvalidInputError
+from qrag_core.errors import CheckpointError, InvalidInputError
 from qrag_core.model import QRAG
 from qrag_core.retrieval_session import (
+    PIECE_ID_KEY,
     RETRIEVAL_METADATA_KEYS,
     RetrievalOptions,
     RetrievalSession,
     chunk_id,
     evidence_metadata,
+    ordered,
     saved_options,
 )
 from qrag_core.search import SelectedChunk
+from qrag_core.sources import Piece, group_pieces
 
-__all__ = ["QRAGRetriever"]
+__all__ = ["QRAGNodeWithScore", "QRAGRetriever"]
+
+NODES_FILE = "llamaindex_nodes.jsonl"
+"""The user's nodes, saved next to the retriever (LlamaIndex's own JSON form, no pickle)."""
+
+
+class QRAGNodeWithScore(NodeWithScore):
+    """A retrieved node with qrag's metadata of each chunk selected in it."""
+
+    qrag: list[dict[str, Any]] = Field(default_factory=list)
+    """One dict per selected chunk: :data:`RETRIEVAL_METADATA_KEYS` and ``text``."""
 
 
 class QRAGRetriever(BaseRetriever):
@@ -68,11 +101,18 @@ class QRAGRetriever(BaseRetriever):
         options: RetrievalOptions | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
+        filters: MetadataFilters | None = None,
+        show_progress: bool | None = None,
     ) -> None:
-        """``options``: k (chunks per query), beam, expand_k, stop_threshold, document_id."""
+        """``options``: k (chunks per query), beam, expand_k, stop_threshold, document_id(s), order.
+        ``filters``: search only the documents whose metadata match. ``show_progress``: a progress bar
+        while encoding inserted documents (None: for large inserts only)."""
         super().__init__(callback_manager=callback_manager, verbose=verbose)
         self.session = session
         self.options = options or RetrievalOptions()
+        self.filters = filters
+        self.show_progress = show_progress
+        self._nodes: dict[str, BaseNode] = {}
 
     @classmethod
     def from_pretrained(
@@ -80,14 +120,19 @@ class QRAGRetriever(BaseRetriever):
         name_or_path: str | None = None,
         *,
         chunking: ChunkingConfig | None = None,
-        cache: EmbeddingCache | None = None,
+        cache: EmbeddingCache | bool | None = True,
         device: str | None = None,
         callback_manager: CallbackManager | None = None,
+        filters: MetadataFilters | None = None,
+        show_progress: bool | None = None,
         **options: Any,
     ) -> QRAGRetriever:
-        """An empty retriever on a saved or shipped model (no name: the default model)."""
+        """An empty retriever on a saved or shipped model (no name: the default model).
+
+        ``cache``: True (default) for the shared on-disk embedding cache (``$QRAG_CACHE_DIR``), None for none.
+        """
         session = RetrievalSession.from_pretrained(name_or_path, chunking, cache, device)
-        return cls(session, RetrievalOptions(**options), callback_manager)
+        return cls(session, _options(options), callback_manager, filters=filters, show_progress=show_progress)
 
     @classmethod
     def from_defaults(
@@ -97,18 +142,23 @@ class QRAGRetriever(BaseRetriever):
         model: QRAG | str | None = None,
         *,
         chunking: ChunkingConfig | None = None,
-        cache: EmbeddingCache | None = None,
+        cache: EmbeddingCache | bool | None = True,
         callback_manager: CallbackManager | None = None,
+        filters: MetadataFilters | None = None,
+        show_progress: bool | None = None,
         **options: Any,
     ) -> QRAGRetriever:
-        """A retriever over ``nodes`` or ``documents``; ``model`` is a QRAG, a model name/path, or None."""
+        """A retriever over ``nodes`` or ``documents``; ``model`` is a QRAG, a model name/path, or None.
+
+        ``options``: ``k`` (or ``similarity_top_k``), ``beam``, ``expand_k``, ``stop_threshold``, ``order`` …
+        """
         if (nodes is None) == (documents is None):
             raise InvalidInputError("give exactly one of nodes= or documents=")
         if isinstance(model, QRAG):
             session = RetrievalSession(model, chunking=chunking, cache=cache)
         else:
             session = RetrievalSession.from_pretrained(model, chunking, cache)
-        retriever = cls(session, RetrievalOptions(**options), callback_manager)
+        retriever = cls(session, _options(options), callback_manager, filters=filters, show_progress=show_progress)
         if nodes is not None:
             retriever.insert_nodes(nodes)
         else:
@@ -121,56 +171,135 @@ class QRAGRetriever(BaseRetriever):
         persist_dir: str | os.PathLike[str],
         model: QRAG | None = None,
         *,
-        cache: EmbeddingCache | None = None,
+        cache: EmbeddingCache | bool | None = True,
         callback_manager: CallbackManager | None = None,
+        filters: MetadataFilters | None = None,
         **options: Any,
     ) -> QRAGRetriever:
-        """Reopen a retriever written by :meth:`persist`; ``model`` and ``options`` override the saved ones."""
+        """Reopen a retriever written by :meth:`persist`, or a ``qrag-index build`` directory; ``model``
+        and ``options`` override the saved ones."""
         session = RetrievalSession.load(persist_dir, model, cache)
-        return cls(session, saved_options(persist_dir).override(**options), callback_manager)
+        saved = saved_options(persist_dir).override(**_option_values(options))
+        retriever = cls(session, saved, callback_manager, filters=filters)
+        nodes_path = Path(persist_dir) / NODES_FILE
+        if nodes_path.is_file():
+            with open(nodes_path, encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    try:
+                        node = json_to_doc(json.loads(line))
+                    except (ValueError, KeyError, TypeError) as err:
+                        raise CheckpointError(f"{nodes_path}:{number}: not a saved LlamaIndex node: {err}") from err
+                    retriever._nodes[node.node_id] = node
+        return retriever
 
     def persist(self, persist_dir: str | os.PathLike[str]) -> None:
-        """Save the index, the options and the model's name (or the model itself if it was built in memory)."""
+        """Save the index, the options, the given nodes and the model's name (or the model itself if it
+        was built in memory)."""
         self.session.save(persist_dir, self.options)
+        nodes_path = Path(persist_dir) / NODES_FILE
+        tmp = nodes_path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for node in self._nodes.values():
+                f.write(json.dumps(doc_to_json(node), ensure_ascii=False) + "\n")
+        os.replace(tmp, nodes_path)
 
-    def insert_documents(self, documents: Sequence[Document]) -> list[str]:
-        """Chunk and index LlamaIndex documents; returns their ids."""
-        return self.session.add_texts(
-            [doc.text for doc in documents], [doc.metadata for doc in documents], [doc.doc_id for doc in documents]
+    def insert_documents(self, documents: Sequence[Document], show_progress: bool | None = None) -> list[str]:
+        """Chunk and index LlamaIndex documents (one document each, replacing one of the same id)."""
+        return self.session.add_sources(
+            [[Piece(doc.text, 0, doc.metadata)] for doc in documents],
+            [doc.doc_id for doc in documents],
+            show_progress=self._progress(show_progress),
         )
 
-    def insert_nodes(self, nodes: Sequence[BaseNode]) -> list[str]:
-        """Index nodes; nodes sharing a ``ref_doc_id`` form one document, in the order given."""
-        groups: dict[str, list[BaseNode]] = {}
-        for node in nodes:
-            groups.setdefault(node.ref_doc_id or node.node_id, []).append(node)
-        return self.session.add_segmented_texts(
-            [[node.get_content() for node in group] for group in groups.values()],
-            [[{**node.metadata, "node_id": node.node_id} for node in group] for group in groups.values()],
-            list(groups),
-        )
+    def insert_nodes(self, nodes: Sequence[BaseNode], show_progress: bool | None = None) -> list[str]:
+        """Index nodes; nodes sharing a ``ref_doc_id`` form one document. Returns the document ids."""
+        nodes = list(nodes)
+        keys = [node.ref_doc_id or node.node_id for node in nodes]
+        pieces = [Piece(node.get_content(), node.start_char_idx, node.metadata, node.node_id) for node in nodes]
+        groups, which = group_pieces(keys, pieces)
+        doc_ids = [keys[which.index(number)] for number in range(len(groups))]
+        added = self.session.add_sources(groups, doc_ids, show_progress=self._progress(show_progress))
+        for doc_id in added:
+            self._forget(doc_id)
+        self._nodes.update((node.node_id, node) for node in nodes)
+        return added
+
+    def delete_ref_doc(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        """Remove a document (and the nodes of it that were given) from the index."""
+        self.session.delete([ref_doc_id])
+        self._forget(ref_doc_id)
 
     def as_query_engine(self, **kwargs: Any) -> RetrieverQueryEngine:
         """A ``RetrieverQueryEngine`` on this retriever (``llm=``, ``response_mode=`` … as ``from_args``)."""
         return RetrieverQueryEngine.from_args(self, **kwargs)
 
-    def _to_node(self, selected: SelectedChunk) -> NodeWithScore:
+    def _progress(self, show_progress: bool | None) -> bool | None:
+        return self.show_progress if show_progress is None else show_progress
+
+    def _forget(self, doc_id: str) -> None:
+        for node_id in [i for i, node in self._nodes.items() if (node.ref_doc_id or node.node_id) == doc_id]:
+            del self._nodes[node_id]
+
+    def _search_options(self) -> RetrievalOptions:
+        if self.filters is None or not self.filters.filters:
+            return self.options
+        index = self.session.index
+        metadata = {doc_id: index.chunks[index.document_range(doc_id)[0]].metadata for doc_id in index.doc_ids}
+        matches = build_metadata_filter_fn(metadata.__getitem__, self.filters)
+        return self.options.override(document_ids=[doc_id for doc_id in index.doc_ids if matches(doc_id)])
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        options = self._search_options()
+        result = self.session.search(query_bundle.query_str, options)
+        found: dict[str, QRAGNodeWithScore] = {}
+        for selected in ordered(result, options.order):
+            user_node = self._nodes.get(selected.chunk.metadata.get(PIECE_ID_KEY, ""))
+            node = user_node if user_node is not None else self._chunk_node(selected)
+            hit = found.setdefault(node.node_id, QRAGNodeWithScore(node=node, score=selected.q_value))
+            hit.score = max(hit.get_score(), selected.q_value)
+            hit.qrag.append({**_retrieval_metadata(selected), "text": selected.chunk.text})
+        return list(found.values())
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return await asyncio.to_thread(self._retrieve, query_bundle)
+
+    def _chunk_node(self, selected: SelectedChunk) -> TextNode:
+        """A node for a chunk of an inserted document: offsets into its text, links to its neighbours."""
         chunk = selected.chunk
+        metadata = evidence_metadata(selected)
+        metadata.pop(PIECE_ID_KEY, None)
         node = TextNode(
             id_=chunk_id(chunk),
             text=chunk.text,
-            metadata=evidence_metadata(selected),
+            metadata=metadata,
             excluded_llm_metadata_keys=list(RETRIEVAL_METADATA_KEYS),
             excluded_embed_metadata_keys=list(RETRIEVAL_METADATA_KEYS),
             start_char_idx=chunk.start,
             end_char_idx=chunk.end,
         )
+        start, end = self.session.index.document_range(chunk.doc_id)
         node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=chunk.doc_id)
-        return NodeWithScore(node=node, score=selected.q_value)
+        if chunk.index > 0:
+            node.relationships[NodeRelationship.PREVIOUS] = RelatedNodeInfo(node_id=f"{chunk.doc_id}#{chunk.index - 1}")
+        if chunk.index + 1 < end - start:
+            node.relationships[NodeRelationship.NEXT] = RelatedNodeInfo(node_id=f"{chunk.doc_id}#{chunk.index + 1}")
+        return node
 
-    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        result = self.session.search(query_bundle.query_str, self.options)
-        return [self._to_node(selected) for selected in result.chunks]
 
-    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        return await asyncio.to_thread(self._retrieve, query_bundle)
+def _retrieval_metadata(selected: SelectedChunk) -> dict[str, Any]:
+    metadata = evidence_metadata(selected)
+    return {key: metadata[key] for key in RETRIEVAL_METADATA_KEYS}
+
+
+def _option_values(options: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments as retrieval option values; ``similarity_top_k`` is LlamaIndex's name for ``k``."""
+    options = dict(options)
+    if "similarity_top_k" in options:
+        if options.get("k") is not None:
+            raise InvalidInputError("give k or similarity_top_k, not both")
+        options["k"] = options.pop("similarity_top_k")
+    return options
+
+
+def _options(options: dict[str, Any]) -> RetrievalOptions:
+    return RetrievalOptions().override(**_option_values(options))

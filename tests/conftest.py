@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -15,6 +16,8 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Retrievers use the shared on-disk embedding cache by default; tests get their own, empty one.
+os.environ["QRAG_CACHE_DIR"] = tempfile.mkdtemp(prefix="qrag-test-cache-")
 
 from qrag_core import QRAG, QRAGConfig  # noqa: E402
 from qrag_core.encoders import TextEncoder  # noqa: E402

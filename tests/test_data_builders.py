@@ -259,9 +259,9 @@ def test_qrag_data_babilong_writes_the_same_file_for_the_same_seed(tmp_path: Pat
 def test_qrag_data_reports_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from qrag_core.cli.data import main as data_main
 
-    assert data_main(["babilong", "--task", "qa99", "--length", "1k", "--out", str(tmp_path / "x.jsonl")]) == 1
+    assert data_main(["babilong", "--task", "qa99", "--length", "1k", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "qa99" in capsys.readouterr().err
-    assert data_main(["babilong", "--task", "qa1", "--length", "lots", "--out", str(tmp_path / "x.jsonl")]) == 1
+    assert data_main(["babilong", "--task", "qa1", "--length", "lots", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "bad length" in capsys.readouterr().err
 
 

@@ -3,8 +3,10 @@
 import random
 
 import pytest
+import torch
+from transformers import BertConfig, BertModel
 
-from qrag_core.encoders import fit_pieces
+from qrag_core.encoders import TextEncoder, fit_pieces
 
 WORDS = "apple river king ship tower wolf lamp cake road bell star coin rope mask drum".split()
 
@@ -72,3 +74,115 @@ def test_forty_steps_over_64_token_chunks_real_model(real_model):
     index = real_model.index_documents([long_document(45, seed=1)])
     result = real_model.search("which king owns the ship?", index, steps=40)
     assert len({s.chunk_index for s in result.trace}) == 40
+
+
+# ------------------------------------------------------------------ sentence-transformers equivalence
+def save_tiny_st(directory, tokenizer, pooling="mean", prompts=None, dense=False, normalize=True, seed=0):
+    """A tiny random BERT saved as a sentence-transformers directory with the given modules and prompts."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+
+    torch.manual_seed(seed)
+    hf = directory / "hf"
+    bert = BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=512,
+        )
+    )
+    bert.save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
+    modules = [Transformer(str(hf), max_seq_length=128), Pooling(32, pooling)]
+    if dense:
+        modules.append(Dense(32, 32, activation_function=torch.nn.Tanh()))
+    if normalize:
+        modules.append(Normalize())
+    st = SentenceTransformer(modules=modules, prompts=prompts, device="cpu")
+    st.save(str(directory / "st"), create_model_card=False)
+    return str(directory / "st")
+
+
+def cosines(a, b):
+    return torch.nn.functional.cosine_similarity(torch.as_tensor(a), torch.as_tensor(b), dim=-1)
+
+
+TEXTS = ["Mary moved to the bathroom.", "John picked up the football there.", "a", "Where is the milk? " * 5]
+
+ST_CASES = {
+    "mean": {"pooling": "mean"},
+    "cls": {"pooling": "cls"},
+    "max_dense": {"pooling": "max", "dense": True, "normalize": False},
+    "e5_prompts": {"pooling": "mean", "prompts": {"query": "query: ", "passage": "passage: "}},
+    "instructor": {"pooling": "mean", "prompts": {"query": "Represent the question: "}, "include_prompt": False},
+}
+
+
+@pytest.mark.parametrize("case", sorted(ST_CASES))
+def test_embeddings_equal_sentence_transformers(tmp_path, minilm_tokenizer, case):
+    from sentence_transformers import SentenceTransformer
+
+    options = dict(ST_CASES[case])
+    include_prompt = options.pop("include_prompt", True)
+    path = save_tiny_st(tmp_path, minilm_tokenizer, **options)
+    st = SentenceTransformer(path, device="cpu")
+    if not include_prompt:
+        st.set_pooling_include_prompt(False)
+        st.save(path, create_model_card=False)
+        st = SentenceTransformer(path, device="cpu")
+    encoder = TextEncoder.from_path(path)
+    prompts = options.get("prompts") or {}
+    chunks = encoder.encode(TEXTS)
+    assert torch.all(cosines(chunks, st.encode(TEXTS, prompt=prompts.get("passage"))) > 0.9999)
+    states = encoder.embed_states(TEXTS, [[]] * len(TEXTS)).detach()
+    assert torch.all(cosines(states, st.encode(TEXTS, prompt=prompts.get("query"))) > 0.9999)
+    if prompts:  # the prompts change the embedding, so the comparison above is not vacuous
+        assert torch.all(cosines(chunks, st.encode(TEXTS)) < 0.9999) or torch.all(
+            cosines(states, st.encode(TEXTS)) < 0.9999
+        )
+
+
+def test_plain_transformers_directory_is_mean_pooled_like_sentence_transformers(tmp_path, minilm_tokenizer):
+    from sentence_transformers import SentenceTransformer
+
+    path = save_tiny_st(tmp_path, minilm_tokenizer)
+    hf = str(tmp_path / "hf")
+    encoder = TextEncoder.from_path(hf)
+    assert torch.all(cosines(encoder.encode(TEXTS), SentenceTransformer(hf, device="cpu").encode(TEXTS)) > 0.9999)
+    assert encoder.fingerprint() == TextEncoder.from_path(path).fingerprint(), "same weights, same pipeline"
+
+
+def test_pooling_and_prompts_change_the_fingerprint(tmp_path, minilm_tokenizer):
+    mean = TextEncoder.from_path(save_tiny_st(tmp_path / "mean", minilm_tokenizer))
+    cls = TextEncoder.from_path(save_tiny_st(tmp_path / "cls", minilm_tokenizer, pooling="cls"))
+    e5 = TextEncoder.from_path(save_tiny_st(tmp_path / "e5", minilm_tokenizer, prompts={"query": "query: "}))
+    assert len({mean.fingerprint(), cls.fingerprint(), e5.fingerprint()}) == 3
+
+
+def test_saved_encoder_loads_back_with_its_pooling(tmp_path, minilm_tokenizer):
+    encoder = TextEncoder.from_path(save_tiny_st(tmp_path, minilm_tokenizer, pooling="cls", prompts={"query": "q: "}))
+    encoder.save(str(tmp_path / "copy"))
+    again = TextEncoder.from_path(str(tmp_path / "copy"))
+    assert torch.equal(again.encode(TEXTS), encoder.encode(TEXTS))
+    assert again.fingerprint() == encoder.fingerprint()
+
+
+def test_cut_chunks_are_logged_once_per_encoding(tiny_model, caplog):
+    encoder = tiny_model.action_encoder
+    with caplog.at_level("WARNING", logger="qrag_core.encoders"):
+        encoder.encode(["short one.", " ".join(WORDS * 10), " ".join(WORDS * 20)])
+        encoder.encode(["short one."])
+    cut = [r for r in caplog.records if "were cut" in r.getMessage()]
+    assert len(cut) == 1 and "2 of 3 chunks" in cut[0].getMessage()
+
+
+@pytest.mark.slow
+def test_shipped_model_keeps_its_fingerprints(real_model):
+    from qrag_core import QRAG
+
+    shipped = QRAG.from_pretrained()
+    assert shipped.action_encoder.fingerprint() == "daa204ee1ce3e63022dd7b05e9fc7dea"
+    assert real_model.action_encoder.fingerprint() == "daa204ee1ce3e63022dd7b05e9fc7dea"

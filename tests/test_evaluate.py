@@ -171,7 +171,7 @@ def test_eval_malformed_line_names_file_and_line(tmp_path: Path, capsys: pytest.
 
 def test_eval_rows_without_support_are_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = _write_rows(tmp_path / "nosupport.jsonl", [{"question": "q?", "chunks": ["a.", "b."]}])
-    assert eval_main(["--data", str(data), "--method", "bm25"]) == 1
+    assert eval_main(["--data", str(data), "--method", "bm25"]) == 2
     assert f"{data}:1: training needs support labels" in capsys.readouterr().err
 
 
@@ -198,8 +198,10 @@ def test_eval_table_and_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     lines = out.splitlines()
     assert lines[0].startswith("method: bm25") and "fact_f1" in lines[1]
     assert lines[-1].split()[:2] == ["all", "2"]
-    assert eval_main(["--data", str(data), "--method", "bm25", "--steps", "0"]) == 1
-    assert eval_main(["--data", str(tmp_path / "missing.jsonl"), "--method", "bm25"]) == 1
+    with pytest.raises(SystemExit) as exit_info:  # a bad option is argparse's usage error
+        eval_main(["--data", str(data), "--method", "bm25", "--steps", "0"])
+    assert exit_info.value.code == 2 and "--steps: must be a positive integer" in capsys.readouterr().err
+    assert eval_main(["--data", str(tmp_path / "missing.jsonl"), "--method", "bm25"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

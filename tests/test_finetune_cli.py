@@ -106,7 +106,7 @@ def test_tiny_end_to_end_run_and_resume(tiny_base, data, tmp_path, capsys):
     assert "held_out_fact_em" in (out / "model" / "README.md").read_text()
 
     code, _, stderr = run_cli(argv, capsys)  # the same --out again without --resume
-    assert code == 1 and "--resume" in stderr
+    assert code == 2 and "--resume" in stderr
     code, stdout, stderr = run_cli([*argv, "--resume"], capsys)  # a finished run resumes to its end at once
     assert code == 0, stderr
     assert json.loads(stdout)["steps"] == 6
@@ -114,7 +114,7 @@ def test_tiny_end_to_end_run_and_resume(tiny_base, data, tmp_path, capsys):
     code, _, stderr = run_cli(
         ["--data", train, "--out", tmp_path / "again", "--init-from", out / "model", "--position-mode", "none"], capsys
     )
-    assert code == 1 and "only apply with --base-model" in stderr
+    assert code == 2 and "only apply with --base-model" in stderr
 
 
 def test_training_rows_without_support_are_errors_naming_the_line(tmp_path, capsys):
@@ -122,13 +122,13 @@ def test_training_rows_without_support_are_errors_naming_the_line(tmp_path, caps
     rows = [babi_like(1)[0].to_json(), {"question": "Where is Mary?", "chunks": ["Mary left.", "John slept."]}]
     bad.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     code, _, stderr = run_cli(["--data", bad, "--out", tmp_path / "o"], capsys)
-    assert code == 1
+    assert code == 2
     assert f"{bad}:2:" in stderr and "support labels" in stderr
     bad.write_text('{"question": "q", "chunks": ["a."], "support": [0]}\n{not json\n')
     code, _, stderr = run_cli(["--data", bad, "--out", tmp_path / "o"], capsys)
-    assert code == 1 and f"{bad}:2: invalid JSON" in stderr
+    assert code == 2 and f"{bad}:2: invalid JSON" in stderr
     code, _, stderr = run_cli(["--data", tmp_path / "missing.jsonl", "--out", tmp_path / "o"], capsys)
-    assert code == 1 and "does not exist" in stderr
+    assert code == 2 and "does not exist" in stderr
 
 
 @pytest.mark.slow

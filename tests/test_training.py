@@ -247,7 +247,7 @@ def test_warm_start_mistakes_add_the_state_after_the_top_wrong_pick(tiny_base, m
 
     monkeypatch.setattr(Trainer, "supervised_loss", record)
     docs = trainer.documents[:4]
-    trainer.warm_start_loss(docs, len(docs))
+    trainer.warm_start_loss(docs, trainer.warm_start_draws(docs), len(docs))
     gold, with_mistake = seen
     assert len(with_mistake) == 4
     for doc, prefix, extended in zip(docs, gold, with_mistake, strict=True):

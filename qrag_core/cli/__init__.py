@@ -1,12 +1,27 @@
 """Command-line tools: ``qrag-eval`` (evaluate retrieval on a JSONL file) and ``qrag-data`` (build benchmark data).
 
-Every tool writes its results to stdout and its logs and progress bars to stderr.
+Every tool writes its results to stdout and its logs and progress bars to stderr. Every tool handles
+errors the same way (:func:`run_reporting_errors`): a bad option gets argparse's ``prog: error:
+message`` and exit status 2 before any work starts; bad input found later (a malformed data line,
+a missing or undecodable file, a corrupt model) gets ``prog: error: message`` naming the file, line
+and problem, and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import math
 import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from qrag_core.errors import QRAGError
+
+INPUT_ERROR = 2
+"""Exit status of a usage or input error (argparse's own for a bad option)."""
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
 
 CHATTY_LOGGERS = ("bm25s",)
 """Third-party loggers that log every call at DEBUG level (bm25s forces its level on import)."""
@@ -29,3 +44,75 @@ def setup_logging(verbose: bool = False) -> None:
     if not verbose:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_QuietThirdParty())
+
+
+def run_reporting_errors(prog: str, command: Callable[[], int | None]) -> int:
+    """Run ``command``; a QRAGError, OSError, UnicodeError or missing optional package becomes one line
+    ``prog: error: message`` on stderr and exit status 2, Ctrl-C exit status 130."""
+    try:
+        return command() or 0
+    except (QRAGError, OSError, UnicodeError, ImportError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return INPUT_ERROR
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type``: an integer ≥ 1."""
+    value = _parse(int, text, "an integer")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type``: an integer ≥ 0."""
+    value = _parse(int, text, "an integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse ``type``: a finite number (not nan, inf or -inf)."""
+    value = _parse(float, text, "a number")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _parse(kind: Callable[[str], int | float], text: str, what: str) -> int | float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+
+
+def _resolved(parser: argparse.ArgumentParser, flag: str, path: str | Path) -> Path:
+    """``path`` made absolute (``~`` expanded); an argparse error when it cannot be."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (ValueError, RuntimeError, OSError) as err:  # a NUL byte, ~unknown-user, a symlink loop
+        parser.error(f"{flag} {str(path)!r} is not a usable path: {err}")
+
+
+def check_output_dir(parser: argparse.ArgumentParser, flag: str, out: str | Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse (argparse error) an output directory that is or holds the current or home directory or one
+    of ``inputs``, or that is a file: qrag may replace its output directory, so it must be its own."""
+    target = _resolved(parser, flag, out)
+    places = [(Path.cwd().resolve(), "the current directory"), (Path.home().resolve(), "your home directory")]
+    places += [(_resolved(parser, "input", given), f"the input {given}") for given in inputs]
+    for place, what in places:
+        if target == place or target in place.parents:
+            verb = "is" if target == place else "holds"
+            parser.error(f"{flag} {out} {verb} {what}; give the output a directory of its own, e.g. {flag} out/index")
+    if target.exists() and not target.is_dir():
+        parser.error(f"{flag} {out} is a file, not a directory")
+
+
+def check_output_file(parser: argparse.ArgumentParser, flag: str, out: str | Path) -> None:
+    """Refuse (argparse error) an output file name that is an existing directory (or no usable path)."""
+    if _resolved(parser, flag, out).is_dir():
+        parser.error(f"{flag} {out} is a directory; give a file name, e.g. {flag} {Path(out) / 'data.jsonl'}")

@@ -12,10 +12,15 @@ from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
-from qrag_core.cli import setup_logging
+from qrag_core.cli import (
+    check_output_file,
+    non_negative_int,
+    positive_int,
+    run_reporting_errors,
+    setup_logging,
+)
 from qrag_core.data.examples import write_jsonl
 from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
-from qrag_core.errors import QRAGError
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +98,9 @@ def warm_cache(args: argparse.Namespace) -> None:
 
 def add_common(command: argparse.ArgumentParser) -> None:
     """The --seed and --out options every builder takes."""
-    command.add_argument("--seed", type=int, default=0, help="random seed; same seed, same file (default: 0)")
+    command.add_argument(
+        "--seed", type=non_negative_int, default=0, help="random seed; same seed, same file (default: 0)"
+    )
     command.add_argument("--out", required=True, help="JSONL file to write (parent folders are created)")
 
 
@@ -125,13 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     babi.add_argument(
         "--n",
-        type=int,
+        type=positive_int,
         default=None,
         help="samples per task (default: all; the test split has the 100 of babilong/test_100_idxs.json)",
     )
     babi.add_argument(
         "--distractors",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="per sample, this many hard distractors: novel sentences that mention a word of the question or "
         "of a supporting fact, for training retrievers that must beat them in long documents (default: 0)",
@@ -158,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     niah.add_argument("--length", required=True, help="target tokens: 4k, 32k, 128k, 1M (k = 1024) or a number")
     niah.add_argument(
         "--n",
-        type=int,
+        type=positive_int,
         default=100,
         help="samples per variant; for qa_hotpotqa the first N of the 297 test questions (default: %(default)s)",
     )
@@ -191,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=f"{what}: one paragraph per chunk, support from the dataset's labels, in file order.",
         )
         command.add_argument("--split", choices=splits, default=default, help=f"{split_help} (default: %(default)s)")
-        command.add_argument("--n", type=int, default=None, help="the first N questions (default: all)")
+        command.add_argument("--n", type=positive_int, default=None, help="the first N questions (default: all)")
         command.add_argument("--out", required=True, help="JSONL file to write (parent folders are created)")
         command.set_defaults(run=run)
 
@@ -209,20 +216,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(default_cache_dir() / "embeddings.sqlite"),
         help="embedding cache file (default: $QRAG_CACHE_DIR/embeddings.sqlite, i.e. %(default)s)",
     )
-    warm.add_argument("--batch", type=int, default=1024, help="sentences encoded and stored per step (default: 1024)")
+    warm.add_argument(
+        "--batch", type=positive_int, default=1024, help="sentences encoded and stored per step (default: 1024)"
+    )
     warm.set_defaults(run=warm_cache)
     return parser
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, checked before any work: a bad option, or an ``--out`` that is a directory, is an
+    argparse error (exit status 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "out", None) is not None:
+        check_output_file(parser, "--out", args.out)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     setup_logging(args.verbose)
-    try:
-        args.run(args)
-    except (QRAGError, FileNotFoundError) as err:
-        print(f"qrag-data: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_reporting_errors("qrag-data", lambda: args.run(args))
 
 
 if __name__ == "__main__":

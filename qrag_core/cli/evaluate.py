@@ -18,10 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from qrag_core.baselines import METHODS, make_method
-from qrag_core.cli import setup_logging
+from qrag_core.cli import finite_float, positive_int, run_reporting_errors, setup_logging
 from qrag_core.data.examples import read_jsonl
 from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
-from qrag_core.errors import QRAGError
 from qrag_core.evaluation import DEFAULT_STEPS, TASK_STEPS, evaluate
 
 logger = logging.getLogger(__name__)
@@ -51,19 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--steps",
-        type=int,
+        type=positive_int,
         default=None,
         help=f"T, chunks selected per question (default: {TASK_STEPS['hotpotqa']} for hotpotqa rows, "
         f"{TASK_STEPS['musique']} for musique rows, else {DEFAULT_STEPS})",
     )
-    parser.add_argument("--beam", type=int, default=None, help="beam width of the search (default: the model's, 1)")
+    parser.add_argument(
+        "--beam", type=positive_int, default=None, help="beam width of the search (default: the model's, 1)"
+    )
     parser.add_argument(
         "--stop-threshold",
-        type=float,
+        type=finite_float,
         default=None,
         help="stop the search when the best Q falls below this (default: the model's, none)",
     )
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows (default: all)")
+    parser.add_argument(
+        "--limit", type=positive_int, default=None, help="evaluate only the first N rows (default: all)"
+    )
     parser.add_argument(
         "--cache",
         default=str(default_cache_dir() / "embeddings.sqlite"),
@@ -93,10 +96,6 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    if args.limit is not None and args.limit <= 0:
-        raise QRAGError(f"--limit must be positive, got {args.limit}")
-    if args.steps is not None and args.steps <= 0:
-        raise QRAGError(f"--steps must be positive, got {args.steps}")
     examples = read_jsonl(args.data, need_support=True)[: args.limit]
     cache = None if args.no_cache else EmbeddingCache(args.cache)
     method = make_method(args.method, args.model, cache, args.beam, args.stop_threshold)
@@ -119,13 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)
-    try:
+
+    def command() -> None:
         result = run(args)
-    except (QRAGError, FileNotFoundError, ImportError) as err:
-        print(f"qrag-eval: error: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps(result) if args.json else format_table(result))
-    return 0
+        print(json.dumps(result) if args.json else format_table(result))
+
+    return run_reporting_errors("qrag-eval", command)
 
 
 if __name__ == "__main__":

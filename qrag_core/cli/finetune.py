@@ -2,12 +2,14 @@
 
     qrag-finetune --data train.jsonl --eval-data test.jsonl --out runs/my-model
     qrag-finetune --data train.jsonl --out runs/my-model --resume      # after an interruption
+    torchrun --nproc_per_node 2 -m qrag_core.cli.finetune --data train.jsonl --out runs/my-model   # 2 processes
 
 Every training hyperparameter has a flag generated from :class:`qrag_core.training.TrainingConfig`
 (its help is the field's docstring), and so do the model settings of :class:`qrag_core.config.QRAGConfig`
 used when starting from a base encoder. The run writes ``OUT/metrics.csv`` (and TensorBoard events when
 tensorboard is installed), ``OUT/checkpoint`` (atomic, resumable) and the final model ``OUT/model``,
-loadable with ``QRAG.from_pretrained("OUT/model")``.
+loadable with ``QRAG.from_pretrained("OUT/model")``. Under ``torchrun`` or ``accelerate launch`` the
+run is data-parallel (:mod:`qrag_core.training.distributed`); the main process evaluates and writes.
 """
 
 from __future__ import annotations
@@ -25,26 +27,27 @@ from typing import Any
 
 import torch
 
-from qrag_core.cli import setup_logging
+from qrag_core.cli import finite_float, positive_int, run_reporting_errors, setup_logging
 from qrag_core.config import POSITION_MODES, QRAGConfig
 from qrag_core.data.examples import read_jsonl
 from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
-from qrag_core.errors import QRAGError
+from qrag_core.errors import InvalidInputError, QRAGError
 from qrag_core.model import QRAG
 from qrag_core.training import TrainingConfig, train
-from qrag_core.training.config import REWARDS, field_docs
+from qrag_core.training.config import MIXED_PRECISION, REWARDS, field_docs
+from qrag_core.training.distributed import Processes
 from qrag_core.training.trainer import CHECKPOINT_DIR, MODEL_DIR
 
 logger = logging.getLogger(__name__)
 
-CHOICES = {"reward": REWARDS, "position_mode": POSITION_MODES}
+CHOICES = {"reward": REWARDS, "position_mode": POSITION_MODES, "mixed_precision": MIXED_PRECISION}
 """String settings that only take a few values."""
 MODEL_FIELDS_SKIPPED = ("base_model", "chunking")
 """QRAGConfig fields without a model flag (--base-model has its own; chunking keeps its defaults)."""
 
 
 def _value_parser(annotation: Any) -> Callable[[str], Any]:
-    """argparse ``type`` for a field annotation: int, float, str, or one of them or None ("none")."""
+    """argparse ``type`` for a field annotation: int, float (finite), str, or one of them or None ("none")."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
         parse = _value_parser(inner)
@@ -54,7 +57,7 @@ def _value_parser(annotation: Any) -> Callable[[str], Any]:
 
         optional.__name__ = f"{inner.__name__} or none"
         return optional
-    return annotation
+    return finite_float if annotation is float else annotation
 
 
 def add_dataclass_flags(group: argparse._ArgumentGroup, cls: type, suppress_defaults: bool, skip: Sequence[str] = ()):
@@ -108,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(default_cache_dir() / "embeddings.sqlite"),
         help="shared embedding cache file of content embeddings; 'none' keeps them in memory (default: %(default)s)",
     )
-    run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--verbose", action="store_true", help="debug logging")
     model = parser.add_argument_group(
@@ -130,22 +133,47 @@ def _eval_sets(paths: Sequence[str]) -> dict[str, list]:
     return sets
 
 
-def _model(args: argparse.Namespace, model_settings: dict[str, Any]) -> QRAG:
+def _model(args: argparse.Namespace, settings: dict[str, Any], device: torch.device | None) -> QRAG:
+    where = None if device is None else str(device)
     if args.init_from is not None:
-        if model_settings:
+        if settings:
             raise QRAGError(
-                f"model settings {sorted(model_settings)} only apply with --base-model; "
+                f"model settings {sorted(settings)} only apply with --base-model; "
                 f"{args.init_from} keeps the settings it was trained with"
             )
-        return QRAG.from_pretrained(args.init_from)
-    return QRAG.from_base(args.base_model, QRAGConfig(**model_settings))
+        return QRAG.from_pretrained(args.init_from, device=where)
+    return QRAG.from_base(args.base_model, QRAGConfig(**settings), device=where)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    model_names = {f.name for f in dataclasses.fields(QRAGConfig)} - set(MODEL_FIELDS_SKIPPED)
-    model_settings = {k: v for k, v in vars(args).items() if k in model_names}
-    training_names = {f.name for f in dataclasses.fields(TrainingConfig)}
-    config = TrainingConfig(**{k: v for k, v in vars(args).items() if k in training_names}).validate()
+def model_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The QRAGConfig settings given on the command line (only those given)."""
+    names = {f.name for f in dataclasses.fields(QRAGConfig)} - set(MODEL_FIELDS_SKIPPED)
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def training_config(args: argparse.Namespace) -> TrainingConfig:
+    """The validated training hyperparameters of the command line."""
+    names = {f.name for f in dataclasses.fields(TrainingConfig)}
+    return TrainingConfig(**{k: v for k, v in vars(args).items() if k in names}).validate()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, checked before any work starts: an option of the wrong type or out of range,
+    or an inconsistent setting, is an argparse error (``qrag-finetune: error: ...``, exit status 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        training_config(args)
+        QRAGConfig(**model_settings(args)).validate()
+    except InvalidInputError as err:
+        parser.error(str(err))
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any] | None:
+    settings = model_settings(args)
+    config = training_config(args)
+    processes = Processes.from_environment(config.mixed_precision)
     out = Path(args.out)
     if (out / CHECKPOINT_DIR).exists() and not args.resume:
         raise QRAGError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
@@ -153,7 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     examples = read_jsonl(args.data, need_support=True)
     eval_sets = _eval_sets(args.eval_data)
-    model = _model(args, model_settings)
+    model = _model(args, settings, processes.device)
     cache = EmbeddingCache(None if args.cache.lower() == "none" else args.cache)
     data_info = {"data": str(args.data), "eval_data": list(args.eval_data)}
     data_info |= {"init_from": args.init_from} if args.init_from else {"base_model": model.config.base_model}
@@ -168,13 +196,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cache=cache,
             show_progress=not args.no_progress,
             data_info=data_info,
+            processes=processes,
         )
     finally:
         cache.close()
+    if not processes.is_main:
+        return None
     return {
         "model": str(out / MODEL_DIR),
         "metrics": str(out / "metrics.csv"),
         "steps": result.steps,
+        "processes": processes.world_size,
         "examples_seen": result.examples,
         "train_seconds": round(result.train_seconds, 1),
         "evaluation": result.evaluation,
@@ -182,15 +214,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     setup_logging(args.verbose)
-    try:
+
+    def report() -> None:
         summary = run(args)
-    except (QRAGError, FileNotFoundError) as err:
-        print(f"qrag-finetune: error: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary, indent=2))
-    return 0
+        if summary is not None:  # the main process of a multi-process run reports for all
+            print(json.dumps(summary, indent=2))
+
+    return run_reporting_errors("qrag-finetune", report)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,20 @@ import sys
 import time
 from pathlib import Path
 
+from qrag_core.cli import (
+    check_output_dir,
+    finite_float,
+    non_negative_int,
+    positive_int,
+    run_reporting_errors,
+)
 from qrag_core.config import ChunkingConfig
 from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
-from qrag_core.errors import QRAGError
+from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
 from qrag_core.long_index import build_long_index
 from qrag_core.model import QRAG
+from qrag_core.text_files import read_text_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,11 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="one sentence per chunk, or windows of --max-tokens tokens",
     )
     build.add_argument(
-        "--max-tokens", type=int, default=64, help="tokens per chunk window (longer sentences are split)"
+        "--max-tokens", type=positive_int, default=64, help="tokens per chunk window (longer sentences are split)"
     )
-    build.add_argument("--overlap-tokens", type=int, default=0, help="tokens shared by consecutive windows")
-    build.add_argument("--shard-size", type=int, default=16384, help="chunks encoded and saved per resumable shard")
-    build.add_argument("--batch-size", type=int, default=64, help="chunks per encoder batch")
+    build.add_argument(
+        "--overlap-tokens", type=non_negative_int, default=0, help="tokens shared by consecutive windows"
+    )
+    build.add_argument(
+        "--shard-size", type=positive_int, default=16384, help="chunks encoded and saved per resumable shard"
+    )
+    build.add_argument("--batch-size", type=positive_int, default=64, help="chunks per encoder batch")
     build.add_argument("--no-cache", action="store_true", help="do not reuse or fill the on-disk embedding cache")
 
     search = commands.add_parser(
@@ -65,16 +77,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--index", type=Path, required=True, help="index directory written by 'build'")
     search.add_argument("--question", required=True, help="the question")
-    search.add_argument("--steps", type=int, default=None, help="chunks to retrieve, T (default: the model's)")
-    search.add_argument("--beam", type=int, default=None, help="beam width (default: the model's, 1 = greedy)")
-    search.add_argument("--stop-threshold", type=float, default=None, help="stop when the best Q falls below this")
+    search.add_argument("--steps", type=positive_int, default=None, help="chunks to retrieve, T (default: the model's)")
+    search.add_argument("--beam", type=positive_int, default=None, help="beam width (default: the model's, 1 = greedy)")
+    search.add_argument(
+        "--stop-threshold", type=finite_float, default=None, help="stop when the best Q falls below this"
+    )
     search.add_argument("--json", action="store_true", help="print one JSON object instead of the trace")
     return parser
 
 
-def run_build(model: QRAG, args: argparse.Namespace) -> int:
-    document = args.document.read_text(encoding="utf-8")
-    chunking = ChunkingConfig(mode=args.chunking, max_tokens=args.max_tokens, overlap_tokens=args.overlap_tokens)
+def _chunking(args: argparse.Namespace) -> ChunkingConfig:
+    return ChunkingConfig(mode=args.chunking, max_tokens=args.max_tokens, overlap_tokens=args.overlap_tokens)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked before any work: a bad option, or a build ``--out`` that is the current,
+    home or root directory, holds the document or is a file, is an argparse error (exit status 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        check_output_dir(parser, "--out", args.out, [args.document])
+        try:
+            _chunking(args).validate()
+        except InvalidInputError as err:
+            parser.error(str(err))
+    return args
+
+
+def _load_model(args: argparse.Namespace) -> QRAG:
+    return QRAG.from_pretrained(args.model).eval()
+
+
+def run_build(args: argparse.Namespace) -> int:
+    document = read_text_file(args.document)
+    model = _load_model(args)
+    chunking = _chunking(args)
     cache = None if args.no_cache else EmbeddingCache(default_cache_dir() / "embeddings.sqlite")
     start = time.perf_counter()
     index = build_long_index(
@@ -91,12 +128,14 @@ def run_build(model: QRAG, args: argparse.Namespace) -> int:
     return 0
 
 
-def run_search(model: QRAG, args: argparse.Namespace) -> int:
+def run_search(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     index = DocumentIndex.load(args.index)
-    loaded = time.perf_counter()
+    load_s = time.perf_counter() - start
+    model = _load_model(args)
+    start = time.perf_counter()
     result = model.search(args.question, index, steps=args.steps, beam=args.beam, stop_threshold=args.stop_threshold)
-    searched = time.perf_counter()
+    search_s = time.perf_counter() - start
     if args.json:
         evidence = [
             {
@@ -116,26 +155,21 @@ def run_search(model: QRAG, args: argparse.Namespace) -> int:
                 {
                     "question": args.question,
                     "evidence": evidence,
-                    "load_s": loaded - start,
-                    "search_s": searched - loaded,
+                    "load_s": load_s,
+                    "search_s": search_s,
                 }
             )
         )
     else:
         print(result.format())
-        print(f"\nloaded {len(index)} chunks in {loaded - start:.2f}s, searched in {searched - loaded:.2f}s")
+        print(f"\nloaded {len(index)} chunks in {load_s:.2f}s, searched in {search_s:.2f}s")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        model = QRAG.from_pretrained(args.model).eval()
-        return run_build(model, args) if args.command == "build" else run_search(model, args)
-    except (QRAGError, OSError) as err:
-        print(f"qrag-index: error: {err}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("qrag-index", lambda: (run_build if args.command == "build" else run_search)(args))
 
 
 if __name__ == "__main__":

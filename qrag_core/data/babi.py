@@ -21,6 +21,7 @@ from pathlib import Path
 
 from qrag_core.data.paths import DataNotFoundError, data_file
 from qrag_core.errors import DataFormatError, InvalidInputError
+from qrag_core.text_files import iter_text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -48,33 +49,34 @@ def parse_babi_file(path: str | Path) -> list[BabiSample]:
     story: list[str] = []
     line_to_fact: dict[int, int] = {}
     expected_id = 1
-    with open(path, encoding="utf-8") as f:
-        for number, raw in enumerate(f, start=1):
-            line = raw.rstrip("\n")
-            if not line.strip():
-                continue
-            head, _, rest = line.partition(" ")
-            if not head.isdigit() or not rest:
-                raise DataFormatError(str(path), number, "expected 'ID text' with a numeric ID")
-            line_id = int(head)
-            if line_id == 1:
-                story, line_to_fact = [], {}
-            elif line_id != expected_id:
-                raise DataFormatError(str(path), number, f"line ID {line_id} does not follow {expected_id - 1}")
-            expected_id = line_id + 1
-            if "\t" not in rest:
-                line_to_fact[line_id] = len(story)
-                story.append(rest.strip())
-                continue
-            fields = rest.split("\t")
-            if len(fields) != 3:
-                raise DataFormatError(str(path), number, "a question line needs question<TAB>answer<TAB>fact IDs")
-            question, answer, refs = (x.strip() for x in fields)
-            try:
-                support = tuple(line_to_fact[int(r)] for r in refs.split())
-            except (KeyError, ValueError):
-                raise DataFormatError(str(path), number, f"supporting fact IDs {refs!r} name no earlier fact") from None
-            samples.append(BabiSample(tuple(story), question, answer, support, f"{path.name}:{number}"))
+    for number, raw in iter_text_lines(path):
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            continue
+        head, _, rest = line.partition(" ")
+        if not (head.isascii() and head.isdigit()) or not rest:
+            raise DataFormatError(str(path), number, "expected 'ID text' with a numeric ID")
+        line_id = int(head)
+        if line_id == 1:
+            story, line_to_fact = [], {}
+        elif line_id != expected_id:
+            raise DataFormatError(str(path), number, f"line ID {line_id} does not follow {expected_id - 1}")
+        expected_id = line_id + 1
+        if "\t" not in rest:
+            line_to_fact[line_id] = len(story)
+            story.append(rest.strip())
+            continue
+        fields = rest.split("\t")
+        if len(fields) != 3:
+            raise DataFormatError(str(path), number, "a question line needs question<TAB>answer<TAB>fact IDs")
+        question, answer, refs = (x.strip() for x in fields)
+        try:
+            support = tuple(line_to_fact[int(r)] for r in refs.split())
+        except (KeyError, ValueError):
+            support = ()
+        if not support:
+            raise DataFormatError(str(path), number, f"supporting fact IDs {refs!r} name no earlier fact")
+        samples.append(BabiSample(tuple(story), question, answer, support, f"{path.name}:{number}"))
     return samples
 
 

@@ -25,7 +25,6 @@ gives the same file and sample ``i`` does not depend on how many samples are bui
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -39,6 +38,7 @@ from qrag_core.data.examples import Example
 from qrag_core.data.haystack import Haystack, count_tokens, fill_to_budget, scatter_in_order
 from qrag_core.data.paths import data_file
 from qrag_core.errors import InvalidInputError
+from qrag_core.text_files import read_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def length_label(length: int | str) -> str:
 
 @lru_cache(maxsize=1)
 def _test_index_table() -> dict[str, list[int]]:
-    return json.loads(data_file("babilong", "test_100_idxs.json").read_text())
+    return read_json_file(data_file("babilong", "test_100_idxs.json"))
 
 
 def babilong_test_indices(task: str) -> list[int]:

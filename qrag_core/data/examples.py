@@ -7,9 +7,19 @@ One example per line, either form::
     {"id": "x2", "question": "…", "answer": "…", "chunks": ["…", "…"], "support": [3, 17]}
 
 In the first form the document is chunked by the library and a chunk counts as support when it
-contains a supporting fact (whitespace-normalised). ``answer`` and support labels are optional for
-inference; training needs them. Every malformed line raises :class:`DataFormatError` naming the file,
-the line and the problem; nothing is skipped silently.
+contains a supporting fact (whitespace-normalised); a fact longer than one chunk marks the chunks
+that lie inside it. A fact that occurs several times in the document (in several chunks, or as
+several runs of consecutive chunks that together are exactly the fact) is found when ANY one of its
+occurrences is selected: :meth:`Example.support_alternatives` gives each fact's occurrences and
+:func:`qrag_core.metrics.resolve_support` scores a selection against them. In the second form each
+``support`` index is one fact with one occurrence.
+
+``answer`` and support labels are optional for inference; training needs them. A supporting fact
+must be a non-blank string (an empty one would be contained in every chunk) and a support index a
+JSON integer (``true`` is not index 1); an optional ``values`` field (RULER NIAH value recall) is a
+list of strings. The file must be UTF-8 (see :mod:`qrag_core.text_files`). Every malformed line
+raises :class:`DataFormatError` naming the file, the line and the problem; nothing is skipped
+silently.
 """
 
 from __future__ import annotations
@@ -24,6 +34,8 @@ from typing import Any
 from qrag_core.chunking import Chunk, Tokenizer, chunk_text, chunks_from_texts
 from qrag_core.config import ChunkingConfig
 from qrag_core.errors import DataFormatError, InvalidInputError
+from qrag_core.text_files import iter_json_lines
+from qrag_core.validation import is_int
 
 _SPACE = re.compile(r"\s+")
 
@@ -49,6 +61,8 @@ class Example:
     """Indices of the supporting chunks (second form)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Any other fields of the JSON line (e.g. ``task``, ``length``), kept as they are."""
+    source: tuple[str, int] | None = field(default=None, compare=False, repr=False)
+    """(file, line) the example was read from, named by errors found later (e.g. a fact not in the document)."""
 
     @property
     def has_support(self) -> bool:
@@ -60,27 +74,47 @@ class Example:
         assert self.document is not None
         return chunk_text(self.document, config, tokenizer, doc_id=self.id)
 
-    def support_indices(self, chunks: list[Chunk]) -> list[int]:
-        """Indices of the support chunks: given directly, or every chunk that contains a supporting fact.
+    def support_alternatives(self, chunks: list[Chunk]) -> list[list[frozenset[int]]]:
+        """Each supporting fact as its occurrences: sets of chunk indices, any one of which finds the fact.
 
-        A fact longer than one chunk marks the chunks that lie inside it. Builders that know the exact
-        support (the benchmark builders) write the ``chunks``/``support`` form, which has no ambiguity.
+        ``support`` indices are one fact each, with one occurrence. A supporting fact occurs in every
+        chunk that contains it; a fact contained in no chunk occurs as each run of consecutive chunks
+        that together are exactly the fact, else (the fact's text is not in the document as such) as
+        all the chunks that lie inside it together.
         """
         if self.support is not None:
             bad = [i for i in self.support if not 0 <= i < len(chunks)]
             if bad:
                 raise InvalidInputError(f"example {self.id}: support indices {bad} outside 0..{len(chunks) - 1}")
-            return sorted(set(self.support))
-        found: set[int] = set()
+            return [[frozenset({i})] for i in sorted(set(self.support))]
         normalised = [normalise_space(c.text) for c in chunks]
+        facts = []
         for fact in self.supporting_facts or []:
             target = normalise_space(fact)
-            hits = [i for i, text in enumerate(normalised) if target in text]
-            hits = hits or [i for i, text in enumerate(normalised) if text and text in target]
-            if not hits:
-                raise InvalidInputError(f"example {self.id}: supporting fact not found in any chunk: {fact[:80]!r}")
-            found.update(hits)
-        return sorted(found)
+            occurrences = [frozenset({i}) for i, text in enumerate(normalised) if target in text]
+            if not occurrences:
+                inside = [i for i, text in enumerate(normalised) if text and text in target]
+                runs = _consecutive_runs(inside)
+                occurrences = [run for run in runs if " ".join(normalised[i] for i in sorted(run)) == target]
+                occurrences = occurrences or ([frozenset(inside)] if inside else [])
+            if not occurrences:
+                raise self._error(f"supporting fact not found in any chunk: {fact[:80]!r}")
+            facts.append(occurrences)
+        return facts
+
+    def support_indices(self, chunks: list[Chunk]) -> list[int]:
+        """Every chunk of every occurrence of a supporting fact (see :meth:`support_alternatives`).
+
+        Builders that know the exact support (the benchmark builders) write the ``chunks``/``support``
+        form, which has no ambiguity.
+        """
+        return sorted({i for fact in self.support_alternatives(chunks) for occurrence in fact for i in occurrence})
+
+    def _error(self, problem: str) -> InvalidInputError:
+        """An error naming this example, and its file and line when it was read from one."""
+        if self.source is not None:
+            return DataFormatError(*self.source, f"example {self.id}: {problem}")
+        return InvalidInputError(f"example {self.id}: {problem}")
 
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {"id": self.id, "question": self.question}
@@ -99,6 +133,17 @@ class Example:
 
 
 _KNOWN = {"id", "question", "answer", "document", "supporting_facts", "chunks", "support"}
+
+
+def _consecutive_runs(indices: list[int]) -> list[frozenset[int]]:
+    """Sorted indices cut into runs of consecutive numbers."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return [frozenset(run) for run in runs]
 
 
 def example_from_json(row: object, where: tuple[str, int], need_support: bool = False) -> Example:
@@ -126,12 +171,18 @@ def example_from_json(row: object, where: tuple[str, int], need_support: bool = 
     facts, support = row.get("supporting_facts"), row.get("support")
     if facts is not None and (not has_doc or not isinstance(facts, list) or not all(isinstance(f, str) for f in facts)):
         raise fail("'supporting_facts' must be a list of strings, used with 'document'")
+    blank = [i for i, f in enumerate(facts or []) if not f.strip()]
+    if blank:
+        raise fail(f"'supporting_facts' entries {blank} are empty or blank: every chunk would contain them")
     if support is not None:
-        if not has_chunks or not isinstance(support, list) or not all(isinstance(i, int) for i in support):
-            raise fail("'support' must be a list of chunk indices, used with 'chunks'")
+        if not has_chunks or not isinstance(support, list) or not all(is_int(i) for i in support):
+            raise fail("'support' must be a list of integer chunk indices, used with 'chunks'")
         bad = [i for i in support if not 0 <= i < len(chunks)]
         if bad:
             raise fail(f"'support' indices {bad} are outside 0..{len(chunks) - 1}")
+    values = row.get("values")
+    if values is not None and (not isinstance(values, list) or not all(isinstance(v, str) for v in values)):
+        raise fail("'values' (the expected values of RULER value recall) must be a list of strings")
     if need_support and not (facts or support):
         raise fail("training needs support labels: 'supporting_facts' (with 'document') or 'support' (with 'chunks')")
     answer = row.get("answer")
@@ -147,22 +198,8 @@ def example_from_json(row: object, where: tuple[str, int], need_support: bool = 
         supporting_facts=facts,
         support=support,
         extra={k: v for k, v in row.items() if k not in _KNOWN},
+        source=(path, line),
     )
-
-
-def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """(line number, decoded value) of each non-blank line; invalid JSON raises DataFormatError (file, line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                yield number, json.loads(text)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(str(path), number, f"invalid JSON: {err.msg} (column {err.colno})") from None
 
 
 def iter_jsonl(path: str | Path, need_support: bool = False) -> Iterator[Example]:
@@ -178,6 +215,8 @@ def read_jsonl(path: str | Path, need_support: bool = False) -> list[Example]:
 def write_jsonl(examples: Iterable[Example], path: str | Path) -> int:
     """Write examples atomically; returns how many were written."""
     path = Path(path)
+    if path.is_dir():
+        raise InvalidInputError(f"{path} is a directory; give a file name such as {path / 'data.jsonl'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     count = 0

@@ -30,6 +30,7 @@ import numpy as np
 from qrag_core.chunking import Tokenizer, iter_sentence_spans
 from qrag_core.data.paths import DataNotFoundError, data_file
 from qrag_core.embedding_cache import default_cache_dir
+from qrag_core.text_files import read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def haystack_books() -> list[Path]:
 @lru_cache(maxsize=8)
 def book_sentences(path: Path) -> tuple[str, ...]:
     """The sentences of one cleaned novel, in order."""
-    body = strip_gutenberg(path.read_text(encoding="utf-8-sig"), path.name)
+    body = strip_gutenberg(read_text_file(path), path.name)
     return tuple(s for paragraph in book_paragraphs(body) for s in split_sentences(paragraph))
 
 

@@ -19,7 +19,6 @@ official HotpotQA split the question comes from).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 from qrag_core.data.examples import Example
 from qrag_core.data.paths import data_file
 from qrag_core.errors import DataFormatError, InvalidInputError
+from qrag_core.text_files import read_json_file
 
 HOTPOTQA_FILE = ("hotpotqa", "hotpot_dev_distractor_v1_subset.json")
 """The test split's file (the 297-question dev subset)."""
@@ -67,10 +67,7 @@ def hotpot_example(record: dict[str, Any], where: str, extra: dict[str, Any] | N
 
 def read_hotpot_records(path: Path) -> list[Any]:
     """The records of a HotpotQA JSON file (a JSON array); DataFormatError when it is not one."""
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataFormatError(str(path), err.lineno, f"invalid JSON: {err.msg}") from None
+    records = read_json_file(path)
     if not isinstance(records, list):
         raise DataFormatError(str(path), 1, "expected a JSON array of HotpotQA records")
     return records

@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from qrag_core.data.examples import Example, iter_json_lines
+from qrag_core.data.examples import Example
 from qrag_core.data.paths import data_file
 from qrag_core.errors import DataFormatError, InvalidInputError
+from qrag_core.text_files import iter_json_lines
 
 MUSIQUE_SPLITS: dict[str, tuple[str, str]] = {
     "dev": ("musique", "musique_ans_v1.0_dev_subset.jsonl"),

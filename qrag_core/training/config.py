@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from qrag_core.errors import InvalidInputError
+from qrag_core.validation import check_field_types
 
 REWARDS: tuple[str, ...] = ("sparse", "step_penalty", "per_fact")
+MIXED_PRECISION: tuple[str, ...] = ("no", "bf16", "fp16")
 
 
 @dataclass
@@ -80,13 +82,18 @@ class TrainingConfig:
     """Write a resumable checkpoint every this many optimiser steps (0: only at the end)."""
     max_train_seconds: float | None = None
     """Stop (evaluate, checkpoint, save) after the step that reaches this many seconds of training (none: no limit)."""
+    mixed_precision: str = "no"
+    """Forward passes in bf16 or fp16 (fp16: CUDA only, with loss scaling); needs qrag[distributed] (Accelerate)."""
 
     @property
     def total_steps(self) -> int:
         return self.warm_start_steps + self.rl_steps
 
     def validate(self) -> TrainingConfig:
-        """Raise InvalidInputError naming the first inconsistent setting."""
+        """Raise InvalidInputError naming the first setting of the wrong type, not finite, or inconsistent."""
+        check_field_types(self)
+        if not 0 <= self.seed < 2**32:
+            raise InvalidInputError(f"seed must lie in [0, 2**32), got {self.seed}")
         positive = [
             "batch_size",
             "warm_start_temperature",
@@ -95,28 +102,43 @@ class TrainingConfig:
             "lr",
             "warm_start_lr",
             "value_head_lr",
+            "adam_eps",
         ]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"{name} must be positive, got {getattr(self, name)}")
-        non_negative = ["warm_start_steps", "rl_steps", "warmup_steps", "eval_every", "checkpoint_every"]
+        non_negative = [
+            "warm_start_steps",
+            "rl_steps",
+            "warmup_steps",
+            "eval_every",
+            "checkpoint_every",
+            "weight_decay",
+        ]
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.total_steps == 0:
             raise InvalidInputError("warm_start_steps and rl_steps are both 0: there is nothing to train")
-        micro = self.micro_batch_size or self.batch_size
-        if micro <= 0 or self.batch_size % micro:
-            raise InvalidInputError(f"micro_batch_size {micro} must divide batch_size {self.batch_size}")
-        for name in ("episode_steps", "eval_steps", "eval_limit", "top_k"):
+        for name in ("micro_batch_size", "episode_steps", "eval_steps", "eval_limit", "top_k"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise InvalidInputError(f"{name} must be positive or none, got {value}")
+        if self.max_train_seconds is not None and self.max_train_seconds < 0:
+            raise InvalidInputError(f"max_train_seconds must be >= 0 or none, got {self.max_train_seconds}")
+        micro = self.micro_batch_size or self.batch_size
+        if self.batch_size % micro:
+            raise InvalidInputError(f"micro_batch_size {micro} must divide batch_size {self.batch_size}")
         for name in ("gamma", "lam", "tau", "warm_start_mistakes"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InvalidInputError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise InvalidInputError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
         if self.reward not in REWARDS:
             raise InvalidInputError(f"reward must be one of {REWARDS}, got {self.reward!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise InvalidInputError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from qrag_core.errors import CheckpointError, InvalidInputError
 from qrag_core.evaluation import QRAGSearch, evaluate
 from qrag_core.model import QRAG
 from qrag_core.training.config import TrainingConfig
+from qrag_core.training.distributed import Processes
 from qrag_core.training.metrics_log import MetricsLog
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,16 @@ def step_reward(kind: str, num_support: int, found_before: int, found_after: int
 def soft_value(q: torch.Tensor, alpha: float) -> torch.Tensor:
     """V(s) = α·log Σ_c exp(Q(s, c)/α) over the last dimension; unavailable chunks hold -inf."""
     return alpha * torch.logsumexp(q / alpha, dim=-1)
+
+
+def boltzmann_choice(weights: np.ndarray, uniform: float) -> int:
+    """The index that ``numpy.random.Generator.choice(len(weights), p=weights / weights.sum())`` draws
+    from the uniform number ``uniform`` (its one draw): the same choice, with the draw made elsewhere."""
+    if not np.isfinite(weights).all() or weights.sum() <= 0:
+        raise InvalidInputError(f"the policy's probabilities are not finite and positive: {weights}")
+    cdf = (weights / weights.sum()).cumsum()
+    cdf /= cdf[-1]
+    return int(cdf.searchsorted(uniform, side="right"))
 
 
 def lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
@@ -243,13 +254,19 @@ class Trainer:
         cache: EmbeddingCache | None = None,
         show_progress: bool = True,
         data_info: Mapping[str, Any] | None = None,
+        processes: Processes | None = None,
     ) -> None:
+        self.config = config.validate()
+        self.processes = processes or Processes.from_environment(config.mixed_precision)
+        self.local = self.processes.local_slice(config.batch_size)
+        if self.processes.device is not None:
+            model.to(self.processes.device)
+        self.processes.broadcast_module(model)
         self.model = model
         self.data_info = dict(data_info or {})
-        self.config = config.validate()
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.cache = cache if cache is not None else EmbeddingCache()
-        self.show_progress = show_progress
+        self.show_progress = show_progress and self.processes.is_main
         self.frozen = model.config.freeze_action_encoder
         self.eval_steps = config.eval_steps or model.config.max_steps
         _seed_everything(config.seed)
@@ -283,10 +300,10 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------------- content
     def encode_training_documents(self) -> None:
-        """Content embeddings of the scheduled training documents, once, through the cache (frozen encoder)."""
+        """Content embeddings of this process's scheduled training documents, once, via the cache (frozen encoder)."""
         if not self.frozen:
             return
-        used = sorted(set(self.schedule.ravel().tolist()))
+        used = sorted(set(self.schedule[:, self.local].ravel().tolist()))
         todo = [self.documents[i] for i in used if self.documents[i].content is None]
         if not todo:
             return
@@ -311,7 +328,7 @@ class Trainer:
     def content_with_grad(self, docs: Sequence[TrainingDocument], indices: Sequence[int]) -> torch.Tensor:
         """e of chunk ``indices[j]`` of ``docs[j]``, with gradient when the action transformer is trained."""
         if self.frozen:
-            return torch.stack([doc.content[i] for doc, i in zip(docs, indices, strict=True)]).float()
+            return torch.stack([doc.content[i].float() for doc, i in zip(docs, indices, strict=True)])
         return self.model.action_encoder.embed([doc.texts[i] for doc, i in zip(docs, indices, strict=True)])
 
     def q_row(self, network: QRAG, state: torch.Tensor, actions: torch.Tensor, selected: Sequence[int]) -> torch.Tensor:
@@ -322,21 +339,33 @@ class Trainer:
         return q
 
     # -------------------------------------------------------------------------------------------- 3. warm start
-    def warm_start_loss(self, docs: Sequence[TrainingDocument], batch_size: int) -> torch.Tensor:
-        """−log Σ_{missing support c} softmax(Q(s, ·)/temperature)_c from random gold prefixes, summed / batch.
+    def warm_start_draws(self, docs: Sequence[TrainingDocument]) -> list[tuple[list[int], bool]]:
+        """The random part of the warm start for each of ``docs``: a gold prefix, and whether to add a mistake.
 
-        With ``warm_start_mistakes`` = p, a fraction p of the examples adds a second state: the gold prefix
-        plus the non-support chunk the model ranks highest there, i.e. the state after its likeliest mistake,
-        so that the model also learns to find the missing support after a wrong pick (greedy search at
-        T > |F*| has steps to spare for that).
+        Drawn per example in batch order from the trainer's generator, for the whole global batch on every
+        process, so that micro-batches and processes see the numbers of a single-process run.
         """
-        prefixes, with_mistake = [], []
-        for b, doc in enumerate(docs):  # per example, so that micro-batching draws the same numbers
+        draws = []
+        for doc in docs:
             support = sorted(doc.support)
             size = int(self.rng.integers(0, len(support)))
-            prefixes.append(sorted(self.rng.choice(support, size=size, replace=False).tolist()))
-            if self.config.warm_start_mistakes > 0 and self.rng.random() < self.config.warm_start_mistakes:
-                with_mistake.append(b)
+            prefix = sorted(self.rng.choice(support, size=size, replace=False).tolist())
+            mistake = self.config.warm_start_mistakes > 0 and self.rng.random() < self.config.warm_start_mistakes
+            draws.append((prefix, bool(mistake)))
+        return draws
+
+    def warm_start_loss(
+        self, docs: Sequence[TrainingDocument], draws: Sequence[tuple[list[int], bool]], batch_size: int
+    ) -> torch.Tensor:
+        """−log Σ_{missing support c} softmax(Q(s, ·)/temperature)_c from random gold prefixes, summed / batch.
+
+        ``draws`` are the examples' :meth:`warm_start_draws`. With ``warm_start_mistakes`` = p, a fraction p
+        of the examples adds a second state: the gold prefix plus the non-support chunk the model ranks
+        highest there, i.e. the state after its likeliest mistake, so that the model also learns to find
+        the missing support after a wrong pick (greedy search at T > |F*| has steps to spare for that).
+        """
+        prefixes = [prefix for prefix, _ in draws]
+        with_mistake = [b for b, (_, mistake) in enumerate(draws) if mistake]
         loss, q_rows = self.supervised_loss(docs, prefixes)
         mistakes = []
         for b in with_mistake:
@@ -371,13 +400,24 @@ class Trainer:
     # -------------------------------------------------------------------------------------------- 4. soft Q
     @torch.no_grad()
     def rollout(self, docs: Sequence[TrainingDocument], alpha: float) -> list[Episode]:
-        """Run one episode per document in parallel with the online networks and the Boltzmann policy."""
-        model, top_k = self.model, self.config.top_k
+        """Run one episode per document in parallel with the online networks and the Boltzmann policy.
+
+        ``docs`` is this process's slice of the global batch. Each round draws one uniform number per
+        episode still running anywhere in the global batch, in batch order, so that every process draws
+        the numbers of a single-process run and uses those of its own episodes.
+        """
+        model, top_k, processes = self.model, self.config.top_k, self.processes
         scale = 1.0 if self.calibration is None else self.calibration.scale.item()
         episodes = [Episode(doc) for doc in docs]
         actions = [model.action_vectors(self.content(doc, model)) for doc in docs]
         active = list(range(len(docs)))
-        while active:
+        while True:
+            running = processes.concat([b in active for b in range(len(docs))], self.config.batch_size)
+            if not any(running):
+                break
+            uniforms = self.rng.random(int(sum(running)))[int(sum(running[: self.local.start])) :]
+            if not active:
+                continue
             states = model.state_vectors(
                 [docs[b].question for b in active], [docs[b].state_texts(episodes[b].actions) for b in active]
             )
@@ -387,7 +427,7 @@ class Trainer:
                 k = min(top_k or q.shape[0], q.shape[0] - len(episode.actions))
                 top_q, top_i = q.topk(k)
                 probs = torch.softmax(scale * (top_q - top_q[0]) / alpha, 0).numpy()
-                choice = int(top_i[self.rng.choice(k, p=probs / probs.sum())])
+                choice = int(top_i[boltzmann_choice(probs, uniforms[row])])
                 before = len(episode.doc.support.intersection(episode.actions))
                 episode.actions.append(choice)
                 after = before + (choice in episode.doc.support)
@@ -471,42 +511,57 @@ class Trainer:
         )
 
     def train_step(self) -> dict[str, Any]:
-        """One optimiser step on the scheduled batch; returns its metrics."""
-        c, model, step = self.config, self.model, self.step
+        """One optimiser step on the scheduled batch (this process's slice of it); returns its metrics.
+
+        Every loss is divided by the global batch size or transition count, so the gradients summed over
+        the processes are those of the single-process step.
+        """
+        c, model, step, processes = self.config, self.model, self.step, self.processes
         lr = self.learning_rate(step)
         alpha = c.alpha * lr / c.lr
         assert self.optimizer is not None
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         docs = [self.documents[i] for i in self.schedule[step]]
+        local = docs[self.local]
         micro = c.micro_batch_size or c.batch_size
         metrics: dict[str, Any] = {"lr": lr}
         self.optimizer.zero_grad(set_to_none=True)
         loss_total = 0.0
         if self.phase(step) == "warm_start":
-            for first in range(0, len(docs), micro):
-                loss = self.warm_start_loss(docs[first : first + micro], len(docs))
-                loss.backward()
+            draws = self.warm_start_draws(docs)[self.local]
+            for first in range(0, len(local), micro):
+                with processes.autocast():
+                    loss = self.warm_start_loss(local[first : first + micro], draws[first : first + micro], len(docs))
+                processes.backward(loss)
                 loss_total += loss.item()
+            (loss_total,) = processes.sum([loss_total])
         else:
-            episodes = self.rollout(docs, alpha)
-            returns = self.episode_returns(episodes, alpha)
-            transitions = sum(len(e.actions) for e in episodes)
-            for first in range(0, len(docs), micro):
-                loss = self.q_learning_loss(
-                    episodes[first : first + micro], returns[first : first + micro], transitions
-                )
-                loss.backward()
+            with processes.autocast():
+                episodes = self.rollout(local, alpha)
+                returns = self.episode_returns(episodes, alpha)
+            found, total_return, transitions = processes.sum(
+                [
+                    sum(e.found_all for e in episodes),
+                    sum(sum(e.rewards) for e in episodes),
+                    sum(len(e.actions) for e in episodes),
+                ]
+            )
+            for first in range(0, len(local), micro):
+                with processes.autocast():
+                    loss = self.q_learning_loss(
+                        episodes[first : first + micro], returns[first : first + micro], int(transitions)
+                    )
+                processes.backward(loss)
                 loss_total += loss.item()
+            (loss_total,) = processes.sum([loss_total])
             metrics |= {
                 "alpha": alpha,
-                "rollout_fact_em": float(np.mean([e.found_all for e in episodes])),
-                "rollout_return": float(np.mean([sum(e.rewards) for e in episodes])),
-                "rollout_length": float(np.mean([len(e.actions) for e in episodes])),
+                "rollout_fact_em": found / len(docs),
+                "rollout_return": total_return / len(docs),
+                "rollout_length": transitions / len(docs),
             }
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
-        self.optimizer.step()
+        grad_norm = processes.optimizer_step(self.optimizer, c.max_grad_norm)
         model.weights_changed()
         if self.target is not None:
             polyak_update(self.target, model, c.tau)
@@ -517,8 +572,10 @@ class Trainer:
         return metrics | {"loss": loss_total, "grad_norm": float(grad_norm)}
 
     def run_evaluation(self) -> dict[str, Any]:
-        """Greedy search with T = eval_steps on every evaluation set: fact EM and recall."""
+        """Greedy search with T = eval_steps on every evaluation set: fact EM and recall (main process only)."""
         model, values = self.model, {}
+        if not self.processes.is_main:
+            return values
         # A trained action transformer changes the content embeddings: keep those out of the shared cache.
         method = QRAGSearch(model, self.cache if self.frozen else None, beam=1)
         for name, examples in self.eval_sets.items():
@@ -540,7 +597,9 @@ class Trainer:
             self.load_checkpoint()
         else:
             self.start_phase(self.phase(0))
-        log = MetricsLog(self.fields, self.out_dir, resume_step=self.step if resume else None)
+        log = MetricsLog(
+            self.fields, self.out_dir if self.processes.is_main else None, resume_step=self.step if resume else None
+        )
         wall_start = time.perf_counter() - self.wall_seconds
         with self._training_clock():
             self.encode_training_documents()
@@ -566,7 +625,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", phase=phase)
                 if last:
                     break
-                if self._due(c.checkpoint_every):
+                if self._due(c.checkpoint_every) and self.processes.is_main:
                     self.save_checkpoint(wall_start)
         finally:
             bar.close()
@@ -574,9 +633,10 @@ class Trainer:
         if self.step < c.total_steps:
             logger.info("stopped after %.0f s of training (max_train_seconds)", self.train_seconds)
         self.model.training_info = self.training_info()
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.processes.is_main:
             self.save_checkpoint(wall_start)
             self.model.save_pretrained(self.out_dir / MODEL_DIR)
+        self.processes.barrier()  # the others return once the main process has written the model
         return TrainingResult(self.step, self.step * c.batch_size, self.train_seconds, log.rows, self.last_evaluation)
 
     @contextlib.contextmanager
@@ -590,8 +650,9 @@ class Trainer:
             self.train_cpu_seconds += time.process_time() - cpu
 
     def _out_of_time(self) -> bool:
+        """Whether the time limit is reached (on any process: they all stop after the same step)."""
         limit = self.config.max_train_seconds
-        return limit is not None and self.train_seconds >= limit
+        return limit is not None and self.processes.sum([self.train_seconds >= limit])[0] > 0
 
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
@@ -617,6 +678,7 @@ class Trainer:
             "seconds": round(self.train_seconds, 1),
             "cpu_seconds": round(self.train_cpu_seconds, 1),
             "action_encoder": "frozen (action head trained)" if self.frozen else "trained",
+            "processes": self.processes.world_size,
             "config": c.to_dict(),
             "evaluation": {
                 f"{name}_{k}": v for name, scores in self.last_evaluation.items() for k, v in scores.items()
@@ -729,13 +791,16 @@ def train(
     cache: EmbeddingCache | None = None,
     show_progress: bool = True,
     data_info: Mapping[str, Any] | None = None,
+    processes: Processes | None = None,
 ) -> TrainingResult:
     """Fine-tune ``model`` in place on labelled examples (a list, a generator, or ``read_jsonl(...)``).
 
     ``eval_examples`` is one evaluation set or several by name. With ``out_dir`` the run writes
     ``metrics.csv``, TensorBoard events, checkpoints and the final model (``out_dir/model``);
     ``resume=True`` continues the run whose checkpoint is there. ``data_info`` (e.g. the data file names)
-    is recorded in the model card.
+    is recorded in the model card. Under ``torchrun`` / ``accelerate launch`` the run is data-parallel
+    (``processes`` defaults to the launched ones, :mod:`qrag_core.training.distributed`): every process
+    gets the same arguments, the main process evaluates and writes ``out_dir``.
     """
     if eval_examples is None:
         eval_sets: Mapping[str, Iterable[Example]] = {}
@@ -743,5 +808,7 @@ def train(
         eval_sets = eval_examples
     else:
         eval_sets = {"eval": eval_examples}
-    trainer = Trainer(model, examples, config or TrainingConfig(), eval_sets, out_dir, cache, show_progress, data_info)
+    trainer = Trainer(
+        model, examples, config or TrainingConfig(), eval_sets, out_dir, cache, show_progress, data_info, processes
+    )
     return trainer.run(resume=resume)

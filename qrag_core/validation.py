@@ -1,0 +1,82 @@
+"""Checks of user-given settings and values, shared by the config dataclasses, the search and the CLIs.
+
+Each check raises :class:`InvalidInputError` (or the error class a caller passes) naming the setting,
+the rule and the value, so a bad value is reported where it enters instead of crashing much later
+(a NaN learning rate trains a NaN model; a string step count fails deep inside the search).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any
+
+from qrag_core.errors import InvalidInputError, QRAGError
+
+
+def is_int(value: object) -> bool:
+    """An ``int`` that is not a ``bool`` (``True`` is an int in Python, but never a count or an index)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """An int or float that is not a ``bool``."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_positive_int(name: str, value: object, allow_none: bool = False) -> None:
+    """``value`` is an integer ≥ 1 (or None when ``allow_none``)."""
+    if value is None and allow_none:
+        return
+    if not is_int(value) or value <= 0:  # type: ignore[operator]
+        raise InvalidInputError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
+
+
+def check_finite(name: str, value: object, allow_none: bool = False) -> None:
+    """``value`` is a finite real number (not NaN, not ±inf; or None when ``allow_none``)."""
+    if value is None and allow_none:
+        return
+    if not is_number(value) or not math.isfinite(value):  # type: ignore[arg-type]
+        raise InvalidInputError(f"{name} must be a finite number{' or None' if allow_none else ''}, got {value!r}")
+
+
+def _allowed_types(annotation: Any) -> tuple[tuple[type, ...], bool]:
+    """The runtime types a field annotation admits, and whether it admits None."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = typing.get_args(annotation)
+        inner = tuple(t for a in args if a is not type(None) for t in _allowed_types(a)[0])
+        return inner, type(None) in args
+    if typing.get_origin(annotation) is typing.Literal:
+        return (str,), False
+    return (annotation,), False
+
+
+def check_field_types(obj: Any, error: type[QRAGError] = InvalidInputError, prefix: str = "") -> None:
+    """Every scalar field of a dataclass instance has its annotated type, and every number is finite.
+
+    ``bool`` fields take only booleans, ``int`` fields only non-boolean ints, ``float`` fields any
+    non-boolean finite number; a field typed ``X | None`` also takes None. Fields of other types
+    (nested dataclasses, lists) are left to the caller. The error names ``prefix + field``.
+    """
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        allowed, optional = _allowed_types(hints[f.name])
+        if value is None and optional:
+            continue
+        name = prefix + f.name
+        if allowed == (bool,):
+            ok = isinstance(value, bool)
+        elif allowed == (int,):
+            ok = is_int(value)
+        elif allowed == (float,):
+            ok = is_number(value) and math.isfinite(value)
+        elif allowed == (str,):
+            ok = isinstance(value, str)
+        else:
+            continue
+        if not ok:
+            wanted = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}[allowed[0]]
+            raise error(f"{name} must be {wanted}{' or None' if optional else ''}, got {value!r}")
