@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +84,7 @@ def trace_examples(
                 index,
                 steps=min(steps, len(chunks)),
                 beam=1,
-                stop_threshold=-math.inf,
+                stop_threshold=-sys.float_info.max,  # finite (the search requires it) and below every Q
                 alternatives=0,
             )
             traces.append(
