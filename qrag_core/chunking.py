@@ -31,7 +31,7 @@ _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _HONORIFIC_END = re.compile(r"(?<![^\s\"'“‘(\[])(?:Mr|Mrs|Ms|Messrs|Dr|Mme|Mlle|Mmes|Mdme)\.$")
 _BLOCK_CHARS = 200_000
 SHIPPED_PUNKT_DIR = Path(__file__).resolve().parent / "punkt_english"
-"""The English Punkt model (NLTK ``punkt_tab`` files) trained on public-domain novels by ``training/train_punkt.py``."""
+"""The English Punkt model (NLTK ``punkt_tab`` files) trained on public-domain novels by ``recipes/train_punkt.py``."""
 
 
 class Tokenizer(Protocol):
@@ -170,7 +170,7 @@ class _Punkt:
 
 @lru_cache(maxsize=1)
 def _punkt() -> _Punkt:
-    """Punkt with :data:`SHIPPED_PUNKT_DIR`'s English model (trained by ``training/train_punkt.py``)."""
+    """Punkt with :data:`SHIPPED_PUNKT_DIR`'s English model (trained by ``recipes/train_punkt.py``)."""
     from nltk.tokenize.punkt import PunktParameters
 
     def lines(name: str) -> list[list[str]]:

@@ -27,7 +27,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from qrag_core.embedding_cache import default_cache_dir
 from qrag_core.errors import ModelNotFoundError
+from qrag_core.onnx_backend import OnnxRunner, backend_description, check_backend
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +100,9 @@ class TextEncoder(nn.Module):
         self._prefix, self._suffix = _special_tokens(tokenizer)
         self._source: object | None = None  # the loaded SentenceTransformer (not a submodule), for save()
         self._fingerprint: str | None = None
+        self.backend = "torch"
+        self._runner: OnnxRunner | None = None
+        self._cut_logged = False
 
     @classmethod
     def from_path(cls, path: str, max_tokens: int = 64) -> TextEncoder:
@@ -156,8 +161,26 @@ class TextEncoder(nn.Module):
             described["chunk_tokens"] = self.chunk_token_limit()
         return described
 
+    def use_backend(self, backend: str) -> None:
+        """Compute inference embeddings (``encode``) with ``backend`` (see ``onnx_backend.BACKENDS``).
+
+        Embeddings with gradients (``embed``, training) always come from torch. The fingerprint names
+        the backend, so an index or cache made by one backend is never mixed with another's vectors.
+        """
+        self.backend = check_backend(backend)
+        self._runner = None
+
     def fingerprint(self) -> str:
-        """A hash of the weights, truncation and pooling pipeline: cached content embeddings are keyed by it."""
+        """A hash of the weights, truncation, pooling pipeline and inference backend.
+
+        Cached content embeddings and indexes are keyed by it.
+        """
+        weights = self._weights_fingerprint()
+        if self.backend == "torch":
+            return weights
+        return hashlib.sha256(f"{weights};backend={backend_description(self.backend)}".encode()).hexdigest()[:32]
+
+    def _weights_fingerprint(self) -> str:
         if self._fingerprint is None:
             digest = hashlib.sha256(f"max_tokens={self.max_tokens};".encode())
             pipeline = self._pipeline()
@@ -172,14 +195,23 @@ class TextEncoder(nn.Module):
         return self._fingerprint
 
     def weights_changed(self) -> None:
-        """Forget the cached fingerprint after the weights were updated (training, loading)."""
+        """Forget the cached fingerprint (and exported copy) after the weights were updated (training, loading)."""
         self._fingerprint = None
+        self._runner = None
 
     def _include_prompt(self) -> bool:
         return all(getattr(m, "include_prompt", True) for m in self.modules_after)
 
-    def _pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int = 0) -> torch.Tensor:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def _pool(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int = 0, fast: bool = False
+    ) -> torch.Tensor:
+        """Pooled embeddings; ``fast`` runs the transformer on the inference backend instead of torch."""
+        if fast and self.backend != "torch":
+            if self._runner is None:
+                self._runner = OnnxRunner(self.model, self.backend, self._weights_fingerprint(), default_cache_dir())
+            hidden = self._runner(input_ids, attention_mask).to(input_ids.device)
+        else:
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         features = {"input_ids": input_ids, "attention_mask": attention_mask, "token_embeddings": hidden}
         if prompt_length and not self._include_prompt():
             features["prompt_length"] = len(self._prefix) + prompt_length
@@ -261,13 +293,13 @@ class TextEncoder(nn.Module):
     def encode_ids(
         self, id_lists: Sequence[list[int]], batch_size: int = 64, show_progress: bool = False, prompt_length: int = 0
     ) -> torch.Tensor:
-        """Inference-mode embeddings, batched by similar length (less padding), returned in input order."""
+        """Inference-mode embeddings on the chosen backend, batched by similar length, returned in input order."""
         order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))
         out = torch.empty((len(id_lists), self.dim), dtype=torch.float32)
         bar = tqdm(total=len(order), desc="encoding", unit="chunk", disable=not show_progress)
         for first in range(0, len(order), batch_size):
             idx = order[first : first + batch_size]
-            out[idx] = self._pool(*self._batch([id_lists[i] for i in idx]), prompt_length).float().cpu()
+            out[idx] = self._pool(*self._batch([id_lists[i] for i in idx]), prompt_length, fast=True).float().cpu()
             bar.update(len(idx))
         bar.close()
         return out
@@ -276,7 +308,11 @@ class TextEncoder(nn.Module):
         """Inference-mode embeddings of chunk texts, on the CPU, float32; logs once if any text was cut."""
         ids, cut = self._piece_ids(texts, self.document_prompt)
         if cut:
-            logger.warning(
+            # Once per index (an encode call): a WARNING the first time, DEBUG after (evaluations build many).
+            level = logging.DEBUG if self._cut_logged else logging.WARNING
+            self._cut_logged = True
+            logger.log(
+                level,
                 "%d of %d chunks are longer than %d tokens and were cut for embedding (the rest of their text "
                 "is not seen by the retriever); chunk with max_tokens <= %d to avoid it",
                 cut,

@@ -30,3 +30,16 @@ class DataFormatError(InvalidInputError):
         self.line = line
         self.problem = problem
         super().__init__(f"{path}:{line}: {problem}")
+
+
+class UnsafeOutputError(QRAGError, FileExistsError):
+    """An output path a save refuses to replace: a user's directory, the working or home directory, or
+    qrag's own earlier output when overwriting was not asked for."""
+
+
+class StorageError(QRAGError, OSError):
+    """A write that failed because the disk is full; the previous copy is kept."""
+
+
+class TrainingError(QRAGError):
+    """Training that cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""

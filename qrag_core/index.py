@@ -15,15 +15,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from qrag_core.atomic import Layout, atomic_directory, save_tensors
 from qrag_core.chunking import Chunk
 from qrag_core.errors import CheckpointError, DataFormatError, InvalidInputError
 from qrag_core.text_files import iter_json_lines, read_json_file
@@ -31,6 +31,11 @@ from qrag_core.text_files import iter_json_lines, read_json_file
 logger = logging.getLogger(__name__)
 
 INDEX_FORMAT_VERSION = 1
+INDEX_FILE = "index.json"
+CHUNKS_FILE = "chunks.jsonl"
+EMBEDDINGS_FILE = "embeddings.safetensors"
+INDEX_LAYOUT = Layout("index", (INDEX_FILE,), (INDEX_FILE, CHUNKS_FILE, EMBEDDINGS_FILE))
+"""What :meth:`DocumentIndex.save` writes: a save may replace only a directory like this."""
 
 
 class DocumentIndex:
@@ -112,32 +117,25 @@ class DocumentIndex:
         end = self._doc_starts[pos + 1] if pos + 1 < len(self._doc_starts) else len(self.chunks)
         return self._doc_starts[pos], end
 
-    def save(self, directory: str | Path) -> None:
-        """Write the index to a directory (atomically: a crash leaves the previous index intact)."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-index-", dir=directory.parent))
-        save_file({"content": self.content.contiguous()}, str(tmp / "embeddings.safetensors"))
-        with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as f:
-            for chunk in self.chunks:
-                f.write(json.dumps(asdict(chunk), ensure_ascii=False) + "\n")
-        meta = {
-            "format_version": INDEX_FORMAT_VERSION,
-            "fingerprint": self.fingerprint,
-            "dim": self.dim,
-            "doc_ids": self.doc_ids,
-            "doc_starts": self._doc_starts,
-        }
-        (tmp / "index.json").write_text(json.dumps(meta, indent=1))
-        if directory.exists():
-            old = directory.with_name(directory.name + ".old")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
-        else:
-            os.replace(tmp, directory)
+    def save(self, directory: str | os.PathLike[str], overwrite: bool = True) -> None:
+        """Write the index to a directory atomically (a crash leaves the previous index intact).
+
+        Saving over a qrag index replaces it (``overwrite=False`` refuses that); any other non-empty
+        directory is never replaced (:class:`~qrag_core.errors.UnsafeOutputError`).
+        """
+        with atomic_directory(directory, INDEX_LAYOUT, overwrite) as tmp:
+            save_tensors({"content": self.content}, tmp / EMBEDDINGS_FILE)
+            with open(tmp / CHUNKS_FILE, "w", encoding="utf-8") as f:
+                for chunk in self.chunks:
+                    f.write(json.dumps(asdict(chunk), ensure_ascii=False) + "\n")
+            meta = {
+                "format_version": INDEX_FORMAT_VERSION,
+                "fingerprint": self.fingerprint,
+                "dim": self.dim,
+                "doc_ids": self.doc_ids,
+                "doc_starts": self._doc_starts,
+            }
+            (tmp / INDEX_FILE).write_text(json.dumps(meta, indent=1))
 
     @classmethod
     def load(cls, directory: str | Path) -> DocumentIndex:

@@ -3,9 +3,10 @@
 Encoding dominates (about 85 chunks of 64 tokens per second on two CPU cores, so a 10M-token book
 takes over an hour), so the work is cut into shards of chunks. Each encoded shard is written to disk
 atomically before the next begins; after a kill, running the same call again skips the finished
-shards. Embeddings are kept as float16 (a 10M-token document in one-sentence chunks is about 400k
-chunks, 300 MB), and the finished index is an ordinary :class:`DocumentIndex` directory that reloads
-in seconds without re-encoding.
+shards. Each shard records which document, model and chunking it was made for, so a damaged or foreign
+shard (or a damaged manifest) is detected and only that part is encoded again. Embeddings are kept as
+float16 (a 10M-token document in one-sentence chunks is about 400k chunks, 300 MB), and the finished
+index is an ordinary :class:`DocumentIndex` directory that reloads in seconds without re-encoding.
 """
 
 from __future__ import annotations
@@ -15,17 +16,19 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import safe_open
 from tqdm.auto import tqdm
 
+from qrag_core.atomic import Layout, check_replaceable, remove_leftover_files, save_tensors, write_file
 from qrag_core.chunking import chunk_text
 from qrag_core.config import ChunkingConfig
 from qrag_core.embedding_cache import EmbeddingCache
-from qrag_core.index import DocumentIndex
+from qrag_core.index import INDEX_LAYOUT, DocumentIndex
 
 if TYPE_CHECKING:
     from qrag_core.model import QRAG
@@ -33,6 +36,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+PARTIAL_LAYOUT = Layout("partial index", (MANIFEST,), (MANIFEST, "shard-*.safetensors", ".tmp-*"))
+"""What ``<directory>.partial`` holds while an index is built; only such a directory is ever removed."""
+ShardEncoder = Callable[[Sequence[tuple[int, list[str]]]], Iterator[tuple[int, torch.Tensor]]]
+"""Encodes shards given as ``(number, chunk texts)``, yielding ``(number, float16 embeddings)`` as each is done."""
 
 
 def _manifest(fingerprint: str, document: str, chunking: ChunkingConfig, n: int, shard_size: int) -> dict:
@@ -46,6 +53,35 @@ def _manifest(fingerprint: str, document: str, chunking: ChunkingConfig, n: int,
     }
 
 
+def _read_manifest(path: Path) -> dict | None:
+    """The manifest of earlier partial work, or None when there is none or it is damaged."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        logger.warning("%s is damaged (%s); writing it again and checking every shard", path, err)
+        return None
+
+
+def _read_shard(path: Path, key: str, rows: int, dim: int) -> torch.Tensor | None:
+    """The embeddings of a finished shard, or None when it is missing, damaged or from other work."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            content = f.get_tensor("content")
+    except Exception as err:  # safetensors raises several types for truncated or foreign files
+        logger.warning("%s is damaged (%s); encoding it again", path, err)
+        return None
+    if metadata.get("work") != key or content.shape != (rows, dim) or content.dtype != torch.float16:
+        logger.info("%s belongs to other partial work; encoding it again", path)
+        return None
+    logger.info("%s already encoded; skipping", path.name)
+    return content
+
+
 def build_long_index(
     model: QRAG,
     document: str,
@@ -56,42 +92,60 @@ def build_long_index(
     batch_size: int = 64,
     cache: EmbeddingCache | None = None,
     show_progress: bool = True,
+    overwrite: bool = True,
+    protect: Iterable[str | os.PathLike[str]] = (),
+    encode_shards: ShardEncoder | None = None,
 ) -> DocumentIndex:
     """Chunk and encode ``document`` into an index saved at ``directory``; resumes an interrupted run.
 
-    Partial work lives in ``<directory>.partial`` until the index is complete.
+    Partial work lives in ``<directory>.partial`` until the index is complete. ``directory`` is checked
+    before any work: it may be replaced only if it is absent, empty or (with ``overwrite``) a qrag
+    index, and never if it is or contains a ``protect`` path (e.g. the document's file).
+    ``encode_shards`` encodes the unfinished shards elsewhere (e.g. :class:`qrag_core.ray_index.RayShardEncoder`);
+    by default ``model`` encodes them here, one after the other, through ``cache``.
     """
     directory = Path(directory)
+    check_replaceable(directory, INDEX_LAYOUT, overwrite, protect)
     work = directory.with_name(directory.name + ".partial")
+    check_replaceable(work, PARTIAL_LAYOUT, overwrite=True, protect=protect)
     chunking = chunking or model.config.chunking
     chunks = chunk_text(document, chunking, model.action_encoder.tokenizer, doc_id=doc_id)
     fingerprint = model.action_encoder.fingerprint()
     manifest = _manifest(fingerprint, document, chunking, len(chunks), shard_size)
-    manifest_path = work / MANIFEST
-    if work.exists() and (not manifest_path.is_file() or json.loads(manifest_path.read_text()) != manifest):
-        logger.warning("%s holds partial work for another document or model; starting over", work)
-        shutil.rmtree(work)
+    key = hashlib.blake2b(json.dumps(manifest, sort_keys=True).encode("utf-8"), digest_size=16).hexdigest()
     work.mkdir(parents=True, exist_ok=True)
-    manifest_path.write_text(json.dumps(manifest))
+    remove_leftover_files(work)
+    previous = _read_manifest(work / MANIFEST)
+    if previous is not None and previous != manifest:
+        logger.warning("%s holds partial work for another document or model; encoding everything again", work)
+    write_file(work / MANIFEST, json.dumps(manifest))
 
-    starts = range(0, len(chunks), shard_size)
+    shards = [[c.text for c in chunks[first : first + shard_size]] for first in range(0, len(chunks), shard_size)]
+    paths = [work / f"shard-{number:05d}.safetensors" for number in range(len(shards))]
+    blocks = [
+        _read_shard(path, key, len(texts), model.action_encoder.dim) for path, texts in zip(paths, shards, strict=True)
+    ]
+    todo = [(number, shards[number]) for number, block in enumerate(blocks) if block is None]
     bar = tqdm(total=len(chunks), desc="indexing", unit="chunk", disable=not show_progress)
-    for number, first in enumerate(starts):
-        path = work / f"shard-{number:05d}.safetensors"
-        texts = [c.text for c in chunks[first : first + shard_size]]
-        if not path.is_file():
-            content = model.encode_chunks(texts, cache, batch_size=batch_size).to(torch.float16)
-            tmp = path.with_suffix(".tmp")
-            save_file({"content": content}, str(tmp))
-            os.replace(tmp, path)
-        else:
-            logger.info("shard %d already encoded; skipping", number)
-        bar.update(len(texts))
+    bar.update(len(chunks) - sum(len(texts) for _, texts in todo))
+    for number, content in (encode_shards or _encoder_here(model, cache, batch_size))(todo):
+        save_tensors({"content": content}, paths[number], metadata={"work": key})
+        blocks[number] = content
+        bar.update(len(shards[number]))
     bar.close()
 
-    content = torch.cat([load_file(str(work / f"shard-{i:05d}.safetensors"))["content"] for i in range(len(starts))])
     index = DocumentIndex(fingerprint, model.action_encoder.dim)
-    index.add(chunks, content, doc_id=doc_id)
-    index.save(directory)
+    index.add(chunks, torch.cat(blocks), doc_id=doc_id)
+    index.save(directory, overwrite=overwrite)
     shutil.rmtree(work)
     return index
+
+
+def _encoder_here(model: QRAG, cache: EmbeddingCache | None, batch_size: int) -> ShardEncoder:
+    """The local :data:`ShardEncoder`: ``model`` encodes the shards in order, through ``cache``."""
+
+    def encode(shards: Sequence[tuple[int, list[str]]]) -> Iterator[tuple[int, torch.Tensor]]:
+        for number, texts in shards:
+            yield number, model.encode_chunks(texts, cache, batch_size=batch_size).to(torch.float16)
+
+    return encode

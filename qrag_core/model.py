@@ -16,17 +16,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from qrag_core import __version__
+from qrag_core.atomic import Layout, atomic_directory, save_tensors
 from qrag_core.chunking import Chunk, chunk_text, chunks_from_texts
 from qrag_core.config import ChunkingConfig, QRAGConfig
 from qrag_core.embedding_cache import EmbeddingCache, encode_with_cache
@@ -45,6 +44,7 @@ STATE_DIR = "state_encoder"
 STATE_DELTA_FILE = "state_encoder_delta.safetensors"
 ACTION_DIR = "action_encoder"
 HEAD_FILE = "action_head.safetensors"
+MODEL_CARD_FILE = "README.md"
 FORMAT_VERSION = 1
 
 
@@ -179,17 +179,17 @@ class QRAG(nn.Module):
                 raise CheckpointError(f"{path / HEAD_FILE} cannot be loaded: {err}") from err
         return cls(config, state, action, head, training_info=meta.get("training"))
 
-    def save_pretrained(self, directory: str | os.PathLike[str], compact: bool = False) -> None:
+    def save_pretrained(self, directory: str | os.PathLike[str], compact: bool = False, overwrite: bool = True) -> None:
         """Write the model to ``directory`` atomically (a crash never leaves a half-written model).
 
+        As in transformers, saving again over a qrag model replaces it; ``overwrite=False`` refuses that.
+        Any other non-empty directory (one holding a file qrag does not write into a model) is never
+        replaced: that raises :class:`~qrag_core.errors.UnsafeOutputError`, see :mod:`qrag_core.atomic`.
         ``compact`` stores the state encoder as the float16 values of only the tensors that differ from
         the base model (the base comes from ``config.base_model`` at load time, checked by fingerprint).
         """
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-qrag-", dir=directory.parent))
-        state_meta: dict[str, Any] = {"format": "full"}
-        try:
+        with atomic_directory(directory, MODEL_LAYOUT, overwrite) as tmp:
+            state_meta: dict[str, Any] = {"format": "full"}
             if compact:
                 state_meta = self._save_state_delta(tmp / STATE_DELTA_FILE)
             else:
@@ -197,10 +197,7 @@ class QRAG(nn.Module):
             if not self.config.freeze_action_encoder:
                 self.action_encoder.save(str(tmp / ACTION_DIR))
             if self.action_head is not None:
-                save_file(
-                    {k: v.detach().cpu().contiguous() for k, v in self.action_head.state_dict().items()},
-                    str(tmp / HEAD_FILE),
-                )
+                save_tensors(self.action_head.state_dict(), tmp / HEAD_FILE)
             meta = {
                 "qrag": {
                     "format_version": FORMAT_VERSION,
@@ -214,14 +211,7 @@ class QRAG(nn.Module):
                 }
             }
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-            write_model_card(tmp / "README.md", self.config, self.training_info)
-            _usual_permissions(tmp)
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
+            write_model_card(tmp / MODEL_CARD_FILE, self.config, self.training_info)
 
     def _save_state_delta(self, file: Path) -> dict[str, Any]:
         base = _load_encoder(resolve_model_path(self.config.base_model), self.config.max_chunk_tokens, "base model")
@@ -231,7 +221,7 @@ class QRAG(nn.Module):
             for name, tensor in self.state_encoder.model.state_dict().items()
             if name not in base_weights or not torch.equal(tensor.cpu(), base_weights[name])
         }
-        save_file(changed, str(file))
+        save_tensors(changed, file)
         logger.info("compact state encoder: %d of %d tensors differ from the base", len(changed), len(base_weights))
         return {"format": "fp16-delta", "base_fingerprint": base.fingerprint(), "changed_tensors": len(changed)}
 
@@ -325,7 +315,7 @@ class QRAG(nn.Module):
     def check_index(self, index: DocumentIndex) -> None:
         if index.fingerprint != self.action_encoder.fingerprint():
             raise InvalidInputError(
-                "this index was built with a different action encoder; rebuild it with this model "
+                "this index was built with a different action encoder; rebuild it with this model and encoding backend "
                 f"(index fingerprint {index.fingerprint}, model {self.action_encoder.fingerprint()})"
             )
 
@@ -392,14 +382,6 @@ class QRAG(nn.Module):
         )
 
 
-def _usual_permissions(directory: Path) -> None:
-    """Give a directory made by ``mkdtemp`` (0700, files 0600) the permissions the umask gives new files."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [directory, *directory.rglob("*")]:
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
 def _apply_delta(encoder: TextEncoder, file: Path) -> None:
     try:
         tensors = load_file(str(file))
@@ -422,3 +404,20 @@ def _is_qrag_dir(path: str) -> bool:
     except (DataFormatError, OSError) as err:
         raise CheckpointError(f"{cfg} is not a valid JSON file: {err}") from err
     return isinstance(saved, dict) and "qrag" in saved
+
+
+def _is_qrag_config(cfg: Path) -> bool:
+    """Whether ``cfg`` is the config.json of a saved qrag model (an unreadable one is not)."""
+    try:
+        return _is_qrag_dir(str(cfg.parent))
+    except CheckpointError:
+        return False
+
+
+MODEL_LAYOUT = Layout(
+    "model",
+    (CONFIG_FILE,),
+    (CONFIG_FILE, MODEL_CARD_FILE, STATE_DIR, STATE_DELTA_FILE, ACTION_DIR, HEAD_FILE),
+    _is_qrag_config,
+)
+"""What :meth:`QRAG.save_pretrained` writes: a save may replace only a directory like this."""

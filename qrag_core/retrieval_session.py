@@ -26,13 +26,14 @@ import os
 import shutil
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from qrag_core.atomic import Layout, atomic_directory
 from qrag_core.chunking import Chunk, chunk_text
 from qrag_core.config import ChunkingConfig
 from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir, shared_cache
@@ -52,6 +53,19 @@ SESSION_FILE = "qrag_retriever.json"
 INDEX_DIR = "index"
 MODEL_DIR = "model"
 SESSION_FORMAT_VERSION = 1
+
+
+def _extra_files(directory: Path) -> list[str]:
+    """The further files a saved retriever's session file lists (see ``extra_files`` of ``save``)."""
+    try:
+        listed = json.loads((directory / SESSION_FILE).read_text(encoding="utf-8")).get("extra_files", [])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return []
+    return [name for name in listed if isinstance(name, str)] if isinstance(listed, list) else []
+
+
+RETRIEVER_LAYOUT = Layout("retriever", (SESSION_FILE,), (SESSION_FILE, INDEX_DIR, MODEL_DIR), listed=_extra_files)
+"""What :meth:`RetrievalSession.save` writes: a save may replace only a directory like this."""
 
 METADATA_PREFIX = "qrag_"
 """Prefix of every metadata key qrag adds; a user's metadata keys may not start with it."""
@@ -391,17 +405,32 @@ class RetrievalSession:
         return subset
 
     # ----------------------------------------------------------------------------- persistence
-    def save(self, directory: str | os.PathLike[str], options: RetrievalOptions | None = None) -> None:
+    def save(
+        self,
+        directory: str | os.PathLike[str],
+        options: RetrievalOptions | None = None,
+        overwrite: bool = True,
+        extra_files: Mapping[str, str] | None = None,
+    ) -> None:
         """Write the index, how to get the model back (its name, or the model itself when it has none)
-        and a retriever's ``options`` (read back by :func:`saved_options`)."""
-        directory = Path(directory)
-        with self._lock:
-            directory.mkdir(parents=True, exist_ok=True)
-            self.index.save(directory / INDEX_DIR)
+        and a retriever's ``options`` (read back by :func:`saved_options`).
+
+        The directory is written atomically, with ``extra_files`` (file name → UTF-8 text, e.g. an
+        adapter's own records) in it; saving over a saved retriever replaces it (``overwrite=False``
+        refuses that), any other non-empty directory is never replaced.
+        """
+        extra_files = dict(extra_files or {})
+        own = {SESSION_FILE, INDEX_DIR, MODEL_DIR}
+        if any(name in own or Path(name).name != name or name.startswith(".") for name in extra_files):
+            raise InvalidInputError(f"extra files need plain names other than qrag's own, got {sorted(extra_files)}")
+        with self._lock, atomic_directory(directory, RETRIEVER_LAYOUT, overwrite) as tmp:
+            for name, text in extra_files.items():
+                (tmp / name).write_text(text, encoding="utf-8")
+            self.index.save(tmp / INDEX_DIR)
             if self.model_name is not None:
                 model_entry: dict[str, Any] = {"name": self.model_name}
             else:
-                self.model.save_pretrained(directory / MODEL_DIR)
+                self.model.save_pretrained(tmp / MODEL_DIR)
                 model_entry = {"saved": MODEL_DIR}
             meta = {
                 "format_version": SESSION_FORMAT_VERSION,
@@ -410,8 +439,9 @@ class RetrievalSession:
                 "model_config": self.model.config.to_dict(),
                 "chunking": dataclasses.asdict(self.chunking),
                 "options": dataclasses.asdict(options or RetrievalOptions()),
+                "extra_files": sorted(extra_files),
             }
-            (directory / SESSION_FILE).write_text(json.dumps(meta, indent=2))
+            (tmp / SESSION_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(

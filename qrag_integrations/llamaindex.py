@@ -195,13 +195,8 @@ class QRAGRetriever(BaseRetriever):
     def persist(self, persist_dir: str | os.PathLike[str]) -> None:
         """Save the index, the options, the given nodes and the model's name (or the model itself if it
         was built in memory)."""
-        self.session.save(persist_dir, self.options)
-        nodes_path = Path(persist_dir) / NODES_FILE
-        tmp = nodes_path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for node in self._nodes.values():
-                f.write(json.dumps(doc_to_json(node), ensure_ascii=False) + "\n")
-        os.replace(tmp, nodes_path)
+        nodes = "".join(json.dumps(doc_to_json(node), ensure_ascii=False) + "\n" for node in self._nodes.values())
+        self.session.save(persist_dir, self.options, extra_files={NODES_FILE: nodes})
 
     def insert_documents(self, documents: Sequence[Document], show_progress: bool | None = None) -> list[str]:
         """Chunk and index LlamaIndex documents (one document each, replacing one of the same id)."""

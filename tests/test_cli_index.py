@@ -46,3 +46,43 @@ def test_help_explains_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--document", "--out", "--chunking", "--max-tokens", "--shard-size", "--batch-size", "--no-cache"):
         assert flag in text
+
+
+def exit_status(argv: list[str]) -> int:
+    """What the command returns, or the status of the argparse error it exits with."""
+    try:
+        return main(argv)
+    except SystemExit as exit_info:
+        return exit_info.code
+
+
+def test_build_never_deletes_the_book_or_other_files_in_out(tmp_path, story, capsys, monkeypatch):
+    """--out holding the book (or any file qrag did not write) is refused, with or without --overwrite;
+    an earlier qrag index is replaced only with --overwrite."""
+    monkeypatch.setenv("QRAG_CACHE_DIR", str(tmp_path / "cache"))
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    book = shelf / "book.txt"
+    book.write_text(story)
+    (shelf / "notes.txt").write_text("mine")
+    for out in (shelf, tmp_path):
+        for extra in ([], ["--overwrite"]):
+            argv = ["build", "--document", str(book), "--out", str(out), "--model", "minilm", *extra]
+            assert exit_status(argv) == 2
+            assert str(out) in capsys.readouterr().err
+            assert book.read_text() == story and (shelf / "notes.txt").read_text() == "mine"
+    other_book = tmp_path / "other.txt"  # the book elsewhere: the user's files in --out are still refused
+    other_book.write_text(story)
+    argv = ["build", "--document", str(other_book), "--out", str(shelf), "--model", "minilm", "--overwrite"]
+    assert exit_status(argv) == 2
+    assert "is not empty and is not a qrag index" in capsys.readouterr().err
+    assert sorted(p.name for p in shelf.iterdir()) == ["book.txt", "notes.txt"]
+
+    out = tmp_path / "idx"
+    argv = ["build", "--document", str(book), "--out", str(out), "--model", "minilm", "--shard-size", "4"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "already holds a qrag index" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    assert DocumentIndex.load(out).doc_ids == ["book.txt"]

@@ -1,5 +1,6 @@
 """The text encoders: state text assembly within the position limit, and embeddings."""
 
+import importlib.util
 import random
 
 import pytest
@@ -172,11 +173,13 @@ def test_saved_encoder_loads_back_with_its_pooling(tmp_path, minilm_tokenizer):
 
 def test_cut_chunks_are_logged_once_per_encoding(tiny_model, caplog):
     encoder = tiny_model.action_encoder
-    with caplog.at_level("WARNING", logger="qrag_core.encoders"):
+    with caplog.at_level("DEBUG", logger="qrag_core.encoders"):
         encoder.encode(["short one.", " ".join(WORDS * 10), " ".join(WORDS * 20)])
         encoder.encode(["short one."])
-    cut = [r for r in caplog.records if "were cut" in r.getMessage()]
-    assert len(cut) == 1 and "2 of 3 chunks" in cut[0].getMessage()
+        encoder.encode([" ".join(WORDS * 10)])
+    cut = [(r.levelname, r.getMessage()) for r in caplog.records if "were cut" in r.getMessage()]
+    assert [level for level, _ in cut] == ["WARNING", "DEBUG"], "the first index warns, later ones log quietly"
+    assert "2 of 3 chunks" in cut[0][1]
 
 
 @pytest.mark.slow
@@ -186,3 +189,63 @@ def test_shipped_model_keeps_its_fingerprints(real_model):
     shipped = QRAG.from_pretrained()
     assert shipped.action_encoder.fingerprint() == "daa204ee1ce3e63022dd7b05e9fc7dea"
     assert real_model.action_encoder.fingerprint() == "daa204ee1ce3e63022dd7b05e9fc7dea"
+
+
+# ------------------------------------------------------------------ ONNX Runtime backends
+onnx_needed = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs qrag[onnx]")
+
+
+@onnx_needed
+def test_onnx_backends_match_torch_and_have_their_own_fingerprint(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("QRAG_CACHE_DIR", str(tmp_path))
+    encoder = tiny_model.state_encoder  # not frozen, so its training embeddings have gradients
+    reference, torch_fp = encoder.encode(TEXTS), encoder.fingerprint()
+    fingerprints = {torch_fp}
+    for backend, floor in [("onnx", 0.99999), ("onnx-int8", 0.99)]:
+        encoder.use_backend(backend)
+        fast = encoder.encode(TEXTS)
+        assert torch.all(cosines(fast, reference) > floor), backend
+        assert encoder.embed(TEXTS).requires_grad, "training embeddings stay on torch"
+        fingerprints.add(encoder.fingerprint())
+    assert len(fingerprints) == 3
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 2, "exported once per backend, into the cache"
+    encoder.use_backend("torch")
+    assert encoder.fingerprint() == torch_fp and torch.equal(encoder.encode(TEXTS), reference)
+
+
+@onnx_needed
+def test_index_of_another_backend_is_refused(tiny_model, tmp_path, monkeypatch):
+    import copy
+
+    from qrag_core.errors import QRAGError
+
+    monkeypatch.setenv("QRAG_CACHE_DIR", str(tmp_path))
+    tiny_model.action_encoder.use_backend("onnx-int8")
+    index = tiny_model.index_documents([TEXTS])
+    target = copy.deepcopy(tiny_model)  # e.g. the trainer's target network: shares the session
+    assert target.action_encoder.fingerprint() == index.fingerprint
+    tiny_model.action_encoder.use_backend("torch")
+    with pytest.raises(QRAGError, match="different action encoder"):
+        tiny_model.search("where is the milk?", index, steps=2)
+
+
+def test_unknown_backend_is_refused(tiny_model):
+    from qrag_core.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="unknown encoding backend"):
+        tiny_model.action_encoder.use_backend("tensorrt")
+
+
+@onnx_needed
+def test_index_cli_builds_and_searches_with_the_int8_backend(tmp_path, monkeypatch, story, capsys):
+    from qrag_core.cli.index import main
+
+    monkeypatch.setenv("QRAG_CACHE_DIR", str(tmp_path / "cache"))
+    document = tmp_path / "story.txt"
+    document.write_text(story, encoding="utf-8")
+    common = ["--model", "all-MiniLM-L6-v2", "--backend", "onnx-int8"]
+    assert main(["build", *common, "--document", str(document), "--out", str(tmp_path / "index")]) == 0
+    query = ["search", "--index", str(tmp_path / "index"), "--question", "Where is Mary?", "--steps", "2"]
+    assert main([*query, *common]) == 0
+    assert main([*query, "--model", "all-MiniLM-L6-v2"]) != 0, "a torch model refuses the int8 index"
+    assert "encoding backend" in capsys.readouterr().err

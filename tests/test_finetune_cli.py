@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 
 import pytest
 
@@ -115,6 +116,41 @@ def test_tiny_end_to_end_run_and_resume(tiny_base, data, tmp_path, capsys):
         ["--data", train, "--out", tmp_path / "again", "--init-from", out / "model", "--position-mode", "none"], capsys
     )
     assert code == 2 and "only apply with --base-model" in stderr
+
+
+def test_an_out_with_an_earlier_run_or_a_users_files_is_never_overwritten(tiny_base, data, tmp_path, capsys):
+    train, _ = data
+    flags = ["--base-model", tiny_base, "--cache", "none", "--warm-start-steps", "2", "--rl-steps", "0"]
+    flags += ["--batch-size", "4", "--no-progress"]
+    mine = tmp_path / "mine"  # a user's metrics and model, not written by qrag
+    (mine / "model").mkdir(parents=True)
+    (mine / "model" / "weights.bin").write_bytes(b"mine")
+    (mine / "metrics.csv").write_text("epoch,accuracy\n1,0.9\n")
+    for extra in ([], ["--overwrite"]):
+        code, _, stderr = run_cli(["--data", train, "--out", mine, *flags, *extra], capsys)
+        assert code == 2 and "not from a qrag training run" in stderr
+        assert (mine / "metrics.csv").read_text() == "epoch,accuracy\n1,0.9\n"
+        assert (mine / "model" / "weights.bin").read_bytes() == b"mine"
+        assert sorted(p.name for p in mine.iterdir()) == ["metrics.csv", "model"]
+
+    out = tmp_path / "run"  # an earlier qrag run whose checkpoint was deleted to save space
+    assert run_cli(["--data", train, "--out", out, *flags], capsys)[0] == 0
+    shutil.rmtree(out / "checkpoint")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code, _, stderr = run_cli(["--data", train, "--out", out, *flags, "--warm-start-steps", "3"], capsys)
+    assert code == 2 and "already holds a training run" in stderr and "--overwrite" in stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    code, stdout, stderr = run_cli(
+        ["--data", train, "--out", out, *flags, "--warm-start-steps", "3", "--overwrite"], capsys
+    )
+    assert code == 0, stderr
+    assert json.loads(stdout)["steps"] == 3
+    assert QRAG.from_pretrained(str(out / "model")).training_info["steps"] == 3
+    code, _, stderr = run_cli(["--data", train, "--out", out, "--init-from", out / "model", "--overwrite"], capsys)
+    assert code == 2 and f"refusing to replace {out / 'model'}" in stderr, "--overwrite never removes an input"
+    assert QRAG.from_pretrained(str(out / "model")).training_info["steps"] == 3
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--data", "x", "--out", "y", "--resume", "--overwrite"])
 
 
 def test_training_rows_without_support_are_errors_naming_the_line(tmp_path, capsys):

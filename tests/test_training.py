@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import csv
+import errno
+import json
 import math
+import pickle
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 import transformers
+from safetensors.torch import load_file
 from torch import nn
 
 from qrag_core.config import QRAGConfig
 from qrag_core.data.examples import Example
 from qrag_core.encoders import TextEncoder
-from qrag_core.errors import CheckpointError, InvalidInputError
+from qrag_core.errors import CheckpointError, InvalidInputError, StorageError, TrainingError
 from qrag_core.model import QRAG
 from qrag_core.model_names import base_minilm_path
-from qrag_core.training import TrainingConfig, train
+from qrag_core.training import TrainingConfig, checkpoint, train
+from qrag_core.training.distributed import Processes
 from qrag_core.training.metrics_log import TIMING_FIELDS
 from qrag_core.training.trainer import (
     Episode,
@@ -30,6 +37,7 @@ from qrag_core.training.trainer import (
     soft_value,
     step_reward,
 )
+from tests.conftest import REPO
 
 PERSONS = "john mary sandra daniel bill fred julie emily jeff tom anna lucy".split()
 ITEMS = "apple football milk ball box key book pen".split()
@@ -304,33 +312,195 @@ def metric_rows(path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in csv.DictReader(f)]
 
 
+def train_until_killed(tiny_base, data, held_out, config, out, kill_step: int) -> None:
+    """Train into ``out`` and die (like a kill) as the step numbered ``kill_step`` (0-based) begins."""
+    real_step = Trainer.train_step
+
+    def crash(self):
+        if self.step == kill_step:
+            raise Crash("killed")
+        return real_step(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "train_step", crash)
+        with pytest.raises(Crash):
+            train(tiny_model(tiny_base), data, config, held_out, out_dir=out, show_progress=False)
+
+
+def assert_same_run(whole, resumed) -> None:
+    """The same metrics rows (timings aside) and bitwise the same final model."""
+    assert metric_rows(resumed / "metrics.csv") == metric_rows(whole / "metrics.csv")
+    a, b = QRAG.from_pretrained(str(whole / "model")), QRAG.from_pretrained(str(resumed / "model"))
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+
+
 @pytest.mark.parametrize("value_head", [False, True])
-def test_resume_after_a_crash_gives_the_same_metrics_rows(tiny_base, tmp_path, monkeypatch, value_head):
+def test_resume_after_a_crash_gives_the_same_metrics_rows(tiny_base, tmp_path, value_head):
     data, held_out = chain_examples(24, 3), chain_examples(6, 4)
     config = quick_config(checkpoint_every=6, rl_steps=10, value_head=value_head)
     whole = tmp_path / "whole"
     train(tiny_model(tiny_base), data, config, held_out, out_dir=whole, show_progress=False)
 
     crashed = tmp_path / "crashed"
-    real_step = Trainer.train_step
-
-    def crash_at_step_9(self):
-        if self.step == 9:
-            raise Crash("killed")
-        return real_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_9)
-    with pytest.raises(Crash):
-        train(tiny_model(tiny_base), data, config, held_out, out_dir=crashed, show_progress=False)
-    monkeypatch.undo()
+    train_until_killed(tiny_base, data, held_out, config, crashed, kill_step=9)
     assert len(metric_rows(crashed / "metrics.csv")) == 10  # step 0 .. 9, the last checkpoint was at 6
     result = train(tiny_model(tiny_base), data, config, held_out, out_dir=crashed, resume=True, show_progress=False)
 
     assert result.steps == config.total_steps
-    assert metric_rows(crashed / "metrics.csv") == metric_rows(whole / "metrics.csv")
-    a, b = QRAG.from_pretrained(str(whole / "model")), QRAG.from_pretrained(str(crashed / "model"))
-    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        assert torch.equal(p, q), name
+    assert_same_run(whole, crashed)
+
+
+@pytest.mark.parametrize(("value_head", "kill_steps"), [(False, (4, 7)), (True, (3, 4, 5, 7, 9))])
+def test_resume_after_a_kill_at_every_phase_boundary_is_bitwise_the_uninterrupted_run(
+    tiny_base, tmp_path, value_head, kill_steps
+):
+    """Warm start = steps 0-3, soft Q = 4-9, a checkpoint every 2 steps: killed in the warm start, at the
+    first soft-Q step (its checkpoint at step 4 holds the warm start's optimiser and no target network),
+    just after it, in the soft-Q phase and at the last step."""
+    data, held_out = chain_examples(16, 3), chain_examples(4, 4)
+    config = quick_config(warm_start_steps=4, rl_steps=6, checkpoint_every=2, value_head=value_head)
+    whole = tmp_path / "whole"
+    train(tiny_model(tiny_base), data, config, held_out, out_dir=whole, show_progress=False)
+    for kill_step in kill_steps:
+        out = tmp_path / f"killed-at-{kill_step}"
+        train_until_killed(tiny_base, data, held_out, config, out, kill_step)
+        result = train(tiny_model(tiny_base), data, config, held_out, out_dir=out, resume=True, show_progress=False)
+        assert result.steps == config.total_steps, kill_step
+        assert_same_run(whole, out)
+
+
+def test_leftovers_of_killed_checkpoint_writes_never_block_resume(tiny_base, tmp_path):
+    """A kill between the two renames of a checkpoint write (only the previous copy, moved aside, is left),
+    orphan temporary directories and a stale old copy: resume restores or removes them all."""
+    data, held_out = chain_examples(16, 3), chain_examples(4, 4)
+    config = quick_config(warm_start_steps=4, rl_steps=4, checkpoint_every=2)
+    whole = tmp_path / "whole"
+    train(tiny_model(tiny_base), data, config, held_out, out_dir=whole, show_progress=False)
+    out = tmp_path / "killed"
+    train_until_killed(tiny_base, data, held_out, config, out, kill_step=5)
+    (out / "checkpoint").rename(out / ".tmp-checkpoint.old")  # killed between the two renames
+    for orphan in (".tmp-checkpoint-abcd1234", ".tmp-model-x1y2z3w4"):
+        (out / orphan / "model").mkdir(parents=True)
+        (out / orphan / "model" / "weights.bin").write_bytes(b"\0" * 100_000)
+    (out / "checkpoint.old").mkdir()  # what earlier qrag versions left after a kill: it blocked every save
+    (out / "checkpoint.old" / "trainer_state.pt").write_bytes(b"stale")
+    with open(out / "metrics.csv", "a") as f:
+        f.write("1")  # a row that a kill cut short after its first character
+
+    train(tiny_model(tiny_base), data, config, held_out, out_dir=out, resume=True, show_progress=False)
+    assert_same_run(whole, out)
+    assert sorted(p.name for p in out.iterdir() if p.name != "tensorboard") == [
+        "checkpoint",
+        "metrics.csv",
+        "model",
+        "qrag_run.json",
+    ]
+    # a stale copy moved aside beside a complete checkpoint is removed, not restored
+    shutil.copytree(out / "checkpoint", out / ".tmp-checkpoint.old")
+    train(tiny_model(tiny_base), data, config, held_out, out_dir=out, resume=True, show_progress=False)
+    assert not (out / ".tmp-checkpoint.old").exists()
+
+
+def test_checkpoints_hold_no_pickle_and_a_planted_pickle_never_runs(tiny_base, tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    data = chain_examples(8, 3)
+    out = tmp_path / "run"
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "checkpoint" / "trainer_state.pt").write_bytes(pickle.dumps({"step": Payload()}))
+    with pytest.raises(CheckpointError, match="pickle format, which qrag never loads"):
+        train(tiny_model(tiny_base), data, quick_config(), out_dir=out, resume=True, show_progress=False)
+    assert not (tmp_path / "pwned").exists()
+
+    train(tiny_model(tiny_base), data, quick_config(rl_steps=2), out_dir=out, overwrite=True, show_progress=False)
+    checkpoint = sorted(p.name for p in (out / "checkpoint").iterdir())
+    assert checkpoint == ["model", "trainer_state.json", "trainer_state.safetensors"]
+    state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 6 and state["phase"] == "soft_q" and len(state["rng"]["python"][1]) == 625
+    tensors = load_file(str(out / "checkpoint" / "trainer_state.safetensors"))
+    assert tensors["rng.torch"].dtype == torch.uint8 and any(k.startswith("optimizer.") for k in tensors)
+    (out / "checkpoint" / "trainer_state.safetensors").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(CheckpointError, match="trainer_state.safetensors cannot be read"):
+        train(tiny_model(tiny_base), data, quick_config(rl_steps=2), out_dir=out, resume=True, show_progress=False)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_no_module_of_the_library_can_unpickle():
+    sources = {p: p.read_text(encoding="utf-8") for p in (REPO / "qrag_core").rglob("*.py")}
+    sources |= {p: p.read_text(encoding="utf-8") for p in (REPO / "qrag_integrations").rglob("*.py")}
+    for path, text in sources.items():
+        for needle in ("torch.load", "import pickle", "pickle.load", "weights_only", "allow_pickle=True", "dill"):
+            assert needle not in text, f"{path} uses {needle}"
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_base, tmp_path):
+    data = chain_examples(8, 3)
+    config = quick_config(warm_start_steps=8, rl_steps=2, checkpoint_every=2, eval_every=0)
+    real_loss = Trainer.warm_start_loss
+
+    def nan_at_step_6(self, *args):
+        loss = real_loss(self, *args)
+        return loss * float("nan") if self.step == 5 else loss
+
+    model = tiny_model(tiny_base)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "warm_start_loss", nan_at_step_6)
+        with pytest.raises(TrainingError, match=r"diverged at step 6 \(warm_start\): loss nan.*checkpoint \(step 4\)"):
+            train(model, data, config, out_dir=tmp_path, show_progress=False)
+    assert all(torch.isfinite(p).all() for p in model.parameters()), "the NaN update never reached the weights"
+    assert json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())["step"] == 4
+    assert not (tmp_path / "model").exists()
+    assert [int(r["step"]) for r in metric_rows(tmp_path / "metrics.csv")] == [1, 2, 3, 4, 5]
+    result = train(tiny_model(tiny_base), data, config, out_dir=tmp_path, resume=True, show_progress=False)
+    assert result.steps == 10
+
+
+def test_an_update_that_makes_the_weights_non_finite_is_never_saved(tiny_base, tmp_path):
+    """An infinite gradient with a finite loss: the step is taken (no mixed-precision scaler skips it)."""
+    real_step = Processes.optimizer_step
+    calls = []
+
+    def poisoned_third_step(self, optimizer, max_grad_norm):
+        calls.append(1)
+        norm = real_step(self, optimizer, max_grad_norm)
+        if len(calls) != 3:
+            return norm
+        with torch.no_grad():
+            optimizer.param_groups[0]["params"][0].fill_(float("inf"))
+        return torch.tensor(float("inf"))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Processes, "optimizer_step", poisoned_third_step)
+        with pytest.raises(TrainingError, match=r"step 3 .*made the weights non-finite.*checkpoint \(step 2\)"):
+            train(tiny_model(tiny_base), chain_examples(8, 3), quick_config(checkpoint_every=2), out_dir=tmp_path)
+    assert json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
+    assert not (tmp_path / "model").exists()
+    saved = QRAG.from_pretrained(str(tmp_path / "checkpoint" / "model"))
+    assert all(torch.isfinite(p).all() for p in saved.parameters())
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tiny_base, tmp_path):
+    data = chain_examples(8, 3)
+    config = quick_config(checkpoint_every=2, eval_every=0)
+    real_save = checkpoint.save_tensors
+
+    def disk_full_at_step_4(tensors, path, metadata=None):
+        if json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())["step"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(tensors, path, metadata)
+
+    with pytest.MonkeyPatch.context() as patch:
+        train_until_killed(tiny_base, data, None, config, tmp_path, kill_step=3)  # one checkpoint, at step 2
+        patch.setattr(checkpoint, "save_tensors", disk_full_at_step_4)
+        with pytest.raises(StorageError, match=f"no space left on device at {tmp_path / 'checkpoint'}"):
+            train(tiny_model(tiny_base), data, config, out_dir=tmp_path, resume=True, show_progress=False)
+    assert json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
+    assert not list(tmp_path.glob(".tmp-*")), "the temporary copy is removed"
+    result = train(tiny_model(tiny_base), data, config, out_dir=tmp_path, resume=True, show_progress=False)
+    assert result.steps == config.total_steps
 
 
 def test_resume_refuses_other_settings_and_missing_checkpoints(tiny_base, tmp_path):
@@ -357,8 +527,8 @@ def test_full_action_encoder_training_updates_it_and_its_target(tiny_base, tmp_p
     assert result.steps == 7
     changed = [not torch.equal(b, p) for b, p in zip(before, model.action_encoder.parameters(), strict=True)]
     assert any(changed)
-    state = torch.load(tmp_path / "checkpoint" / "trainer_state.pt", weights_only=False)
-    assert any(k.startswith("action_encoder.") for k in state["target"])
+    target = load_file(str(tmp_path / "checkpoint" / "trainer_state.safetensors"))
+    assert any(k.startswith("target.action_encoder.") for k in target)
     reloaded = QRAG.from_pretrained(str(tmp_path / "model"))
     assert not reloaded.config.freeze_action_encoder
     assert reloaded.training_info["action_encoder"] == "trained"

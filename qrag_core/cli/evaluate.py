@@ -22,6 +22,7 @@ from qrag_core.cli import finite_float, positive_int, run_reporting_errors, setu
 from qrag_core.data.examples import read_jsonl
 from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
 from qrag_core.evaluation import DEFAULT_STEPS, TASK_STEPS, evaluate
+from qrag_core.onnx_backend import BACKENDS
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-cache", action="store_true", help="encode every document afresh (default: use --cache)")
     parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="what computes the chunk embeddings: torch, or ONNX Runtime float32 / int8 (needs qrag[onnx]); "
+        "scores then describe an index built the same way",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print exactly one JSON object on stdout (default: a table)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and only warnings on stderr")
@@ -100,6 +108,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cache = None if args.no_cache else EmbeddingCache(args.cache)
     method = make_method(args.method, args.model, cache, args.beam, args.stop_threshold)
     model = getattr(method, "model", None)
+    if model is not None:
+        model.action_encoder.use_backend(args.backend)
     result = evaluate(
         method,
         examples,

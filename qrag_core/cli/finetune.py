@@ -2,14 +2,17 @@
 
     qrag-finetune --data train.jsonl --eval-data test.jsonl --out runs/my-model
     qrag-finetune --data train.jsonl --out runs/my-model --resume      # after an interruption
+    qrag-finetune --data train.jsonl --out runs/my-model --overwrite   # start that run over
     torchrun --nproc_per_node 2 -m qrag_core.cli.finetune --data train.jsonl --out runs/my-model   # 2 processes
 
 Every training hyperparameter has a flag generated from :class:`qrag_core.training.TrainingConfig`
 (its help is the field's docstring), and so do the model settings of :class:`qrag_core.config.QRAGConfig`
 used when starting from a base encoder. The run writes ``OUT/metrics.csv`` (and TensorBoard events when
 tensorboard is installed), ``OUT/checkpoint`` (atomic, resumable) and the final model ``OUT/model``,
-loadable with ``QRAG.from_pretrained("OUT/model")``. Under ``torchrun`` or ``accelerate launch`` the
-run is data-parallel (:mod:`qrag_core.training.distributed`); the main process evaluates and writes.
+loadable with ``QRAG.from_pretrained("OUT/model")``. Other files in OUT are left alone; an earlier run's
+files there are replaced only with ``--overwrite``, files no qrag run wrote never are. Under ``torchrun``
+or ``accelerate launch`` the run is data-parallel (:mod:`qrag_core.training.distributed`); the main
+process evaluates and writes.
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
 from qrag_core.errors import InvalidInputError, QRAGError
 from qrag_core.model import QRAG
 from qrag_core.training import TrainingConfig, train
+from qrag_core.training.checkpoint import MODEL_DIR, check_run_dir
 from qrag_core.training.config import MIXED_PRECISION, REWARDS, field_docs
 from qrag_core.training.distributed import Processes
-from qrag_core.training.trainer import CHECKPOINT_DIR, MODEL_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EVAL.jsonl",
         help="evaluation JSONL (repeatable); its scores are named after the file name",
     )
-    run.add_argument("--out", required=True, help="output directory: metrics, checkpoint and the final model")
-    run.add_argument("--resume", action="store_true", help="continue the interrupted run whose checkpoint is in OUT")
+    run.add_argument(
+        "--out",
+        required=True,
+        help="output directory: metrics, checkpoint and the final model (other files in it are left alone)",
+    )
+    again = run.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the interrupted run whose checkpoint is in OUT")
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an OUT that holds an earlier qrag run, replacing its metrics, checkpoint and model",
+    )
     start = run.add_mutually_exclusive_group()
     start.add_argument(
         "--base-model",
@@ -175,8 +188,9 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     config = training_config(args)
     processes = Processes.from_environment(config.mixed_precision)
     out = Path(args.out)
-    if (out / CHECKPOINT_DIR).exists() and not args.resume:
-        raise QRAGError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    if not args.resume:
+        inputs = [args.data, *args.eval_data, *(a for a in (args.init_from, args.base_model) if a)]
+        check_run_dir(out, args.overwrite, inputs)  # before loading anything; the trainer checks again
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     examples = read_jsonl(args.data, need_support=True)
@@ -193,6 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
             eval_sets,
             out_dir=out,
             resume=args.resume,
+            overwrite=args.overwrite,
             cache=cache,
             show_progress=not args.no_progress,
             data_info=data_info,

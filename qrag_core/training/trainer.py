@@ -16,7 +16,8 @@ Read top to bottom, this module is the whole algorithm:
    the state embedding and the chosen action's embedding, Polyak target updates after each optimiser step;
 5. the loop: AdamW with warm-up then linear decay per phase, gradient accumulation and clipping, periodic
    greedy evaluation (fact EM / recall, :mod:`qrag_core.evaluation`), the metrics log, atomic checkpoints
-   and exact resume.
+   without pickle (:mod:`qrag_core.training.checkpoint`) and exact resume; a non-finite loss or gradient
+   stops the run before it reaches the weights.
 
 Both phases run the networks in eval mode (no dropout), so a rollout, its targets and its loss all see
 the same deterministic Q-function.
@@ -27,10 +28,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,18 +44,30 @@ from tqdm.auto import tqdm
 
 from qrag_core.data.examples import Example
 from qrag_core.embedding_cache import EmbeddingCache
-from qrag_core.errors import CheckpointError, InvalidInputError
+from qrag_core.errors import CheckpointError, InvalidInputError, TrainingError
 from qrag_core.evaluation import QRAGSearch, evaluate
 from qrag_core.model import QRAG
+from qrag_core.training.checkpoint import (
+    CHECKPOINT_DIR,
+    MODEL_DIR,
+    optimizer_state,
+    prefixed,
+    read_checkpoint,
+    recover_checkpoint,
+    restore_module,
+    restore_optimizer,
+    restore_rng,
+    rng_state,
+    start_run_dir,
+    with_prefix,
+    write_checkpoint,
+)
 from qrag_core.training.config import TrainingConfig
 from qrag_core.training.distributed import Processes
 from qrag_core.training.metrics_log import MetricsLog
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoint"
-MODEL_DIR = "model"
-TRAINER_STATE_FILE = "trainer_state.pt"
 RESUME_MAY_CHANGE = frozenset({"eval_every", "eval_steps", "eval_limit", "checkpoint_every", "max_train_seconds"})
 """Settings a resumed run may change: they decide what is measured and when to stop, not what is learnt."""
 TRAIN_FIELDS = (
@@ -289,6 +301,7 @@ class Trainer:
         self.train_cpu_seconds = 0.0
         self.wall_seconds = 0.0
         self.last_evaluation: dict[str, dict[str, float]] = {}
+        self.checkpoint_step: int | None = None
         self.target: QRAG | None = None
         self.calibration: ValueCalibration | None = None
         self.target_calibration: ValueCalibration | None = None
@@ -561,7 +574,10 @@ class Trainer:
                 "rollout_return": total_return / len(docs),
                 "rollout_length": transitions / len(docs),
             }
+        self.stop_if_diverged(loss_total)  # the same sum on every process: they all stop alike
         grad_norm = processes.optimizer_step(self.optimizer, c.max_grad_norm)
+        if not math.isfinite(float(grad_norm)):  # a mixed-precision scaler skips such a step; else it is harm
+            self.stop_if_diverged(loss_total, float(grad_norm), self.weights_finite())
         model.weights_changed()
         if self.target is not None:
             polyak_update(self.target, model, c.tau)
@@ -589,13 +605,46 @@ class Trainer:
             values |= {f"eval_{name}_fact_em": scores["fact_em"], f"eval_{name}_fact_recall": scores["fact_recall"]}
         return values
 
-    def run(self, resume: bool = False) -> TrainingResult:
-        """Train to the end of the schedule (or the time limit), evaluating, logging and checkpointing."""
+    def stop_if_diverged(self, loss: float, grad_norm: float = 0.0, weights_finite: bool = True) -> None:
+        """Raise TrainingError on a non-finite loss (checked before the update) or on weights an update with
+        a non-finite gradient made non-finite; they are never saved, the last checkpoint is kept."""
+        if math.isfinite(loss) and weights_finite:
+            return
+        kept = (
+            f"the last good checkpoint (step {self.checkpoint_step}) is kept in {self.out_dir / CHECKPOINT_DIR}"
+            if self.out_dir is not None and self.checkpoint_step is not None
+            else "no checkpoint had been written"
+        )
+        what = (
+            f"loss {loss}; the weights were not updated"
+            if not math.isfinite(loss)
+            else f"gradient norm {grad_norm} made the weights non-finite; they were not saved"
+        )
+        raise TrainingError(
+            f"training diverged at step {self.step + 1} ({self.phase(self.step)}): {what}, and {kept}. "
+            "Start again with a lower learning rate (--lr / --warm-start-lr) or --max-grad-norm"
+        )
+
+    def weights_finite(self) -> bool:
+        """Whether every trained parameter is finite."""
+        assert self.optimizer is not None
+        return all(bool(torch.isfinite(p).all()) for group in self.optimizer.param_groups for p in group["params"])
+
+    def run(self, resume: bool = False, overwrite: bool = False) -> TrainingResult:
+        """Train to the end of the schedule (or the time limit), evaluating, logging and checkpointing.
+
+        ``resume`` continues from the checkpoint in the output directory; otherwise the run starts there
+        only if no earlier run's files are in it, or ``overwrite`` lets it replace an earlier qrag run's.
+        """
         c = self.config
         self.model.eval()
+        if resume and overwrite:
+            raise InvalidInputError("resume and overwrite exclude each other: continue the run, or start it over")
         if resume:
             self.load_checkpoint()
         else:
+            if self.out_dir is not None and self.processes.is_main:
+                start_run_dir(self.out_dir, overwrite, {"config": c.to_dict(), "data": self.data_info})
             self.start_phase(self.phase(0))
         log = MetricsLog(
             self.fields, self.out_dir if self.processes.is_main else None, resume_step=self.step if resume else None
@@ -691,81 +740,71 @@ class Trainer:
         if self.out_dir is None:
             return
         self._times(wall_start)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        final = self.out_dir / CHECKPOINT_DIR
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-checkpoint-", dir=self.out_dir))
-        try:
-            self.model.training_info = self.training_info()
-            self.model.save_pretrained(tmp / MODEL_DIR)
-            assert self.optimizer is not None
-            state = {
-                "step": self.step,
-                "train_seconds": self.train_seconds,
-                "train_cpu_seconds": self.train_cpu_seconds,
-                "wall_seconds": self.wall_seconds,
-                "config": self.config.to_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "target": None if self.target is None else _trainable_state(self.target, self.model),
-                "calibration": None
-                if self.calibration is None or self.target_calibration is None
-                else (self.calibration.state_dict(), self.target_calibration.state_dict()),
-                "last_evaluation": self.last_evaluation,
-                "rng": {
-                    "trainer": self.rng.bit_generator.state,
-                    "torch": torch.get_rng_state(),
-                    "numpy": np.random.get_state(),
-                    "python": random.getstate(),
-                },
-            }
-            torch.save(state, tmp / TRAINER_STATE_FILE)
-            old = self.out_dir / (CHECKPOINT_DIR + ".old")
-            if final.exists():
-                os.replace(final, old)
-            os.replace(tmp, final)
-            if old.exists():
-                shutil.rmtree(old)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
+        assert self.optimizer is not None
+        self.model.training_info = self.training_info()
+        optimizer, tensors = optimizer_state(self.optimizer)
+        rng, rng_tensors = rng_state(self.rng)
+        tensors |= rng_tensors
+        if self.target is not None:
+            tensors |= prefixed(_trainable_state(self.target, self.model), "target")
+        if self.calibration is not None and self.target_calibration is not None:
+            tensors |= prefixed(self.calibration.state_dict(), "calibration")
+            tensors |= prefixed(self.target_calibration.state_dict(), "target_calibration")
+        state = {
+            "step": self.step,
+            # the phase of the step just done, whose optimiser (and target networks) are saved; the loop
+            # starts the next phase itself, exactly as an uninterrupted run does
+            "phase": self.phase(max(self.step - 1, 0)),
+            "train_seconds": self.train_seconds,
+            "train_cpu_seconds": self.train_cpu_seconds,
+            "wall_seconds": self.wall_seconds,
+            "config": self.config.to_dict(),
+            "last_evaluation": self.last_evaluation,
+            "optimizer": optimizer,
+            "rng": rng,
+        }
+        write_checkpoint(self.out_dir / CHECKPOINT_DIR, self.model, state, tensors)
+        self.checkpoint_step = self.step
 
     def load_checkpoint(self) -> None:
         """Restore the state written by :meth:`save_checkpoint`, so the run continues exactly."""
         if self.out_dir is None:
             raise InvalidInputError("resuming needs the output directory of the interrupted run")
         directory = self.out_dir / CHECKPOINT_DIR
-        if not directory.is_dir() and (self.out_dir / (CHECKPOINT_DIR + ".old")).is_dir():
-            directory = self.out_dir / (CHECKPOINT_DIR + ".old")  # a crash between the two renames
-        if not (directory / TRAINER_STATE_FILE).is_file():
-            raise CheckpointError(f"no checkpoint to resume from in {self.out_dir}")
+        if self.processes.is_main:
+            recover_checkpoint(directory)
+        self.processes.barrier()
+        state, tensors = read_checkpoint(directory)
         try:
-            state = torch.load(directory / TRAINER_STATE_FILE, weights_only=False)
-        except Exception as err:  # torch.load raises many types for a damaged file
-            raise CheckpointError(f"{directory / TRAINER_STATE_FILE} cannot be read: {err}") from err
-        changed = sorted(
-            k for k, v in state["config"].items() if self.config.to_dict().get(k) != v and k not in RESUME_MAY_CHANGE
-        )
-        if changed:
-            raise CheckpointError(f"the checkpoint in {directory} was written with other settings: {changed}")
-        saved = QRAG.from_pretrained(str(directory / MODEL_DIR), device=str(self.model.device))
-        self.model.load_state_dict(saved.state_dict())
-        self.model.weights_changed()
-        self.step = state["step"]
-        self.train_seconds, self.wall_seconds = state["train_seconds"], state["wall_seconds"]
-        self.train_cpu_seconds = state["train_cpu_seconds"]
-        self.last_evaluation = state["last_evaluation"]
-        self.start_phase(self.phase(self.step))
-        assert self.optimizer is not None
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.target is not None:
-            self.target.load_state_dict(state["target"], strict=False)
-            self.target.weights_changed()
-        if self.calibration is not None and self.target_calibration is not None:
-            self.calibration.load_state_dict(state["calibration"][0])
-            self.target_calibration.load_state_dict(state["calibration"][1])
-        self.rng.bit_generator.state = state["rng"]["trainer"]
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+            changed = sorted(
+                k
+                for k, v in state["config"].items()
+                if self.config.to_dict().get(k) != v and k not in RESUME_MAY_CHANGE
+            )
+            if changed:
+                raise CheckpointError(f"the checkpoint in {directory} was written with other settings: {changed}")
+            saved = QRAG.from_pretrained(str(directory / MODEL_DIR), device=str(self.model.device))
+            self.model.load_state_dict(saved.state_dict())
+            self.model.weights_changed()
+            self.step = state["step"]
+            self.train_seconds, self.wall_seconds = state["train_seconds"], state["wall_seconds"]
+            self.train_cpu_seconds = state["train_cpu_seconds"]
+            self.last_evaluation = state["last_evaluation"]
+            self.start_phase(state["phase"])
+            assert self.optimizer is not None
+            restore_optimizer(self.optimizer, state["optimizer"], tensors)
+            if self.target is not None:
+                restore_module(self.target, with_prefix(tensors, "target"), "target network", strict=False)
+                self.target.weights_changed()
+            if self.calibration is not None and self.target_calibration is not None:
+                restore_module(self.calibration, with_prefix(tensors, "calibration"), "value calibration", True)
+                restore_module(
+                    self.target_calibration, with_prefix(tensors, "target_calibration"), "target calibration", True
+                )
+            restore_rng(self.rng, state["rng"], tensors)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"the checkpoint in {directory} is corrupt or incomplete: {err!r}") from err
+        self.checkpoint_step = self.step
         logger.info("resumed from %s at step %d", directory, self.step)
 
 
@@ -792,15 +831,18 @@ def train(
     show_progress: bool = True,
     data_info: Mapping[str, Any] | None = None,
     processes: Processes | None = None,
+    overwrite: bool = False,
 ) -> TrainingResult:
     """Fine-tune ``model`` in place on labelled examples (a list, a generator, or ``read_jsonl(...)``).
 
     ``eval_examples`` is one evaluation set or several by name. With ``out_dir`` the run writes
     ``metrics.csv``, TensorBoard events, checkpoints and the final model (``out_dir/model``);
-    ``resume=True`` continues the run whose checkpoint is there. ``data_info`` (e.g. the data file names)
-    is recorded in the model card. Under ``torchrun`` / ``accelerate launch`` the run is data-parallel
-    (``processes`` defaults to the launched ones, :mod:`qrag_core.training.distributed`): every process
-    gets the same arguments, the main process evaluates and writes ``out_dir``.
+    ``resume=True`` continues the run whose checkpoint is there, ``overwrite=True`` starts over in place
+    of an earlier run there (without it, an earlier run's files are never replaced; files that no qrag
+    run wrote never are). ``data_info`` (e.g. the data file names) is recorded in the model card. Under
+    ``torchrun`` / ``accelerate launch`` the run is data-parallel (``processes`` defaults to the launched
+    ones, :mod:`qrag_core.training.distributed`): every process gets the same arguments, the main process
+    evaluates and writes ``out_dir``.
     """
     if eval_examples is None:
         eval_sets: Mapping[str, Iterable[Example]] = {}
@@ -811,4 +853,4 @@ def train(
     trainer = Trainer(
         model, examples, config or TrainingConfig(), eval_sets, out_dir, cache, show_progress, data_info, processes
     )
-    return trainer.run(resume=resume)
+    return trainer.run(resume=resume, overwrite=overwrite)

@@ -1,6 +1,6 @@
 """Train the English Punkt sentence-boundary model qrag ships, on public-domain novels.
 
-    OMP_NUM_THREADS=1 python training/train_punkt.py            # writes qrag_core/punkt_english/
+    OMP_NUM_THREADS=1 python recipes/train_punkt.py            # writes qrag_core/punkt_english/
 
 Punkt (Kiss & Strunk 2006, as implemented by NLTK) learns abbreviations, collocations, frequent
 sentence starters and the case statistics of words without labels. NLTK's own pretrained English

@@ -1,0 +1,315 @@
+"""Guarded, atomic writes of everything qrag saves: models, indexes, retrievers, checkpoints, index shards.
+
+Every directory qrag saves goes through :func:`atomic_directory`: the new copy is written into a
+temporary directory beside the target and synced to disk, then swapped in with two renames (the old
+copy is moved aside, the new one moved into place) and only then is the old copy removed. A crash or a
+full disk at any moment leaves the old or the new copy complete, never a mixture; a full disk raises
+:class:`~qrag_core.errors.StorageError` ("no space left on device at PATH") and keeps the old copy.
+
+A save replaces only what qrag itself wrote. The target must be absent, empty, or hold qrag's output of
+the same kind, described by a :class:`Layout` (a marker file, e.g. ``index.json``, and nothing but names
+qrag writes there); any other directory is refused with an error that names it, and so is a path that
+is the working directory, the home directory or one of their parents (``/`` included), or that holds data
+the caller is reading. ``overwrite=False`` also refuses qrag's own earlier output.
+
+Leftovers of a killed save never block the next one: :func:`recover` (run by every save and by
+resuming a training run) removes orphan temporary directories and either restores the old copy (a kill
+between the two renames) or removes it (a kill after them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+
+from qrag_core.errors import QRAGError, StorageError, UnsafeOutputError
+
+logger = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-"
+"""Names of temporary files and directories start with this, then the target's name and a dash."""
+ASIDE_SUFFIX = ".old"
+"""``.tmp-NAME.old``: the previous copy of NAME while the new one is moved into place."""
+_RANDOM_PART = r"[a-z0-9_]{8}"  # what tempfile appends to the prefix
+_TEMPORARY = re.compile(re.escape(TMP_PREFIX) + r".+-" + _RANDOM_PART)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What one kind of qrag output directory holds, so that a save can tell it from a user's directory."""
+
+    what: str
+    """The kind, as error messages name it (e.g. "model")."""
+    markers: tuple[str, ...]
+    """Files that identify the kind; a directory holding one of them (and nothing foreign) is qrag's."""
+    entries: tuple[str, ...]
+    """Glob patterns of every top-level name qrag writes into such a directory (the markers included)."""
+    recognise: Callable[[Path], bool] | None = None
+    """Extra test of a marker file (e.g. ``config.json`` has a "qrag" key); None: its presence suffices."""
+    listed: Callable[[Path], Iterable[str]] | None = None
+    """Further names a directory's own marker lists as written with it (e.g. an adapter's files)."""
+
+    def foreign_entries(self, directory: Path) -> list[str]:
+        """Names in ``directory`` that qrag does not write into this kind of directory."""
+        listed = set(self.listed(directory)) if self.listed is not None else set()
+        return sorted(
+            p.name
+            for p in directory.iterdir()
+            if p.name not in listed and not any(fnmatch(p.name, e) for e in self.entries)
+        )
+
+    def is_own(self, directory: Path) -> bool:
+        """Whether ``directory`` holds qrag's output of this kind and nothing else."""
+        marked = any(
+            (directory / m).is_file() and (self.recognise is None or self.recognise(directory / m))
+            for m in self.markers
+        )
+        return marked and not self.foreign_entries(directory)
+
+
+def resolved(path: str | os.PathLike[str]) -> Path:
+    """``path`` absolute, with ``~`` and symbolic links resolved (a link's target is what gets replaced)."""
+    return Path(path).expanduser().resolve()
+
+
+def refuse_guarded(path: Path, protect: Iterable[str | os.PathLike[str]] = ()) -> None:
+    """Raise UnsafeOutputError if ``path`` (resolved) is the working or home directory, one of their
+    parents, or equal to or a parent of a ``protect`` path (data the caller reads or writes)."""
+    guarded = [(Path.cwd().resolve(), "the current directory")]
+    with contextlib.suppress(RuntimeError):  # no home directory can be determined: nothing to guard
+        guarded.append((Path.home().resolve(), "the home directory"))
+    guarded += [(resolved(p), f"{resolved(p)}, which this call reads or writes") for p in protect]
+    for other, what in guarded:
+        if path == other or path in other.parents:
+            raise UnsafeOutputError(
+                f"refusing to replace {path}: it is or contains {what}; choose a new directory for the output"
+            )
+
+
+def check_replaceable(
+    target: str | os.PathLike[str],
+    layout: Layout,
+    overwrite: bool = True,
+    protect: Iterable[str | os.PathLike[str]] = (),
+) -> Path:
+    """The resolved ``target`` if a save of ``layout`` may replace it; else UnsafeOutputError saying why.
+
+    Allowed: an absent or empty directory, or (with ``overwrite``) qrag's own output of this kind.
+    """
+    path = resolved(target)
+    refuse_guarded(path, protect)
+    if not path.exists():
+        return path
+    if not path.is_dir():
+        raise UnsafeOutputError(f"{path} exists and is not a directory; choose another path for the {layout.what}")
+    if not any(path.iterdir()):
+        return path
+    if not layout.is_own(path):
+        foreign = layout.foreign_entries(path)
+        why = (
+            f"it holds {', '.join(foreign[:5])}{' …' if len(foreign) > 5 else ''}, which qrag did not write"
+            if foreign
+            else f"it has no valid {' or '.join(layout.markers)}"
+        )
+        raise UnsafeOutputError(
+            f"{path} is not empty and is not a qrag {layout.what} ({why}); it was left untouched: "
+            "choose a new or empty directory, or move its contents away"
+        )
+    if not overwrite:
+        raise UnsafeOutputError(
+            f"{path} already holds a qrag {layout.what}; pass overwrite=True (--overwrite on the command line) "
+            "to replace it, or choose another directory"
+        )
+    return path
+
+
+def recover(target: str | os.PathLike[str]) -> None:
+    """Clean up after a killed save of ``target``: remove its orphan temporary directories and files, and
+    restore the previous copy (killed between the two renames) or remove it (killed after them)."""
+    path = resolved(target)
+    if not path.parent.is_dir():
+        return
+    orphan = re.compile(re.escape(f"{TMP_PREFIX}{path.name}-") + _RANDOM_PART)
+    for leftover in path.parent.iterdir():
+        if orphan.fullmatch(leftover.name) and not leftover.is_symlink():
+            logger.info("removing %s, left by an interrupted save", leftover)
+            _remove(leftover)
+    aside = _aside(path)
+    if aside.is_dir() and not aside.is_symlink():
+        if path.exists():
+            logger.info("removing %s, the previous copy of %s left by an interrupted save", aside, path)
+            shutil.rmtree(aside)
+        else:
+            logger.warning("restoring %s from %s (a save was interrupted between its renames)", path, aside)
+            os.replace(aside, path)
+
+
+@contextlib.contextmanager
+def atomic_directory(
+    target: str | os.PathLike[str],
+    layout: Layout,
+    overwrite: bool = True,
+    protect: Iterable[str | os.PathLike[str]] = (),
+) -> Iterator[Path]:
+    """Yield an empty temporary directory; once the block has filled it, it replaces ``target``.
+
+    ``target`` must pass :func:`check_replaceable`. The block must write a marker of ``layout`` and only
+    names the layout lists. Leftovers of earlier interrupted saves are cleaned up first.
+    """
+    path = resolved(target)
+    refuse_guarded(path, protect)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recover(path)
+    check_replaceable(path, layout, overwrite, protect)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=path.parent))
+    try:
+        try:
+            yield tmp
+            _usual_permissions(tmp)
+            if not _TEMPORARY.fullmatch(path.parent.name):  # else the enclosing save syncs everything
+                _sync_tree(tmp)
+        except Exception as err:
+            if _disk_full(err):
+                raise StorageError(f"no space left on device at {path}; the previous copy, if any, is kept") from err
+            raise
+        unlisted = layout.foreign_entries(tmp)
+        if unlisted or not any((tmp / m).is_file() for m in layout.markers):
+            raise QRAGError(f"qrag wrote {unlisted} without a marker into a {layout.what}; this is a qrag bug")
+        _swap(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_file(path: str | os.PathLike[str], data: str | bytes) -> None:
+    """Write one file atomically (a temporary file beside it, synced, then renamed over it).
+
+    A full disk raises StorageError and leaves the previous file as it was.
+    """
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=path.parent)
+    try:
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            if _disk_full(err):
+                raise StorageError(f"no space left on device at {path}; the previous copy, if any, is kept") from err
+            raise
+        os.chmod(name, 0o666 & ~_umask())
+        os.replace(name, path)
+    finally:
+        if os.path.exists(name):
+            os.unlink(name)
+
+
+def save_tensors(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None = None
+) -> None:
+    """A safetensors file of ``tensors`` (moved to the CPU), written with :func:`write_file`.
+
+    Serialising in memory and writing with Python's file I/O makes a full disk an OSError, which the
+    safetensors writer does not always report.
+    """
+    cpu = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    write_file(path, safetensors_bytes(cpu, metadata))
+
+
+def remove_leftover_files(directory: Path) -> None:
+    """Remove the temporary files :func:`write_file` leaves in ``directory`` when killed."""
+    for leftover in directory.iterdir():
+        if leftover.is_file() and _TEMPORARY.fullmatch(leftover.name):
+            logger.info("removing %s, left by an interrupted write", leftover)
+            leftover.unlink()
+
+
+def _aside(path: Path) -> Path:
+    return path.with_name(f"{TMP_PREFIX}{path.name}{ASIDE_SUFFIX}")
+
+
+def _swap(tmp: Path, path: Path) -> None:
+    """Move ``path`` aside, ``tmp`` into its place, then remove the old copy."""
+    aside = _aside(path)
+    if path.exists():
+        os.replace(path, aside)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if aside.exists() and not path.exists():
+            os.replace(aside, path)
+        raise
+    _sync_directory(path.parent)
+    if aside.exists():
+        shutil.rmtree(aside)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _disk_full(err: BaseException) -> bool:
+    """Whether ``err``, or an error it was raised from, says the disk (or the user's quota) is full."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _sync_tree(directory: Path) -> None:
+    """fsync every file and directory under ``directory``, so the renames publish data that is on disk."""
+    for root, _, files in os.walk(directory):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _sync_directory(Path(root))
+
+
+def _sync_directory(directory: Path) -> None:
+    if os.name == "nt":  # Windows cannot open a directory to fsync it
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as err:  # some file systems cannot sync a directory; the data itself is synced
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _usual_permissions(directory: Path) -> None:
+    """Give a directory made by ``mkdtemp`` (0700, files 0600) the permissions the umask gives new files."""
+    umask = _umask()
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)

@@ -1,0 +1,117 @@
+"""Fast CPU inference of a frozen transformer: an exported ONNX copy run by ONNX Runtime, optionally int8.
+
+The action encoder of Q-RAG is frozen by default, so the content embeddings of an index can come
+from an exported copy of its transformer instead of torch. ``onnx`` runs the float32 graph with
+ONNX Runtime's graph optimisations; ``onnx-int8`` quantises the weights of its matrix products to
+int8 (dynamic quantisation: activations are quantised per batch at run time, no calibration).
+The exported files are cached under ``<cache dir>/onnx`` by the weights' fingerprint, written
+atomically, so each model is exported once. The pooling stays in torch (see ``encoders``).
+
+Needs the ``onnx`` extra (``pip install qrag[onnx]``: onnxruntime and onnx).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from qrag_core.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+"""``torch``: the model itself; ``onnx``: ONNX Runtime float32; ``onnx-int8``: ONNX Runtime, int8 weights."""
+QUANTISATION = "dynamic-qint8-per-channel"
+"""How ``onnx-int8`` quantises (recorded in the fingerprint of what it encodes)."""
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise InvalidInputError(f"unknown encoding backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend != "torch":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as err:
+            raise InvalidInputError(f"the {backend!r} backend needs ONNX Runtime: pip install 'qrag[onnx]'") from err
+    return backend
+
+
+def backend_description(backend: str) -> str:
+    """What decides the numbers a backend produces, for fingerprints: the backend and its quantisation."""
+    return f"{backend}:{QUANTISATION}" if backend == "onnx-int8" else backend
+
+
+class _HiddenStates(nn.Module):
+    """The transformer with positional inputs and the last hidden state as its only output (for export)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def _export(model: nn.Module, target: Path, quantise: bool) -> None:
+    """Export ``model`` to ONNX at ``target`` (int8-quantised if asked), atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".tmp-onnx-") as tmp:
+        plain = Path(tmp) / "model.onnx"
+        ids = torch.ones((2, 8), dtype=torch.long)
+        mask = torch.ones((2, 8), dtype=torch.long)
+        mask[1, 5:] = 0  # traced with padding, so the graph keeps the attention mask
+        axes = {0: "batch", 1: "tokens"}
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes on shape-dependent Python branches (the mask path is kept)
+            torch.onnx.export(
+                _HiddenStates(model).eval(),
+                (ids, mask),
+                str(plain),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["hidden"],
+                dynamic_axes={"input_ids": axes, "attention_mask": axes, "hidden": axes},
+                opset_version=17,
+                dynamo=False,
+            )
+        if quantise:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantised = Path(tmp) / "model-int8.onnx"
+            quantize_dynamic(str(plain), str(quantised), weight_type=QuantType.QInt8, per_channel=True)
+            plain = quantised
+        os.replace(plain, target)
+
+
+class OnnxRunner:
+    """An ONNX Runtime session of one exported transformer; maps (ids, mask) to last hidden states."""
+
+    def __init__(self, model: nn.Module, backend: str, key: str, cache_dir: Path) -> None:
+        import onnxruntime as ort
+
+        path = cache_dir / "onnx" / f"{key}-{backend}.onnx"
+        if not path.is_file():
+            logger.info("exporting the encoder to %s (once per model)", path)
+            was_training = model.training
+            _export(model.eval(), path, quantise=backend == "onnx-int8")
+            model.train(was_training)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.path = path
+
+    def __deepcopy__(self, memo: dict) -> OnnxRunner:
+        return self  # a read-only session: copies of a model (e.g. a target network) share it
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        feeds = {"input_ids": input_ids.cpu().numpy(), "attention_mask": attention_mask.cpu().numpy()}
+        (hidden,) = self.session.run(None, feeds)
+        return torch.from_numpy(np.ascontiguousarray(hidden, dtype=np.float32))

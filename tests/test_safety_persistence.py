@@ -1,0 +1,212 @@
+"""Saving never deletes a user's files: models, indexes and retrievers replace only qrag's own output,
+atomically, keep the old copy when the disk is full, and clean up after a killed save."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+import torch
+
+from qrag_core import QRAGConfig, atomic, index, model
+from qrag_core.errors import InvalidInputError, QRAGError, StorageError, UnsafeOutputError
+from qrag_core.index import DocumentIndex
+from qrag_core.model import QRAG
+from qrag_core.retrieval_session import RetrievalSession
+from tests.conftest import make_tiny_model
+
+
+@pytest.fixture()
+def loadable(minilm_tokenizer) -> QRAG:
+    """A tiny model that reloads on its own (its action encoder is saved with it)."""
+    return make_tiny_model(minilm_tokenizer, QRAGConfig(freeze_action_encoder=False))
+
+
+def user_directory(path: Path) -> Path:
+    """A directory of a user's own files."""
+    (path / "notes").mkdir(parents=True)
+    (path / "thesis.tex").write_text("three years of work")
+    (path / "notes" / "todo.txt").write_text("back up the thesis")
+    return path
+
+
+def assert_untouched(path: Path) -> None:
+    assert (path / "thesis.tex").read_text() == "three years of work"
+    assert (path / "notes" / "todo.txt").read_text() == "back up the thesis"
+
+
+def no_temporary_left(directory: Path) -> bool:
+    return not [p for p in directory.iterdir() if p.name.startswith(".tmp-")]
+
+
+def weights(m: QRAG) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def test_save_pretrained_never_replaces_a_users_directory(tiny_model, tmp_path):
+    target = user_directory(tmp_path / "mine")
+    for overwrite in (True, False):
+        with pytest.raises(UnsafeOutputError, match=rf"{target} is not empty and is not a qrag model.*thesis.tex"):
+            tiny_model.save_pretrained(target, overwrite=overwrite)
+        assert_untouched(target)
+    assert no_temporary_left(tmp_path)
+    # qrag's own model with a user's file added is not qrag's alone any more
+    tiny_model.save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "thesis.tex").write_text("three years of work")
+    with pytest.raises(UnsafeOutputError, match="thesis.tex, which qrag did not write"):
+        tiny_model.save_pretrained(tmp_path / "model")
+    assert (tmp_path / "model" / "thesis.tex").is_file()
+    # a config.json that is not a qrag model's
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(UnsafeOutputError, match="no valid config.json"):
+        tiny_model.save_pretrained(tmp_path / "other")
+
+
+def test_save_pretrained_refuses_the_working_and_home_directories_and_their_parents(tiny_model, tmp_path, monkeypatch):
+    work = user_directory(tmp_path / "home" / "project")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for target in (".", work, work.parent, tmp_path, "~"):  # never "/" here: a regression would wipe the machine
+        with pytest.raises(UnsafeOutputError, match="refusing to replace .*current directory|home directory"):
+            tiny_model.save_pretrained(target)
+    assert_untouched(work)
+    with pytest.raises(UnsafeOutputError, match="refusing to replace /: it is or contains the current directory"):
+        atomic.check_replaceable("/", model.MODEL_LAYOUT)  # checked without saving anything
+    index = tiny_model.index_documents("Mary went to the garden. John took the milk.")
+    with pytest.raises(UnsafeOutputError, match="refusing to replace"):
+        index.save(".")
+    assert_untouched(work)
+
+
+def test_saving_again_replaces_qrag_s_own_model_and_overwrite_false_refuses(minilm_tokenizer, loadable, tmp_path):
+    target = tmp_path / "model"
+    loadable.save_pretrained(target)
+    other = make_tiny_model(minilm_tokenizer, QRAGConfig(freeze_action_encoder=False), seed=5)
+    with pytest.raises(UnsafeOutputError, match="already holds a qrag model; pass overwrite=True"):
+        other.save_pretrained(target, overwrite=False)
+    assert all(torch.equal(QRAG.from_pretrained(str(target)).state_dict()[k], v) for k, v in weights(loadable).items())
+    other.save_pretrained(target)  # the default, as in transformers: a model saved again replaces the old one
+    reloaded = QRAG.from_pretrained(str(target))
+    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in weights(other).items())
+    assert no_temporary_left(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_index_save_never_deletes_a_users_files_and_replaces_its_own(tiny_model, tmp_path):
+    built = tiny_model.index_documents("Mary went to the garden. John took the milk.")
+    target = user_directory(tmp_path / "idx")
+    with pytest.raises(UnsafeOutputError, match=rf"{target} is not empty and is not a qrag index"):
+        built.save(target)
+    assert_untouched(target)
+    built.save(tmp_path / "own")
+    bigger = tiny_model.index_documents(["Mary went to the garden.", "Sandra left. Bill slept."])
+    with pytest.raises(UnsafeOutputError, match="already holds a qrag index"):
+        bigger.save(tmp_path / "own", overwrite=False)
+    bigger.save(tmp_path / "own")
+    assert DocumentIndex.load(tmp_path / "own").doc_ids == bigger.doc_ids
+    assert no_temporary_left(tmp_path)
+
+
+def test_retriever_save_never_writes_into_a_users_directory(loadable, tmp_path):
+    session = RetrievalSession(loadable)
+    session.add_texts(["Mary went to the garden. John took the milk."], ids=["story"])
+    target = user_directory(tmp_path / "store")
+    with pytest.raises(UnsafeOutputError, match="is not a qrag retriever"):
+        session.save(target)
+    assert sorted(p.name for p in target.iterdir()) == ["notes", "thesis.tex"]
+    session.save(tmp_path / "own")
+    session.add_texts(["Sandra left the office."], ids=["more"])
+    session.save(tmp_path / "own")  # saving a retriever again replaces its own directory
+    assert RetrievalSession.load(tmp_path / "own").doc_ids == ["story", "more"]
+    assert sorted(p.name for p in (tmp_path / "own").iterdir()) == ["index", "model", "qrag_retriever.json"]
+
+
+@pytest.mark.parametrize("what", ["index", "model"])
+def test_a_full_disk_keeps_the_old_copy_and_removes_the_temporary_one(tiny_model, tmp_path, monkeypatch, what):
+    target = tmp_path / what
+    old_index = tiny_model.index_documents("Mary went to the garden. John took the milk.")
+    save = old_index.save if what == "index" else tiny_model.save_pretrained
+    save(target)
+    before = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(index if what == "index" else model, "save_tensors", disk_full)
+    with pytest.raises(StorageError, match=f"no space left on device at {target}"):
+        save(target)
+    assert {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
+    assert no_temporary_left(tmp_path)
+
+
+def test_a_full_disk_in_a_single_file_write_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "manifest.json"
+    atomic.write_file(target, "old")
+
+    def disk_full(fd, mode):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fdopen", disk_full)
+    with pytest.raises(StorageError, match=f"no space left on device at {target}"):
+        atomic.write_file(target, "new")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+def test_leftovers_of_killed_saves_are_removed_or_restored(loadable, tmp_path):
+    target = tmp_path / "model"
+    loadable.save_pretrained(target)
+    orphan = tmp_path / ".tmp-model-k1ll3d00"  # a save killed before its renames
+    (orphan / "state_encoder").mkdir(parents=True)
+    (orphan / "state_encoder" / "model.safetensors").write_bytes(b"\0" * 100_000)
+    sibling = tmp_path / ".tmp-model-v2-abcd1234"  # another target's temporary directory is not touched
+    sibling.mkdir()
+    target.rename(tmp_path / ".tmp-model.old")  # killed between the two renames: only the old copy is left
+    atomic.recover(target)
+    assert QRAG.from_pretrained(str(target)) is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-model-v2-abcd1234", "model"]
+    (tmp_path / ".tmp-model.old").mkdir()  # killed after them: the old copy is stale
+    (tmp_path / ".tmp-model.old" / "config.json").write_text("{")
+    loadable.save_pretrained(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-model-v2-abcd1234", "model"]
+
+
+def test_a_save_that_writes_what_its_layout_does_not_list_changes_nothing(tmp_path):
+    layout = atomic.Layout("thing", ("thing.json",), ("thing.json",))
+    with atomic.atomic_directory(tmp_path / "thing", layout) as tmp:
+        (tmp / "thing.json").write_text("1")
+    with pytest.raises(QRAGError, match="qrag bug"), atomic.atomic_directory(tmp_path / "thing", layout) as tmp:
+        (tmp / "thing.json").write_text("2")
+        (tmp / "surprise.bin").write_text("?")
+    assert (tmp_path / "thing" / "thing.json").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thing"]
+
+
+def test_a_retriever_saved_with_extra_files_is_replaced_as_a_whole(loadable, tmp_path):
+    session = RetrievalSession(loadable)
+    session.add_texts(["Mary went to the garden. John took the milk."], ids=["story"])
+    own = tmp_path / "own"
+    session.save(own, extra_files={"adapter_records.jsonl": "first\n"})
+    session.save(own, extra_files={"adapter_records.jsonl": "second\n"})  # listed in its session file: qrag's
+    assert (own / "adapter_records.jsonl").read_text() == "second\n"
+    session.save(own)
+    assert not (own / "adapter_records.jsonl").exists()
+    for name in ("index", "../escape.txt", ".hidden"):
+        with pytest.raises(InvalidInputError, match="extra files need plain names"):
+            session.save(tmp_path / "bad", extra_files={name: ""})
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_llamaindex_retriever_persists_twice_to_the_same_directory(loadable, tmp_path):
+    pytest.importorskip("llama_index.core")
+    from llama_index.core import Document
+
+    from qrag_integrations.llamaindex import QRAGRetriever
+
+    retriever = QRAGRetriever.from_defaults(documents=[Document(text="Mary went home.", doc_id="a")], model=loadable)
+    retriever.persist(tmp_path / "store")
+    retriever.insert_documents([Document(text="John took the milk.", doc_id="b")])
+    retriever.persist(tmp_path / "store")
+    assert QRAGRetriever.from_persist_dir(tmp_path / "store").session.doc_ids == ["a", "b"]
