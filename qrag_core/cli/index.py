@@ -26,7 +26,7 @@ from qrag_core.cli import (
     run_reporting_errors,
 )
 from qrag_core.config import ChunkingConfig
-from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
+from qrag_core.embedding_cache import shared_cache
 from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
 from qrag_core.long_index import build_long_index
@@ -146,7 +146,7 @@ def run_build(args: argparse.Namespace) -> int:
     model = _load_model(args)
     chunking = _chunking(args)
     on_ray = args.engine == "ray"
-    cache = None if args.no_cache or on_ray else EmbeddingCache(default_cache_dir() / "embeddings.sqlite")
+    cache = None if args.no_cache or on_ray else shared_cache()
     encode_shards = (
         RayShardEncoder(model.action_encoder, args.workers, args.batch_size, cpus_per_worker=args.cpus_per_worker)
         if on_ray
