@@ -88,3 +88,15 @@ def test_configs_saved_before_the_field_load_as_regex() -> None:
         assert QRAGConfig.from_dict(saved).chunking.sentence_splitter == saved["chunking"].get(
             "sentence_splitter", "regex"
         )
+
+
+def test_qrag_index_build_takes_the_sentence_splitter(tmp_path) -> None:
+    from qrag_core.cli.index import _chunking, parse_args
+
+    document = tmp_path / "book.txt"
+    document.write_text("Mr. Smith came home. He slept.")
+    base = ["build", "--document", str(document), "--out", str(tmp_path / "idx")]
+    assert _chunking(parse_args(base)).sentence_splitter == "punkt"
+    assert _chunking(parse_args([*base, "--sentence-splitter", "regex"])).sentence_splitter == "regex"
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--sentence-splitter", "spacy"])
