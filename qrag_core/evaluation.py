@@ -30,6 +30,7 @@ from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
 from qrag_core.errors import InvalidInputError
 from qrag_core.metrics import aggregate, answer_correct, fact_scores, resolve_support, value_recall
 from qrag_core.model import QRAG
+from qrag_core.validation import check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ def evaluate(
     ``tokenizer`` split examples given as raw documents (default: sentences; the tokenizer cuts
     over-long ones); ``reader`` enables answer accuracy.
     """
+    check_positive_int("steps", steps, allow_none=True)
     start = time.perf_counter()
     rows: list[dict[str, float]] = []
     tasks: list[str | None] = []

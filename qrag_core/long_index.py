@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 PARTIAL_LAYOUT = Layout("partial index", (MANIFEST,), (MANIFEST, "shard-*.safetensors", ".tmp-*"))
 """What ``<directory>.partial`` holds while an index is built; only such a directory is ever removed."""
+ShardEncoder = Callable[[Sequence[tuple[int, list[str]]]], Iterator[tuple[int, torch.Tensor]]]
+"""Encodes shards given as ``(number, chunk texts)``, yielding ``(number, float16 embeddings)`` as each is done."""
 
 
 def _manifest(fingerprint: str, document: str, chunking: ChunkingConfig, n: int, shard_size: int) -> dict:
@@ -92,12 +94,15 @@ def build_long_index(
     show_progress: bool = True,
     overwrite: bool = True,
     protect: Iterable[str | os.PathLike[str]] = (),
+    encode_shards: ShardEncoder | None = None,
 ) -> DocumentIndex:
     """Chunk and encode ``document`` into an index saved at ``directory``; resumes an interrupted run.
 
     Partial work lives in ``<directory>.partial`` until the index is complete. ``directory`` is checked
     before any work: it may be replaced only if it is absent, empty or (with ``overwrite``) a qrag
     index, and never if it is or contains a ``protect`` path (e.g. the document's file).
+    ``encode_shards`` encodes the unfinished shards elsewhere (e.g. :class:`qrag_core.ray_index.RayShardEncoder`);
+    by default ``model`` encodes them here, one after the other, through ``cache``.
     """
     directory = Path(directory)
     check_replaceable(directory, INDEX_LAYOUT, overwrite, protect)
@@ -115,17 +120,18 @@ def build_long_index(
         logger.warning("%s holds partial work for another document or model; encoding everything again", work)
     write_file(work / MANIFEST, json.dumps(manifest))
 
-    blocks = []
+    shards = [[c.text for c in chunks[first : first + shard_size]] for first in range(0, len(chunks), shard_size)]
+    paths = [work / f"shard-{number:05d}.safetensors" for number in range(len(shards))]
+    blocks = [
+        _read_shard(path, key, len(texts), model.action_encoder.dim) for path, texts in zip(paths, shards, strict=True)
+    ]
+    todo = [(number, shards[number]) for number, block in enumerate(blocks) if block is None]
     bar = tqdm(total=len(chunks), desc="indexing", unit="chunk", disable=not show_progress)
-    for number, first in enumerate(range(0, len(chunks), shard_size)):
-        path = work / f"shard-{number:05d}.safetensors"
-        texts = [c.text for c in chunks[first : first + shard_size]]
-        content = _read_shard(path, key, len(texts), model.action_encoder.dim)
-        if content is None:
-            content = model.encode_chunks(texts, cache, batch_size=batch_size).to(torch.float16)
-            save_tensors({"content": content}, path, metadata={"work": key})
-        blocks.append(content)
-        bar.update(len(texts))
+    bar.update(len(chunks) - sum(len(texts) for _, texts in todo))
+    for number, content in (encode_shards or _encoder_here(model, cache, batch_size))(todo):
+        save_tensors({"content": content}, paths[number], metadata={"work": key})
+        blocks[number] = content
+        bar.update(len(shards[number]))
     bar.close()
 
     index = DocumentIndex(fingerprint, model.action_encoder.dim)
@@ -133,3 +139,13 @@ def build_long_index(
     index.save(directory, overwrite=overwrite)
     shutil.rmtree(work)
     return index
+
+
+def _encoder_here(model: QRAG, cache: EmbeddingCache | None, batch_size: int) -> ShardEncoder:
+    """The local :data:`ShardEncoder`: ``model`` encodes the shards in order, through ``cache``."""
+
+    def encode(shards: Sequence[tuple[int, list[str]]]) -> Iterator[tuple[int, torch.Tensor]]:
+        for number, texts in shards:
+            yield number, model.encode_chunks(texts, cache, batch_size=batch_size).to(torch.float16)
+
+    return encode

@@ -47,8 +47,11 @@ def hub_allowed() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes", "on")
 
 
-def resolve_model_path(name: str) -> str:
-    """A local directory for ``name``, or a hub id when the hub may be used; else ModelNotFoundError."""
+def resolve_model_path(name: str | os.PathLike[str]) -> str:
+    """A local directory for ``name`` (a name or a path), or a hub id when the hub may be used; else
+    ModelNotFoundError."""
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
     if not isinstance(name, str) or not name.strip():
         raise ModelNotFoundError(f"a model name must be a non-empty string; available: {available_names()}")
     try:

@@ -20,10 +20,14 @@ def test_sharded_index_equals_direct_index(tiny_model, story, tmp_path):
     assert torch.equal(loaded.content, built.content)
 
 
-def test_resume_after_a_kill_skips_finished_shards(tiny_model, tmp_path, monkeypatch):
-    document = " ".join(f"Fact number {i} is about item {i * 7}." for i in range(50))  # 5 shards of 10
-    encoded = []
-    original = tiny_model.encode_chunks
+FIFTY_FACTS = " ".join(f"Fact number {i} is about item {i * 7}." for i in range(50))  # 5 shards of 10
+
+
+def killed_after_two_shards(model, directory, monkeypatch) -> list[int]:
+    """Build an index of FIFTY_FACTS that is killed as its third shard is encoded; then count what the
+    model encodes (the returned list receives the size of every later encoding call)."""
+    original = model.encode_chunks
+    encoded: list[int] = []
 
     def dying_encode(texts, cache=None, **kw):
         if len(encoded) == 2:
@@ -31,53 +35,39 @@ def test_resume_after_a_kill_skips_finished_shards(tiny_model, tmp_path, monkeyp
         encoded.append(len(texts))
         return original(texts, cache, **kw)
 
-    monkeypatch.setattr(tiny_model, "encode_chunks", dying_encode)
+    monkeypatch.setattr(model, "encode_chunks", dying_encode)
     with pytest.raises(KeyboardInterrupt):
-        build_long_index(tiny_model, document, tmp_path / "idx", shard_size=10, show_progress=False)
-    assert len(list((tmp_path / "idx.partial").glob("shard-*.safetensors"))) == 2
+        build_long_index(model, FIFTY_FACTS, directory, shard_size=10, show_progress=False)
     encoded.clear()
     monkeypatch.setattr(
-        tiny_model,
+        model,
         "encode_chunks",
         lambda texts, cache=None, **kw: (encoded.append(len(texts)), original(texts, cache, **kw))[1],
     )
-    index = build_long_index(tiny_model, document, tmp_path / "idx", shard_size=10, show_progress=False)
+    return encoded
+
+
+def test_resume_after_a_kill_skips_finished_shards(tiny_model, tmp_path, monkeypatch):
+    encoded = killed_after_two_shards(tiny_model, tmp_path / "idx", monkeypatch)
+    assert len(list((tmp_path / "idx.partial").glob("shard-*.safetensors"))) == 2
+    index = build_long_index(tiny_model, FIFTY_FACTS, tmp_path / "idx", shard_size=10, show_progress=False)
     assert sum(encoded) == len(index) - 20, "only the unfinished shards are encoded again"
-    assert torch.equal(index.content, tiny_model.index_documents(document).content)
+    assert torch.equal(index.content, tiny_model.index_documents(FIFTY_FACTS).content)
 
 
 def test_a_truncated_manifest_or_shard_is_rebuilt_and_the_rest_reused(tiny_model, tmp_path, monkeypatch):
     """A kill while shard 2 was written leaves shards 0 and 1, a half-written temporary file, and (a
     disk problem) a truncated manifest and shard 1: only shard 1 and the unfinished ones are encoded."""
-    document = " ".join(f"Fact number {i} is about item {i * 7}." for i in range(50))  # 5 shards of 10
-    original = tiny_model.encode_chunks
-    encoded = []
-
-    def dying_encode(texts, cache=None, **kw):
-        if len(encoded) == 2:
-            raise KeyboardInterrupt
-        encoded.append(len(texts))
-        return original(texts, cache, **kw)
-
-    monkeypatch.setattr(tiny_model, "encode_chunks", dying_encode)
-    with pytest.raises(KeyboardInterrupt):
-        build_long_index(tiny_model, document, tmp_path / "idx", shard_size=10, show_progress=False)
+    encoded = killed_after_two_shards(tiny_model, tmp_path / "idx", monkeypatch)
     work = tmp_path / "idx.partial"
     manifest = (work / "manifest.json").read_bytes()
     (work / "manifest.json").write_bytes(manifest[: len(manifest) // 2])
     shard = (work / "shard-00001.safetensors").read_bytes()
     (work / "shard-00001.safetensors").write_bytes(shard[: len(shard) - 100])
     (work / ".tmp-shard-00002.safetensors-abcd1234").write_bytes(shard[:50])
-
-    encoded.clear()
-    monkeypatch.setattr(
-        tiny_model,
-        "encode_chunks",
-        lambda texts, cache=None, **kw: (encoded.append(len(texts)), original(texts, cache, **kw))[1],
-    )
-    index = build_long_index(tiny_model, document, tmp_path / "idx", shard_size=10, show_progress=False)
+    index = build_long_index(tiny_model, FIFTY_FACTS, tmp_path / "idx", shard_size=10, show_progress=False)
     assert sum(encoded) == 40, "shard 1 (damaged) and shards 2-4 (unfinished) are encoded, shard 0 is reused"
-    assert torch.equal(index.content, tiny_model.index_documents(document).content)
+    assert torch.equal(index.content, tiny_model.index_documents(FIFTY_FACTS).content)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
 
 

@@ -431,3 +431,38 @@ def test_paths_of_unknown_users_are_clear_errors(tmp_path: Path, capsys: pytest.
     assert "is not a usable path" in usage_error(index_main, build, capsys)
     with pytest.raises(ModelNotFoundError, match="no model named"):
         resolve_model_path("~no-such-user/model")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"document": "Mary left. John slept.", "supporting_facts": [" "]}, "not a non-blank string"),
+        ({"chunks": ["Mary left.", "John slept."], "support": [True]}, "not integers"),
+    ],
+)
+def test_examples_built_in_python_get_the_same_support_checks(fields: dict, message: str) -> None:
+    example = Example(id="py", question="Where is Mary?", **fields)
+    with pytest.raises(InvalidInputError, match=message):
+        example.support_indices(example.to_chunks())
+
+
+def test_evaluate_checks_its_step_count() -> None:
+    example = Example(id="e", question="Where is Mary?", chunks=["Mary left.", "John slept."], support=[0])
+    with pytest.raises(InvalidInputError, match="steps must be a positive integer or None, got '2'"):
+        evaluate(BM25TopK(), [example], steps="2")  # type: ignore[arg-type]
+
+
+def test_model_paths_may_be_path_objects() -> None:
+    assert resolve_model_path(Path(resolve_model_path("minilm"))) == resolve_model_path("minilm")
+
+
+def test_bm25_on_chunks_without_any_word_returns_the_first_chunks() -> None:
+    assert BM25TopK().select("Where?", chunks_from_texts([".", "the .", "!"]), 2) == [0, 1]  # was bm25s ValueError
+
+
+def test_an_encoder_directory_with_an_undecodable_config_names_file_and_offset(tmp_path: Path) -> None:
+    for name in ("model.safetensors", "tokenizer.json"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "config.json").write_bytes(b'{"model_type": "bert", "x": "\xc3"}')
+    with pytest.raises(CheckpointError, match=r"config.json:1: not valid UTF-8: byte 0xc3 at byte offset 29"):
+        QRAG.from_pretrained(str(tmp_path))

@@ -385,6 +385,8 @@ def test_leftovers_of_killed_checkpoint_writes_never_block_resume(tiny_base, tmp
         (out / orphan / "model" / "weights.bin").write_bytes(b"\0" * 100_000)
     (out / "checkpoint.old").mkdir()  # what earlier qrag versions left after a kill: it blocked every save
     (out / "checkpoint.old" / "trainer_state.pt").write_bytes(b"stale")
+    with open(out / "metrics.csv", "a") as f:
+        f.write("1")  # a row that a kill cut short after its first character
 
     train(tiny_model(tiny_base), data, config, held_out, out_dir=out, resume=True, show_progress=False)
     assert_same_run(whole, out)

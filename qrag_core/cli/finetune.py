@@ -2,14 +2,17 @@
 
     qrag-finetune --data train.jsonl --eval-data test.jsonl --out runs/my-model
     qrag-finetune --data train.jsonl --out runs/my-model --resume      # after an interruption
+    qrag-finetune --data train.jsonl --out runs/my-model --overwrite   # start that run over
     torchrun --nproc_per_node 2 -m qrag_core.cli.finetune --data train.jsonl --out runs/my-model   # 2 processes
 
 Every training hyperparameter has a flag generated from :class:`qrag_core.training.TrainingConfig`
 (its help is the field's docstring), and so do the model settings of :class:`qrag_core.config.QRAGConfig`
 used when starting from a base encoder. The run writes ``OUT/metrics.csv`` (and TensorBoard events when
 tensorboard is installed), ``OUT/checkpoint`` (atomic, resumable) and the final model ``OUT/model``,
-loadable with ``QRAG.from_pretrained("OUT/model")``. Under ``torchrun`` or ``accelerate launch`` the
-run is data-parallel (:mod:`qrag_core.training.distributed`); the main process evaluates and writes.
+loadable with ``QRAG.from_pretrained("OUT/model")``. Other files in OUT are left alone; an earlier run's
+files there are replaced only with ``--overwrite``, files no qrag run wrote never are. Under ``torchrun``
+or ``accelerate launch`` the run is data-parallel (:mod:`qrag_core.training.distributed`); the main
+process evaluates and writes.
 """
 
 from __future__ import annotations
@@ -186,7 +189,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     processes = Processes.from_environment(config.mixed_precision)
     out = Path(args.out)
     if not args.resume:
-        check_run_dir(out, args.overwrite)  # before loading anything; the trainer checks again
+        inputs = [args.data, *args.eval_data, *(a for a in (args.init_from, args.base_model) if a)]
+        check_run_dir(out, args.overwrite, inputs)  # before loading anything; the trainer checks again
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     examples = read_jsonl(args.data, need_support=True)

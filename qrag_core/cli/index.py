@@ -1,10 +1,12 @@
 """``qrag-index``: build a persistent index of a (very) long document, and search it.
 
     qrag-index build --document book.txt --out book-index        # resumable: run again after a kill
+    qrag-index build --document book.txt --out book-index --engine ray --workers 8   # on a Ray cluster
     qrag-index search --index book-index --question "Who found the letter?" --steps 4
 
 Building encodes the document in shards (progress bar, float16 storage, see
-:mod:`qrag_core.long_index`); searching reloads the index in seconds without re-encoding.
+:mod:`qrag_core.long_index`), here or on Ray workers (:mod:`qrag_core.ray_index`); searching reloads
+the index in seconds without re-encoding.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from qrag_core.index import DocumentIndex
 from qrag_core.long_index import build_long_index
 from qrag_core.model import QRAG
 from qrag_core.onnx_backend import BACKENDS
+from qrag_core.ray_index import RayShardEncoder
 from qrag_core.text_files import read_text_file
 
 
@@ -83,6 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--batch-size", type=positive_int, default=64, help="chunks per encoder batch")
     build.add_argument("--no-cache", action="store_true", help="do not reuse or fill the on-disk embedding cache")
+    build.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="encode here, or on a Ray cluster (RAY_ADDRESS, else a local one; needs qrag[distributed]; "
+        "the embedding cache is not used)",
+    )
+    build.add_argument(
+        "--workers", type=positive_int, default=2, help="--engine ray: encoder actors, one model each (GPU if any)"
+    )
+    build.add_argument(
+        "--cpus-per-worker", type=positive_int, default=1, help="--engine ray: CPU threads of each encoder actor"
+    )
 
     search = commands.add_parser(
         "search",
@@ -129,7 +145,13 @@ def run_build(args: argparse.Namespace) -> int:
     document = read_text_file(args.document)
     model = _load_model(args)
     chunking = _chunking(args)
-    cache = None if args.no_cache else EmbeddingCache(default_cache_dir() / "embeddings.sqlite")
+    on_ray = args.engine == "ray"
+    cache = None if args.no_cache or on_ray else EmbeddingCache(default_cache_dir() / "embeddings.sqlite")
+    encode_shards = (
+        RayShardEncoder(model.action_encoder, args.workers, args.batch_size, cpus_per_worker=args.cpus_per_worker)
+        if on_ray
+        else None
+    )
     start = time.perf_counter()
     index = build_long_index(
         model,
@@ -142,6 +164,7 @@ def run_build(args: argparse.Namespace) -> int:
         cache=cache,
         overwrite=args.overwrite,
         protect=[args.document],
+        encode_shards=encode_shards,
     )
     print(f"indexed {len(index)} chunks into {args.out} in {time.perf_counter() - start:.1f}s")
     return 0

@@ -83,14 +83,16 @@ class Example:
         all the chunks that lie inside it together.
         """
         if self.support is not None:
-            bad = [i for i in self.support if not 0 <= i < len(chunks)]
+            bad = [i for i in self.support if not is_int(i) or not 0 <= i < len(chunks)]
             if bad:
-                raise InvalidInputError(f"example {self.id}: support indices {bad} outside 0..{len(chunks) - 1}")
+                raise self._error(f"support indices {bad} are not integers in 0..{len(chunks) - 1}")
             return [[frozenset({i})] for i in sorted(set(self.support))]
         normalised = [normalise_space(c.text) for c in chunks]
         facts = []
         for fact in self.supporting_facts or []:
-            target = normalise_space(fact)
+            target = normalise_space(fact) if isinstance(fact, str) else ""
+            if not target:
+                raise self._error(f"supporting fact {fact!r} is not a non-blank string: every chunk would contain it")
             occurrences = [frozenset({i}) for i, text in enumerate(normalised) if target in text]
             if not occurrences:
                 inside = [i for i, text in enumerate(normalised) if text and text in target]

@@ -1,17 +1,21 @@
 """The metrics log of a training run: a CSV file always, TensorBoard events when tensorboard is installed.
 
 One row per optimiser step (plus a step-0 row holding the evaluation before training). On resume
-the rows after the checkpoint are dropped and written again, so a resumed run's file ends with the
-same rows as an uninterrupted one (apart from the timing columns, which measure this machine).
+the rows after the checkpoint (and a row a kill cut short) are dropped and written again, so a resumed
+run's file ends with the same rows as an uninterrupted one (apart from the timing columns, which
+measure this machine).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from qrag_core.atomic import write_file
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +43,30 @@ class MetricsLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.is_file():
-            with open(self.path, newline="", encoding="utf-8") as f:
-                kept = [row for row in csv.DictReader(f) if int(row["step"]) <= resume_step]
+            kept = self._complete_rows(resume_step)
             if kept and list(kept[0]) != self.fields:
                 logger.warning("%s has other columns than this run; rewriting it", self.path)
             self.rows = [{k: row.get(k, "") for k in self.fields} for row in kept]
-        with open(self.path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=self.fields)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.fields)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_file(self.path, text.getvalue())  # atomic: a kill now never loses the kept rows
         self._writer = _tensorboard_writer(self.path.parent / "tensorboard", purge_step=resume_step)
+
+    def _complete_rows(self, last_step: int) -> list[dict[str, str]]:
+        """The rows of the existing file up to ``last_step``, without a row that a kill cut short."""
+        assert self.path is not None
+        with open(self.path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        kept = []
+        for row in rows:
+            if None in row or None in row.values() or not row.get("step", "").isdigit():
+                logger.warning("%s: dropping an incomplete row (the run was killed while writing it)", self.path)
+                continue
+            if int(row["step"]) <= last_step:
+                kept.append(row)
+        return kept
 
     def write(self, values: dict[str, Any]) -> None:
         unknown = set(values) - set(self.fields)
