@@ -1,4 +1,4 @@
-"""Retrieval methods side by side on the benchmarks of SPEC §5 (issue 3), written to BENCHMARKS.md.
+"""Retrieval methods side by side on the benchmarks (BabiLong, RULER NIAH, HotpotQA, MuSiQue), written to BENCHMARKS.md.
 
     python benchmarks/run_baselines.py --cells babilong:1k babilong:4k niah:4k hotpotqa musique
     python benchmarks/run_baselines.py --methods qrag --model PATH --cells babilong:4k   # add a model's rows
@@ -49,9 +49,9 @@ logger = logging.getLogger("run_baselines")
 RESULTS = ROOT / "benchmarks" / "results" / "baselines.json"
 MARKDOWN = ROOT / "BENCHMARKS.md"
 SECTIONS = (
-    ("The shipped default model (issue 6)", "benchmarks/default_model.md"),
-    ("Training: learning curves and comparisons (issue 7)", "benchmarks/training.md"),
-    ("Scale: 1M and 10M tokens on this CPU (issue 5)", "benchmarks/results/scale.md"),
+    ("The shipped default model", "benchmarks/default_model.md"),
+    ("Training: learning curves and comparisons", "benchmarks/training.md"),
+    ("Scale: 1M and 10M tokens on this CPU", "benchmarks/results/scale.md"),
 )
 """Sections written by other benchmark scripts, appended to BENCHMARKS.md at every render."""
 

@@ -87,7 +87,9 @@ def resolved(path: str | os.PathLike[str]) -> Path:
 def refuse_guarded(path: Path, protect: Iterable[str | os.PathLike[str]] = ()) -> None:
     """Raise UnsafeOutputError if ``path`` (resolved) is the working or home directory, one of their
     parents, or equal to or a parent of a ``protect`` path (data the caller reads or writes)."""
-    guarded = [(Path.cwd().resolve(), "the current directory"), (Path.home().resolve(), "the home directory")]
+    guarded = [(Path.cwd().resolve(), "the current directory")]
+    with contextlib.suppress(RuntimeError):  # no home directory can be determined: nothing to guard
+        guarded.append((Path.home().resolve(), "the home directory"))
     guarded += [(resolved(p), f"{resolved(p)}, which this call reads or writes") for p in protect]
     for other, what in guarded:
         if path == other or path in other.parents:
@@ -288,6 +290,8 @@ def _sync_tree(directory: Path) -> None:
 
 
 def _sync_directory(directory: Path) -> None:
+    if os.name == "nt":  # Windows cannot open a directory to fsync it
+        return
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_script(relative_path: str) -> ModuleType:
-    """Import a script of the repository (``benchmarks/…``, ``training/…``) as a module, by its path.
+    """Import a script of the repository (``benchmarks/…``, ``recipes/…``) as a module, by its path.
 
     Its folder goes on ``sys.path`` as when the script runs, so that it finds its sibling modules.
     """

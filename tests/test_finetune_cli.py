@@ -146,6 +146,9 @@ def test_an_out_with_an_earlier_run_or_a_users_files_is_never_overwritten(tiny_b
     assert code == 0, stderr
     assert json.loads(stdout)["steps"] == 3
     assert QRAG.from_pretrained(str(out / "model")).training_info["steps"] == 3
+    code, _, stderr = run_cli(["--data", train, "--out", out, "--init-from", out / "model", "--overwrite"], capsys)
+    assert code == 2 and f"refusing to replace {out / 'model'}" in stderr, "--overwrite never removes an input"
+    assert QRAG.from_pretrained(str(out / "model")).training_info["steps"] == 3
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--data", "x", "--out", "y", "--resume", "--overwrite"])
 

@@ -454,3 +454,15 @@ def test_evaluate_checks_its_step_count() -> None:
 
 def test_model_paths_may_be_path_objects() -> None:
     assert resolve_model_path(Path(resolve_model_path("minilm"))) == resolve_model_path("minilm")
+
+
+def test_bm25_on_chunks_without_any_word_returns_the_first_chunks() -> None:
+    assert BM25TopK().select("Where?", chunks_from_texts([".", "the .", "!"]), 2) == [0, 1]  # was bm25s ValueError
+
+
+def test_an_encoder_directory_with_an_undecodable_config_names_file_and_offset(tmp_path: Path) -> None:
+    for name in ("model.safetensors", "tokenizer.json"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "config.json").write_bytes(b'{"model_type": "bert", "x": "\xc3"}')
+    with pytest.raises(CheckpointError, match=r"config.json:1: not valid UTF-8: byte 0xc3 at byte offset 29"):
+        QRAG.from_pretrained(str(tmp_path))

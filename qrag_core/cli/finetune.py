@@ -189,7 +189,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     processes = Processes.from_environment(config.mixed_precision)
     out = Path(args.out)
     if not args.resume:
-        check_run_dir(out, args.overwrite)  # before loading anything; the trainer checks again
+        inputs = [args.data, *args.eval_data, *(a for a in (args.init_from, args.base_model) if a)]
+        check_run_dir(out, args.overwrite, inputs)  # before loading anything; the trainer checks again
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     examples = read_jsonl(args.data, need_support=True)

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,16 @@ import torch
 from safetensors.torch import load_file
 
 from qrag_core import __version__
-from qrag_core.atomic import Layout, atomic_directory, check_replaceable, recover, save_tensors, write_file
+from qrag_core.atomic import (
+    Layout,
+    atomic_directory,
+    check_replaceable,
+    recover,
+    refuse_guarded,
+    resolved,
+    save_tensors,
+    write_file,
+)
 from qrag_core.errors import CheckpointError, UnsafeOutputError
 from qrag_core.model import MODEL_LAYOUT, QRAG
 from qrag_core.training.metrics_log import METRICS_FILE
@@ -169,11 +179,12 @@ def restore_module(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor],
 
 
 # ------------------------------------------------------------------------------------------------ run directory
-def check_run_dir(out: Path, overwrite: bool) -> list[str]:
+def check_run_dir(out: Path, overwrite: bool, inputs: Iterable[str | os.PathLike[str]] = ()) -> list[str]:
     """Raise UnsafeOutputError unless a new run may start in ``out``; returns the earlier run's entries there.
 
     Allowed: no entry a run writes exists yet (other files are left alone), or ``overwrite`` and they
-    are an earlier qrag run's (``qrag_run.json`` or a checkpoint, and a qrag ``model/``/``checkpoint/``).
+    are an earlier qrag run's (``qrag_run.json`` or a checkpoint, and a qrag ``model/``/``checkpoint/``)
+    none of which is or holds one of the run's ``inputs`` (e.g. ``--init-from OUT/model``).
     """
     existing = [name for name in RUN_ENTRIES if (out / name).exists()]
     if not existing:
@@ -190,6 +201,8 @@ def check_run_dir(out: Path, overwrite: bool) -> list[str]:
             f"{out} already holds a training run ({', '.join(existing)}); {resume}pass --overwrite "
             "(overwrite=True) to start it over, or choose another output directory"
         )
+    for name in existing:
+        refuse_guarded(resolved(out / name), inputs)
     for name, layout in ((MODEL_DIR, MODEL_LAYOUT), (CHECKPOINT_DIR, CHECKPOINT_LAYOUT)):
         check_replaceable(out / name, layout)  # a directory that is not qrag's own is never removed
     return existing

@@ -1,16 +1,17 @@
-"""Reproduces the shipped default model ``qrag-babilong-minilm`` (issue 6): data, ``qrag-finetune``, compact copy.
+"""Reproduces the shipped default model ``qrag-babilong-minilm``: data, training stages, compact copy.
 
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python training/train_default_model.py
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python recipes/train_default_model.py
 
 Three stages, each printed before it runs:
 
-1. **data** — a training mixture of short documents (SPEC §5 builders, ``qrag_core.data``): BabiLong QA1–QA5
+1. **data** — a training mixture of short documents (the builders of ``qrag_core.data``): BabiLong QA1–QA5
    training questions (bAbI en-10k train split; QA3 from the 1k train file plus en-valid-10k, see
    :mod:`qrag_core.data.babi`) at 1k tokens, plus QA2/QA3 stories alone (0k), plus RULER NIAH samples of all
    eight variants at 1k tokens (seed 1, so they differ from the seed-0 benchmark samples). Long-context
-   ability is left to ρ_t (SPEC §3.3): no training document is longer than 1k tokens. Small evaluation sets
+   ability is left to ρ_t (docs/method.md, Eq. M3): no training document is longer than 1k tokens. Small evaluation sets
    (BabiLong test samples and NIAH samples at 4k tokens) are written for the periodic evaluation.
-2. **train** — ``qrag-finetune`` (the exact argument list is printed and recorded in the card) from
+2. **train** — one :func:`qrag_core.training.train` run per stage, each with its own
+   :class:`~qrag_core.training.TrainingConfig` (printed before it runs and recorded in the card), from
    all-MiniLM-L6-v2 with relative positions, the action transformer frozen (action head trained) and the
    state encoder's word embeddings frozen: the supervised warm start (run dir ``WORK_DIR/warm_start``), then
    optional further warm starts, each from the previous stage on training data of the next seed
@@ -18,7 +19,7 @@ Three stages, each printed before it runs:
    hold hard distractors, novel sentences mentioning the question's words: ``WORK_DIR/warm_start_distractors``;
    ``--mistakes-steps``, also training from the states after
    the model's own top wrong pick: ``WORK_DIR/warm_start_mistakes``), then, with ``--rl-steps`` > 0, soft
-   Q-learning from the last of them (SPEC §3.4; ``WORK_DIR/soft_q``).
+   Q-learning from the last of them (docs/method.md §4; ``WORK_DIR/soft_q``).
 3. **ship** — the trained model is saved with ``save_pretrained(compact=True)`` (the state encoder as fp16
    values of the tensors that differ from the base) into ``qrag_core/models/qrag-babilong-minilm``, its card
    recording the recipe, the command and the machine.
@@ -27,27 +28,30 @@ Three stages, each printed before it runs:
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import logging
 import os
 import platform
 import shlex
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from qrag_core.cli import setup_logging
-from qrag_core.cli.finetune import main as finetune_main
+from qrag_core.config import QRAGConfig
 from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
-from qrag_core.data.examples import Example, write_jsonl
+from qrag_core.data.examples import Example, read_jsonl, write_jsonl
 from qrag_core.data.haystack import Haystack
 from qrag_core.data.ruler import NIAH_TASKS, iter_niah
+from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
 from qrag_core.model import QRAG
 from qrag_core.model_names import DEFAULT_MODEL_NAME, SHIPPED_MODELS_DIR
-from qrag_core.training.trainer import MODEL_DIR
+from qrag_core.training import TrainingConfig, train
+from qrag_core.training.checkpoint import CHECKPOINT_DIR, MODEL_DIR
 
 logger = logging.getLogger("train_default_model")
 
@@ -71,23 +75,27 @@ EVAL_BABILONG_PER_TASK = 10
 """BabiLong test samples per task in the periodic evaluation (the first of the 100 test samples)."""
 EVAL_NIAH_PER_TASK = 5
 """NIAH samples per variant in the periodic evaluation (seed 0, 4k tokens)."""
-MODEL_FLAGS = ["--base-model", "all-MiniLM-L6-v2", "--position-mode", "relative", "--freeze-state-embeddings"]
-"""Model settings of the shipped model (the other QRAGConfig fields keep their defaults)."""
+MODEL_SETTINGS: dict[str, Any] = {
+    "base_model": "all-MiniLM-L6-v2",
+    "position_mode": "relative",
+    "freeze_state_embeddings": True,
+}
+"""QRAGConfig settings of the shipped model (the other fields keep their defaults)."""
 
 
 @dataclass
 class Stage:
-    """One qrag-finetune run of the recipe."""
+    """One training run of the recipe."""
 
     name: str
     """Its run folder under WORK_DIR."""
     data_seed: int
     """Seed of its training file: which training questions, and where their facts lie in which haystack."""
     init_from: str | None
-    """The stage whose model it starts from (None: the base encoder with MODEL_FLAGS)."""
-    phase_flags: list[str]
-    """Steps and learning rate of its phase."""
-    seconds: float | None
+    """The stage whose model it starts from (None: the base encoder with MODEL_SETTINGS)."""
+    phase: dict[str, Any] = field(default_factory=dict)
+    """TrainingConfig settings of its phase (steps, learning rate, ...) on top of the recipe's common ones."""
+    seconds: float | None = None
     """Its training time limit."""
     distractors: int = 0
     """Hard distractors per BabiLong training document (qrag_core.data.babilong.make_sample)."""
@@ -137,69 +145,93 @@ def build_data(data_dir: Path, keys: Sequence[tuple[int, int]]) -> tuple[dict[tu
 
 def recipe_stages(args: argparse.Namespace) -> list[Stage]:
     """The warm start from the base encoder, optional further warm starts on fresh data, optional soft-Q."""
-    stages = [Stage("warm_start", 0, None, ["--warm-start-steps", str(args.warm_start_steps)], args.warm_start_seconds)]
+    stages = [Stage("warm_start", 0, None, {"warm_start_steps": args.warm_start_steps}, args.warm_start_seconds)]
     if args.continue_steps > 0:
-        flags = ["--warm-start-steps", str(args.continue_steps), "--warm-start-lr", str(args.continue_lr)]
-        stages.append(Stage("warm_start_2", 1, "warm_start", flags, args.continue_seconds))
+        phase = {"warm_start_steps": args.continue_steps, "warm_start_lr": args.continue_lr}
+        stages.append(Stage("warm_start_2", 1, "warm_start", phase, args.continue_seconds))
     if args.distractors_steps > 0:
-        flags = ["--warm-start-steps", str(args.distractors_steps), "--warm-start-lr", str(args.distractors_lr)]
+        phase = {"warm_start_steps": args.distractors_steps, "warm_start_lr": args.distractors_lr}
         data_seed = stages[-1].data_seed + 1
         stages.append(
             Stage(
                 "warm_start_distractors",
                 data_seed,
                 stages[-1].name,
-                flags,
+                phase,
                 args.distractors_seconds,
                 args.distractors_per_document,
             )
         )
     if args.mistakes_steps > 0:
-        flags = [
-            "--warm-start-steps", str(args.mistakes_steps),
-            "--warm-start-lr", str(args.mistakes_lr),
-            "--warm-start-mistakes", str(args.mistakes_fraction),
-        ]  # fmt: skip
+        phase = {
+            "warm_start_steps": args.mistakes_steps,
+            "warm_start_lr": args.mistakes_lr,
+            "warm_start_mistakes": args.mistakes_fraction,
+        }
         data_seed = stages[-1].data_seed + 1
-        stages.append(Stage("warm_start_mistakes", data_seed, stages[-1].name, flags, args.mistakes_seconds))
+        stages.append(Stage("warm_start_mistakes", data_seed, stages[-1].name, phase, args.mistakes_seconds))
     if args.rl_steps > 0:
-        flags = ["--warm-start-steps", "0", "--rl-steps", str(args.rl_steps), "--lr", str(args.rl_lr)]
-        flags += ["--episode-steps", "none"]  # T = the example's support size, as in the QA2/QA3 soft-Q runs
-        stages.append(Stage("soft_q", stages[-1].data_seed, stages[-1].name, flags, args.rl_seconds))
+        # T = the example's support size (episode_steps None), as in the QA2/QA3 soft-Q runs.
+        phase = {"warm_start_steps": 0, "rl_steps": args.rl_steps, "lr": args.rl_lr, "episode_steps": None}
+        stages.append(Stage("soft_q", stages[-1].data_seed, stages[-1].name, phase, args.rl_seconds))
     return stages
 
 
-def finetune_arguments(
-    args: argparse.Namespace, stage: Stage, train_file: Path, eval_files: Sequence[Path]
-) -> list[str]:
-    """The qrag-finetune arguments of one stage."""
-    argv = ["--data", str(train_file)]
-    for path in eval_files:
-        argv += ["--eval-data", str(path)]
-    argv += ["--out", str(args.work_dir / stage.name)]
+def stage_config(args: argparse.Namespace, stage: Stage) -> TrainingConfig:
+    """The training hyperparameters of one stage: the recipe's common settings, then its phase's."""
+    common: dict[str, Any] = {
+        "rl_steps": 0,
+        "batch_size": args.batch_size,
+        "episode_steps": args.episode_steps,
+        "eval_steps": args.eval_steps,
+        "eval_every": args.eval_every,
+        "checkpoint_every": args.eval_every,
+        "seed": args.seed,
+        "max_train_seconds": stage.seconds,
+    }
+    return TrainingConfig(**(common | stage.phase)).validate()
+
+
+def changed_settings(config: TrainingConfig) -> dict[str, Any]:
+    """The settings of ``config`` that differ from TrainingConfig's defaults (what a stage chose)."""
+    default = TrainingConfig()
+    return {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) != getattr(default, f.name)
+    }
+
+
+def run_stage(args: argparse.Namespace, stage: Stage, train_file: Path, eval_files: Sequence[Path]) -> None:
+    """Train one stage into WORK_DIR/<stage name>, resuming its interrupted run with ``--resume``."""
+    out = args.work_dir / stage.name
+    config = stage_config(args, stage)
     if stage.init_from is None:
-        argv += MODEL_FLAGS
+        model = QRAG.from_base(config=QRAGConfig(**MODEL_SETTINGS))
+        data_info = {"base_model": MODEL_SETTINGS["base_model"]}
     else:
-        argv += ["--init-from", str(args.work_dir / stage.init_from / MODEL_DIR)]
-    argv += stage.phase_flags
-    if "--rl-steps" not in stage.phase_flags:
-        argv += ["--rl-steps", "0"]
-    argv += ["--batch-size", str(args.batch_size)]
-    if "--episode-steps" not in stage.phase_flags:
-        argv += ["--episode-steps", str(args.episode_steps)]
-    argv += [
-        "--eval-steps", str(args.eval_steps),
-        "--eval-every", str(args.eval_every),
-        "--checkpoint-every", str(args.eval_every),
-        "--seed", str(args.seed),
-        "--threads", str(args.threads),
-        "--no-progress",
-    ]  # fmt: skip
-    if stage.seconds is not None:
-        argv += ["--max-train-seconds", str(stage.seconds)]
-    if args.resume and (args.work_dir / stage.name).is_dir():
-        argv.append("--resume")
-    return argv
+        init_from = args.work_dir / stage.init_from / MODEL_DIR
+        model = QRAG.from_pretrained(str(init_from))
+        data_info = {"init_from": str(init_from)}
+    data_info |= {"data": str(train_file), "eval_data": [str(p) for p in eval_files]}
+    resume = args.resume and (out / CHECKPOINT_DIR).is_dir()  # a stage killed before its first checkpoint restarts
+    logger.info("stage %s%s: %s", stage.name, " (resumed)" if resume else "", changed_settings(config))
+    cache = EmbeddingCache(default_cache_dir() / "embeddings.sqlite")
+    try:
+        train(
+            model,
+            read_jsonl(train_file, need_support=True),
+            config,
+            {path.stem: read_jsonl(path, need_support=True) for path in eval_files},
+            out_dir=out,
+            resume=resume,
+            overwrite=args.resume and not resume,
+            cache=cache,
+            show_progress=False,
+            data_info=data_info,
+        )
+    finally:
+        cache.close()
 
 
 REUSE_FLAGS = {"--resume": 0, "--skip-stages": 1}
@@ -219,7 +251,7 @@ def recorded_script(argv: Sequence[str]) -> str:
             skip = 0 if "=" in arg else REUSE_FLAGS[flag]
             continue
         kept.append(arg)
-    return "python training/train_default_model.py " + shlex.join(kept)
+    return "python recipes/train_default_model.py " + shlex.join(kept)
 
 
 def machine_description(threads: int) -> str:
@@ -229,19 +261,15 @@ def machine_description(threads: int) -> str:
     )
 
 
-def ship(
-    stages: Sequence[Stage],
-    target: Path,
-    commands: Sequence[str],
-    args: argparse.Namespace,
-    script_argv: Sequence[str],
-) -> None:
+def ship(stages: Sequence[Stage], target: Path, args: argparse.Namespace, script_argv: Sequence[str]) -> None:
     """Save the trained model compactly into the package, recording how it was made."""
-    model = QRAG.from_pretrained(str(args.work_dir / stages[-1].name / MODEL_DIR))
+    models = {stage.name: QRAG.from_pretrained(str(args.work_dir / stage.name / MODEL_DIR)) for stage in stages}
+    model = models[stages[-1].name]
     done = {}
     for stage in stages:
-        info = json.loads((args.work_dir / stage.name / MODEL_DIR / "config.json").read_text())["qrag"]["training"]
+        info = models[stage.name].training_info
         done[stage.name] = {k: info[k] for k in ("steps", "examples_seen", "seconds")}
+        done[stage.name]["settings"] = changed_settings(stage_config(args, stage))
     model.training_info |= {
         "name": DEFAULT_MODEL_NAME,
         "recipe": (
@@ -258,7 +286,6 @@ def ship(
         "stages": done,
         "total_seconds": round(sum(d["seconds"] for d in done.values()), 1),
         "script": recorded_script(script_argv),
-        "command": " && ".join(commands),
         "hardware": machine_description(args.threads) + (f"; {args.machine_note}" if args.machine_note else ""),
     }
     model.save_pretrained(target, compact=True)
@@ -277,7 +304,7 @@ def add_stage_arguments(parser: argparse.ArgumentParser, name: str, lr: float, w
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Build the training mixture, run qrag-finetune and ship the compact default model.",
+        description="Build the training mixture, train the stages and ship the compact default model.",
     )
     parser.add_argument(
         "--work-dir", type=Path, default=Path("runs/default_model"), help="data and run folder (default: %(default)s)"
@@ -308,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mistakes",
         3e-5,
         "a further warm start from the previous stage, on fresh training data, that also trains from the states "
-        "after the model's own top wrong pick (qrag-finetune --warm-start-mistakes)",
+        "after the model's own top wrong pick (TrainingConfig.warm_start_mistakes)",
     )
     parser.add_argument(
         "--mistakes-fraction",
@@ -329,7 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-every", type=int, default=400, help="evaluate, checkpoint every N steps (default: 400)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    parser.add_argument("--resume", action="store_true", help="continue the interrupted stages in WORK_DIR")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted stages in WORK_DIR (a stage without a checkpoint yet starts over)",
+    )
     parser.add_argument(
         "--skip-stages",
         type=int,
@@ -348,19 +379,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     stages = recipe_stages(args)
     train_files, eval_files = build_data(args.work_dir / "data", sorted({stage.data_key for stage in stages}))
-    commands = []
     for number, stage in enumerate(stages):
-        finetune_argv = finetune_arguments(args, stage, train_files[stage.data_key], eval_files)
-        commands.append("qrag-finetune " + shlex.join(finetune_argv))
         if number < args.skip_stages:
-            logger.info("reusing the finished stage %s of: %s", stage.name, commands[-1])
+            logger.info("reusing the finished stage %s in %s", stage.name, args.work_dir / stage.name)
             continue
-        logger.info("running: %s", commands[-1])
-        status = finetune_main(finetune_argv)
-        if status != 0:
-            return status
+        run_stage(args, stage, train_files[stage.data_key], eval_files)
     if str(args.ship_to).lower() != "none":
-        ship(stages, args.ship_to, commands, args, sys.argv[1:] if argv is None else argv)
+        ship(stages, args.ship_to, args, sys.argv[1:] if argv is None else argv)
     return 0
 
 

@@ -5,7 +5,7 @@ Reads the ``metrics.csv`` of one or more runs and writes, under a common prefix,
 and ``PREFIX.png`` (fact EM against training minutes and against examples seen, one line per run
 and evaluation set)::
 
-    python training/learning_curves.py --run "warm start + soft-Q=runs/qa2" \\
+    python recipes/learning_curves.py --run "warm start + soft-Q=runs/qa2" \\
         --run "warm start only=runs/qa2_ws" --out benchmarks/results/training_qa2 --title "BabiLong QA2"
 """
 

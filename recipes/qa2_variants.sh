@@ -36,12 +36,12 @@ soft_q rlv_T2_sparse_vhead_lr1e-2 --value-head --value-head-lr 1e-2
 # Warm-start variants.
 finetune ws300_m50 --warm-start-steps 300 --rl-steps 0 --eval-every 100 --warm-start-mistakes 0.5
 finetune ws300_ell18 --warm-start-steps 300 --rl-steps 0 --eval-every 100 --delta 20 --ell 18
-.venv/bin/python training/learning_curves.py \
+.venv/bin/python recipes/learning_curves.py \
   --run "frozen action encoder (300 warm-start + 100 soft-Q steps)=runs/pilot" \
   --run "full action encoder (6 warm-start + 4 soft-Q steps)=runs/cmp_full" \
   --out benchmarks/results/training_frozen_vs_full \
   --title "QA2, 500 training documents (1k tokens): frozen vs trained action transformer, same ~11-minute budget"
-.venv/bin/python training/learning_curves.py \
+.venv/bin/python recipes/learning_curves.py \
   --run "warm start 300 steps (start of the soft-Q rows)=runs/ws300" \
   --run "soft-Q sparse, T = support size, lr 5e-5=runs/rlv_T2_sparse" \
   --run "soft-Q per-fact, T = support size, lr 5e-5=runs/rlv_T2_perfact" \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Reproduces the BabiLong fine-tuning runs of benchmarks/training.md on a CPU (qrag-finetune, SPEC §3.4).
+# Reproduces the BabiLong fine-tuning runs of benchmarks/training.md on a CPU (qrag-finetune; the method: docs/method.md).
 #
-#   bash training/babilong.sh qa2 RUN_NAME [extra qrag-finetune flags...]
+#   bash recipes/babilong.sh qa2 RUN_NAME [extra qrag-finetune flags...]
 #
 # Builds (once) the training set (TRAIN_N examples of en-10k train questions, 1k-token documents) and the
 # 100 BabiLong test documents at 4k and 32k tokens, then fine-tunes all-MiniLM-L6-v2 into runs/RUN_NAME,
