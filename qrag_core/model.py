@@ -36,6 +36,7 @@ from qrag_core.model_card import write_model_card
 from qrag_core.model_names import DEFAULT_MODEL_NAME, check_encoder_dir, resolve_model_path, shipped_model_names
 from qrag_core.positions import chunk_positions, rope_frequencies, rotary_scores
 from qrag_core.text_files import read_json_file
+from qrag_core.validation import check_format_version
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +151,7 @@ class QRAG(nn.Module):
             meta = saved["qrag"]
         except (DataFormatError, KeyError, TypeError) as err:
             raise CheckpointError(f"{cfg_path} is corrupt: {err}") from err
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise CheckpointError(f"{cfg_path}: format {meta['format_version']} is newer than this qrag; upgrade qrag")
+        check_format_version(meta, FORMAT_VERSION, cfg_path)
         compact = meta.get("state_encoder", {}).get("format") == "fp16-delta"
         for needed in (
             [STATE_DELTA_FILE if compact else STATE_DIR]

@@ -45,7 +45,7 @@ from qrag_core.model_names import BASE_MODEL_ALIASES, DEFAULT_MODEL_NAME, shippe
 from qrag_core.search import SearchResult, SelectedChunk
 from qrag_core.sources import Piece, RebuiltSource, rebuild_source
 from qrag_core.text_files import read_json_file
-from qrag_core.validation import check_finite, check_positive_int
+from qrag_core.validation import check_finite, check_format_version, check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -491,8 +491,7 @@ def _read_session_file(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{meta_path} is corrupt: {err}") from err
     if not isinstance(meta, dict):
         raise CheckpointError(f"{meta_path} is corrupt: expected a JSON object")
-    if meta.get("format_version", 0) > SESSION_FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path} was written by a newer qrag; upgrade qrag")
+    check_format_version(meta, SESSION_FORMAT_VERSION, meta_path)
     return meta
 
 
