@@ -31,7 +31,7 @@ from qrag_core.evaluation import evaluate
 from qrag_core.index import DocumentIndex
 from qrag_core.metrics import fact_scores, resolve_support
 from qrag_core.model_names import resolve_model_path
-from qrag_core.retrieval_session import RetrievalOptions
+from qrag_core.retrieval_session import RetrievalOptions, saved_options
 from qrag_core.training import TrainingConfig
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -261,6 +261,58 @@ def test_undecodable_index_files_are_checkpoint_errors(tmp_path: Path) -> None:
         DocumentIndex.load(tmp_path / "idx")
     (tmp_path / "idx" / "index.json").write_bytes(b"\xfe\xff")
     with pytest.raises(CheckpointError, match=r"index.json:1: not valid UTF-8"):
+        DocumentIndex.load(tmp_path / "idx")
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ('{"text": 5, "index": 1}', "field 'text' must be a JSON string, got 5"),
+        ('{"text": "b", "index": 1, "start": -3}', "field 'start' must be an integer >= 0, got -3"),
+        ('{"text": "b", "index": true}', "field 'index' must be an integer >= 0, got True"),
+        ('{"text": "b", "index": 1, "metadata": []}', "field 'metadata' must be a JSON object"),
+        ('{"text": "b", "index": 1, "colour": "red"}', r"unknown fields \['colour'\]"),
+        ('{"index": 1}', r"missing fields \['text'\]"),
+        ('["b", 1]', "expected a JSON object, got list"),
+    ],
+)
+def test_saved_chunks_with_bad_fields_are_checkpoint_errors(tmp_path: Path, row: str, problem: str) -> None:
+    index = DocumentIndex("fingerprint", 4)
+    index.add(chunks_from_texts(["First chunk.", "Second chunk."], doc_id="d"), torch.zeros(2, 4))
+    index.save(tmp_path / "idx")
+    chunks = tmp_path / "idx" / "chunks.jsonl"
+    first = chunks.read_text(encoding="utf-8").splitlines()[0]
+    chunks.write_text(f"{first}\n{row}\n", encoding="utf-8")
+    with pytest.raises(CheckpointError, match=rf"chunks.jsonl:2: {problem}"):
+        DocumentIndex.load(tmp_path / "idx")
+
+
+@pytest.mark.parametrize("version", ['"1"', "1.5", "-1", "null", "[1]"])
+def test_non_integer_format_versions_are_checkpoint_errors(tmp_path: Path, version: str) -> None:
+    problem = "format_version must be an integer >= 0"
+    (tmp_path / "config.json").write_text(f'{{"qrag": {{"config": {{}}, "format_version": {version}}}}}')
+    with pytest.raises(CheckpointError, match=rf"config.json is corrupt: {problem}"):
+        QRAG.from_pretrained(str(tmp_path))
+    index = DocumentIndex("fingerprint", 4)
+    index.add(chunks_from_texts(["First chunk."], doc_id="d"), torch.zeros(1, 4))
+    index.save(tmp_path / "idx")
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    (tmp_path / "idx" / "index.json").write_text(json.dumps(meta | {"format_version": json.loads(version)}))
+    with pytest.raises(CheckpointError, match=rf"index.json is corrupt: {problem}"):
+        DocumentIndex.load(tmp_path / "idx")
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "qrag_retriever.json").write_text(f'{{"format_version": {version}}}')
+    with pytest.raises(CheckpointError, match=rf"qrag_retriever.json is corrupt: {problem}"):
+        saved_options(tmp_path / "store")
+
+
+def test_newer_format_versions_ask_for_an_upgrade(tmp_path: Path) -> None:
+    index = DocumentIndex("fingerprint", 4)
+    index.add(chunks_from_texts(["First chunk."], doc_id="d"), torch.zeros(1, 4))
+    index.save(tmp_path / "idx")
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    (tmp_path / "idx" / "index.json").write_text(json.dumps(meta | {"format_version": 99}))
+    with pytest.raises(CheckpointError, match="index.json: format 99 is newer than this qrag"):
         DocumentIndex.load(tmp_path / "idx")
 
 
