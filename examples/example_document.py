@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,3 +99,11 @@ def demo_folder(folder: Path) -> Path:
         encoding="utf-8",
     )
     return folder
+
+
+def folder_case(args: argparse.Namespace) -> tuple[Path, Path, str]:
+    """The folder to index, where to save the index and the question, from :func:`folder_arguments`
+    (the demo folder, a temporary store and the demo question where not given)."""
+    scratch = Path(tempfile.mkdtemp(prefix="qrag-example-"))
+    folder = args.folder or demo_folder(scratch / "texts")
+    return folder, args.store or scratch / "store", args.question or load_demo_document().question

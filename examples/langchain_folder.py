@@ -11,15 +11,13 @@ answerer asks the chat model.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from example_document import demo_folder, folder_arguments
+from example_document import folder_arguments, folder_case
 from langchain_core.documents import Document
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from qrag_core.answerer import Answerer, EndpointConfig, endpoint_help
-from qrag_core.data.demo import load_demo_document
 from qrag_integrations.langchain import QRAGRetriever
 
 
@@ -33,10 +31,7 @@ def load_folder(folder: Path) -> list[Document]:
 
 def main() -> None:
     args = folder_arguments(__doc__.splitlines()[0]).parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="qrag-example-"))
-    folder = args.folder or demo_folder(scratch / "texts")
-    store = args.store or scratch / "store"
-    question = args.question or load_demo_document().question
+    folder, store, question = folder_case(args)
 
     files = load_folder(folder)
     splits = RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200, add_start_index=True).split_documents(

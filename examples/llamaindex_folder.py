@@ -11,10 +11,7 @@ answers with the prompt it was given; with ``OPENAI_BASE_URL`` (or ``OPENAI_API_
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
-from example_document import demo_folder, folder_arguments
+from example_document import folder_arguments, folder_case
 from llama_index.core import SimpleDirectoryReader
 from llama_index.core.ingestion import IngestionPipeline
 from llama_index.core.llms import MockLLM
@@ -22,16 +19,12 @@ from llama_index.core.node_parser import SentenceSplitter
 from llamaindex_query_engine import chat_model
 
 from qrag_core.answerer import EndpointConfig
-from qrag_core.data.demo import load_demo_document
 from qrag_integrations.llamaindex import QRAGRetriever
 
 
 def main() -> None:
     args = folder_arguments(__doc__.splitlines()[0]).parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="qrag-example-"))
-    folder = args.folder or demo_folder(scratch / "texts")
-    store = args.store or scratch / "store"
-    question = args.question or load_demo_document().question
+    folder, store, question = folder_case(args)
 
     documents = SimpleDirectoryReader(str(folder), required_exts=[".txt"], recursive=True).load_data()
     pipeline = IngestionPipeline(transformations=[SentenceSplitter(chunk_size=256, chunk_overlap=32)])

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from qrag_core.atomic import Layout, atomic_directory, save_tensors
+from qrag_core.atomic import Layout, atomic_directory, readable, save_tensors
 from qrag_core.chunking import Chunk
 from qrag_core.errors import CheckpointError, DataFormatError, InvalidInputError
 from qrag_core.text_files import iter_json_lines, read_json_file
@@ -140,7 +140,8 @@ class DocumentIndex:
 
     @classmethod
     def load(cls, directory: str | Path) -> DocumentIndex:
-        directory = Path(directory)
+        """The index :meth:`save` wrote to ``directory`` (CheckpointError if it is missing or corrupt)."""
+        directory = Path(readable(directory))
         meta_path = directory / "index.json"
         if not meta_path.is_file():
             raise CheckpointError(f"{meta_path} is missing: {directory} is not a saved qrag index")

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from qrag_core import __version__
-from qrag_core.atomic import Layout, atomic_directory, save_tensors
+from qrag_core.atomic import Layout, atomic_directory, readable, save_tensors
 from qrag_core.chunking import Chunk, chunk_text, chunks_from_texts
 from qrag_core.config import ChunkingConfig, QRAGConfig
 from qrag_core.embedding_cache import EmbeddingCache, encode_with_cache
@@ -136,7 +136,7 @@ class QRAG(nn.Module):
             else:
                 logger.warning("no trained default model is shipped; using the UNTRAINED base model all-MiniLM-L6-v2")
                 return cls.from_base(device=device)
-        path = resolve_model_path(name_or_path)
+        path = resolve_model_path(readable(name_or_path))
         if not _is_qrag_dir(path):
             logger.info("%s is not a saved qrag model; building an untrained model on it as base", name_or_path)
             return cls.from_base(path, device=device)

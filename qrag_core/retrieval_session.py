@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from qrag_core.atomic import Layout, atomic_directory
+from qrag_core.atomic import Layout, atomic_directory, readable
 from qrag_core.chunking import Chunk, chunk_text
 from qrag_core.config import ChunkingConfig
 from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir, shared_cache
@@ -428,7 +428,7 @@ class RetrievalSession:
     ) -> RetrievalSession:
         """Reopen a saved session, or a bare index (``qrag-index build`` output) on ``model`` or the
         default model; ``model`` replaces the saved one (it must share its action encoder)."""
-        directory = Path(directory)
+        directory = Path(readable(directory))
         if not (directory / SESSION_FILE).is_file() and directory.is_dir() and any(directory.iterdir()):
             return cls._open_index(directory, model, cache, device)
         meta = _read_session_file(directory)
@@ -472,13 +472,14 @@ class RetrievalSession:
 
 def saved_options(directory: str | os.PathLike[str]) -> RetrievalOptions:
     """The retriever options saved with a session by :meth:`RetrievalSession.save` (defaults for a bare index)."""
-    if not (Path(directory) / SESSION_FILE).is_file() and (Path(directory) / "index.json").is_file():
+    directory = Path(readable(directory))
+    if not (directory / SESSION_FILE).is_file() and (directory / "index.json").is_file():
         return RetrievalOptions()
-    meta = _read_session_file(Path(directory))
+    meta = _read_session_file(directory)
     try:
         return RetrievalOptions(**meta.get("options", {}))
     except (TypeError, InvalidInputError) as err:
-        raise CheckpointError(f"{Path(directory) / SESSION_FILE}: bad saved options: {err}") from err
+        raise CheckpointError(f"{directory / SESSION_FILE}: bad saved options: {err}") from err
 
 
 def _read_session_file(directory: Path) -> dict[str, Any]:

@@ -131,6 +131,9 @@ def test_wheel_installed_in_a_fresh_venv_runs_the_demo_without_repository_or_dat
 
 
 def run(command: list, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command; without ``env``, in this environment minus PYTHONPATH (which would put the checkout,
+    with its egg-info, in front of what a fresh venv has installed)."""
+    kwargs.setdefault("env", {k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=1200, **kwargs)
     if check:
         assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
