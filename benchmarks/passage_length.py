@@ -19,7 +19,6 @@ Results go to ``benchmarks/results/passage_length.json`` (merged, one entry per 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import sys
 from pathlib import Path
@@ -29,11 +28,10 @@ import numpy as np
 from harness import (
     RESULTS_DIR,
     ResultsStore,
-    git_commit,
     lazy_haystack,
-    machine_description,
     markdown_table,
     parse_cell,
+    provenance,
 )
 
 from qrag_core.baselines import DenseTopK
@@ -71,15 +69,6 @@ def measure_dense(examples: list[Example], max_chunk_tokens: int, steps: list[in
     return {str(t): evaluate(method, examples, steps=t, show_progress=True) for t in steps}
 
 
-def provenance() -> dict[str, str]:
-    return {
-        "machine": machine_description("shared with other jobs"),
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "commit": git_commit(),
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 def run(suites: list[str], caps: list[int], steps: list[int]) -> dict[str, Any]:
     store = ResultsStore(RESULTS, lambda: {"suites": {}})
     for suite in suites:
@@ -99,7 +88,7 @@ def run(suites: list[str], caps: list[int], steps: list[int]) -> dict[str, Any]:
             with store.updating() as results:
                 entry = results["suites"][suite]
                 for t, result in scores.items():
-                    entry["dense"].setdefault(str(cap), {})[t] = {**result, **provenance()}
+                    entry["dense"].setdefault(str(cap), {})[t] = {**result, **provenance("shared with other jobs")}
                 write_markdown(results)
             logger.info(
                 "%s max_chunk_tokens=%d: %s", suite, cap, {t: round(r["fact_em"], 3) for t, r in scores.items()}

@@ -26,7 +26,6 @@ Results go to ``benchmarks/results/sentence_splitting.json`` and ``benchmarks/re
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import re
@@ -36,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import RESULTS_DIR, git_commit, machine_description, markdown_table
+from harness import RESULTS_DIR, markdown_table, provenance
 
 from qrag_core.chunking import iter_sentence_spans
 from qrag_core.cli import setup_logging
@@ -113,9 +112,6 @@ def run(book: str, splitters: list[str]) -> dict[str, Any]:
         "book": book,
         "characters": len(body),
         "splitters": {},
-        "machine": machine_description("shared with other jobs"),
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "commit": git_commit(),
     }
     for splitter in splitters:
         entry: dict[str, Any] = {"load_seconds": load_seconds(splitter)}
@@ -130,7 +126,7 @@ def run(book: str, splitters: list[str]) -> dict[str, Any]:
                 entry[form]["sentences_per_second"],
             )
         results["splitters"][splitter] = entry
-    results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    results.update(provenance("shared with other jobs"))
     return results
 
 

@@ -18,7 +18,6 @@ Results go to ``benchmarks/results/stopping.json`` (one entry per model and set)
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import sys
 import time
@@ -28,11 +27,10 @@ from typing import Any
 from harness import (
     RESULTS_DIR,
     ResultsStore,
-    git_commit,
     lazy_haystack,
-    machine_description,
     markdown_table,
     parse_cell,
+    provenance,
 )
 
 from qrag_core.cli import setup_logging
@@ -69,13 +67,7 @@ def run(model_name: str, steps: int, babilong_samples: int, names: list[str]) ->
         examples = load_set(name, babilong_samples)
         start = time.perf_counter()
         report = analyse_stopping(model, examples, steps, cache, show_progress=True)
-        report.update(
-            seconds=time.perf_counter() - start,
-            machine=machine_description("shared with other jobs"),
-            command=" ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-            commit=git_commit(),
-            finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        )
+        report.update(seconds=time.perf_counter() - start, **provenance("shared with other jobs"))
         with store.updating() as results:
             results["models"].setdefault(model_name, {})[name] = report
             write_markdown(results)
@@ -97,7 +89,10 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
         "QA2). Best threshold: stop before the first step t ≥ 2 whose best Q is below it, the threshold with the",
         "highest mean fact F1 **chosen on the same questions** (an upper bound). Fixed t: always take t chunks.",
     ]
-    for model, by_set in results["models"].items():
+    for model, measured in results["models"].items():
+        # the JSON is written with sorted keys: list the sets in their usual order
+        order = [*(name for name in SETS if name in measured), *sorted(set(measured) - set(SETS))]
+        by_set = {name: measured[name] for name in order}
         out += ["", f"## {model}", ""]
         rows = []
         for name, report in by_set.items():
