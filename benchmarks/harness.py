@@ -17,11 +17,13 @@ their sibling; they are thin front-ends over it.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import json
 import os
 import platform
 import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -140,6 +142,16 @@ def git_commit() -> str:
     except OSError:
         return "unknown"
     return out.stdout.strip() or "unknown"
+
+
+def provenance(note: str = "") -> dict[str, str]:
+    """Where and how a measurement was made: ``machine`` (with ``note``), ``command``, ``commit``, ``finished``."""
+    return {
+        "machine": machine_description(note),
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "commit": git_commit(),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 # ============================================================================================ results

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import random
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from qrag_core.data.babi import babi_samples
+from qrag_core.data.demo import load_demo_document
 from qrag_core.data.haystack import book_sentences, haystack_books, scatter_in_order
 
 
@@ -71,3 +74,36 @@ def print_case(document: ExampleDocument) -> None:
     print(f"Document: {len(document.text)} characters, {document.source}")
     print(f"Question: {document.question}   (expected answer: {document.answer})")
     print(f"Facts a good retriever finds: {document.supporting_facts}\n")
+
+
+def folder_arguments(description: str) -> argparse.ArgumentParser:
+    """A parser for the folder examples: which folder, where to save the index, the question."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument(
+        "--folder", type=Path, default=None, help="folder of .txt files to index (default: a demo folder in a temp dir)"
+    )
+    parser.add_argument("--store", type=Path, default=None, help="where to save the index (default: a temp dir)")
+    parser.add_argument("--question", default=None, help="what to ask (default: the demo document's question)")
+    parser.add_argument("--model", default=None, help="saved qrag model directory or shipped name")
+    parser.add_argument("--k", type=int, default=4, help="chunks to retrieve, one per search step")
+    return parser
+
+
+def demo_folder(folder: Path) -> Path:
+    """A folder of two text files: the document shipped with qrag (a novel's chapter with a bAbI story
+    hidden in it) and a short unrelated note."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pride_and_prejudice_43.txt").write_text(load_demo_document().text, encoding="utf-8")
+    (folder / "notes.txt").write_text(
+        "Notes from the lab.\n\nThe kettle is broken. Anna fixed the printer.\nThe window faces north.\n",
+        encoding="utf-8",
+    )
+    return folder
+
+
+def folder_case(args: argparse.Namespace) -> tuple[Path, Path, str]:
+    """The folder to index, where to save the index and the question, from :func:`folder_arguments`
+    (the demo folder, a temporary store and the demo question where not given)."""
+    scratch = Path(tempfile.mkdtemp(prefix="qrag-example-"))
+    folder = args.folder or demo_folder(scratch / "texts")
+    return folder, args.store or scratch / "store", args.question or load_demo_document().question

@@ -14,7 +14,9 @@ the caller is reading. ``overwrite=False`` also refuses qrag's own earlier outpu
 
 Leftovers of a killed save never block the next one: :func:`recover` (run by every save and by
 resuming a training run) removes orphan temporary directories and either restores the old copy (a kill
-between the two renames) or removes it (a kill after them).
+between the two renames) or removes it (a kill after them). Every loader reads through
+:func:`readable`, which restores that old copy too, so a save killed between its renames never makes
+a model, index or retriever look missing.
 """
 
 from __future__ import annotations
@@ -152,8 +154,40 @@ def recover(target: str | os.PathLike[str]) -> None:
             logger.info("removing %s, the previous copy of %s left by an interrupted save", aside, path)
             shutil.rmtree(aside)
         else:
-            logger.warning("restoring %s from %s (a save was interrupted between its renames)", path, aside)
-            os.replace(aside, path)
+            _restore(aside, path)
+
+
+def readable(target: str | os.PathLike[str]) -> str | os.PathLike[str]:
+    """Where to load the directory a save of ``target`` wrote: ``target`` itself, restored first if a
+    save was killed between its two renames (only the old copy, moved aside, is left).
+
+    The old copy is the one to restore: it was complete before that save began, and the next save
+    restores it too (:func:`recover`), whereas a temporary directory beside it may as well be a save
+    still running or one killed while writing. Loading never removes anything. If the old copy
+    cannot be moved back (e.g. a read-only directory), it is read where it lies.
+    """
+    try:
+        path = resolved(target)
+    except (ValueError, RuntimeError, OSError):  # not a usable path (maybe a model name): nothing to restore
+        return target
+    if not path.name or path.exists():
+        return target
+    aside = _aside(path)
+    if not aside.is_dir() or aside.is_symlink():
+        return target
+    try:
+        _restore(aside, path)
+    except OSError as err:
+        if path.exists():  # a save running now has just moved its new copy in
+            return target
+        logger.warning("reading %s where it lies: it cannot be moved back to %s (%s)", aside, path, err)
+        return aside
+    return target
+
+
+def _restore(aside: Path, path: Path) -> None:
+    logger.warning("restoring %s from %s (a save was interrupted between its renames)", path, aside)
+    os.replace(aside, path)
 
 
 @contextlib.contextmanager

@@ -60,10 +60,11 @@ class BM25TopK:
     def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
         import bm25s
 
+        corpus = bm25s.tokenize([c.text for c in chunks], stopwords=self.stopwords, show_progress=False)
+        if not corpus.vocab:  # no chunk has a word BM25 can match (only stop words or punctuation): no ranking
+            return list(range(min(steps, len(chunks))))
         retriever = bm25s.BM25()
-        retriever.index(
-            bm25s.tokenize([c.text for c in chunks], stopwords=self.stopwords, show_progress=False), show_progress=False
-        )
+        retriever.index(corpus, show_progress=False)
         query = bm25s.tokenize([question], stopwords=self.stopwords, show_progress=False, return_ids=False)
         found, _ = retriever.retrieve(query, k=min(steps, len(chunks)), show_progress=False)
         return sorted(int(i) for i in found[0])

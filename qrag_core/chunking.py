@@ -4,7 +4,10 @@ Two splitters, both keeping each chunk's text, its index in the document and its
 in the source so a user can trace a retrieved chunk back to where it came from:
 
 - sentences (one sentence per chunk, as BabiLong is built), with over-long sentences cut into
-  token windows when a tokenizer is given;
+  token windows when a tokenizer is given. Sentence boundaries come from ``ChunkingConfig.sentence_splitter``:
+  ``punkt`` (the default: NLTK's Punkt with an English model trained on public-domain novels, shipped in
+  ``punkt_english/``), ``pysbd`` (optional extra) or ``regex`` (the splitter the benchmark haystacks and
+  models saved before the option existed use);
 - token windows of ``max_tokens`` tokens of the base tokenizer (default 64), optionally overlapping.
 
 Both work on streams of text blocks so a 10M-token document never needs one giant tokenizer call.
@@ -13,15 +16,22 @@ Both work on streams of text blocks so a 10M-token document never needs one gian
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Protocol
 
-from qrag_core.config import ChunkingConfig
+from qrag_core.config import DEFAULT_SENTENCE_SPLITTER, SENTENCE_SPLITTERS, ChunkingConfig
 from qrag_core.errors import InvalidInputError
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+|\n\s*\n")
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+_HONORIFIC_END = re.compile(r"(?<![^\s\"'“‘(\[])(?:Mr|Mrs|Ms|Messrs|Dr|Mme|Mlle|Mmes|Mdme)\.$")
 _BLOCK_CHARS = 200_000
+SHIPPED_PUNKT_DIR = Path(__file__).resolve().parent / "punkt_english"
+"""The English Punkt model (NLTK ``punkt_tab`` files) trained on public-domain novels by ``recipes/train_punkt.py``."""
 
 
 class Tokenizer(Protocol):
@@ -74,14 +84,106 @@ def _blocks(text: str, block_chars: int = _BLOCK_CHARS) -> Iterator[tuple[int, s
         start = end
 
 
-def iter_sentence_spans(text: str) -> Iterator[tuple[int, int]]:
-    """Yield (start, end) character spans of the sentences of ``text``, whitespace trimmed."""
+def iter_sentence_spans(text: str, splitter: str = DEFAULT_SENTENCE_SPLITTER) -> Iterator[tuple[int, int]]:
+    """Yield (start, end) character spans of the sentences of ``text``, whitespace trimmed.
+
+    ``splitter`` is one of :data:`SENTENCE_SPLITTERS`: ``regex`` ends a sentence after ``.``, ``!`` or
+    ``?`` (and closing quotes or brackets) followed by whitespace, and at blank lines; the others cut
+    the text at blank lines (paragraphs) and let a sentence-boundary library split each paragraph,
+    so abbreviations such as "Mr." or "Dr." do not end a sentence.
+    """
+    if splitter == "regex":
+        for block_start, block in _blocks(text):
+            pos = 0
+            for match in _SENTENCE_END.finditer(block):
+                yield from _trimmed_span(block, pos, match.start(), block_start)
+                pos = match.end()
+            yield from _trimmed_span(block, pos, len(block), block_start)
+        return
+    split = _library_splitter(splitter)
     for block_start, block in _blocks(text):
         pos = 0
-        for match in _SENTENCE_END.finditer(block):
-            yield from _trimmed_span(block, pos, match.start(), block_start)
-            pos = match.end()
-        yield from _trimmed_span(block, pos, len(block), block_start)
+        for match in [*_PARAGRAPH_BREAK.finditer(block), None]:
+            end = len(block) if match is None else match.start()
+            paragraph = block[pos:end]
+            if paragraph.strip():
+                # Hard-wrapped lines are one paragraph: the libraries see spaces (same length, so spans stay exact).
+                for start, stop in split(paragraph.replace("\n", " ")):
+                    yield from _trimmed_span(paragraph, start, stop, block_start + pos)
+            pos = end if match is None else match.end()
+
+
+def _library_splitter(name: str) -> Callable[[str], list[tuple[int, int]]]:
+    """The span function of a library sentence splitter: a paragraph's sentences as exact (start, end) spans."""
+    if name == "pysbd":
+        return _pysbd_spans
+    if name == "punkt":
+        return _punkt().span_tokenize_list
+    raise InvalidInputError(f"unknown sentence splitter {name!r}; use one of {', '.join(SENTENCE_SPLITTERS)}")
+
+
+@lru_cache(maxsize=1)
+def _pysbd_segmenter() -> Any:
+    try:
+        import pysbd
+    except ImportError:
+        raise InvalidInputError("the 'pysbd' sentence splitter needs pysbd (pip install 'qrag[pysbd]')") from None
+
+    return pysbd.Segmenter(language="en", clean=False)
+
+
+def _pysbd_spans(paragraph: str) -> list[tuple[int, int]]:
+    """pysbd's sentences of a paragraph located in it: each segment is a substring, found left to right."""
+    spans, cursor = [], 0
+    for segment in _pysbd_segmenter().segment(paragraph):
+        piece = segment.strip()
+        if not piece:
+            continue
+        start = paragraph.find(piece, cursor)
+        if start < 0:  # pysbd changed the text (never seen on the benchmark novels): keep the rest whole
+            spans.append((cursor, len(paragraph)))
+            return spans
+        spans.append((start, start + len(piece)))
+        cursor = start + len(piece)
+    return spans
+
+
+class _Punkt:
+    """NLTK's Punkt sentence tokenizer with the English parameters qrag ships (plain-text files, no pickle)."""
+
+    def __init__(self, params: Any) -> None:
+        from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+        self.tokenizer = PunktSentenceTokenizer(params)
+
+    def span_tokenize_list(self, paragraph: str) -> list[tuple[int, int]]:
+        """Punkt's spans, with a break after an honorific ("Mr.", "Mrs.", "Dr." ...) undone: Punkt splits
+        "Mr. Darcy" when the name often starts sentences, and a title never ends one."""
+        spans: list[tuple[int, int]] = []
+        for start, end in self.tokenizer.span_tokenize(paragraph):
+            if spans and _HONORIFIC_END.search(paragraph, spans[-1][0], spans[-1][1]):
+                spans[-1] = (spans[-1][0], end)
+            else:
+                spans.append((start, end))
+        return spans
+
+
+@lru_cache(maxsize=1)
+def _punkt() -> _Punkt:
+    """Punkt with :data:`SHIPPED_PUNKT_DIR`'s English model (trained by ``recipes/train_punkt.py``)."""
+    from nltk.tokenize.punkt import PunktParameters
+
+    def lines(name: str) -> list[list[str]]:
+        text = (SHIPPED_PUNKT_DIR / name).read_text(encoding="utf-8")
+        return [line.split("\t") for line in text.splitlines() if line]
+
+    # Read here rather than with nltk's loader, which only opens files under NLTK's own data directories.
+    params = PunktParameters()
+    params.abbrev_types = {fields[0] for fields in lines("abbrev_types.txt")}
+    params.sent_starters = {fields[0] for fields in lines("sent_starters.txt")}
+    params.collocations = {(first, second) for first, second in lines("collocations.tab")}
+    params.ortho_context = defaultdict(int, {word: int(flags) for word, flags in lines("ortho_context.tab")})
+    return _Punkt(params)
 
 
 def _trimmed_span(block: str, start: int, end: int, offset: int) -> Iterator[tuple[int, int]]:
@@ -125,7 +227,7 @@ def chunk_text(
             raise InvalidInputError("token-window chunking needs a tokenizer")
         spans: Iterable[tuple[int, int]] = _token_windows(text, tokenizer, config.max_tokens, config.overlap_tokens)
     else:
-        spans = iter_sentence_spans(text)
+        spans = iter_sentence_spans(text, config.sentence_splitter)
         if tokenizer is not None:
             spans = _split_long(text, spans, tokenizer, config.max_tokens)
     meta = dict(metadata or {})

@@ -13,6 +13,10 @@ PositionMode = Literal["relative", "absolute", "none"]
 POSITION_MODES: tuple[str, ...] = ("relative", "absolute", "none")
 CHUNKING_MODES: tuple[str, ...] = ("sentences", "tokens")
 CONFIG_FORMAT_VERSION = 1
+SENTENCE_SPLITTERS: tuple[str, ...] = ("punkt", "pysbd", "regex")
+DEFAULT_SENTENCE_SPLITTER = "punkt"
+LEGACY_SENTENCE_SPLITTER = "regex"
+"""The splitter of configs saved before ``sentence_splitter`` existed: they were chunked with the regex."""
 
 
 @dataclass
@@ -25,12 +29,27 @@ class ChunkingConfig:
     """Window length in base-tokenizer tokens for `tokens` mode; sentences longer than this are split."""
     overlap_tokens: int = 0
     """Tokens shared by consecutive windows in `tokens` mode."""
+    sentence_splitter: str = DEFAULT_SENTENCE_SPLITTER
+    """`sentences` mode: `punkt` (NLTK Punkt, learned abbreviations), `pysbd` (rules) or `regex` (ends at `.!?`)."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChunkingConfig:
+        """A saved chunking config; one saved before ``sentence_splitter`` existed was chunked with the regex."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CheckpointError(f"unknown chunking config keys {unknown}; was this saved by a newer qrag?")
+        return cls(**{"sentence_splitter": LEGACY_SENTENCE_SPLITTER, **data}).validate()
 
     def validate(self) -> ChunkingConfig:
         """Raise InvalidInputError naming the first setting of the wrong type or out of range."""
         check_field_types(self, prefix="chunking.")
         if self.mode not in CHUNKING_MODES:
             raise InvalidInputError(f"chunking.mode must be one of {CHUNKING_MODES}, got {self.mode!r}")
+        if self.sentence_splitter not in SENTENCE_SPLITTERS:
+            raise InvalidInputError(
+                f"chunking.sentence_splitter must be one of {SENTENCE_SPLITTERS}, got {self.sentence_splitter!r}"
+            )
         if self.max_tokens <= 0:
             raise InvalidInputError(
                 f"chunk size (chunking.max_tokens) must be a positive number of tokens, got {self.max_tokens}"
@@ -108,9 +127,12 @@ class QRAGConfig:
         if unknown:
             raise CheckpointError(f"unknown config keys {unknown}; was this saved by a newer qrag?")
         values = dict(data)
+        # A config without the field predates it, so its documents were chunked with the regex splitter.
+        chunking = values.get("chunking", {})
+        if not isinstance(chunking, dict):
+            raise CheckpointError(f"config key 'chunking' must be an object, got {type(chunking).__name__}")
         try:
-            if isinstance(values.get("chunking"), dict):
-                values["chunking"] = ChunkingConfig(**values["chunking"])
+            values["chunking"] = ChunkingConfig.from_dict(chunking)
             return cls(**values).validate()
         except (TypeError, InvalidInputError) as err:
             raise CheckpointError(f"invalid model config: {err}") from err

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from qrag_core.chunking import Chunk, Tokenizer
 from qrag_core.config import ChunkingConfig
 from qrag_core.data.examples import Example
-from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
+from qrag_core.embedding_cache import EmbeddingCache
+from qrag_core.embedding_cache import shared_cache as shared_cache  # re-exported for the benchmark scripts
 from qrag_core.errors import InvalidInputError
 from qrag_core.metrics import aggregate, answer_correct, fact_scores, resolve_support, value_recall
 from qrag_core.model import QRAG
@@ -41,11 +42,6 @@ TASK_STEPS = {"hotpotqa": 2, "musique": 4, "qa_hotpotqa": 2}
 
 Reader = Callable[[str, Sequence[str]], str]
 """Answers a question from the selected chunk texts (in document order); used for answer accuracy."""
-
-
-def shared_cache() -> EmbeddingCache:
-    """The machine-wide embedding cache every tool shares (``$QRAG_CACHE_DIR/embeddings.sqlite``)."""
-    return EmbeddingCache(default_cache_dir() / "embeddings.sqlite")
 
 
 class RetrievalMethod(Protocol):

@@ -23,10 +23,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from qrag_core.atomic import Layout, atomic_directory, save_tensors
+from qrag_core.atomic import Layout, atomic_directory, readable, save_tensors
 from qrag_core.chunking import Chunk
 from qrag_core.errors import CheckpointError, DataFormatError, InvalidInputError
 from qrag_core.text_files import iter_json_lines, read_json_file
+from qrag_core.validation import check_format_version, is_int
 
 logger = logging.getLogger(__name__)
 
@@ -139,12 +140,16 @@ class DocumentIndex:
 
     @classmethod
     def load(cls, directory: str | Path) -> DocumentIndex:
-        directory = Path(directory)
+        """The index :meth:`save` wrote to ``directory`` (CheckpointError if it is missing or corrupt)."""
+        directory = Path(readable(directory))
         meta_path = directory / "index.json"
         if not meta_path.is_file():
             raise CheckpointError(f"{meta_path} is missing: {directory} is not a saved qrag index")
         try:
             meta = read_json_file(meta_path)
+            if not isinstance(meta, dict):
+                raise TypeError("expected a JSON object")
+            check_format_version(meta, INDEX_FORMAT_VERSION, meta_path)
             index = cls(meta["fingerprint"], int(meta["dim"]))
             doc_ids, doc_starts = list(meta["doc_ids"]), list(meta["doc_starts"])
         except (KeyError, TypeError, ValueError) as err:  # DataFormatError (undecodable, invalid JSON) included
@@ -155,8 +160,8 @@ class DocumentIndex:
             raise CheckpointError(f"{directory / 'embeddings.safetensors'} cannot be read: {err}") from err
         chunks_path = directory / "chunks.jsonl"
         try:
-            chunks = [Chunk(**row) for _, row in iter_json_lines(chunks_path)]
-        except (OSError, DataFormatError, TypeError) as err:
+            chunks = [_chunk_from_row(row, chunks_path, line) for line, row in iter_json_lines(chunks_path)]
+        except (OSError, DataFormatError) as err:
             raise CheckpointError(f"{chunks_path} cannot be read: {err}") from err
         if content.shape != (len(chunks), index.dim) or len(doc_ids) != len(doc_starts):
             raise CheckpointError(
@@ -165,3 +170,25 @@ class DocumentIndex:
         index.chunks, index.doc_ids, index._doc_starts = chunks, doc_ids, doc_starts
         index._blocks, index._content = [content], content
         return index
+
+
+_CHUNK_FIELDS: dict[str, type] = {"text": str, "index": int, "start": int, "end": int, "doc_id": str, "metadata": dict}
+"""The fields of a saved chunk and their JSON types."""
+
+
+def _chunk_from_row(row: Any, path: Path, line: int) -> Chunk:
+    """The :class:`Chunk` a ``chunks.jsonl`` line holds; DataFormatError names the line and a bad field."""
+    if not isinstance(row, dict):
+        raise DataFormatError(str(path), line, f"expected a JSON object, got {type(row).__name__}")
+    unknown = sorted(set(row) - set(_CHUNK_FIELDS))
+    if unknown:
+        raise DataFormatError(str(path), line, f"unknown fields {unknown}; a chunk has {list(_CHUNK_FIELDS)}")
+    missing = [name for name in ("text", "index") if name not in row]
+    if missing:
+        raise DataFormatError(str(path), line, f"missing fields {missing}")
+    for name, value in row.items():
+        kind = _CHUNK_FIELDS[name]
+        if not ((is_int(value) and value >= 0) if kind is int else isinstance(value, kind)):
+            wanted = "an integer >= 0" if kind is int else f"a JSON {'string' if kind is str else 'object'}"
+            raise DataFormatError(str(path), line, f"field {name!r} must be {wanted}, got {value!r}")
+    return Chunk(**row)

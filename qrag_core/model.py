@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from qrag_core import __version__
-from qrag_core.atomic import Layout, atomic_directory, save_tensors
+from qrag_core.atomic import Layout, atomic_directory, readable, save_tensors
 from qrag_core.chunking import Chunk, chunk_text, chunks_from_texts
 from qrag_core.config import ChunkingConfig, QRAGConfig
 from qrag_core.embedding_cache import EmbeddingCache, encode_with_cache
@@ -36,6 +36,7 @@ from qrag_core.model_card import write_model_card
 from qrag_core.model_names import DEFAULT_MODEL_NAME, check_encoder_dir, resolve_model_path, shipped_model_names
 from qrag_core.positions import chunk_positions, rope_frequencies, rotary_scores
 from qrag_core.text_files import read_json_file
+from qrag_core.validation import check_format_version
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class QRAG(nn.Module):
             else:
                 logger.warning("no trained default model is shipped; using the UNTRAINED base model all-MiniLM-L6-v2")
                 return cls.from_base(device=device)
-        path = resolve_model_path(name_or_path)
+        path = resolve_model_path(readable(name_or_path))
         if not _is_qrag_dir(path):
             logger.info("%s is not a saved qrag model; building an untrained model on it as base", name_or_path)
             return cls.from_base(path, device=device)
@@ -150,8 +151,7 @@ class QRAG(nn.Module):
             meta = saved["qrag"]
         except (DataFormatError, KeyError, TypeError) as err:
             raise CheckpointError(f"{cfg_path} is corrupt: {err}") from err
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise CheckpointError(f"{cfg_path}: format {meta['format_version']} is newer than this qrag; upgrade qrag")
+        check_format_version(meta, FORMAT_VERSION, cfg_path)
         compact = meta.get("state_encoder", {}).get("format") == "fp16-delta"
         for needed in (
             [STATE_DELTA_FILE if compact else STATE_DIR]

@@ -84,7 +84,7 @@ def check_encoder_dir(path: str) -> None:
         for what, names in (
             ("config.json", ("config.json",)),
             ("weights (" + " or ".join(ENCODER_WEIGHTS[::2]) + ")", ENCODER_WEIGHTS),
-            ("a tokenizer (" + " or ".join(ENCODER_TOKENIZER[:2]) + ")", ENCODER_TOKENIZER),
+            ("tokenizer files (" + " or ".join(ENCODER_TOKENIZER[:2]) + ")", ENCODER_TOKENIZER),
         )
         if not any((folder / name).is_file() for name in names)
     ]

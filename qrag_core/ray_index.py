@@ -145,7 +145,7 @@ class RayShardEncoder:
             EncoderActor,
             fn_constructor_args=constructor_args,
             batch_size=self.rows_per_task,
-            concurrency=self.workers,
+            compute=ray.data.ActorPoolStrategy(size=self.workers),
             num_cpus=self.cpus_per_worker,
             num_gpus=gpus,
             batch_format="numpy",

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from qrag_core.atomic import Layout, atomic_directory
+from qrag_core.atomic import Layout, atomic_directory, readable
 from qrag_core.chunking import Chunk, chunk_text
 from qrag_core.config import ChunkingConfig
 from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir, shared_cache
@@ -45,7 +45,7 @@ from qrag_core.model_names import BASE_MODEL_ALIASES, DEFAULT_MODEL_NAME, shippe
 from qrag_core.search import SearchResult, SelectedChunk
 from qrag_core.sources import Piece, RebuiltSource, rebuild_source
 from qrag_core.text_files import read_json_file
-from qrag_core.validation import check_finite, check_positive_int
+from qrag_core.validation import check_finite, check_format_version, check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -254,31 +254,6 @@ class RetrievalSession:
         sources = [[Piece(text, 0, meta)] for text, meta in zip(texts, metadatas, strict=True)]
         return self.add_sources(sources, ids, chunking, show_progress)
 
-    def add_segmented_texts(
-        self,
-        documents: Sequence[Sequence[str]],
-        metadatas: Sequence[dict[str, Any] | Sequence[dict[str, Any] | None] | None] | None = None,
-        ids: Sequence[str | None] | None = None,
-        chunking: ChunkingConfig | None = None,
-    ) -> list[str]:
-        """Index documents that arrive already cut into consecutive segments, with no offsets.
-
-        ``metadatas[i]`` is one dict for the whole document or one dict per segment. Offsets are in the
-        document's segments joined by newlines.
-        """
-        documents = _as_list(documents, "documents")
-        metadatas = _as_list(metadatas, "metadatas") if metadatas is not None else [None] * len(documents)
-        if len(metadatas) != len(documents):
-            raise InvalidInputError(f"{len(documents)} documents but {len(metadatas)} metadatas")
-        sources = []
-        for position, (segments, meta) in enumerate(zip(documents, metadatas, strict=True)):
-            segments = _as_list(segments, f"document {position}")
-            metas = [meta] * len(segments) if meta is None or isinstance(meta, dict) else _as_list(meta, "metadatas")
-            if len(metas) != len(segments):
-                raise InvalidInputError(f"document {position} has {len(segments)} segments but {len(metas)} metadatas")
-            sources.append([Piece(text, None, m) for text, m in zip(segments, metas, strict=True)])
-        return self.add_sources(sources, ids, chunking)
-
     def add_sources(
         self,
         sources: Sequence[Sequence[Piece]],
@@ -453,7 +428,7 @@ class RetrievalSession:
     ) -> RetrievalSession:
         """Reopen a saved session, or a bare index (``qrag-index build`` output) on ``model`` or the
         default model; ``model`` replaces the saved one (it must share its action encoder)."""
-        directory = Path(directory)
+        directory = Path(readable(directory))
         if not (directory / SESSION_FILE).is_file() and directory.is_dir() and any(directory.iterdir()):
             return cls._open_index(directory, model, cache, device)
         meta = _read_session_file(directory)
@@ -497,13 +472,14 @@ class RetrievalSession:
 
 def saved_options(directory: str | os.PathLike[str]) -> RetrievalOptions:
     """The retriever options saved with a session by :meth:`RetrievalSession.save` (defaults for a bare index)."""
-    if not (Path(directory) / SESSION_FILE).is_file() and (Path(directory) / "index.json").is_file():
+    directory = Path(readable(directory))
+    if not (directory / SESSION_FILE).is_file() and (directory / "index.json").is_file():
         return RetrievalOptions()
-    meta = _read_session_file(Path(directory))
+    meta = _read_session_file(directory)
     try:
         return RetrievalOptions(**meta.get("options", {}))
     except (TypeError, InvalidInputError) as err:
-        raise CheckpointError(f"{Path(directory) / SESSION_FILE}: bad saved options: {err}") from err
+        raise CheckpointError(f"{directory / SESSION_FILE}: bad saved options: {err}") from err
 
 
 def _read_session_file(directory: Path) -> dict[str, Any]:
@@ -516,8 +492,7 @@ def _read_session_file(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{meta_path} is corrupt: {err}") from err
     if not isinstance(meta, dict):
         raise CheckpointError(f"{meta_path} is corrupt: expected a JSON object")
-    if meta.get("format_version", 0) > SESSION_FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path} was written by a newer qrag; upgrade qrag")
+    check_format_version(meta, SESSION_FORMAT_VERSION, meta_path)
     return meta
 
 

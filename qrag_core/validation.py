@@ -11,9 +11,11 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from qrag_core.errors import InvalidInputError, QRAGError
+from qrag_core.errors import CheckpointError, InvalidInputError, QRAGError
 
 
 def is_int(value: object) -> bool:
@@ -40,6 +42,19 @@ def check_finite(name: str, value: object, allow_none: bool = False) -> None:
         return
     if not is_number(value) or not math.isfinite(value):  # type: ignore[arg-type]
         raise InvalidInputError(f"{name} must be a finite number{' or None' if allow_none else ''}, got {value!r}")
+
+
+def check_format_version(meta: Mapping[str, Any], supported: int, path: str | Path) -> None:
+    """The ``format_version`` of a saved file's metadata (0 when absent) is one this qrag reads.
+
+    A non-integer or negative version means the file is corrupt; a newer one that qrag must be upgraded.
+    Either raises :class:`CheckpointError` naming ``path``.
+    """
+    version = meta.get("format_version", 0)
+    if not is_int(version) or version < 0:
+        raise CheckpointError(f"{path} is corrupt: format_version must be an integer >= 0, got {version!r}")
+    if version > supported:
+        raise CheckpointError(f"{path}: format {version} is newer than this qrag reads ({supported}); upgrade qrag")
 
 
 def _allowed_types(annotation: Any) -> tuple[tuple[type, ...], bool]:

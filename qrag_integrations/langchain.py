@@ -42,6 +42,7 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess witho
         'qrag_integrations.langchain needs LangChain; install it with: pip install "qrag[langchain]"'
     ) from err
 
+from qrag_core.atomic import readable
 from qrag_core.config import ChunkingConfig
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import InvalidInputError
@@ -126,6 +127,7 @@ class QRAGRetriever(BaseRetriever):
     ) -> QRAGRetriever:
         """Reopen a retriever written by :meth:`save`, or a ``qrag-index build`` directory (on ``model`` or
         the default model); ``options`` override the saved ones."""
+        path = readable(path)  # after a save killed between its renames, the complete old copy
         session = RetrievalSession.load(path, model, cache, device)
         return cls(session=session, **_fields(saved_options(path).override(**options)))
 

@@ -62,6 +62,7 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess witho
         'qrag_integrations.llamaindex needs LlamaIndex; install it with: pip install "qrag[llamaindex]"'
     ) from err
 
+from qrag_core.atomic import readable
 from qrag_core.config import ChunkingConfig
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import CheckpointError, InvalidInputError
@@ -178,6 +179,7 @@ class QRAGRetriever(BaseRetriever):
     ) -> QRAGRetriever:
         """Reopen a retriever written by :meth:`persist`, or a ``qrag-index build`` directory; ``model``
         and ``options`` override the saved ones."""
+        persist_dir = readable(persist_dir)  # after a save killed between its renames, the complete old copy
         session = RetrievalSession.load(persist_dir, model, cache)
         saved = saved_options(persist_dir).override(**_option_values(options))
         retriever = cls(session, saved, callback_manager, filters=filters)

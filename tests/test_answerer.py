@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -43,6 +44,8 @@ class ChatServer:
         self.reply = reply
         self.models = models
         self.status = 200
+        self.refuse_max_tokens = False
+        """Answer ``max_tokens`` as OpenAI's newer models do: 400, use ``max_completion_tokens``."""
         self.requests: list[dict[str, Any]] = []
         self.authorizations: list[str | None] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -90,12 +93,42 @@ class ChatServer:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                 elif server.status != 200:
                     self._send(server.status, {"error": {"message": "the model crashed", "type": "server_error"}})
+                elif server.refuse_max_tokens and "max_tokens" in body:
+                    message = (
+                        "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                        "Use 'max_completion_tokens' instead."
+                    )
+                    self._send(400, {"error": {"message": message, "type": "invalid_request_error"}})
+                elif body.get("stream"):
+                    self._stream(body)
                 else:
                     message = {"role": "assistant", "content": server.reply(body)}
                     choice = {"index": 0, "message": message, "finish_reason": "stop"}
                     usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
                     completion = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0}
                     self._send(200, {**completion, "model": body["model"], "choices": [choice], "usage": usage})
+
+            def _stream(self, body: dict[str, Any]) -> None:
+                """Server-sent events: the reply in pieces of 5 characters, then ``[DONE]``."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                text = server.reply(body)
+                deltas = [{"role": "assistant", "content": ""}] + [
+                    {"content": text[i : i + 5]} for i in range(0, len(text), 5)
+                ]
+                for number, delta in enumerate(deltas):
+                    finish = "stop" if number == len(deltas) - 1 else None
+                    chunk = {
+                        "id": "chatcmpl-1",
+                        "object": "chat.completion.chunk",
+                        "created": 0,
+                        "model": body["model"],
+                    }
+                    chunk["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
 
         return Handler
 
@@ -191,3 +224,57 @@ def test_real_minilm_answer_round_trip(real_model, server):
     user = server.requests[0]["messages"][1]["content"]
     assert "[1] Mary moved to the bathroom.\n[2] Mary went back to the kitchen." in user
     assert answer.text == "From the passages: Mary moved to the bathroom."
+
+
+def test_an_endpoint_that_wants_max_completion_tokens_gets_it(session, server):
+    server.refuse_max_tokens = True
+    answerer = Answerer(session, EndpointConfig(server.url, model="m"), AnswerSettings(max_tokens=40))
+    answer = answerer.answer(QUESTION)
+    assert answer.text.startswith("From the passages:")
+    assert [("max_tokens" in r, r.get("max_completion_tokens")) for r in server.requests] == [(True, None), (False, 40)]
+    answerer.answer(QUESTION)
+    assert server.requests[-1]["max_completion_tokens"] == 40 and "max_tokens" not in server.requests[-1]
+    fixed = Answerer(session, EndpointConfig(server.url, model="m"), AnswerSettings(token_limit_parameter="max_tokens"))
+    with pytest.raises(EndpointError, match="max_completion_tokens"):
+        fixed.answer(QUESTION)
+
+
+def test_api_openai_com_gets_max_completion_tokens(session):
+    answerer = Answerer(session, EndpointConfig(api_key="sk-test", model="gpt-test"))
+    request = answerer._request("gpt-test", [], stream=False)
+    assert request["max_completion_tokens"] == 256 and "max_tokens" not in request
+
+
+def test_streaming_yields_the_answer_in_pieces(session, server):
+    answerer = Answerer(session, EndpointConfig(server.url, model="m"), options=RetrievalOptions(k=2))
+    streaming = answerer.stream(QUESTION)
+    pieces = list(streaming)
+    assert len(pieces) > 3 and server.requests[0]["stream"] is True
+    full = answerer.answer(QUESTION)
+    assert "".join(pieces) == streaming.text and streaming.text.strip() == full.text
+    assert [s.chunk.text for s in streaming.evidence] == [s.chunk.text for s in full.evidence]
+    server.reply = lambda request: "  "
+    with pytest.raises(EndpointError, match="streamed an empty answer"):
+        list(answerer.stream(QUESTION))
+
+
+async def test_async_answer_and_stream_leave_the_loop_free(session, server):
+    answerer = Answerer(session, EndpointConfig(server.url, model="m"), options=RetrievalOptions(k=2))
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.001)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    answer = await answerer.aanswer(QUESTION)
+    streaming = await answerer.astream(QUESTION)
+    pieces = [piece async for piece in streaming]
+    ticking.cancel()
+    assert answer.text == answerer.answer(QUESTION).text
+    assert "".join(pieces).strip() == answer.text and len(pieces) > 3
+    assert ticks > 0
+    with pytest.raises(TypeError, match="async for"):
+        list(streaming)

@@ -12,18 +12,15 @@ import sys
 import numpy as np
 import pytest
 import torch
-import transformers
 
 from qrag_core.cli.finetune import main
 from qrag_core.config import QRAGConfig
-from qrag_core.encoders import TextEncoder
 from qrag_core.errors import InvalidInputError, QRAGError
 from qrag_core.model import QRAG
-from qrag_core.model_names import base_minilm_path
 from qrag_core.training import TrainingConfig, train
 from qrag_core.training.distributed import Processes
 from qrag_core.training.trainer import Trainer, boltzmann_choice
-from tests.conftest import REPO
+from tests.conftest import REPO, make_tiny_encoder
 from tests.test_training import Crash, chain_examples
 
 pytest.importorskip("accelerate")
@@ -72,17 +69,9 @@ def losses(out) -> list[float]:
 
 
 @pytest.fixture()
-def tiny_cli_setup(tmp_path):
-    torch.manual_seed(0)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(base_minilm_path())
-    config = transformers.BertConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        vocab_size=tokenizer.vocab_size,
-    )
-    TextEncoder(transformers.BertModel(config), tokenizer).save(str(tmp_path / "base"))
+def tiny_cli_setup(minilm_tokenizer, tmp_path):
+    """A saved tiny random base encoder (usable as --base-model) and a JSONL file of 16 two-fact chains."""
+    make_tiny_encoder(minilm_tokenizer, seed=0).save(str(tmp_path / "base"))
     with open(tmp_path / "train.jsonl", "w") as f:
         for example in chain_examples(16, 3):
             row = {"id": example.id, "question": example.question, "chunks": example.chunks}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from qrag_core.answerer import API_KEY_ENV, BASE_URL_ENV, MODEL_ENVS
+from qrag_core.data.demo import load_demo_document
 from tests.test_answerer import ChatServer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -61,3 +62,22 @@ def test_finetune_example_trains_saves_and_retrieves_with_the_new_model(tmp_path
     assert len((tmp_path / "train.jsonl").read_text().splitlines()) == 4
     assert f"Fine-tuned model {tmp_path / 'model'}" in output
     assert len(evidence_lines(output)) == 3
+
+
+@pytest.mark.parametrize("name", ["langchain_folder.py", "llamaindex_folder.py"])
+def test_folder_example_indexes_saves_reloads_and_finds_both_facts(name, tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "book.txt").write_text(load_demo_document().text, encoding="utf-8")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "other.txt").write_text("The kettle is broken.\n\nAnna fixed the printer.\n", encoding="utf-8")
+    store = tmp_path / "store"
+    output = run_example(name, "--folder", str(folder), "--store", str(store), "--k", "4").stdout
+    assert "Indexed 2 files" in output and "as 2 documents" in output
+    assert store.is_dir() and any(store.iterdir())
+    assert "Question: Where is the football?" in output
+    evidence = evidence_lines(output)
+    assert len(evidence) == 4
+    for fact in load_demo_document().support:
+        assert any(line.endswith(fact) and "book.txt" in line for line in evidence), fact
+    assert "No chat endpoint configured" in output

@@ -17,10 +17,12 @@ import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qrag_core.baselines import BM25TopK
 from qrag_core.cli import data as data_cli
 from qrag_core.cli import evaluate as eval_cli
 from qrag_core.cli import finetune as finetune_cli
@@ -28,6 +30,7 @@ from qrag_core.cli import index as index_cli
 from qrag_core.config import QRAGConfig
 from qrag_core.data.examples import read_jsonl
 from qrag_core.errors import QRAGError
+from qrag_core.evaluation import evaluate
 from qrag_core.metrics import fact_scores, resolve_support
 
 FUZZ = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -52,7 +55,29 @@ rows = st.fixed_dictionaries(
         for key in ("id", "question", "answer", "document", "chunks", "support", "supporting_facts", "values")
     },
 )
+sentences = st.lists(awkward_text.map(lambda t: t.strip(" .") + "."), min_size=1, max_size=5)
+
+
+@st.composite
+def near_valid_rows(draw: st.DrawFn) -> dict[str, Any]:
+    """Rows that are valid or nearly so: a document of sentences whose facts are (mostly) some of them."""
+    story = draw(sentences)
+    facts = draw(st.lists(st.sampled_from(story) | awkward_text, min_size=1, max_size=3))
+    row: dict[str, Any] = {"question": draw(awkward_text), "id": draw(awkward_text)}
+    if draw(st.booleans()):
+        row |= {
+            "document": " ".join(story + draw(st.lists(st.sampled_from(story), max_size=3))),
+            "supporting_facts": facts,
+        }
+    else:
+        row |= {"chunks": story, "support": draw(st.lists(st.integers(-1, len(story)), min_size=1, max_size=3))}
+    if draw(st.booleans()):
+        row["values"] = draw(st.lists(awkward_text, max_size=2))
+    return row
+
+
 lines = st.one_of(
+    near_valid_rows().map(lambda r: json.dumps(r).encode()),
     st.binary(max_size=40),
     json_values.map(lambda v: json.dumps(v).encode()),
     rows.map(lambda r: json.dumps(r).encode()),
@@ -73,6 +98,8 @@ def test_jsonl_reader_raises_only_qrag_errors(content: list[bytes], need_support
                 if example.has_support:
                     facts = example.support_alternatives(chunks)
                     fact_scores([0], resolve_support([0], facts))
+                    result = evaluate(BM25TopK(), [example], steps=2)
+                    assert 0.0 <= result["fact_em"] <= result["fact_recall"] <= 1.0
         except QRAGError:
             pass
 

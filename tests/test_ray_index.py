@@ -8,16 +8,13 @@ import pytest
 import torch
 
 from qrag_core.cli.index import main
-from qrag_core.config import ChunkingConfig
 from qrag_core.errors import QRAGError
 from qrag_core.index import DocumentIndex
 from qrag_core.long_index import build_long_index
 from qrag_core.ray_index import RayShardEncoder, build_long_index_on_ray, encoder_files, load_encoder_files
+from tests.test_core_long_index import FIFTY_FACTS, killed_after_two_shards
 
 ray = pytest.importorskip("ray")
-
-DOCUMENT = " ".join(f"Fact number {i} says that item {i * 7} lies in room {i % 5}." for i in range(60))
-"""60 one-sentence chunks: 4 shards of 16 (the last of 12)."""
 
 
 @pytest.fixture(scope="module")
@@ -49,29 +46,11 @@ def test_encoder_files_rebuild_the_same_encoder(tiny_model):
 
 @pytest.mark.slow  # about 15 s on a quiet 2-core machine: Ray starts 2 actors that each load the encoder
 def test_ray_build_via_the_cli_finishes_partial_work_into_the_local_index(tiny_model, tmp_path, local_ray, monkeypatch):
-    """A local build killed after 2 of 4 shards, finished by ``qrag-index build --engine ray --workers 2``."""
+    """A local build killed after 2 of 5 shards, finished by ``qrag-index build --engine ray --workers 2``."""
     tiny_model.action_encoder.save(str(tmp_path / "encoder"))  # an encoder directory loads as an untrained model
-    (tmp_path / "doc.txt").write_text(DOCUMENT)
-    chunking = ChunkingConfig(mode="sentences", max_tokens=64, overlap_tokens=0)  # the CLI's defaults
-    local = build_long_index(
-        tiny_model, DOCUMENT, tmp_path / "local", "doc.txt", chunking, shard_size=16, show_progress=False
-    )
-
-    original = tiny_model.encode_chunks
-    calls = []
-
-    def dying_encode(texts, cache=None, **kw):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(len(texts))
-        return original(texts, cache, **kw)
-
-    monkeypatch.setattr(tiny_model, "encode_chunks", dying_encode)
-    with pytest.raises(KeyboardInterrupt):
-        build_long_index(
-            tiny_model, DOCUMENT, tmp_path / "idx", "doc.txt", chunking, shard_size=16, show_progress=False
-        )
-    monkeypatch.undo()
+    (tmp_path / "doc.txt").write_text(FIFTY_FACTS)
+    local = build_long_index(tiny_model, FIFTY_FACTS, tmp_path / "local", "doc.txt", shard_size=10, show_progress=False)
+    killed_after_two_shards(tiny_model, tmp_path / "idx", monkeypatch)
     sent = []
     real_call = RayShardEncoder.__call__
 
@@ -81,9 +60,9 @@ def test_ray_build_via_the_cli_finishes_partial_work_into_the_local_index(tiny_m
 
     monkeypatch.setattr(RayShardEncoder, "__call__", recording_call)
     args = ["build", "--document", str(tmp_path / "doc.txt"), "--out", str(tmp_path / "idx")]
-    args += ["--model", str(tmp_path / "encoder"), "--shard-size", "16", "--engine", "ray", "--workers", "2"]
+    args += ["--model", str(tmp_path / "encoder"), "--shard-size", "10", "--engine", "ray", "--workers", "2"]
     assert main(args) == 0
-    assert sent == [2, 3], "the finished shards are not encoded again"
+    assert sent == [2, 3, 4], "the finished shards are not encoded again"
     assert not (tmp_path / "idx.partial").exists()
     assert_same_index(DocumentIndex.load(tmp_path / "idx"), local)
 
@@ -91,7 +70,7 @@ def test_ray_build_via_the_cli_finishes_partial_work_into_the_local_index(tiny_m
 def test_without_ray_the_extra_is_named(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(QRAGError, match=r"qrag\[distributed\]"):
-        build_long_index_on_ray(tiny_model, DOCUMENT, tmp_path / "idx", workers=2, show_progress=False)
+        build_long_index_on_ray(tiny_model, FIFTY_FACTS, tmp_path / "idx", workers=2, show_progress=False)
 
 
 def test_encoder_files_keep_the_inference_backend(tiny_model, tmp_path, monkeypatch):

@@ -13,17 +13,7 @@ from qrag_core.data.haystack import count_tokens
 from qrag_core.data.hotpotqa import HOTPOTQA_FILE
 from qrag_core.data.ruler_qa import build_ruler_qa
 from qrag_core.errors import InvalidInputError
-
-
-def _has_data() -> bool:
-    try:
-        paths.data_dir()
-    except paths.DataNotFoundError:
-        return False
-    return True
-
-
-needs_data = pytest.mark.skipif(not _has_data(), reason="the shared benchmark data directory is not available")
+from tests.test_data_builders import needs_data
 
 
 def _records() -> list[dict]:

@@ -31,7 +31,7 @@ from qrag_core.evaluation import evaluate
 from qrag_core.index import DocumentIndex
 from qrag_core.metrics import fact_scores, resolve_support
 from qrag_core.model_names import resolve_model_path
-from qrag_core.retrieval_session import RetrievalOptions
+from qrag_core.retrieval_session import RetrievalOptions, saved_options
 from qrag_core.training import TrainingConfig
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -264,6 +264,58 @@ def test_undecodable_index_files_are_checkpoint_errors(tmp_path: Path) -> None:
         DocumentIndex.load(tmp_path / "idx")
 
 
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ('{"text": 5, "index": 1}', "field 'text' must be a JSON string, got 5"),
+        ('{"text": "b", "index": 1, "start": -3}', "field 'start' must be an integer >= 0, got -3"),
+        ('{"text": "b", "index": true}', "field 'index' must be an integer >= 0, got True"),
+        ('{"text": "b", "index": 1, "metadata": []}', "field 'metadata' must be a JSON object"),
+        ('{"text": "b", "index": 1, "colour": "red"}', r"unknown fields \['colour'\]"),
+        ('{"index": 1}', r"missing fields \['text'\]"),
+        ('["b", 1]', "expected a JSON object, got list"),
+    ],
+)
+def test_saved_chunks_with_bad_fields_are_checkpoint_errors(tmp_path: Path, row: str, problem: str) -> None:
+    index = DocumentIndex("fingerprint", 4)
+    index.add(chunks_from_texts(["First chunk.", "Second chunk."], doc_id="d"), torch.zeros(2, 4))
+    index.save(tmp_path / "idx")
+    chunks = tmp_path / "idx" / "chunks.jsonl"
+    first = chunks.read_text(encoding="utf-8").splitlines()[0]
+    chunks.write_text(f"{first}\n{row}\n", encoding="utf-8")
+    with pytest.raises(CheckpointError, match=rf"chunks.jsonl:2: {problem}"):
+        DocumentIndex.load(tmp_path / "idx")
+
+
+@pytest.mark.parametrize("version", ['"1"', "1.5", "-1", "null", "[1]"])
+def test_non_integer_format_versions_are_checkpoint_errors(tmp_path: Path, version: str) -> None:
+    problem = "format_version must be an integer >= 0"
+    (tmp_path / "config.json").write_text(f'{{"qrag": {{"config": {{}}, "format_version": {version}}}}}')
+    with pytest.raises(CheckpointError, match=rf"config.json is corrupt: {problem}"):
+        QRAG.from_pretrained(str(tmp_path))
+    index = DocumentIndex("fingerprint", 4)
+    index.add(chunks_from_texts(["First chunk."], doc_id="d"), torch.zeros(1, 4))
+    index.save(tmp_path / "idx")
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    (tmp_path / "idx" / "index.json").write_text(json.dumps(meta | {"format_version": json.loads(version)}))
+    with pytest.raises(CheckpointError, match=rf"index.json is corrupt: {problem}"):
+        DocumentIndex.load(tmp_path / "idx")
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "qrag_retriever.json").write_text(f'{{"format_version": {version}}}')
+    with pytest.raises(CheckpointError, match=rf"qrag_retriever.json is corrupt: {problem}"):
+        saved_options(tmp_path / "store")
+
+
+def test_newer_format_versions_ask_for_an_upgrade(tmp_path: Path) -> None:
+    index = DocumentIndex("fingerprint", 4)
+    index.add(chunks_from_texts(["First chunk."], doc_id="d"), torch.zeros(1, 4))
+    index.save(tmp_path / "idx")
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    (tmp_path / "idx" / "index.json").write_text(json.dumps(meta | {"format_version": 99}))
+    with pytest.raises(CheckpointError, match="index.json: format 99 is newer than this qrag"):
+        DocumentIndex.load(tmp_path / "idx")
+
+
 # ------------------------------------------------------------------------------------------------ command lines
 def usage_error(main: Callable[[list[str]], int], argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     """argparse's error: exit status 2 and ``prog: error: message`` on stderr; returns the message."""
@@ -454,3 +506,15 @@ def test_evaluate_checks_its_step_count() -> None:
 
 def test_model_paths_may_be_path_objects() -> None:
     assert resolve_model_path(Path(resolve_model_path("minilm"))) == resolve_model_path("minilm")
+
+
+def test_bm25_on_chunks_without_any_word_returns_the_first_chunks() -> None:
+    assert BM25TopK().select("Where?", chunks_from_texts([".", "the .", "!"]), 2) == [0, 1]  # was bm25s ValueError
+
+
+def test_an_encoder_directory_with_an_undecodable_config_names_file_and_offset(tmp_path: Path) -> None:
+    for name in ("model.safetensors", "tokenizer.json"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "config.json").write_bytes(b'{"model_type": "bert", "x": "\xc3"}')
+    with pytest.raises(CheckpointError, match=r"config.json:1: not valid UTF-8: byte 0xc3 at byte offset 29"):
+        QRAG.from_pretrained(str(tmp_path))

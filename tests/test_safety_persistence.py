@@ -4,6 +4,8 @@ atomically, keep the old copy when the disk is full, and clean up after a killed
 from __future__ import annotations
 
 import errno
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -173,6 +175,51 @@ def test_leftovers_of_killed_saves_are_removed_or_restored(loadable, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-model-v2-abcd1234", "model"]
 
 
+def killed_between_the_renames(target: Path) -> None:
+    """What a save killed between its two renames leaves: the old copy aside and the new one beside it."""
+    new = target.with_name(f".tmp-{target.name}-n3wc0py0")
+    shutil.copytree(target, new)
+    target.rename(target.with_name(f".tmp-{target.name}.old"))
+
+
+def test_loaders_restore_the_old_copy_after_a_save_killed_between_its_renames(loadable, tmp_path, caplog):
+    session = RetrievalSession(loadable)
+    session.add_texts(["Mary went to the garden. John took the milk."], ids=["story"])
+    session.save(tmp_path / "retriever")
+    loadable.save_pretrained(tmp_path / "model")
+    session.index.save(tmp_path / "index")
+    loaders = {
+        "model": lambda path: QRAG.from_pretrained(str(path)).config,
+        "index": lambda path: DocumentIndex.load(path).doc_ids,
+        "retriever": lambda path: RetrievalSession.load(path).doc_ids,
+    }
+    for name, load in loaders.items():
+        target = tmp_path / name
+        expected = load(target)
+        killed_between_the_renames(target)
+        with caplog.at_level(logging.WARNING, logger="qrag_core.atomic"):
+            assert load(target) == expected
+        assert f"restoring {target} from {tmp_path / f'.tmp-{name}.old'}" in caplog.text
+        # restored in place; the temporary copy is left for the next save (it may be a save still running)
+        assert {p.name for p in tmp_path.iterdir() if p.name.startswith(f".tmp-{name}")} == {f".tmp-{name}-n3wc0py0"}
+        atomic.recover(target)  # what the next save does first: the same copy is kept
+        assert load(target) == expected
+    assert no_temporary_left(tmp_path)
+
+
+def test_a_killed_save_in_a_read_only_directory_is_read_where_it_lies(tiny_model, tmp_path, monkeypatch):
+    built = tiny_model.index_documents("Mary went to the garden. John took the milk.")
+    built.save(tmp_path / "index")
+    killed_between_the_renames(tmp_path / "index")
+
+    def read_only(source, destination):
+        raise PermissionError(errno.EACCES, "Permission denied", str(source))
+
+    monkeypatch.setattr(atomic.os, "replace", read_only)
+    assert DocumentIndex.load(tmp_path / "index").doc_ids == built.doc_ids
+    assert not (tmp_path / "index").exists()
+
+
 def test_a_save_that_writes_what_its_layout_does_not_list_changes_nothing(tmp_path):
     layout = atomic.Layout("thing", ("thing.json",), ("thing.json",))
     with atomic.atomic_directory(tmp_path / "thing", layout) as tmp:
@@ -210,3 +257,22 @@ def test_a_llamaindex_retriever_persists_twice_to_the_same_directory(loadable, t
     retriever.insert_documents([Document(text="John took the milk.", doc_id="b")])
     retriever.persist(tmp_path / "store")
     assert QRAGRetriever.from_persist_dir(tmp_path / "store").session.doc_ids == ["a", "b"]
+
+
+def test_the_adapters_reopen_a_store_whose_save_was_killed_between_its_renames(loadable, tmp_path):
+    pytest.importorskip("llama_index.core")
+    pytest.importorskip("langchain_core")
+    from llama_index.core import Document
+
+    from qrag_integrations import langchain, llamaindex
+
+    retriever = llamaindex.QRAGRetriever.from_defaults(
+        documents=[Document(text="Mary went.", doc_id="a")], model=loadable
+    )
+    retriever.persist(tmp_path / "store")
+    killed_between_the_renames(tmp_path / "store")
+    reopened = llamaindex.QRAGRetriever.from_persist_dir(tmp_path / "store")
+    assert reopened.session.doc_ids == ["a"]
+    reopened.persist(tmp_path / "store")
+    killed_between_the_renames(tmp_path / "store")
+    assert langchain.QRAGRetriever.load(tmp_path / "store").session.doc_ids == ["a"]

@@ -1,8 +1,11 @@
-"""``qrag-demo``: multi-step retrieval over a BabiLong-style long document built from the shipped data.
+"""``qrag-demo``: multi-step retrieval over a long document, offline, with the retrieval trace.
 
-Builds one BabiLong sample (bAbI facts scattered in order through a public-domain novel), loads the
-default model (offline), indexes the document and prints the step-by-step retrieval trace: which
-chunk was picked at each step, its Q-value and its position ρ_t, and whether all support facts were found.
+By default it uses the document shipped inside the package (a bAbI story hidden in a chapter of a
+public-domain novel, :mod:`qrag_core.data.demo`), so it runs right after ``pip install qrag`` with
+no repository and no benchmark data. With ``--task``/``--length``/``--sample`` it builds a BabiLong
+sample from the benchmark data instead. It loads the default model (offline), indexes the document
+and prints the step-by-step trace: which chunk was picked at each step, its Q-value and its position
+ρ_t, and whether all support facts were found. Errors are one line, ``qrag-demo: error: …``, exit 2.
 """
 
 from __future__ import annotations
@@ -11,62 +14,124 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import dataclass
 
+from qrag_core.chunking import chunk_text
 from qrag_core.data.babilong import BABILONG_TASKS, build_babilong
-from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
+from qrag_core.data.demo import load_demo_document
+from qrag_core.data.paths import DataNotFoundError
+from qrag_core.embedding_cache import shared_cache
+from qrag_core.errors import QRAGError
 from qrag_core.model import QRAG
 from qrag_core.model_names import DEFAULT_MODEL_NAME, shipped_model_names
+
+BABILONG_DEFAULTS = {"task": "qa2", "length": "4k", "sample": 0}
+
+
+@dataclass
+class DemoInput:
+    """What the demo retrieves from: a document as chunk texts, its question and the support chunks."""
+
+    name: str
+    chunks: list[str]
+    question: str
+    answer: str
+    support: set[int]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qrag-demo",
-        description="Multi-step retrieval over a long BabiLong-style document, offline, with a retrieval trace.",
+        description=(
+            "Multi-step retrieval over a long document, offline, with a retrieval trace. Without --task, "
+            "--length or --sample it uses the document shipped with qrag; with them, a BabiLong sample "
+            "built from the benchmark data ($QRAG_DATA_DIR)."
+        ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--model", default=None, help="model name or path (default: the shipped default model)")
-    parser.add_argument("--task", default="qa2", choices=BABILONG_TASKS, help="bAbI task the facts come from")
     parser.add_argument(
-        "--length", default="4k", help="document length in tokens (0k, 1k, 4k, 16k, 32k, 128k, 1M, ...)"
+        "--task", default=None, choices=BABILONG_TASKS, help="BabiLong: bAbI task the facts come from (qa2)"
     )
-    parser.add_argument("--sample", type=int, default=0, help="which of the 100 BabiLong test samples to use")
+    parser.add_argument("--length", default=None, help="BabiLong: document length in tokens (1k, 4k, ..., 1M; 4k)")
+    parser.add_argument("--sample", type=int, default=None, help="BabiLong: which of the 100 test samples (0)")
     parser.add_argument("--steps", type=int, default=4, help="chunks to retrieve (search steps T)")
     parser.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
     parser.add_argument("--no-cache", action="store_true", help="do not use the on-disk embedding cache")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def shipped_input(model: QRAG) -> DemoInput:
+    """The document shipped with qrag, in the model's chunks."""
+    demo = load_demo_document()
+    chunks = [c.text for c in chunk_text(demo.text, model.config.chunking, model.action_encoder.tokenizer)]
+    support = {i for i, text in enumerate(chunks) if text in demo.support}
+    return DemoInput(f"the shipped demo document ({demo.title})", chunks, demo.question, demo.answer, support)
+
+
+def babilong_input(args: argparse.Namespace) -> DemoInput | None:
+    """The BabiLong sample the arguments ask for; None when they ask for none (use the shipped document)."""
+    given = {name: getattr(args, name) for name in BABILONG_DEFAULTS}
+    if all(value is None for value in given.values()):
+        return None
+    task, length, sample = (BABILONG_DEFAULTS[n] if v is None else v for n, v in given.items())
+    if sample < 0:
+        raise QRAGError(f"--sample must be 0 or more, got {sample}")
+    try:
+        examples = build_babilong(task, "test", length, n=sample + 1)
+    except DataNotFoundError as err:
+        raise QRAGError(
+            f"the BabiLong demo needs the benchmark data: {err}. "
+            "Without --task, --length and --sample the demo uses the document shipped with qrag."
+        ) from err
+    if sample >= len(examples):
+        raise QRAGError(f"--sample {sample}: there are only {len(examples)} test samples")
+    example = examples[sample]
+    name = f"{example.id}, {example.extra.get('tokens')} tokens"
+    return DemoInput(name, list(example.chunks), example.question, example.answer or "", set(example.support or []))
+
+
+def run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
-    example = build_babilong(args.task, "test", args.length, n=args.sample + 1)[args.sample]
+    if args.steps <= 0 or args.beam <= 0:
+        raise QRAGError(f"--steps and --beam must be positive, got {args.steps} and {args.beam}")
+    sample = babilong_input(args)
     built = time.perf_counter()
     if args.model is None and DEFAULT_MODEL_NAME not in shipped_model_names():
         print("NOTE: no trained default model is shipped yet; this demo runs the UNTRAINED base encoder.\n")
     model = QRAG.from_pretrained(args.model).eval()
-    cache = None if args.no_cache else EmbeddingCache(default_cache_dir() / "embeddings.sqlite")
+    demo = sample or shipped_input(model)
+    cache = None if args.no_cache else shared_cache()
     loaded = time.perf_counter()
-    index = model.index_documents([example.chunks], doc_ids=[example.id], cache=cache)
+    index = model.index_documents([demo.chunks], doc_ids=["demo"], cache=cache)
     indexed = time.perf_counter()
-    result = model.search(example.question, index, steps=args.steps, beam=args.beam)
+    result = model.search(demo.question, index, steps=args.steps, beam=args.beam)
     searched = time.perf_counter()
 
-    support = set(example.support or [])
-    found = support & {s.chunk.index for s in result.chunks}
-    print(f"Document: {example.id}, {example.extra.get('tokens')} tokens in {len(index)} sentence chunks")
-    print(f"Support facts: {', '.join(repr(example.chunks[i]) for i in sorted(support))}")
-    print(f"Expected answer: {example.answer}\n")
+    found = demo.support & {s.chunk.index for s in result.chunks}
+    print(f"Document: {demo.name}, {len(index)} sentence chunks")
+    print(f"Support facts: {', '.join(repr(demo.chunks[i]) for i in sorted(demo.support))}")
+    print(f"Expected answer: {demo.answer}\n")
     print(result.format())
     print("\nEvidence handed to the reader, in document order:")
     for s in result.chunks:
-        mark = "*" if s.chunk.index in support else " "
+        mark = "*" if s.chunk.index in demo.support else " "
         print(f"  {mark} [{s.chunk.index:>5}] {s.chunk.text}")
-    print(f"\nSupport facts found: {len(found)}/{len(support)} (* marks them)")
+    print(f"\nSupport facts found: {len(found)}/{len(demo.support)} (* marks them)")
     print(
         f"Time: build sample {built - started:.1f}s, load model {loaded - built:.1f}s, "
         f"index {indexed - loaded:.1f}s, search {searched - indexed:.2f}s, total {searched - started:.1f}s"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except (QRAGError, OSError) as err:
+        print(f"qrag-demo: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -25,8 +25,8 @@ from qrag_core.cli import (
     positive_int,
     run_reporting_errors,
 )
-from qrag_core.config import ChunkingConfig
-from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
+from qrag_core.config import DEFAULT_SENTENCE_SPLITTER, SENTENCE_SPLITTERS, ChunkingConfig
+from qrag_core.embedding_cache import shared_cache
 from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
 from qrag_core.long_index import build_long_index
@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="one sentence per chunk, or windows of --max-tokens tokens",
     )
     build.add_argument(
+        "--sentence-splitter",
+        choices=SENTENCE_SPLITTERS,
+        default=DEFAULT_SENTENCE_SPLITTER,
+        help="sentence boundaries: punkt (NLTK Punkt, knows abbreviations such as 'Mr.'), pysbd (needs the pysbd "
+        "extra) or regex (ends at . ! ?, as the benchmark haystacks)",
+    )
+    build.add_argument(
         "--max-tokens", type=positive_int, default=64, help="tokens per chunk window (longer sentences are split)"
     )
     build.add_argument(
@@ -118,7 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _chunking(args: argparse.Namespace) -> ChunkingConfig:
-    return ChunkingConfig(mode=args.chunking, max_tokens=args.max_tokens, overlap_tokens=args.overlap_tokens)
+    return ChunkingConfig(
+        mode=args.chunking,
+        max_tokens=args.max_tokens,
+        overlap_tokens=args.overlap_tokens,
+        sentence_splitter=args.sentence_splitter,
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -146,7 +158,7 @@ def run_build(args: argparse.Namespace) -> int:
     model = _load_model(args)
     chunking = _chunking(args)
     on_ray = args.engine == "ray"
-    cache = None if args.no_cache or on_ray else EmbeddingCache(default_cache_dir() / "embeddings.sqlite")
+    cache = None if args.no_cache or on_ray else shared_cache()
     encode_shards = (
         RayShardEncoder(model.action_encoder, args.workers, args.batch_size, cpus_per_worker=args.cpus_per_worker)
         if on_ray

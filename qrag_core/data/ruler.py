@@ -34,7 +34,7 @@ import logging
 import random
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -173,6 +173,19 @@ def make_niah_sample(
     return question, chunks, support, values, needle_tokens + noise_tokens
 
 
+def check_request(kind: str, task: str, tasks: Iterable[str], length: int | str, n: int) -> tuple[int, str]:
+    """Target tokens and length label of a request for ``n`` samples of a RULER ``task`` (one of ``tasks``);
+    InvalidInputError for an unknown task, a non-positive ``n`` or a zero length."""
+    if task not in tasks:
+        raise InvalidInputError(f"unknown {kind} task {task!r}; choose one of {', '.join(tasks)}")
+    if n <= 0:
+        raise InvalidInputError(f"n must be positive, got {n}")
+    target = parse_length(length)
+    if target == 0:
+        raise InvalidInputError(f"a {kind} sample needs a positive length")
+    return target, length_label(target)
+
+
 def iter_niah(
     task: str,
     length: int | str,
@@ -182,14 +195,7 @@ def iter_niah(
     tokenizer: Tokenizer | None = None,
 ) -> Iterator[Example]:
     """``n`` samples of a NIAH task at a target length (see the module docstring)."""
-    if task not in NIAH_TASKS:
-        raise InvalidInputError(f"unknown NIAH task {task!r}; choose one of {', '.join(NIAH_TASKS)}")
-    if n <= 0:
-        raise InvalidInputError(f"n must be positive, got {n}")
-    target = parse_length(length)
-    if target == 0:
-        raise InvalidInputError("a NIAH sample needs a positive length")
-    label = length_label(target)
+    target, label = check_request("NIAH", task, NIAH_TASKS, length, n)
     haystack = haystack or Haystack.load(tokenizer)
     for index in range(n):
         rng = random.Random(f"niah:{seed}:{task}:{target}:{index}")

@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from qrag_core.chunking import Tokenizer
-from qrag_core.data.babilong import LENGTH_TOLERANCE, length_label, parse_length
+from qrag_core.data.babilong import LENGTH_TOLERANCE
 from qrag_core.data.examples import Example
 from qrag_core.data.haystack import Haystack, count_tokens, fill_to_budget, scatter_in_order
 from qrag_core.data.hotpotqa import HOTPOTQA_FILE, hotpot_example, read_hotpot_records
 from qrag_core.data.paths import data_file
+from qrag_core.data.ruler import check_request
 from qrag_core.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -124,14 +125,7 @@ def iter_ruler_qa(
     ``haystack`` supplies the novel filler (loaded only when the paragraphs run out); ``path`` reads
     another HotpotQA file instead of the test subset.
     """
-    if task not in QA_TASKS:
-        raise InvalidInputError(f"unknown RULER QA task {task!r}; choose one of {', '.join(QA_TASKS)}")
-    if n <= 0:
-        raise InvalidInputError(f"n must be positive, got {n}")
-    target = parse_length(length)
-    if target == 0:
-        raise InvalidInputError("a RULER QA sample needs a positive length")
-    label = length_label(target)
+    target, label = check_request("RULER QA", task, QA_TASKS, length, n)
     pool = ParagraphPool.load(path, tokenizer)
     if n > len(pool.questions):
         raise InvalidInputError(f"n={n} but there are only {len(pool.questions)} HotpotQA test questions")
