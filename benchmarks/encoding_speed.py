@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -166,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "machine": machine_description(args.machine_note),
         "commit": git_commit(),
-        "command": "python benchmarks/encoding_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": shlex.join(
+            ["python", "benchmarks/encoding_speed.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "throughput": throughput(model, sentences, args.batch_size, args.rounds),
         "quality": quality(model, args.cell),
     }

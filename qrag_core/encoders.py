@@ -74,7 +74,8 @@ class TextEncoder(nn.Module):
     every chunk text; ``max_seq_length`` bounds a chunk's tokens (special tokens and prompt
     included) as in sentence-transformers. Loaded models take the prompts from their saved
     ``prompts``: "query" for states, the first of "document", "passage", "corpus" for chunks (empty
-    ones skipped), else the default prompt.
+    ones skipped), else the default prompt. Only the transformer is trained; the modules after it
+    (a Dense layer, say) keep their loaded weights.
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class TextEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.modules_after = nn.ModuleList(modules or [Pooling(int(model.config.hidden_size), "mean")])
+        self.modules_after.requires_grad_(False)  # kept as loaded: a saved model stores only the transformer's changes
         self.query_prompt = query_prompt
         self.document_prompt = document_prompt
         self.max_seq_length = max_seq_length
