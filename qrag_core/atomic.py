@@ -82,21 +82,26 @@ class Layout:
 
 
 def resolved(path: str | os.PathLike[str]) -> Path:
-    """``path`` absolute, with ``~`` and symbolic links resolved (a link's target is what gets replaced)."""
-    return Path(path).expanduser().resolve()
+    """``path`` absolute, with ``~`` and symbolic links resolved (a link's target is what gets replaced);
+    UnsafeOutputError if it is no usable path (a NUL byte, ``~unknown-user``, a symbolic link loop)."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (ValueError, RuntimeError, OSError) as err:
+        raise UnsafeOutputError(f"{os.fspath(path)!r} is not a usable path: {err}") from err
 
 
 def refuse_guarded(path: Path, protect: Iterable[str | os.PathLike[str]] = ()) -> None:
     """Raise UnsafeOutputError if ``path`` (resolved) is the working or home directory, one of their
-    parents, or equal to or a parent of a ``protect`` path (data the caller reads or writes)."""
+    parents, or equal to or a parent of a ``protect`` path (an input the caller reads)."""
     guarded = [(Path.cwd().resolve(), "the current directory")]
     with contextlib.suppress(RuntimeError):  # no home directory can be determined: nothing to guard
-        guarded.append((Path.home().resolve(), "the home directory"))
-    guarded += [(resolved(p), f"{resolved(p)}, which this call reads or writes") for p in protect]
+        guarded.append((Path.home().resolve(), "your home directory"))
+    guarded += [(resolved(p), f"the input {resolved(p)}") for p in protect]
     for other, what in guarded:
         if path == other or path in other.parents:
             raise UnsafeOutputError(
-                f"refusing to replace {path}: it is or contains {what}; choose a new directory for the output"
+                f"refusing to replace {path}: it {'is' if path == other else 'holds'} {what}; "
+                "give the output a directory of its own"
             )
 
 
@@ -115,7 +120,7 @@ def check_replaceable(
     if not path.exists():
         return path
     if not path.is_dir():
-        raise UnsafeOutputError(f"{path} exists and is not a directory; choose another path for the {layout.what}")
+        raise UnsafeOutputError(f"{path} is a file, not a directory; choose another path for the {layout.what}")
     if not any(path.iterdir()):
         return path
     if not layout.is_own(path):
@@ -168,7 +173,7 @@ def readable(target: str | os.PathLike[str]) -> str | os.PathLike[str]:
     """
     try:
         path = resolved(target)
-    except (ValueError, RuntimeError, OSError):  # not a usable path (maybe a model name): nothing to restore
+    except UnsafeOutputError:  # not a usable path (maybe a model name): nothing to restore
         return target
     if not path.name or path.exists():
         return target

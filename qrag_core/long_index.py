@@ -82,6 +82,18 @@ def _read_shard(path: Path, key: str, rows: int, dim: int) -> torch.Tensor | Non
     return content
 
 
+def check_output(
+    directory: str | os.PathLike[str], overwrite: bool = True, protect: Iterable[str | os.PathLike[str]] = ()
+) -> Path:
+    """``directory`` and its ``.partial`` work directory, checked as :func:`build_long_index` checks them
+    before any work (UnsafeOutputError saying why one may not be written); returns the work directory."""
+    directory = Path(directory)
+    check_replaceable(directory, INDEX_LAYOUT, overwrite, protect)
+    work = directory.with_name(directory.name + ".partial")
+    check_replaceable(work, PARTIAL_LAYOUT, overwrite=True, protect=protect)
+    return work
+
+
 def build_long_index(
     model: QRAG,
     document: str,
@@ -105,9 +117,7 @@ def build_long_index(
     by default ``model`` encodes them here, one after the other, through ``cache``.
     """
     directory = Path(directory)
-    check_replaceable(directory, INDEX_LAYOUT, overwrite, protect)
-    work = directory.with_name(directory.name + ".partial")
-    check_replaceable(work, PARTIAL_LAYOUT, overwrite=True, protect=protect)
+    work = check_output(directory, overwrite, protect)
     chunking = chunking or model.config.chunking
     chunks = chunk_text(document, chunking, model.action_encoder.tokenizer, doc_id=doc_id)
     fingerprint = model.action_encoder.fingerprint()

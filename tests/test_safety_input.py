@@ -26,9 +26,16 @@ from qrag_core.config import ChunkingConfig
 from qrag_core.data.babi import parse_babi_file
 from qrag_core.data.examples import Example, read_jsonl, write_jsonl
 from qrag_core.embedding_cache import EmbeddingCache
-from qrag_core.errors import CheckpointError, DataFormatError, InvalidInputError, ModelNotFoundError
+from qrag_core.errors import (
+    CheckpointError,
+    DataFormatError,
+    InvalidInputError,
+    ModelNotFoundError,
+    UnsafeOutputError,
+)
 from qrag_core.evaluation import evaluate
 from qrag_core.index import DocumentIndex
+from qrag_core.long_index import check_output
 from qrag_core.metrics import fact_scores, resolve_support
 from qrag_core.model_names import resolve_model_path
 from qrag_core.retrieval_session import RetrievalOptions, saved_options
@@ -385,6 +392,25 @@ def test_index_build_refuses_dangerous_or_wrong_outputs(
     assert "is a file" in usage_error(index_main, [*build, str(tmp_path / "notes.txt")], capsys)
     assert "overlap_tokens" in usage_error(index_main, [*build, "idx", "--overlap-tokens", "64"], capsys)
     assert book.read_text() == "Mary moved to the bathroom. John left."
+
+
+def test_index_build_refuses_what_the_library_refuses_before_loading_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(QRAG, "from_pretrained", _no_model_needed)
+    book = tmp_path / "book.txt"
+    book.write_text("Mary moved to the bathroom. John left.")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("three years of work")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "index.json").write_text("{}")
+    for out, overwrite in ((mine, []), (tmp_path / "old", []), (tmp_path, []), (book, ["--overwrite"])):
+        with pytest.raises(UnsafeOutputError) as library:
+            check_output(out, overwrite=bool(overwrite), protect=[book])
+        argv = ["build", "--document", str(book), "--out", str(out), *overwrite]
+        assert f"qrag-index: error: --out: {library.value}\n" in usage_error(index_main, argv, capsys)
+    assert (mine / "thesis.tex").read_text() == "three years of work"
 
 
 @pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", b"plain start, then \xc3\x28 bad"])

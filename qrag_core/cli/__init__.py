@@ -13,7 +13,7 @@ import argparse
 import logging
 import math
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 from qrag_core.errors import QRAGError
@@ -96,20 +96,6 @@ def _resolved(parser: argparse.ArgumentParser, flag: str, path: str | Path) -> P
         return Path(path).expanduser().resolve()
     except (ValueError, RuntimeError, OSError) as err:  # a NUL byte, ~unknown-user, a symlink loop
         parser.error(f"{flag} {str(path)!r} is not a usable path: {err}")
-
-
-def check_output_dir(parser: argparse.ArgumentParser, flag: str, out: str | Path, inputs: Iterable[str | Path]) -> None:
-    """Refuse (argparse error) an output directory that is or holds the current or home directory or one
-    of ``inputs``, or that is a file: qrag may replace its output directory, so it must be its own."""
-    target = _resolved(parser, flag, out)
-    places = [(Path.cwd().resolve(), "the current directory"), (Path.home().resolve(), "your home directory")]
-    places += [(_resolved(parser, "input", given), f"the input {given}") for given in inputs]
-    for place, what in places:
-        if target == place or target in place.parents:
-            verb = "is" if target == place else "holds"
-            parser.error(f"{flag} {out} {verb} {what}; give the output a directory of its own, e.g. {flag} out/index")
-    if target.exists() and not target.is_dir():
-        parser.error(f"{flag} {out} is a file, not a directory")
 
 
 def check_output_file(parser: argparse.ArgumentParser, flag: str, out: str | Path) -> None:

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from qrag_core.cli import (
-    check_output_dir,
     finite_float,
     non_negative_int,
     positive_int,
@@ -27,9 +26,9 @@ from qrag_core.cli import (
 )
 from qrag_core.config import DEFAULT_SENTENCE_SPLITTER, SENTENCE_SPLITTERS, ChunkingConfig
 from qrag_core.embedding_cache import shared_cache
-from qrag_core.errors import InvalidInputError
+from qrag_core.errors import InvalidInputError, UnsafeOutputError
 from qrag_core.index import DocumentIndex
-from qrag_core.long_index import build_long_index
+from qrag_core.long_index import build_long_index, check_output
 from qrag_core.model import QRAG
 from qrag_core.onnx_backend import BACKENDS
 from qrag_core.ray_index import RayShardEncoder
@@ -134,12 +133,16 @@ def _chunking(args: argparse.Namespace) -> ChunkingConfig:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line, checked before any work: a bad option, or a build ``--out`` that is the current,
-    home or root directory, holds the document or is a file, is an argparse error (exit status 2)."""
+    """The command line, checked before any work: a bad option, or a build ``--out`` that the library
+    would refuse (:func:`qrag_core.long_index.check_output`: the current, home or root directory, one
+    holding the document, a file, a user's directory) is an argparse error (exit status 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "build":
-        check_output_dir(parser, "--out", args.out, [args.document])
+        try:
+            check_output(args.out, args.overwrite, protect=[args.document])
+        except UnsafeOutputError as err:
+            parser.error(f"--out: {err}")
         try:
             _chunking(args).validate()
         except InvalidInputError as err:
