@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from qrag_core.cli import demo
 from qrag_core.cli.demo import main
 from qrag_core.data.demo import load_demo_document
 from qrag_core.data.paths import DATA_DIR_ENV
@@ -31,7 +32,6 @@ def test_the_shipped_document_is_small_attributed_and_holds_its_facts():
     ("argv", "message"),
     [
         (["--task", "qa2"], "benchmark data"),
-        (["--steps", "0"], "--steps and --beam must be positive"),
         (["--model", "/no/such/model"], "/no/such/model"),
     ],
 )
@@ -40,6 +40,41 @@ def test_errors_are_one_line_and_exit_2(argv, message, tmp_path, monkeypatch, ca
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("qrag-demo: error: ") and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "0"], "argument --steps: must be a positive integer, got '0'"),
+        (["--beam", "0"], "argument --beam: must be a positive integer, got '0'"),
+        (["--beam", "two"], "argument --beam: must be an integer, got 'two'"),
+        (["--sample", "-1"], "argument --sample: must be an integer >= 0, got '-1'"),
+    ],
+)
+def test_bad_options_are_usage_errors_before_anything_loads(argv, message, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "run", lambda args: pytest.fail("the demo ran with a bad option"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"qrag-demo: error: {message}"
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "message"),
+    [
+        (KeyboardInterrupt(), 130, "qrag-demo: interrupted"),
+        (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), 2, "qrag-demo: error: 'utf-8' codec"),
+    ],
+)
+def test_interrupts_and_decoding_errors_are_one_line(raised, status, message, monkeypatch, capsys):
+    def fail(args):
+        raise raised
+
+    monkeypatch.setattr(demo, "run", fail)
+    assert main([]) == status
+    err = capsys.readouterr().err
+    assert err.startswith(message) and "Traceback" not in err
 
 
 @pytest.mark.slow

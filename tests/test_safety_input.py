@@ -202,7 +202,7 @@ def test_a_repeated_fact_is_found_by_any_one_copy() -> None:
     example = Example(id="r", question="Where did Mary move?", document=REPEATED, supporting_facts=[REPEATED[:27]])
     chunks = example.to_chunks()
     assert example.support_alternatives(chunks) == [[frozenset({0}), frozenset({2})]]
-    assert example.support_indices(chunks) == [0, 2]  # every copy, as the trainer has always used it
+    assert example.support_indices(chunks) == [0, 2]  # every chunk of every copy
     for one_copy in ([0], [2], [2, 3]):
         assert fact_scores(one_copy, resolve_support(one_copy, example.support_alternatives(chunks))).em == 1.0
     assert fact_scores([1], resolve_support([1], example.support_alternatives(chunks))).recall == 0.0

@@ -573,3 +573,69 @@ def test_examples_without_support_or_with_unknown_facts_are_errors(tiny_base):
         train(model, chain_examples(2, 0), quick_config(), [unlabelled], show_progress=False)
     with pytest.raises(InvalidInputError, match="no examples"):
         train(model, [], quick_config(), show_progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ repeated facts
+def repeated_fact_example() -> Example:
+    """Fact A occurs in chunks 0 and 2, fact B in chunk 3: {0, 3} or {2, 3} finds all the support."""
+    chunks = ["mary took the apple.", "bill is in the park.", "mary took the apple.", "mary is in the kitchen."]
+    return Example(
+        id="repeated",
+        question="where is the apple?",
+        chunks=[*chunks, "tom took the milk."],
+        supporting_facts=["mary took the apple.", "mary is in the kitchen."],
+    )
+
+
+@pytest.mark.parametrize(("reward", "rewards"), [("per_fact", [0.5, 0.5]), ("sparse", [0.0, 1.0])])
+def test_an_episode_finds_a_repeated_fact_at_any_copy_and_is_paid_per_fact(tiny_base, monkeypatch, reward, rewards):
+    """A policy that prefers chunk 2, then 3, then 0 has found everything after two steps."""
+    config = quick_config(batch_size=1, episode_steps=4, reward=reward)
+    trainer = Trainer(tiny_model(tiny_base), [repeated_fact_example()], config, show_progress=False)
+    (doc,) = trainer.documents
+    preference = torch.tensor([1.0, -5.0, 3.0, 2.0, -5.0]) * 50
+
+    def fixed_q(self, network, state, actions, selected):
+        return preference.index_fill(0, torch.as_tensor(list(selected), dtype=torch.long), float("-inf"))
+
+    monkeypatch.setattr(Trainer, "q_row", fixed_q)
+    (episode,) = trainer.rollout([doc], alpha=0.05)
+    assert episode.actions == [2, 3]
+    assert episode.rewards == rewards
+    assert episode.found_all
+    assert Episode(doc, actions=[0, 3]).found_all and not Episode(doc, actions=[0, 2]).found_all
+    trainer.config.episode_steps = None
+    assert trainer.horizon(doc) == 2  # the fewest chunks that find both facts
+
+
+def test_the_warm_start_takes_one_copy_per_found_fact_and_aims_at_every_copy_of_the_others(tiny_base):
+    model = tiny_model(tiny_base)
+    trainer = Trainer(model, [repeated_fact_example()] * 4, quick_config(), show_progress=False)
+    trainer.encode_training_documents()
+    prefixes = {tuple(prefix) for prefix, _ in trainer.warm_start_draws(trainer.documents * 50)}
+    assert prefixes == {(), (0,), (2,), (3,)}  # never both copies of fact A; never all facts
+    doc = trainer.documents[0]
+    for prefix, targets in [([], [0, 2, 3]), ([2], [3]), ([3], [0, 2])]:
+        loss, _ = trainer.supervised_loss([doc], [prefix])
+        with torch.no_grad():
+            state = model.state_vectors([doc.question], [doc.state_texts(prefix)])[0]
+            logits = trainer.q_row(model, state, model.action_vectors(doc.content.float()), prefix)
+            logits = logits / trainer.config.warm_start_temperature
+        expected = torch.logsumexp(logits, 0) - torch.logsumexp(logits[targets], 0)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5), prefix
+
+
+def test_the_support_form_and_facts_that_occur_once_train_bitwise_alike(tiny_base):
+    """One occurrence per fact: the same draws, rewards and weights whichever form labels the support."""
+    by_index = chain_examples(8, 5)
+    by_text = [
+        Example(e.id, e.question, chunks=e.chunks, supporting_facts=[e.chunks[i] for i in e.support]) for e in by_index
+    ]
+    runs = []
+    for examples in (by_index, by_text):
+        model = tiny_model(tiny_base)
+        result = train(model, examples, quick_config(warm_start_mistakes=0.5, eval_every=0), show_progress=False)
+        runs.append(([{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in result.rows], model))
+    assert runs[0][0] == runs[1][0]
+    for p, q in zip(runs[0][1].state_dict().values(), runs[1][1].state_dict().values(), strict=True):
+        assert torch.equal(p, q)

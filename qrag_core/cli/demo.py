@@ -5,7 +5,8 @@ public-domain novel, :mod:`qrag_core.data.demo`), so it runs right after ``pip i
 no repository and no benchmark data. With ``--task``/``--length``/``--sample`` it builds a BabiLong
 sample from the benchmark data instead. It loads the default model (offline), indexes the document
 and prints the step-by-step trace: which chunk was picked at each step, its Q-value and its position
-ρ_t, and whether all support facts were found. Errors are one line, ``qrag-demo: error: …``, exit 2.
+ρ_t, and whether all support facts were found. A bad option gets argparse's error before anything
+loads; every error is one line, ``qrag-demo: error: …``, exit 2 (:func:`qrag_core.cli.run_reporting_errors`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from qrag_core.chunking import chunk_text
+from qrag_core.cli import non_negative_int, positive_int, run_reporting_errors
 from qrag_core.data.babilong import BABILONG_TASKS, build_babilong
 from qrag_core.data.demo import load_demo_document
 from qrag_core.data.paths import DataNotFoundError
@@ -54,9 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--task", default=None, choices=BABILONG_TASKS, help="BabiLong: bAbI task the facts come from (qa2)"
     )
     parser.add_argument("--length", default=None, help="BabiLong: document length in tokens (1k, 4k, ..., 1M; 4k)")
-    parser.add_argument("--sample", type=int, default=None, help="BabiLong: which of the 100 test samples (0)")
-    parser.add_argument("--steps", type=int, default=4, help="chunks to retrieve (search steps T)")
-    parser.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
+    parser.add_argument(
+        "--sample", type=non_negative_int, default=None, help="BabiLong: which of the 100 test samples (0)"
+    )
+    parser.add_argument("--steps", type=positive_int, default=4, help="chunks to retrieve (search steps T)")
+    parser.add_argument("--beam", type=positive_int, default=1, help="beam width (1 = greedy)")
     parser.add_argument("--no-cache", action="store_true", help="do not use the on-disk embedding cache")
     return parser
 
@@ -75,8 +79,6 @@ def babilong_input(args: argparse.Namespace) -> DemoInput | None:
     if all(value is None for value in given.values()):
         return None
     task, length, sample = (BABILONG_DEFAULTS[n] if v is None else v for n, v in given.items())
-    if sample < 0:
-        raise QRAGError(f"--sample must be 0 or more, got {sample}")
     try:
         examples = build_babilong(task, "test", length, n=sample + 1)
     except DataNotFoundError as err:
@@ -93,8 +95,6 @@ def babilong_input(args: argparse.Namespace) -> DemoInput | None:
 
 def run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
-    if args.steps <= 0 or args.beam <= 0:
-        raise QRAGError(f"--steps and --beam must be positive, got {args.steps} and {args.beam}")
     sample = babilong_input(args)
     built = time.perf_counter()
     if args.model is None and DEFAULT_MODEL_NAME not in shipped_model_names():
@@ -127,12 +127,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run(args)
-    except (QRAGError, OSError) as err:
-        print(f"qrag-demo: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_errors("qrag-demo", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@ Read top to bottom, this module is the whole algorithm:
    V′(s) = α·log Σ_{available c} exp(Q_θ′(s, c)/α), the λ-returns
    G_t = r_t + γ·[(1 − λ)·V′(s_{t+1}) + λ·G_{t+1}] (G_t = r_t at an episode's last step), the Polyak update
    θ′ ← τθ + (1 − τ)θ′;
-2. training documents: chunks, support chunk indices and (action transformer frozen) their content
-   embeddings e_i, computed once through the shared embedding cache;
-3. the supervised warm start: from a random gold prefix of the support set, cross-entropy pushing
-   softmax(Q/temperature) over the available chunks towards the support chunks still missing;
+2. training documents: chunks, supporting facts (each as its occurrences: a fact repeated in the document
+   is found when any one copy is selected, as :func:`qrag_core.metrics.resolve_support` scores it) and
+   (action transformer frozen) their content embeddings e_i, computed once through the shared embedding cache;
+3. the supervised warm start: from a random gold prefix (one copy of each of some facts), cross-entropy
+   pushing softmax(Q/temperature) over the available chunks towards every copy of the facts still missing;
 4. the soft-Q phase, on-policy without a replay buffer: episodes rolled out in parallel with the online
    networks (Boltzmann policy over the top-k available chunks, α_t = α_0·lr_t/lr_peak), soft values from
    target networks, λ-returns computed backwards, MSE between Q_θ(s_t, a_t) and G_t with gradients through
@@ -97,11 +98,20 @@ def phase_learning_rate(step: int, phase_steps: int, peak: float, warmup_steps: 
     return peak * min(1.0, ramp, decay)
 
 
-def step_reward(kind: str, num_support: int, found_before: int, found_after: int, num_selected: int) -> float:
-    """Reward of one step (SPEC §3.1) given how many support chunks the state held before and after it.
+def step_reward(
+    kind: str,
+    num_support: int,
+    found_before: int,
+    found_after: int,
+    num_selected: int,
+    min_selected: int | None = None,
+) -> float:
+    """Reward of one step (arXiv 2511.07328 §3.1) given how many of the ``num_support`` supporting facts
+    the state had found before and after it.
 
-    ``sparse``: 1 at the step at which all support is first in the state; ``step_penalty``: then
-    0.5 + 0.5·|F*|/|selected| instead; ``per_fact``: 1/|F*| for every newly found support chunk.
+    ``sparse``: 1 at the step at which all facts are first found; ``step_penalty``: then
+    0.5 + 0.5·|F*|/|selected| instead, |F*| the fewest chunks that find every fact (``min_selected``,
+    by default one per fact); ``per_fact``: 1/(number of facts) for every newly found fact.
     """
     if kind == "per_fact":
         return (found_after - found_before) / num_support
@@ -110,7 +120,7 @@ def step_reward(kind: str, num_support: int, found_before: int, found_after: int
     if kind == "sparse":
         return 1.0
     if kind == "step_penalty":
-        return 0.5 + 0.5 * num_support / num_selected
+        return 0.5 + 0.5 * (num_support if min_selected is None else min_selected) / num_selected
     raise InvalidInputError(f"unknown reward {kind!r}")
 
 
@@ -187,14 +197,42 @@ class ValueCalibration(nn.Module):
 # ================================================================================================ 2. documents
 @dataclass
 class TrainingDocument:
-    """One training example as the trainer uses it: chunk texts, support indices and frozen content embeddings."""
+    """One training example as the trainer uses it: chunk texts, supporting facts and frozen content embeddings."""
 
     example_id: str
     question: str
     texts: list[str]
-    support: frozenset[int]
+    facts: tuple[tuple[frozenset[int], ...], ...]
+    """Each supporting fact as its occurrences (sets of chunk indices); selecting any one finds the fact."""
     content: torch.Tensor | None = None
     """(N, d) float16 content embeddings e_i when the action transformer is frozen; else computed per use."""
+
+    @property
+    def support(self) -> frozenset[int]:
+        """Every chunk of every occurrence of every fact."""
+        return frozenset(i for fact in self.facts for occurrence in fact for i in occurrence)
+
+    @property
+    def min_steps(self) -> int:
+        """The fewest chunks that find every fact: the smallest occurrence of each, summed."""
+        return sum(min(len(occurrence) for occurrence in fact) for fact in self.facts)
+
+    def facts_found(self, selected: Iterable[int]) -> int:
+        """How many facts have an occurrence inside ``selected``."""
+        chosen = set(selected)
+        return sum(any(occurrence <= chosen for occurrence in fact) for fact in self.facts)
+
+    def missing_support(self, selected: Iterable[int]) -> list[int]:
+        """Chunks not in ``selected`` of every occurrence of each fact that ``selected`` has not found."""
+        chosen = set(selected)
+        missing = {
+            i
+            for fact in self.facts
+            if not any(occurrence <= chosen for occurrence in fact)
+            for occurrence in fact
+            for i in occurrence
+        }
+        return sorted(missing - chosen)
 
     def state_texts(self, selected: Sequence[int]) -> list[str]:
         """The selected chunks in document order, as the state encoder reads them (SPEC §3.2)."""
@@ -202,7 +240,7 @@ class TrainingDocument:
 
 
 def prepare_documents(model: QRAG, examples: Iterable[Example], what: str = "training") -> list[TrainingDocument]:
-    """Chunk every example and resolve its support chunks; an example without support labels is an error."""
+    """Chunk every example and find its supporting facts' occurrences; an example without support labels is an error."""
     documents = []
     for example in examples:
         if not isinstance(example, Example):
@@ -212,8 +250,8 @@ def prepare_documents(model: QRAG, examples: Iterable[Example], what: str = "tra
                 f"{what} example {example.id!r} has no support labels ('supporting_facts' or 'support')"
             )
         chunks = example.to_chunks(model.config.chunking, model.action_encoder.tokenizer)
-        support = example.support_indices(chunks)
-        documents.append(TrainingDocument(example.id, example.question, [c.text for c in chunks], frozenset(support)))
+        facts = tuple(tuple(fact) for fact in example.support_alternatives(chunks))
+        documents.append(TrainingDocument(example.id, example.question, [c.text for c in chunks], facts))
     if not documents:
         raise InvalidInputError(f"the {what} data holds no examples")
     return documents
@@ -239,7 +277,8 @@ class Episode:
 
     @property
     def found_all(self) -> bool:
-        return self.doc.support.issubset(self.actions)
+        """Every supporting fact has an occurrence among the chosen chunks."""
+        return self.doc.facts_found(self.actions) == len(self.doc.facts)
 
 
 @dataclass
@@ -283,10 +322,10 @@ class Trainer:
         self.eval_steps = config.eval_steps or model.config.max_steps
         _seed_everything(config.seed)
         self.documents = prepare_documents(model, examples)
-        too_long = sum(len(d.support) > self.horizon(d) for d in self.documents)
+        too_long = sum(d.min_steps > self.horizon(d) for d in self.documents)
         if too_long:
             logger.warning(
-                "%d of %d training examples have more support chunks than the %s steps of an episode",
+                "%d of %d training examples need more support chunks than the %s steps of an episode",
                 too_long,
                 len(self.documents),
                 config.episode_steps,
@@ -329,8 +368,8 @@ class Trainer:
             first += len(doc.texts)
 
     def horizon(self, doc: TrainingDocument) -> int:
-        """T of an episode on ``doc``: episode_steps, or (none) as many steps as ``doc`` has support chunks."""
-        return min(self.config.episode_steps or len(doc.support), len(doc.texts))
+        """T of an episode on ``doc``: episode_steps, or (none) the fewest steps that find all its facts."""
+        return min(self.config.episode_steps or doc.min_steps, len(doc.texts))
 
     def content(self, doc: TrainingDocument, network: QRAG) -> torch.Tensor:
         """e_i of every chunk of ``doc`` under ``network``'s action transformer, without gradient."""
@@ -355,14 +394,20 @@ class Trainer:
     def warm_start_draws(self, docs: Sequence[TrainingDocument]) -> list[tuple[list[int], bool]]:
         """The random part of the warm start for each of ``docs``: a gold prefix, and whether to add a mistake.
 
-        Drawn per example in batch order from the trainer's generator, for the whole global batch on every
-        process, so that micro-batches and processes see the numbers of a single-process run.
+        The gold prefix is the chunks of one occurrence (drawn when a fact has several) of each of a random
+        number of random facts. Drawn per example in batch order from the trainer's generator, for the
+        whole global batch on every process, so that micro-batches and processes see the numbers of a
+        single-process run.
         """
         draws = []
         for doc in docs:
-            support = sorted(doc.support)
-            size = int(self.rng.integers(0, len(support)))
-            prefix = sorted(self.rng.choice(support, size=size, replace=False).tolist())
+            size = int(self.rng.integers(0, len(doc.facts)))
+            chunks: set[int] = set()
+            for fact in self.rng.choice(len(doc.facts), size=size, replace=False).tolist():
+                occurrences = doc.facts[fact]
+                # a draw only where there is a choice: with one occurrence per fact, the numbers of old runs
+                chunks |= occurrences[int(self.rng.integers(len(occurrences))) if len(occurrences) > 1 else 0]
+            prefix = sorted(chunks)
             mistake = self.config.warm_start_mistakes > 0 and self.rng.random() < self.config.warm_start_mistakes
             draws.append((prefix, bool(mistake)))
         return draws
@@ -370,7 +415,8 @@ class Trainer:
     def warm_start_loss(
         self, docs: Sequence[TrainingDocument], draws: Sequence[tuple[list[int], bool]], batch_size: int
     ) -> torch.Tensor:
-        """−log Σ_{missing support c} softmax(Q(s, ·)/temperature)_c from random gold prefixes, summed / batch.
+        """−log Σ_{missing support c} softmax(Q(s, ·)/temperature)_c from random gold prefixes, summed / batch;
+        the missing support is every chunk of every occurrence of each fact the prefix has not found.
 
         ``draws`` are the examples' :meth:`warm_start_draws`. With ``warm_start_mistakes`` = p, a fraction p
         of the examples adds a second state: the gold prefix plus the non-support chunk the model ranks
@@ -405,7 +451,7 @@ class Trainer:
             content = doc.content.float() if self.frozen else model.action_encoder.embed(doc.texts)
             q = self.q_row(model, states[row], model.action_vectors(content), prefix)
             logits = q / temperature
-            missing = torch.as_tensor(sorted(doc.support - set(prefix)), device=logits.device)
+            missing = torch.as_tensor(doc.missing_support(prefix), device=logits.device)
             loss = loss + torch.logsumexp(logits, 0) - torch.logsumexp(logits[missing], 0)
             q_rows.append(q.detach().cpu())
         return loss, q_rows
@@ -441,11 +487,12 @@ class Trainer:
                 top_q, top_i = q.topk(k)
                 probs = torch.softmax(scale * (top_q - top_q[0]) / alpha, 0).numpy()
                 choice = int(top_i[boltzmann_choice(probs, uniforms[row])])
-                before = len(episode.doc.support.intersection(episode.actions))
+                doc = episode.doc
+                before = doc.facts_found(episode.actions)
                 episode.actions.append(choice)
-                after = before + (choice in episode.doc.support)
+                after = doc.facts_found(episode.actions)
                 episode.rewards.append(
-                    step_reward(self.config.reward, len(episode.doc.support), before, after, len(episode.actions))
+                    step_reward(self.config.reward, len(doc.facts), before, after, len(episode.actions), doc.min_steps)
                 )
             active = [
                 b for b in active if not episodes[b].found_all and len(episodes[b].actions) < self.horizon(docs[b])
