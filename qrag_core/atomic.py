@@ -232,21 +232,22 @@ def atomic_directory(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_file(path: str | os.PathLike[str], data: str | bytes) -> None:
-    """Write one file atomically (a temporary file beside it, synced, then renamed over it).
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield the name of an empty temporary file beside ``path``; once the block has written it, it is
+    synced and renamed over ``path``.
 
-    A full disk raises StorageError and leaves the previous file as it was.
+    A full disk (in the block or while syncing) raises StorageError and leaves the previous file as it
+    was; the temporary file is removed whatever happens.
     """
     path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=path.parent)
+    os.close(fd)
     try:
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as err:
+            yield Path(name)
+            _sync_file(name)
+        except Exception as err:
             if _disk_full(err):
                 raise StorageError(f"no space left on device at {path}; the previous copy, if any, is kept") from err
             raise
@@ -255,6 +256,13 @@ def write_file(path: str | os.PathLike[str], data: str | bytes) -> None:
     finally:
         if os.path.exists(name):
             os.unlink(name)
+
+
+def write_file(path: str | os.PathLike[str], data: str | bytes) -> None:
+    """Write one file atomically with :func:`atomic_file` (a full disk: StorageError, the old file kept)."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_file(path) as tmp, os.fdopen(os.open(tmp, os.O_WRONLY), "wb") as f:
+        f.write(payload)
 
 
 def save_tensors(
@@ -320,12 +328,16 @@ def _sync_tree(directory: Path) -> None:
     """fsync every file and directory under ``directory``, so the renames publish data that is on disk."""
     for root, _, files in os.walk(directory):
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _sync_file(os.path.join(root, name))
         _sync_directory(Path(root))
+
+
+def _sync_file(name: str | os.PathLike[str]) -> None:
+    fd = os.open(name, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _sync_directory(directory: Path) -> None:

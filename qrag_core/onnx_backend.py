@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qrag_core.atomic import atomic_file
 from qrag_core.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -60,9 +61,10 @@ class _HiddenStates(nn.Module):
 
 
 def _export(model: nn.Module, target: Path, quantise: bool) -> None:
-    """Export ``model`` to ONNX at ``target`` (int8-quantised if asked), atomically."""
+    """Export ``model`` to ONNX at ``target`` (int8-quantised if asked), atomically (a full disk is a
+    StorageError naming ``target``, and no temporary file is left)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".tmp-onnx-") as tmp:
+    with atomic_file(target) as out, tempfile.TemporaryDirectory(dir=target.parent, prefix=".tmp-onnx-") as tmp:
         plain = Path(tmp) / "model.onnx"
         ids = torch.ones((2, 8), dtype=torch.long)
         mask = torch.ones((2, 8), dtype=torch.long)
@@ -86,7 +88,7 @@ def _export(model: nn.Module, target: Path, quantise: bool) -> None:
             quantised = Path(tmp) / "model-int8.onnx"
             quantize_dynamic(str(plain), str(quantised), weight_type=QuantType.QInt8, per_channel=True)
             plain = quantised
-        os.replace(plain, target)
+        os.replace(plain, out)
 
 
 class OnnxRunner:

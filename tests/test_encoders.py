@@ -229,6 +229,27 @@ def test_index_of_another_backend_is_refused(tiny_model, tmp_path, monkeypatch):
         tiny_model.search("where is the milk?", index, steps=2)
 
 
+@onnx_needed
+def test_a_full_disk_during_the_onnx_export_is_a_storage_error_and_leaves_nothing(tiny_model, tmp_path, monkeypatch):
+    import errno
+
+    from qrag_core import onnx_backend
+    from qrag_core.errors import StorageError
+
+    monkeypatch.setenv("QRAG_CACHE_DIR", str(tmp_path))
+
+    def export_filling_the_disk(module, args, path, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"half a graph")
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(onnx_backend.torch.onnx, "export", export_filling_the_disk)
+    with pytest.raises(StorageError, match=f"no space left on device at {tmp_path / 'onnx'}/.*-onnx.onnx"):
+        tiny_model.action_encoder.use_backend("onnx")
+        tiny_model.action_encoder.encode(TEXTS)  # the first encoding exports the model
+    assert list((tmp_path / "onnx").iterdir()) == []
+
+
 def test_unknown_backend_is_refused(tiny_model):
     from qrag_core.errors import InvalidInputError
 
