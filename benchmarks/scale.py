@@ -1,4 +1,4 @@
-"""Scale benchmark (issue 5): indexing throughput, query latency, peak memory and reload time.
+"""Scale benchmark: indexing throughput, query latency, peak memory and reload time.
 
     python benchmarks/scale.py --lengths 1M 10M
 

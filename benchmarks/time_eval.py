@@ -1,4 +1,4 @@
-"""Timing check of issue 3: ``qrag-eval --json --method dense`` on a 100-row BabiLong 4k file.
+"""Timing check: ``qrag-eval --json --method dense`` on a 100-row BabiLong 4k file.
 
     python benchmarks/time_eval.py            # limit: 180 s on the 2-core CPU
 

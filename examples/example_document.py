@@ -1,6 +1,6 @@
 """The small long document every example searches, and the command-line flags the examples share.
 
-A bAbI story (the facts a question needs, SPEC §5) is scattered, in order, among consecutive
+A bAbI story (the facts a question needs) is scattered, in order, among consecutive
 sentences of a public-domain novel, as BabiLong builds its samples, but small enough that the
 examples run in seconds on a CPU. The data comes from the shared offline data directory
 (``$QRAG_DATA_DIR`` or ``<repository>/../shared/data``); nothing is downloaded.

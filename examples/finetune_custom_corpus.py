@@ -1,7 +1,7 @@
 """Fine-tune Q-RAG on your own labelled documents, then retrieve with the fine-tuned model.
 
 Your corpus is a JSONL file, one question per line, with the document and the sentences that
-support the answer (SPEC §4)::
+support the answer (docs/data-format.md)::
 
     {"id": "q1", "question": "Where is the milk?", "answer": "hallway",
      "document": "…long text…", "supporting_facts": ["Mary got the milk there.", "Mary travelled to the hallway."]}

@@ -1,4 +1,4 @@
-"""Answering questions over long documents with any OpenAI-compatible chat endpoint (SPEC §1, §3.5).
+"""Answering questions over long documents with any OpenAI-compatible chat endpoint.
 
 Q-RAG retrieves a few chunks step by step; the reader (a frozen chat model, local or proprietary)
 sees only those chunks, in the order they appear in the document, so its context does not grow

@@ -1,10 +1,10 @@
-"""The baselines every benchmark row is measured against (SPEC §5), as retrieval methods of the evaluation loop.
+"""The baselines every benchmark row is measured against, as retrieval methods of the evaluation loop.
 
 - ``dense``: single-step top-T by cosine similarity of mean-pooled embeddings of the untrained base
   encoder (all-MiniLM-L6-v2 by default). Chunk embeddings are the content embeddings e_i of the
   frozen action encoder, so they come from the same shared cache as Q-RAG's.
 - ``bm25``: top-T by BM25 (``bm25s``, English stop words) over the chunks of each document.
-- ``multistep-untrained``: the Q-RAG search loop (SPEC §3.5) with both encoders at the base weights.
+- ``multistep-untrained``: the Q-RAG search loop (docs/method.md §5) with both encoders at the base weights.
 
 :func:`make_method` builds any of them, or ``qrag`` (a trained model's search), by name.
 """

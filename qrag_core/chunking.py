@@ -1,4 +1,4 @@
-"""Splitting documents into chunks, the actions of a retrieval episode (SPEC §3.1).
+"""Splitting documents into chunks, the actions of a retrieval episode (docs/method.md §1).
 
 Two splitters, both keeping each chunk's text, its index in the document and its character offsets
 in the source so a user can trace a retrieved chunk back to where it came from:
@@ -249,7 +249,7 @@ def _split_long(
 
 
 def chunks_from_texts(texts: Iterable[str], doc_id: str = "0", metadata: dict[str, Any] | None = None) -> list[Chunk]:
-    """Wrap ready-made chunk texts (SPEC §4 ``chunks`` form) as chunks, offsets in their joined text."""
+    """Wrap ready-made chunk texts (the ``chunks`` form of a data file) as chunks, offsets in their joined text."""
     chunks, pos = [], 0
     for i, piece in enumerate(texts):
         validate_text(piece, f"chunk {i}")

@@ -1,4 +1,4 @@
-"""Configuration dataclasses of a Q-RAG model (SPEC §3), saved as ``config.json`` next to the weights."""
+"""Configuration dataclasses of a Q-RAG model (docs/method.md), saved as ``config.json`` next to the weights."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ class QRAGConfig:
     normalize: bool = True
     """L2-normalise state and action embeddings, so Q lies in [-1, 1] like the rewards."""
     position_mode: str = "relative"
-    """`relative` (ρ_t of SPEC §3.3, temporal tasks), `absolute` (ℓ·i/N) or `none` (open-domain QA)."""
+    """`relative` (ρ_t of docs/method.md Eq. M3, temporal tasks), `absolute` (ℓ·i/N) or `none` (open-domain QA)."""
     delta: float = 10.0
     """δ of ρ_t: the distance between consecutive intervals."""
     ell: float = 9.0

@@ -1,4 +1,4 @@
-"""One evaluation loop for ``qrag-eval``, the benchmarks and the trainer's periodic evaluation (SPEC §5).
+"""One evaluation loop for ``qrag-eval``, the benchmarks and the trainer's periodic evaluation.
 
 For each example, a retrieval method selects up to T chunks of the example's document (a Q-RAG
 model's multi-step search, or a baseline of :mod:`qrag_core.baselines`); the selection is scored
@@ -36,9 +36,9 @@ from qrag_core.validation import check_positive_int
 logger = logging.getLogger(__name__)
 
 DEFAULT_STEPS = 4
-"""T when neither the caller nor the task says otherwise (BabiLong / RULER use 4–6, SPEC §3.1)."""
+"""T when neither the caller nor the task says otherwise (BabiLong / RULER use 4–6)."""
 TASK_STEPS = {"hotpotqa": 2, "musique": 4, "qa_hotpotqa": 2}
-"""T by ``task`` field for the open-domain sets (SPEC §3.1: HotpotQA 2, MuSiQue 4; HotpotQA in a haystack 2)."""
+"""T by ``task`` field for the open-domain sets (HotpotQA 2, MuSiQue 4; HotpotQA in a haystack 2)."""
 
 Reader = Callable[[str, Sequence[str]], str]
 """Answers a question from the selected chunk texts (in document order); used for answer accuracy."""
@@ -56,7 +56,7 @@ class RetrievalMethod(Protocol):
 
 @dataclass
 class QRAGSearch:
-    """Q-RAG multi-step search (SPEC §3.5) with a trained or untrained model."""
+    """Q-RAG multi-step search (docs/method.md §5) with a trained or untrained model."""
 
     model: QRAG
     cache: EmbeddingCache | None = None

@@ -1,4 +1,4 @@
-"""A document index: chunks plus their cached content embeddings e_i (SPEC §3.2).
+"""A document index: chunks plus their cached content embeddings e_i (docs/method.md §2).
 
 Content embeddings are computed once per document and encoder; every retrieval step only
 re-rotates them (O(N·d)). They are stored as float16 (half the memory of float32; scores are

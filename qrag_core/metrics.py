@@ -1,4 +1,4 @@
-"""Retrieval and answer metrics of the benchmarks (SPEC §5).
+"""Retrieval and answer metrics of the benchmarks (BENCHMARKS.md).
 
 - Support facts (BabiLong, HotpotQA, MuSiQue; the paper's Table 2/3): with S the selected chunks and
   F* the support chunks, fact EM = [F* ⊆ S], fact recall = |S ∩ F*| / |F*|, fact precision =

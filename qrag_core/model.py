@@ -1,4 +1,4 @@
-"""The Q-RAG model: two encoders, the rotary action embedding at ρ_t, and Q (SPEC §3.2–3.3).
+"""The Q-RAG model: two encoders, the rotary action embedding at ρ_t, and Q (docs/method.md §2–3).
 
     Q_θ(s_t, c_i) = ⟨E_s(s_t; θ1), R(ρ_t(i)) · h(e_i; θ2)⟩
 
@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from qrag_core import __version__
+from qrag_core._version import __version__
 from qrag_core.atomic import Layout, atomic_directory, readable, save_tensors
 from qrag_core.chunking import Chunk, chunk_text, chunks_from_texts
 from qrag_core.config import ChunkingConfig, QRAGConfig

@@ -1,4 +1,4 @@
-"""Relative positional mapping ρ_t (SPEC §3.3) and the rotary rotation of content embeddings (§3.2).
+"""Relative positional mapping ρ_t (docs/method.md Eq. M3) and the rotary rotation of content embeddings (Eq. M2).
 
 ρ_t gives every chunk a real-valued position that says which selected facts it comes after.
 With i_1 < … < i_k the indices of the chunks selected so far, b_0 = 0, b_j = i_j and b_{k+1} = N,

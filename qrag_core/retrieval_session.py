@@ -434,9 +434,9 @@ class RetrievalSession:
         meta = _read_session_file(directory)
         try:
             model_entry = meta["model"]
-            chunking = ChunkingConfig(**meta["chunking"])
+            chunking = ChunkingConfig.from_dict(meta["chunking"])  # an older session keeps its regex chunking
             expected_state = meta["state_fingerprint"]
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, InvalidInputError) as err:
             raise CheckpointError(f"{directory / SESSION_FILE} is corrupt: {err}") from err
         index = DocumentIndex.load(directory / INDEX_DIR)
         name: str | None = None

@@ -1,4 +1,4 @@
-"""Exact top-k of Q over a whole index at the cost of about one pass over the action vectors (SPEC §3.5).
+"""Exact top-k of Q over a whole index at the cost of about one pass over the action vectors (docs/method.md §5).
 
 Scoring every chunk with its own rotation R(ρ_t(i)) costs N·d/2 sines and cosines per step (about 2 s
 for the 400k chunks of a 10M-token document on two CPU cores). Three facts make it cheap and still exact:

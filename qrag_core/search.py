@@ -1,4 +1,4 @@
-"""Multi-step retrieval at inference (SPEC §3.5): greedy and beam search over cached embeddings.
+"""Multi-step retrieval at inference (docs/method.md §5): greedy and beam search over cached embeddings.
 
 Each step encodes the current states (question + selected chunks, in document order) once, then
 scores every available chunk with one rotation-and-dot-product pass over the cached action vectors

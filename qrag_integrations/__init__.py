@@ -1,4 +1,4 @@
-"""Thin adapters that plug Q-RAG retrieval into LLM frameworks (SPEC §1).
+"""Thin adapters that plug Q-RAG retrieval into LLM frameworks.
 
 Each adapter is its own module, imported on demand, so each framework is an optional extra:
 

@@ -1,4 +1,4 @@
-"""Chunking (offsets, token windows) and the JSONL example format of SPEC §4."""
+"""Chunking (offsets, token windows) and the JSONL example format (docs/data-format.md)."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""ρ_t (SPEC §3.3) against hand-computed values, and the rotary rotation (SPEC §3.2)."""
+"""ρ_t (docs/method.md Eq. M3) against hand-computed values, and the rotary rotation (Eq. M2)."""
 
 import math
 

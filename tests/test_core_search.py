@@ -1,4 +1,4 @@
-"""Greedy and beam search (SPEC §3.5) on a tiny random model and on the real MiniLM."""
+"""Greedy and beam search on a tiny random model and on the real MiniLM."""
 
 import pytest
 

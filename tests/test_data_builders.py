@@ -1,4 +1,4 @@
-"""Dataset builders: bAbI parsing, haystack cleaning, BabiLong samples (issue 3 tests)."""
+"""Dataset builders: bAbI parsing, haystack cleaning, BabiLong samples."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The shipped default model ``qrag-babilong-minilm`` (issue 6): loads offline, says what it is, retrieves."""
+"""The shipped default model ``qrag-babilong-minilm``: loads offline, says what it is, retrieves."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.test_data_builders import needs_data
 MODEL_DIR = SHIPPED_MODELS_DIR / DEFAULT_MODEL_NAME
 SHIPPED_FILES = {"config.json", "README.md", "state_encoder_delta.safetensors", "action_head.safetensors"}
 MAX_BYTES = 50 * 1000 * 1000
-"""Issue 6: at most 50 MB added to the repository."""
+"""A shipped model adds at most 50 MB to the repository (its compact delta and head)."""
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The evaluation loop, the baselines and the qrag-eval CLI (issue 3 tests)."""
+"""The evaluation loop, the baselines and the qrag-eval CLI."""
 
 from __future__ import annotations
 

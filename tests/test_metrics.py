@@ -1,4 +1,4 @@
-"""Metrics of SPEC §5 on hand-made cases."""
+"""Retrieval and answer metrics on hand-made cases."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``qrag-data``: build the benchmark JSONL files of SPEC §5 and warm the shared embedding cache.
+"""``qrag-data``: build the benchmark JSONL files (docs/data-format.md) and warm the shared embedding cache.
 
 qrag-data warm-cache                       # encode every haystack sentence once per machine
 """
@@ -107,8 +107,8 @@ def add_common(command: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qrag-data",
-        description="Build benchmark data (SPEC §5) from the shared data directory ($QRAG_DATA_DIR) "
-        "and warm the shared embedding cache.",
+        description="Build benchmark data (BabiLong, RULER, HotpotQA, MuSiQue) from the shared data directory "
+        "($QRAG_DATA_DIR) and warm the shared embedding cache.",
     )
     parser.add_argument("--verbose", action="store_true", help="debug logging on stderr (default: info)")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -1,4 +1,4 @@
-"""``qrag-eval``: measure a retriever on a JSONL file of SPEC §4 (fact EM / recall / F1, SPEC §5).
+"""``qrag-eval``: measure a retriever on a JSONL file (docs/data-format.md): fact EM / recall / F1.
 
     qrag-eval --data babilong_qa2_4k.jsonl                    # the default model, a table
     qrag-eval --data F --method dense --json                  # a baseline, one JSON object on stdout
@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="qrag-eval",
         description="Evaluate multi-step retrieval (or a baseline) on a JSONL file with support labels.",
     )
-    parser.add_argument("--data", required=True, help="JSONL file of examples with support labels (SPEC §4)")
+    parser.add_argument(
+        "--data", required=True, help="JSONL file of examples with support labels (format: docs/data-format.md)"
+    )
     parser.add_argument(
         "--model",
         default=None,

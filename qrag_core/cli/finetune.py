@@ -1,4 +1,4 @@
-"""``qrag-finetune``: fine-tune a Q-RAG model on labelled JSONL data (SPEC §3.4 algorithm, §4 data format).
+"""``qrag-finetune``: fine-tune a Q-RAG model on labelled JSONL data (docs/method.md §4, docs/data-format.md).
 
     qrag-finetune --data train.jsonl --eval-data test.jsonl --out runs/my-model
     qrag-finetune --data train.jsonl --out runs/my-model --resume      # after an interruption
@@ -87,9 +87,9 @@ def add_dataclass_flags(group: argparse._ArgumentGroup, cls: type, suppress_defa
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qrag-finetune",
-        description="Fine-tune the Q-RAG embedders on JSONL examples with support labels (SPEC §4): a supervised "
-        "warm start, then soft Q-learning (SPEC §3.4). Writes OUT/metrics.csv, OUT/checkpoint and the final "
-        "model OUT/model (load it with QRAG.from_pretrained).",
+        description="Fine-tune the Q-RAG embedders on JSONL examples with support labels (docs/data-format.md): a "
+        "supervised warm start, then soft Q-learning (docs/method.md §4). Writes OUT/metrics.csv, OUT/checkpoint "
+        "and the final model OUT/model (load it with QRAG.from_pretrained).",
     )
     run = parser.add_argument_group("data and output")
     run.add_argument("--data", required=True, help="training JSONL; every row needs support labels")

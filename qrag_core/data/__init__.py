@@ -1,4 +1,4 @@
-"""Datasets: the JSONL example format of SPEC §4 and builders for the benchmark suites (SPEC §5)."""
+"""Datasets: the JSONL example format (docs/data-format.md) and builders for the benchmark suites."""
 
 from qrag_core.data.babilong import build_babilong, iter_babilong
 from qrag_core.data.examples import Example, iter_jsonl, read_jsonl, write_jsonl

@@ -9,7 +9,7 @@ the test files (see ``shared/data/README.md``).
 
 Splits: ``test`` is the en-10k test file (identical to the 1k one); ``train`` is the en-10k train
 file, except for QA3 whose en-10k train file is missing from the shared data: there it is the 1k
-train file plus the official ``en-valid-10k/qa3_valid.txt`` (SPEC §5, issue 3).
+train file plus the official ``en-valid-10k/qa3_valid.txt``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""BabiLong samples (Kuratov et al. 2024; SPEC §5): bAbI facts hidden in long book text.
+"""BabiLong samples (Kuratov et al. 2024): bAbI facts hidden in long book text.
 
 For one bAbI question (see :mod:`qrag_core.data.babi`), the whole story up to the question is kept;
 its statements are scattered, in order, among consecutive sentences of a haystack novel taken from a
 random start of a random book (:mod:`qrag_core.data.haystack`), until the sample reaches the target
 length in base-tokenizer tokens. One sentence is one chunk, so the sample is written in the
-``chunks`` + ``support`` form of SPEC §4 with the exact indices of the supporting facts, plus the
+``chunks`` + ``support`` form (docs/data-format.md) with the exact indices of the supporting facts, plus the
 fields ``task``, ``length`` (the target label, e.g. ``"4k"``), ``tokens`` (the actual count),
 ``split`` and ``source`` (``file:line`` of the bAbI question).
 

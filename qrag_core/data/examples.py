@@ -1,4 +1,4 @@
-"""Retrieval examples and their JSONL form (SPEC §4).
+"""Retrieval examples and their JSONL form (docs/data-format.md).
 
 One example per line, either form::
 

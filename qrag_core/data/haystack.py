@@ -1,4 +1,4 @@
-"""Haystack text: six public-domain novels split into sentences (the stand-in for PG19, SPEC §5).
+"""Haystack text: six public-domain novels split into sentences (the stand-in for PG19).
 
 BabiLong hides the facts of a bAbI story among consecutive sentences of a book, starting at a random
 place of a random book; RULER's "essay" haystack is built the same way here (the Paul Graham essays

@@ -1,4 +1,4 @@
-"""HotpotQA, distractor setting (Yang et al. 2018; SPEC §5): paragraph chunks, support from the labels.
+"""HotpotQA, distractor setting (Yang et al. 2018): paragraph chunks, support from the labels.
 
 Each question comes with ten Wikipedia paragraphs (two gold, eight distractors). A chunk is one
 paragraph written ``"Title: text"``; the support chunks are the paragraphs whose titles the

@@ -1,4 +1,4 @@
-"""MuSiQue-Ans (Trivedi et al. 2022; SPEC §5): paragraph chunks, support from ``is_supporting``.
+"""MuSiQue-Ans (Trivedi et al. 2022): paragraph chunks, support from ``is_supporting``.
 
 Each question comes with twenty paragraphs, two to four of them supporting. A chunk is one paragraph
 written ``"Title: text"``. Two splits of the shared data (:data:`MUSIQUE_SPLITS`): ``dev`` (the

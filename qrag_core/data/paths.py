@@ -1,4 +1,4 @@
-"""Where the offline benchmark data lives (SPEC §2: ``../shared/data``, configurable).
+"""Where the offline benchmark data lives (``../shared/data`` by default, configurable).
 
 The data is never copied into the repository. :func:`data_dir` finds it, in this order:
 

@@ -1,4 +1,4 @@
-"""RULER needle-in-a-haystack tasks (Hsieh et al. 2024; SPEC §5), one sentence per chunk.
+"""RULER needle-in-a-haystack tasks (Hsieh et al. 2024), one sentence per chunk.
 
 A needle is the sentence "One of the special magic {numbers|words|uuids} for {key} is: {value}."
 hidden at a random depth of a haystack; the question asks for the value(s) of one or more keys.

@@ -1,4 +1,4 @@
-"""Fine-tuning Q-RAG embedders with a supervised warm start and soft Q-learning (SPEC §3.4)."""
+"""Fine-tuning Q-RAG embedders with a supervised warm start and soft Q-learning (docs/method.md §4)."""
 
 from qrag_core.training.config import TrainingConfig
 from qrag_core.training.trainer import Trainer, TrainingResult, train

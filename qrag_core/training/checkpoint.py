@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from qrag_core import __version__
+from qrag_core._version import __version__
 from qrag_core.atomic import (
     Layout,
     atomic_directory,

@@ -1,4 +1,4 @@
-"""Hyperparameters of the soft-Q trainer (SPEC §3.4), one dataclass whose field docstrings are the CLI help.
+"""Hyperparameters of the soft-Q trainer (docs/method.md §4), one dataclass whose field docstrings are the CLI help.
 
 ``qrag-finetune`` builds one flag per field of :class:`TrainingConfig` from the field's type, default and
 docstring (:func:`field_docs`), so the documentation of a hyperparameter is written exactly once.

@@ -1,4 +1,4 @@
-"""Fine-tuning the Q-RAG embedders: a supervised warm start, then soft Q-learning (SPEC §3.4, arXiv 2511.07328 §3).
+"""Fine-tuning the Q-RAG embedders: a supervised warm start, then soft Q-learning (arXiv 2511.07328; docs/method.md §4).
 
 Read top to bottom, this module is the whole algorithm:
 
@@ -235,7 +235,7 @@ class TrainingDocument:
         return sorted(missing - chosen)
 
     def state_texts(self, selected: Sequence[int]) -> list[str]:
-        """The selected chunks in document order, as the state encoder reads them (SPEC §3.2)."""
+        """The selected chunks in document order, as the state encoder reads them (docs/method.md §2)."""
         return [self.texts[i] for i in sorted(selected)]
 
 
@@ -765,7 +765,7 @@ class Trainer:
         """What the model card records about this run."""
         c = self.config
         return self.data_info | {
-            "trainer": "qrag soft-Q (SPEC 3.4)",
+            "trainer": "qrag soft-Q (docs/method.md §4)",
             "training_examples": len(self.documents),
             "steps": self.step,
             "warm_start_steps": min(self.step, c.warm_start_steps),
