@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from qrag_core.data.examples import Example
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import InvalidInputError
-from qrag_core.metrics import aggregate, fact_scores
+from qrag_core.metrics import aggregate, fact_scores, resolve_support
 from qrag_core.model import QRAG
 
 logger = logging.getLogger(__name__)
@@ -41,16 +41,18 @@ class StepTrace:
     """The greedy search of one example: per step the chunk taken and its (the best) Q-value."""
 
     example_id: str
-    support: list[int]
-    """Indices of the example's support chunks."""
+    facts: list[list[frozenset[int]]]
+    """Each supporting fact as its occurrences (:meth:`~qrag_core.data.examples.Example.support_alternatives`):
+    a fact repeated in the document is found when any one copy is selected."""
     chunks: list[int]
     """Chunk index taken at each step, in step order."""
     q_values: list[float]
     """Best Q at each step (the Q of the chunk taken)."""
 
     def found_before(self, step: int) -> bool:
-        """Whether steps 1..``step``−1 had already selected every support chunk (``step`` is 1-based)."""
-        return set(self.support) <= set(self.chunks[: step - 1])
+        """Whether steps 1..``step``−1 had already found every supporting fact (``step`` is 1-based)."""
+        selected = set(self.chunks[: step - 1])
+        return all(any(occurrence <= selected for occurrence in fact) for fact in self.facts)
 
     def stopped(self, threshold: float) -> list[int]:
         """The chunks kept when the search stops before the first step t ≥ 2 whose best Q is below ``threshold``."""
@@ -90,7 +92,7 @@ def trace_examples(
             traces.append(
                 StepTrace(
                     example.id,
-                    example.support_indices(chunks),
+                    example.support_alternatives(chunks),
                     [index.chunks[s.chunk_index].index for s in result.trace],
                     [s.q_value for s in result.trace],
                 )
@@ -140,7 +142,7 @@ def stop_decisions(traces: Sequence[StepTrace]) -> tuple[list[float], list[bool]
 def _scores(traces: Sequence[StepTrace], selections: Iterable[list[int]]) -> dict[str, float]:
     rows = []
     for trace, selected in zip(traces, selections, strict=True):
-        facts = fact_scores(selected, trace.support)
+        facts = fact_scores(selected, resolve_support(selected, trace.facts))
         rows.append(
             {
                 "fact_em": facts.em,

@@ -25,11 +25,24 @@ def test_roc_auc_hand_computed_with_ties() -> None:
         roc_auc([1, 2], [True])
 
 
+def one_copy(*support: int) -> list[list[frozenset[int]]]:
+    """Supporting facts that occur once, one chunk each."""
+    return [[frozenset({i})] for i in support]
+
+
 def _traces() -> list[StepTrace]:
     return [
-        StepTrace("a", [1, 2], [1, 2, 5, 6], [0.9, 0.8, 0.1, 0.05]),
-        StepTrace("b", [3], [3, 4, 7, 8], [0.9, 0.2, 0.1, 0.1]),
+        StepTrace("a", one_copy(1, 2), [1, 2, 5, 6], [0.9, 0.8, 0.1, 0.05]),
+        StepTrace("b", one_copy(3), [3, 4, 7, 8], [0.9, 0.2, 0.1, 0.1]),
     ]
+
+
+def test_a_repeated_fact_is_found_by_either_copy() -> None:
+    """Fact one in chunk 0 or 4, fact two in chunk 2: steps 1-2 found everything, as fact EM scores it."""
+    trace = StepTrace("r", [[frozenset({0}), frozenset({4})], [frozenset({2})]], [4, 2, 0, 6], [0.9, 0.8, 0.1, 0.05])
+    assert [trace.found_before(t) for t in (2, 3, 4)] == [False, True, True]
+    best = best_threshold([trace])
+    assert best["threshold"] == 0.8 and best["fact_em"] == 1.0 and best["fact_f1"] == 1.0
 
 
 def test_stop_decisions_label_steps_after_all_support() -> None:
