@@ -312,8 +312,9 @@ def metric_rows(path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in csv.DictReader(f)]
 
 
-def train_until_killed(tiny_base, data, held_out, config, out, kill_step: int) -> None:
-    """Train into ``out`` and die (like a kill) as the step numbered ``kill_step`` (0-based) begins."""
+def train_until_killed(tiny_base, data, held_out, config, out, kill_step: int, **options) -> None:
+    """Train into ``out`` and die (like a kill) as the step numbered ``kill_step`` (0-based) begins;
+    ``options`` go to :func:`train`."""
     real_step = Trainer.train_step
 
     def crash(self):
@@ -324,7 +325,7 @@ def train_until_killed(tiny_base, data, held_out, config, out, kill_step: int) -
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Trainer, "train_step", crash)
         with pytest.raises(Crash):
-            train(tiny_model(tiny_base), data, config, held_out, out_dir=out, show_progress=False)
+            train(tiny_model(tiny_base), data, config, held_out, out_dir=out, show_progress=False, **options)
 
 
 def assert_same_run(whole, resumed) -> None:
@@ -398,38 +399,13 @@ def test_resume_restores_the_mixed_precision_loss_scale(tiny_base, tmp_path):
     config = quick_config(warm_start_steps=3, rl_steps=4, checkpoint_every=3)
     whole, whole_processes = tmp_path / "whole", LossScaledProcesses()
     train(tiny_model(tiny_base), data, config, held_out, out_dir=whole, show_progress=False, processes=whole_processes)
-    real_step = Trainer.train_step
-
-    def crash(self):
-        if self.step == 5:
-            raise Crash("killed")
-        return real_step(self)
-
     crashed = tmp_path / "crashed"
-    with pytest.MonkeyPatch.context() as patch, pytest.raises(Crash):
-        patch.setattr(Trainer, "train_step", crash)
-        train(
-            tiny_model(tiny_base),
-            data,
-            config,
-            held_out,
-            out_dir=crashed,
-            show_progress=False,
-            processes=LossScaledProcesses(),
-        )
+    train_until_killed(tiny_base, data, held_out, config, crashed, kill_step=5, processes=LossScaledProcesses())
     saved = json.loads((crashed / "checkpoint" / "trainer_state.json").read_text())["scaler"]
     assert saved["scale"] == 2.0**5 and saved["_growth_tracker"] == 1  # after 3 steps: doubled once, then 1 more
     resumed = LossScaledProcesses()
-    train(
-        tiny_model(tiny_base),
-        data,
-        config,
-        held_out,
-        out_dir=crashed,
-        resume=True,
-        show_progress=False,
-        processes=resumed,
-    )
+    options = {"resume": True, "show_progress": False, "processes": resumed}
+    train(tiny_model(tiny_base), data, config, held_out, out_dir=crashed, **options)
     assert resumed.scaler.state_dict() == whole_processes.scaler.state_dict()
     assert resumed.scaler.get_scale() == 2.0**7  # 7 steps: doubled at steps 2, 4 and 6
     assert_same_run(whole, crashed)
