@@ -312,8 +312,9 @@ def metric_rows(path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in csv.DictReader(f)]
 
 
-def train_until_killed(tiny_base, data, held_out, config, out, kill_step: int) -> None:
-    """Train into ``out`` and die (like a kill) as the step numbered ``kill_step`` (0-based) begins."""
+def train_until_killed(tiny_base, data, held_out, config, out, kill_step: int, **options) -> None:
+    """Train into ``out`` and die (like a kill) as the step numbered ``kill_step`` (0-based) begins;
+    ``options`` go to :func:`train`."""
     real_step = Trainer.train_step
 
     def crash(self):
@@ -324,7 +325,7 @@ def train_until_killed(tiny_base, data, held_out, config, out, kill_step: int) -
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Trainer, "train_step", crash)
         with pytest.raises(Crash):
-            train(tiny_model(tiny_base), data, config, held_out, out_dir=out, show_progress=False)
+            train(tiny_model(tiny_base), data, config, held_out, out_dir=out, show_progress=False, **options)
 
 
 def assert_same_run(whole, resumed) -> None:
@@ -368,6 +369,46 @@ def test_resume_after_a_kill_at_every_phase_boundary_is_bitwise_the_uninterrupte
         result = train(tiny_model(tiny_base), data, config, held_out, out_dir=out, resume=True, show_progress=False)
         assert result.steps == config.total_steps, kill_step
         assert_same_run(whole, out)
+
+
+class LossScaledProcesses(Processes):
+    """One process that scales the loss as fp16 mixed precision does, with a CPU loss scaler whose scale
+    doubles every 2 steps (so the scale at a checkpoint differs from the initial one)."""
+
+    def __init__(self) -> None:
+        self._scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=2)
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        return self._scaler
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self._scaler.scale(loss).backward()
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> torch.Tensor:
+        self._scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        self._scaler.step(optimizer)
+        self._scaler.update()
+        return grad_norm
+
+
+def test_resume_restores_the_mixed_precision_loss_scale(tiny_base, tmp_path):
+    data, held_out = chain_examples(16, 3), chain_examples(4, 4)
+    config = quick_config(warm_start_steps=3, rl_steps=4, checkpoint_every=3)
+    whole, whole_processes = tmp_path / "whole", LossScaledProcesses()
+    train(tiny_model(tiny_base), data, config, held_out, out_dir=whole, show_progress=False, processes=whole_processes)
+    crashed = tmp_path / "crashed"
+    train_until_killed(tiny_base, data, held_out, config, crashed, kill_step=5, processes=LossScaledProcesses())
+    saved = json.loads((crashed / "checkpoint" / "trainer_state.json").read_text())["scaler"]
+    assert saved["scale"] == 2.0**5 and saved["_growth_tracker"] == 1  # after 3 steps: doubled once, then 1 more
+    resumed = LossScaledProcesses()
+    options = {"resume": True, "show_progress": False, "processes": resumed}
+    train(tiny_model(tiny_base), data, config, held_out, out_dir=crashed, **options)
+    assert resumed.scaler.state_dict() == whole_processes.scaler.state_dict()
+    assert resumed.scaler.get_scale() == 2.0**7  # 7 steps: doubled at steps 2, 4 and 6
+    assert_same_run(whole, crashed)
 
 
 def test_leftovers_of_killed_checkpoint_writes_never_block_resume(tiny_base, tmp_path):

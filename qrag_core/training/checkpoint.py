@@ -6,8 +6,8 @@ A checkpoint is a directory (written atomically, :mod:`qrag_core.atomic`) holdin
 - ``trainer_state.safetensors``: every other tensor: the optimiser's moment estimates and step counts,
   the target networks' trainable parameters, the value calibration and the torch RNG state (uint8);
 - ``trainer_state.json``: everything else: step, timers, settings, the last evaluation, the phase the
-  saved optimiser belongs to, the optimiser's parameter groups and non-tensor state, and the trainer's,
-  numpy's and Python's RNG states as lists.
+  saved optimiser belongs to, the optimiser's parameter groups and non-tensor state, the fp16 loss
+  scaler's scale and growth tracker, and the trainer's, numpy's and Python's RNG states as lists.
 
 Neither format can run code when read, so a planted file can at worst fail to load. Checkpoints of
 older qrag versions (``trainer_state.pt``, a pickle) are refused, never unpickled.
@@ -124,13 +124,16 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], d
     values: dict[str, dict[str, Any]] = {}
     tensors: dict[str, torch.Tensor] = {}
     for index, entries in saved["state"].items():
-        values[str(index)] = {}
-        for key, value in entries.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{key}"] = value
-            else:
-                values[str(index)][key] = value
+        values[str(index)], entry_tensors = split_tensors(entries, f"optimizer.{index}")
+        tensors |= entry_tensors
     return {"param_groups": saved["param_groups"], "state": values}, tensors
+
+
+def split_tensors(entries: Mapping[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``entries`` split into its other values (for JSON) and its tensors, named ``prefix.key``."""
+    values = {key: value for key, value in entries.items() if not isinstance(value, torch.Tensor)}
+    tensors = {f"{prefix}.{key}": value for key, value in entries.items() if isinstance(value, torch.Tensor)}
+    return values, tensors
 
 
 def restore_optimizer(
@@ -142,6 +145,17 @@ def restore_optimizer(
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = tensor
     optimizer.load_state_dict({"param_groups": saved["param_groups"], "state": state})
+
+
+def scaler_state(scaler: torch.amp.GradScaler) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A mixed-precision loss scaler's state (scale, growth tracker, factors) split into JSON and tensors,
+    so that an fp16 run resumes with the loss scale it had, not the initial one."""
+    return split_tensors(scaler.state_dict(), "scaler")
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, saved: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]):
+    """Load what :func:`scaler_state` split back into ``scaler``."""
+    scaler.load_state_dict({**saved, **with_prefix(tensors, "scaler")})
 
 
 def rng_state(trainer_rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

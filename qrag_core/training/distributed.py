@@ -96,6 +96,11 @@ class Processes:
         """The mixed-precision context of forward passes."""
         return contextlib.nullcontext()
 
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """The loss scaler of fp16 mixed precision, whose state a checkpoint keeps (None: no loss scaling)."""
+        return None
+
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
@@ -178,13 +183,17 @@ class AcceleratedProcesses(Processes):
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         return self.accelerator.autocast()
 
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return self.accelerator.scaler
+
     def backward(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)  # scales the loss under fp16
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> torch.Tensor:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         self.reduce_gradients(params)
-        scaler = self.accelerator.scaler
+        scaler = self.scaler
         if scaler is not None:  # after the sum, so that every process sees the same inf/NaN and skips alike
             scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)

@@ -58,7 +58,9 @@ from qrag_core.training.checkpoint import (
     restore_module,
     restore_optimizer,
     restore_rng,
+    restore_scaler,
     rng_state,
+    scaler_state,
     start_run_dir,
     with_prefix,
     write_checkpoint,
@@ -810,6 +812,9 @@ class Trainer:
             "optimizer": optimizer,
             "rng": rng,
         }
+        if self.processes.scaler is not None:
+            state["scaler"], scaler_tensors = scaler_state(self.processes.scaler)
+            tensors |= scaler_tensors
         write_checkpoint(self.out_dir / CHECKPOINT_DIR, self.model, state, tensors)
         self.checkpoint_step = self.step
 
@@ -849,6 +854,11 @@ class Trainer:
                     self.target_calibration, with_prefix(tensors, "target_calibration"), "target calibration", True
                 )
             restore_rng(self.rng, state["rng"], tensors)
+            if self.processes.scaler is not None:
+                if "scaler" in state:
+                    restore_scaler(self.processes.scaler, state["scaler"], tensors)
+                else:
+                    logger.warning("%s holds no loss-scaler state (an older qrag): the loss scale restarts", directory)
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"the checkpoint in {directory} is corrupt or incomplete: {err!r}") from err
         self.checkpoint_step = self.step
