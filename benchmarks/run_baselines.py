@@ -52,6 +52,11 @@ SECTIONS = (
     ("The shipped default model", "benchmarks/default_model.md"),
     ("Training: learning curves and comparisons", "benchmarks/training.md"),
     ("Scale: 1M and 10M tokens on this CPU", "benchmarks/results/scale.md"),
+    ("Scaling out: data-parallel training and indexing on Ray", "benchmarks/distributed.md"),
+    ("Encoding backends: indexing speed and index quality on this CPU", "benchmarks/encoding.md"),
+    ("Passage length: what truncating paragraph chunks costs", "benchmarks/results/passage_length.md"),
+    ("Sentence splitting", "benchmarks/results/sentence_splitting.md"),
+    ("Stopping by Q-value", "benchmarks/results/stopping.md"),
 )
 """Sections written by other benchmark scripts, appended to BENCHMARKS.md at every render."""
 
@@ -253,6 +258,8 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
     for title, section in SECTIONS:
         if (ROOT / section).is_file():
             text = (ROOT / section).read_text().strip()
+            if text.startswith("# "):  # a results page of its own: its title becomes the section's heading
+                text = text.split("\n", 1)[1].strip().replace("\n## ", "\n### ")
             heading = [] if text.startswith("## ") else [f"## {title}", ""]
             out += [*heading, f"(from `{section}`)", "", text, ""]
     path.write_text("\n".join(out).rstrip() + "\n")
