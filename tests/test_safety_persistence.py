@@ -143,6 +143,27 @@ def test_a_full_disk_keeps_the_old_copy_and_removes_the_temporary_one(tiny_model
     assert no_temporary_left(tmp_path)
 
 
+def test_a_full_disk_in_the_transformers_weights_writer_keeps_the_old_model(loadable, tmp_path, monkeypatch):
+    """An encoder's weights are written by transformers through safetensors, whose error on a full disk
+    (as measured on a full tmpfs) is no OSError; the save still reports it and keeps the old copy."""
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    target = tmp_path / "model"
+    loadable.save_pretrained(target)
+    before = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+
+    def disk_full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 1000)  # what was written before the disk filled up
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    with pytest.raises(StorageError, match=f"no space left on device at {target}"):
+        make_tiny_model(loadable.action_encoder.tokenizer, loadable.config, seed=5).save_pretrained(target)
+    assert {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
+    assert no_temporary_left(tmp_path)
+
+
 def test_a_full_disk_in_a_single_file_write_keeps_the_old_file(tmp_path, monkeypatch):
     target = tmp_path / "manifest.json"
     atomic.write_file(target, "old")
