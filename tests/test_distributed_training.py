@@ -1,4 +1,5 @@
-"""Data-parallel training: qrag-finetune under torchrun (2 CPU processes, gloo) follows the single-process run."""
+"""Data-parallel training: qrag-finetune under torchrun and accelerate launch (2 CPU processes, gloo) follows the
+single-process run."""
 
 from __future__ import annotations
 
@@ -46,7 +47,18 @@ def cli_args(base: str, data: str, out: str) -> list[str]:
     return ["--base-model", base, "--data", data, "--out", out, *SETTINGS]
 
 
-def torchrun(args: list[str]) -> subprocess.CompletedProcess:
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    # On a machine without GPUs, Accelerate's multi-process launcher starts the processes on the CPU (gloo).
+    "accelerate": [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
+        *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
+    ],
+}
+"""The two launchers qrag-finetune runs under unchanged, each starting two processes on this machine."""
+
+
+def torchrun(args: list[str], launcher: str = "torchrun") -> subprocess.CompletedProcess:
     env = os.environ | {
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
@@ -54,8 +66,7 @@ def torchrun(args: list[str]) -> subprocess.CompletedProcess:
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += ["-m", "qrag_core.cli.finetune", *args]
+    command = [*LAUNCHERS[launcher], "-m", "qrag_core.cli.finetune", *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -109,6 +120,19 @@ def test_a_run_resumed_on_two_processes_follows_the_single_process_run(tiny_cli_
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
     model_card = json.loads((tmp_path / "two" / "model" / "config.json").read_text())
     assert model_card["qrag"]["training"]["processes"] == 2
+
+
+def test_accelerate_launch_on_two_processes_follows_the_single_process_run(tiny_cli_setup, tmp_path):
+    """The same run from scratch under the real ``accelerate launch``: the weights of one process."""
+    base, data = tiny_cli_setup
+    torch.set_num_threads(1)
+    assert main(cli_args(base, data, str(tmp_path / "one"))) == 0
+    two = torchrun(cli_args(base, data, str(tmp_path / "two")), launcher="accelerate")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert '"processes": 2' in two.stdout
+    single, double = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert max((tensor - double[name]).abs().max().item() for name, tensor in single.items()) < 1e-5
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
 
 
 def test_bf16_mixed_precision_trains_on_cpu_and_fp16_needs_a_gpu(tiny_cli_setup, tmp_path, monkeypatch):
