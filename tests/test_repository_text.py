@@ -1,0 +1,23 @@
+"""The code, its help texts and the docs cite the repository's own docs or the paper, never files outside it."""
+
+from __future__ import annotations
+
+import re
+
+from tests.conftest import REPO
+
+CHECKED = ("qrag_core", "qrag_integrations", "examples", "docs", "recipes", "benchmarks", "README.md")
+OUTSIDE_REFERENCE = re.compile(r"\bSPEC\b|\b[Ii]ssue \d+")
+
+
+def test_no_text_refers_to_the_specification_or_to_issue_numbers() -> None:
+    files = [REPO / name for name in CHECKED if (REPO / name).is_file()]
+    files += [p for name in CHECKED if (REPO / name).is_dir() for p in (REPO / name).rglob("*")]
+    offending = []
+    for path in files:
+        if path.suffix not in {".py", ".md", ".sh", ".txt"} or not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if OUTSIDE_REFERENCE.search(line):
+                offending.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:80]}")
+    assert not offending, "\n".join(offending)
