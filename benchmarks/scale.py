@@ -33,7 +33,7 @@ import torch
 
 from qrag_core.data.babilong import parse_length
 from qrag_core.data.haystack import Haystack, fill_to_budget
-from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
+from qrag_core.embedding_cache import EmbeddingCache, shared_cache
 from qrag_core.index import DocumentIndex
 from qrag_core.model import QRAG
 from qrag_core.model_names import base_minilm_path
@@ -183,7 +183,7 @@ def main() -> int:
         "encoding": encoding_throughput(model, sample, args.batch_size),
         "lengths": [],
     }
-    cache = EmbeddingCache(default_cache_dir() / "embeddings.sqlite")
+    cache = shared_cache()
     with tempfile.TemporaryDirectory() as tmp:
         for label in args.lengths:
             report["lengths"].append(run_length(model, haystack, label, cache, Path(tmp)))

@@ -107,6 +107,11 @@ def encode_with_cache(
     return torch.from_numpy(np.stack([np.asarray(found[text_key(t)], dtype=np.float32) for t in texts]))
 
 
+def shared_cache_path() -> Path:
+    """Where the cache every qrag command and retriever shares lives: ``<default_cache_dir()>/embeddings.sqlite``."""
+    return default_cache_dir() / "embeddings.sqlite"
+
+
 def shared_cache() -> EmbeddingCache:
-    """The on-disk cache every qrag command and retriever shares: ``<default_cache_dir()>/embeddings.sqlite``."""
-    return EmbeddingCache(default_cache_dir() / "embeddings.sqlite")
+    """The on-disk cache every qrag command and retriever shares (at :func:`shared_cache_path`)."""
+    return EmbeddingCache(shared_cache_path())

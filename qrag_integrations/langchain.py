@@ -42,7 +42,6 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess witho
         'qrag_integrations.langchain needs LangChain; install it with: pip install "qrag[langchain]"'
     ) from err
 
-from qrag_core.atomic import readable
 from qrag_core.config import ChunkingConfig
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import InvalidInputError
@@ -127,8 +126,7 @@ class QRAGRetriever(BaseRetriever):
     ) -> QRAGRetriever:
         """Reopen a retriever written by :meth:`save`, or a ``qrag-index build`` directory (on ``model`` or
         the default model); ``options`` override the saved ones."""
-        path = readable(path)  # after a save killed between its renames, the complete old copy
-        session = RetrievalSession.load(path, model, cache, device)
+        session = RetrievalSession.load(path, model, cache, device)  # both loads find a killed save's old copy
         return cls(session=session, **_fields(saved_options(path).override(**options)))
 
     def save(self, path: str | os.PathLike[str]) -> None:

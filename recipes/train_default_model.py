@@ -47,7 +47,7 @@ from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
 from qrag_core.data.examples import Example, read_jsonl, write_jsonl
 from qrag_core.data.haystack import Haystack
 from qrag_core.data.ruler import NIAH_TASKS, iter_niah
-from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
+from qrag_core.embedding_cache import shared_cache
 from qrag_core.model import QRAG
 from qrag_core.model_names import DEFAULT_MODEL_NAME, SHIPPED_MODELS_DIR
 from qrag_core.training import TrainingConfig, train
@@ -216,7 +216,7 @@ def run_stage(args: argparse.Namespace, stage: Stage, train_file: Path, eval_fil
     data_info |= {"data": str(train_file), "eval_data": [str(p) for p in eval_files]}
     resume = args.resume and (out / CHECKPOINT_DIR).is_dir()  # a stage killed before its first checkpoint restarts
     logger.info("stage %s%s: %s", stage.name, " (resumed)" if resume else "", changed_settings(config))
-    cache = EmbeddingCache(default_cache_dir() / "embeddings.sqlite")
+    cache = shared_cache()
     try:
         train(
             model,

@@ -20,7 +20,7 @@ from qrag_core.cli import (
     setup_logging,
 )
 from qrag_core.data.examples import write_jsonl
-from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
+from qrag_core.embedding_cache import EmbeddingCache, shared_cache_path
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     warm.add_argument(
         "--cache",
-        default=str(default_cache_dir() / "embeddings.sqlite"),
+        default=str(shared_cache_path()),
         help="embedding cache file (default: $QRAG_CACHE_DIR/embeddings.sqlite, i.e. %(default)s)",
     )
     warm.add_argument(

@@ -20,7 +20,7 @@ from typing import Any
 from qrag_core.baselines import METHODS, make_method
 from qrag_core.cli import finite_float, positive_int, run_reporting_errors, setup_logging
 from qrag_core.data.examples import read_jsonl
-from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
+from qrag_core.embedding_cache import EmbeddingCache, shared_cache_path
 from qrag_core.evaluation import DEFAULT_STEPS, TASK_STEPS, evaluate
 from qrag_core.onnx_backend import BACKENDS
 
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--cache",
-        default=str(default_cache_dir() / "embeddings.sqlite"),
+        default=str(shared_cache_path()),
         help="shared embedding cache file (default: $QRAG_CACHE_DIR/embeddings.sqlite, i.e. %(default)s)",
     )
     parser.add_argument("--no-cache", action="store_true", help="encode every document afresh (default: use --cache)")

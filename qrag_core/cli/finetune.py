@@ -33,7 +33,7 @@ import torch
 from qrag_core.cli import finite_float, positive_int, run_reporting_errors, setup_logging
 from qrag_core.config import POSITION_MODES, QRAGConfig
 from qrag_core.data.examples import read_jsonl
-from qrag_core.embedding_cache import EmbeddingCache, default_cache_dir
+from qrag_core.embedding_cache import EmbeddingCache, shared_cache_path
 from qrag_core.errors import InvalidInputError, QRAGError
 from qrag_core.model import QRAG
 from qrag_core.training import TrainingConfig, train
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--init-from", default=None, help="start from this saved qrag model (continue its training)")
     run.add_argument(
         "--cache",
-        default=str(default_cache_dir() / "embeddings.sqlite"),
+        default=str(shared_cache_path()),
         help="shared embedding cache file of content embeddings; 'none' keeps them in memory (default: %(default)s)",
     )
     run.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
