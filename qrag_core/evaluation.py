@@ -31,6 +31,7 @@ from qrag_core.embedding_cache import shared_cache as shared_cache  # re-exporte
 from qrag_core.errors import InvalidInputError
 from qrag_core.metrics import aggregate, answer_correct, fact_scores, resolve_support, value_recall
 from qrag_core.model import QRAG
+from qrag_core.search import search
 from qrag_core.validation import check_positive_int
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class QRAGSearch:
         self.model.eval()
         try:
             index = self.model.index_documents([list(chunks)], cache=self.cache)
-            result = self.model.search(question, index, steps=steps, beam=self.beam, stop_threshold=self.stop_threshold)
+            result = search(self.model, question, index, k=steps, beam=self.beam, stop_threshold=self.stop_threshold)
         finally:
             self.model.train(was_training)
         return [selected.chunk.index for selected in result.chunks]

@@ -8,5 +8,5 @@ Each adapter is its own module, imported on demand, so each framework is an opti
   (``pip install "qrag[llamaindex]"``).
 
 The behaviour both share (indexing, search options, result metadata, persistence, thread safety)
-lives in :mod:`qrag_core.retrieval_session`.
+lives in :mod:`qrag_core.retriever`.
 """
