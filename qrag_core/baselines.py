@@ -42,7 +42,7 @@ class DenseTopK:
     cache: EmbeddingCache | None = None
     name: str = "dense"
 
-    def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
+    def select(self, question: str, chunks: Sequence[Chunk], steps: int, ordered: bool = True) -> list[int]:
         content = self.model.encode_chunks([c.text for c in chunks], self.cache)
         query = self.model.action_encoder.encode([question])
         scores = torch.nn.functional.cosine_similarity(content, query, dim=-1)
@@ -57,7 +57,7 @@ class BM25TopK:
     """bm25s stop-word list applied to chunks and question."""
     name: str = "bm25"
 
-    def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
+    def select(self, question: str, chunks: Sequence[Chunk], steps: int, ordered: bool = True) -> list[int]:
         import bm25s
 
         corpus = bm25s.tokenize([c.text for c in chunks], stopwords=self.stopwords, show_progress=False)

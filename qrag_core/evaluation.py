@@ -49,8 +49,11 @@ class RetrievalMethod(Protocol):
 
     name: str
 
-    def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
-        """Indices into ``chunks`` of at most ``steps`` selected chunks."""
+    def select(self, question: str, chunks: Sequence[Chunk], steps: int, ordered: bool = True) -> list[int]:
+        """Indices into ``chunks`` of at most ``steps`` selected chunks.
+
+        ``ordered`` is False when the chunks are a collection of independent passages, not one document.
+        """
         ...
 
 
@@ -67,11 +70,11 @@ class QRAGSearch:
     """Stop when the best Q falls below this (None: the model's default)."""
     name: str = "qrag"
 
-    def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
+    def select(self, question: str, chunks: Sequence[Chunk], steps: int, ordered: bool = True) -> list[int]:
         was_training = self.model.training
         self.model.eval()
         try:
-            index = self.model.index_documents([list(chunks)], cache=self.cache)
+            index = self.model.index_documents([list(chunks)], cache=self.cache, ordered=ordered)
             result = self.model.search(question, index, steps=steps, beam=self.beam, stop_threshold=self.stop_threshold)
         finally:
             self.model.train(was_training)
@@ -99,7 +102,7 @@ def score_example(
         raise InvalidInputError(f"example {example.id} has no support labels ('support' or 'supporting_facts')")
     support = example.support_alternatives(chunks)
     t = min(steps_for(example, steps), len(chunks))
-    selected = method.select(example.question, chunks, t)
+    selected = method.select(example.question, chunks, t, ordered=example.ordered)
     facts = fact_scores(selected, resolve_support(selected, support))
     row = {"fact_em": facts.em, "fact_recall": facts.recall, "fact_precision": facts.precision, "fact_f1": facts.f1}
     texts = [chunks[i].text for i in sorted(selected)]

@@ -261,8 +261,13 @@ class QRAG(nn.Module):
         cache: EmbeddingCache | None = None,
         index: DocumentIndex | None = None,
         show_progress: bool = False,
+        ordered: bool | Sequence[bool] = True,
     ) -> DocumentIndex:
-        """Chunk and encode documents into a (new or given) index. Each document is a text or its chunks."""
+        """Chunk and encode documents into a (new or given) index. Each document is a text or its chunks.
+
+        ``ordered`` (one flag, or one per document): True for a document whose chunk order matters (ρ_t),
+        False for a collection of independent passages (positions off).
+        """
         if not isinstance(documents, (str, list, tuple)):
             raise InvalidInputError(
                 f"documents must be a string or a list of documents, got {type(documents).__name__}"
@@ -274,6 +279,9 @@ class QRAG(nn.Module):
             if values is not None and (isinstance(values, (str, dict)) or len(values) != len(docs)):
                 given = f"{len(values)}" if not isinstance(values, (str, dict)) else f"a {type(values).__name__}"
                 raise InvalidInputError(f"{name} must be a list with one entry per document: {len(docs)}, got {given}")
+        flags = [ordered] * len(docs) if isinstance(ordered, bool) else list(ordered)
+        if len(flags) != len(docs) or not all(isinstance(flag, bool) for flag in flags):
+            raise InvalidInputError(f"ordered must be True, False or one of them per document ({len(docs)})")
         if doc_ids is not None and not all(isinstance(d, str) and d for d in doc_ids):
             raise InvalidInputError("every doc_id must be a non-empty string")
         if metadatas is not None and not all(m is None or isinstance(m, dict) for m in metadatas):
@@ -307,8 +315,8 @@ class QRAG(nn.Module):
         all_texts = [c.text for chunks in chunk_lists for c in chunks]
         content = self.encode_chunks(all_texts, cache, show_progress=show_progress)
         first = 0
-        for chunks in chunk_lists:
-            index.add(chunks, content[first : first + len(chunks)], doc_id=chunks[0].doc_id)
+        for chunks, flag in zip(chunk_lists, flags, strict=True):
+            index.add(chunks, content[first : first + len(chunks)], doc_id=chunks[0].doc_id, ordered=flag)
             first += len(chunks)
         return index
 
@@ -350,13 +358,18 @@ class QRAG(nn.Module):
         return nn.functional.normalize(vectors, dim=-1) if self.config.normalize else vectors
 
     def positions(
-        self, num_chunks: int, selected: Sequence[int] | torch.Tensor, doc_starts: torch.Tensor | None = None
+        self,
+        num_chunks: int,
+        selected: Sequence[int] | torch.Tensor,
+        doc_starts: torch.Tensor | None = None,
+        ordered: bool = True,
     ) -> torch.Tensor:
+        """ρ of every chunk of one document after ``selected``; all 0 for an unordered passage collection."""
         sel = torch.as_tensor(
             list(selected) if not isinstance(selected, torch.Tensor) else selected, dtype=torch.long, device=self.device
         )
         return chunk_positions(
-            self.config.position_mode,
+            self.config.position_mode if ordered else "none",
             num_chunks,
             sel,
             self.config.delta,

@@ -151,9 +151,11 @@ def search(
     if document_id is not None:
         offset, end = index.document_range(document_id)
         doc_starts = None
+        ordered = [index.ordered[index.doc_ids.index(document_id)]]
     else:
         offset, end = 0, len(index)
         doc_starts = index.doc_starts.tolist() if len(index.doc_ids) > 1 else None
+        ordered = index.ordered
     actions = actions[offset:end]
     n = end - offset
     if steps > n:
@@ -170,7 +172,7 @@ def search(
         children: dict[frozenset[int], _Beam] = {}
         for row, b in enumerate(beams):
             intervals = position_intervals(
-                config.position_mode, n, list(b.selected), config.delta, config.ell, doc_starts, actions.device
+                config.position_mode, n, list(b.selected), config.delta, config.ell, doc_starts, actions.device, ordered
             )
             top_q, top_i = top_k(states[row], actions, intervals, model.freqs, k, list(b.selected), norm_max)
             if stop_threshold is not None and t > 0 and top_q[0].item() < stop_threshold:
