@@ -42,7 +42,8 @@ from qrag_core.cli import setup_logging
 from qrag_core.data.babilong import BABILONG_TASKS
 from qrag_core.data.haystack import Haystack
 from qrag_core.data.ruler import NIAH_TASKS
-from qrag_core.evaluation import RetrievalMethod, evaluate, shared_cache
+from qrag_core.embedding_cache import shared_cache
+from qrag_core.evaluation import RetrievalMethod, evaluate
 
 logger = logging.getLogger("run_baselines")
 
