@@ -94,5 +94,8 @@ def test_hotpotqa_paragraphs_are_a_collection_and_train_with_positions_off(tiny_
     assert example.ordered is False
     (doc,) = prepare_documents(tiny_model, [example])
     assert doc.ordered is False
-    positions = tiny_model.positions(len(doc.texts), [0], ordered=doc.ordered)
-    assert positions.tolist() == [0.0, 0.0]
+    with torch.no_grad():
+        state = tiny_model.state_vectors([doc.question], [[]])[0]
+        actions = tiny_model.action_vectors(tiny_model.encode_chunks(doc.texts))
+        q = tiny_model.q_row(state, actions, [], ordered=doc.ordered)
+    assert q.tolist() == pytest.approx((actions @ state).tolist(), abs=1e-5)
