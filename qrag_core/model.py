@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from qrag_core import scoring
 from qrag_core._version import __version__
 from qrag_core.atomic import Layout, atomic_directory, readable, save_tensors
 from qrag_core.chunking import Chunk, chunk_text, chunks_from_texts
@@ -34,7 +35,7 @@ from qrag_core.errors import CheckpointError, DataFormatError, InvalidInputError
 from qrag_core.index import DocumentIndex
 from qrag_core.model_card import write_model_card
 from qrag_core.model_names import DEFAULT_MODEL_NAME, check_encoder_dir, resolve_model_path, shipped_model_names
-from qrag_core.positions import chunk_positions, rope_frequencies, rotary_scores
+from qrag_core.positions import chunk_positions, position_intervals, rope_frequencies, rotary_scores
 from qrag_core.text_files import read_json_file
 from qrag_core.validation import check_format_version
 
@@ -349,24 +350,56 @@ class QRAG(nn.Module):
         vectors = self.state_encoder.embed_states(questions, selections)
         return nn.functional.normalize(vectors, dim=-1) if self.config.normalize else vectors
 
-    def positions(
-        self, num_chunks: int, selected: Sequence[int] | torch.Tensor, doc_starts: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        sel = torch.as_tensor(
-            list(selected) if not isinstance(selected, torch.Tensor) else selected, dtype=torch.long, device=self.device
-        )
-        return chunk_positions(
-            self.config.position_mode,
-            num_chunks,
-            sel,
-            self.config.delta,
-            self.config.ell,
-            None if doc_starts is None else doc_starts.to(self.device),
-        )
+    # ----------------------------------------------------------------------------- Q (docs/method.md Eq. M2)
+    def q_row(self, state: torch.Tensor, actions: torch.Tensor, selected: Sequence[int]) -> torch.Tensor:
+        """Q(s, c_i) for every chunk i of one document, −inf at the ``selected`` ones (dense, for training).
 
-    def q_values(self, states: torch.Tensor, actions: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Q[b, i] = ⟨states[b], R(positions[b, i]) actions[i]⟩."""
-        return rotary_scores(states, actions, positions, self.freqs)
+        ``state`` is E_s(s) (d,), ``actions`` the action vectors of the document's chunks (N, d) and
+        ``selected`` the chunks chosen so far, which set ρ_t; gradients flow through both inputs.
+        """
+        positions = self._positions(actions.shape[0], selected)
+        q = rotary_scores(state.unsqueeze(0), actions, positions, self.freqs)[0]
+        if selected:
+            q = q.index_fill(0, torch.as_tensor(list(selected), device=q.device), float("-inf"))
+        return q
+
+    def q_taken(
+        self, states: torch.Tensor, actions: torch.Tensor, taken: Sequence[tuple[int, Sequence[int], int]]
+    ) -> torch.Tensor:
+        """Q(s_b, c_b) of B (state, chosen chunk) pairs, with gradients (the soft-Q loss, docs/method.md Eq. M8).
+
+        ``states`` (B, d) and ``actions`` (B, d) hold E_s(s_b) and the action vector of the chunk taken
+        there; ``taken[b]`` is (chunks in its document, chunks selected before, index of the chunk taken).
+        """
+        positions = torch.stack([self._positions(n, before)[chosen] for n, before, chosen in taken])
+        return rotary_scores(states, actions, positions, self.freqs).diagonal()
+
+    def top_k(
+        self,
+        state: torch.Tensor,
+        actions: torch.Tensor,
+        selected: Sequence[int],
+        k: int,
+        doc_starts: list[int] | None = None,
+        action_norm_max: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The exact k best chunks (Q, chunk index, ρ_t) for one state, never a ``selected`` one (search).
+
+        ``actions`` are the action vectors of every chunk searched (N, d); ``doc_starts`` the first chunk of
+        each document when there are several (each gets its own ρ_t); ``action_norm_max`` is max_i |a_i|
+        (computed if not given). Fast even for millions of chunks (:mod:`qrag_core.scoring`).
+        """
+        config = self.config
+        intervals = position_intervals(
+            config.position_mode, actions.shape[0], list(selected), config.delta, config.ell, doc_starts, actions.device
+        )
+        values, indices = scoring.top_k(state, actions, intervals, self.freqs, k, list(selected), action_norm_max)
+        return values, indices, intervals.at(indices)
+
+    def _positions(self, num_chunks: int, selected: Sequence[int]) -> torch.Tensor:
+        """ρ_t of every chunk of one document (the configured position mode) given the chunks selected so far."""
+        sel = torch.as_tensor(list(selected), dtype=torch.long, device=self.device)
+        return chunk_positions(self.config.position_mode, num_chunks, sel, self.config.delta, self.config.ell)
 
     # ----------------------------------------------------------------------------- retrieval
     def search(self, question: str, index: DocumentIndex, **options: Any):  # noqa: ANN201 - see search.py
