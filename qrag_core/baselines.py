@@ -46,11 +46,11 @@ class QRAGSearch:
     """Stop when the best Q falls below this (None: the model's default)."""
     name: str = "qrag"
 
-    def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
+    def select(self, question: str, chunks: Sequence[Chunk], steps: int, ordered: bool = True) -> list[int]:
         was_training = self.model.training
         self.model.eval()
         try:
-            index = self.model.index_documents([list(chunks)], cache=self.cache)
+            index = self.model.index_documents([list(chunks)], cache=self.cache, ordered=ordered)
             result = self.model.search(question, index, steps=steps, beam=self.beam, stop_threshold=self.stop_threshold)
         finally:
             self.model.train(was_training)
@@ -66,7 +66,7 @@ class DenseTopK:
     cache: EmbeddingCache | None = None
     name: str = "dense"
 
-    def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
+    def select(self, question: str, chunks: Sequence[Chunk], steps: int, ordered: bool = True) -> list[int]:
         content = self.model.encode_chunks([c.text for c in chunks], self.cache)
         query = self.model.action_encoder.encode([question])
         scores = torch.nn.functional.cosine_similarity(content, query, dim=-1)
@@ -81,7 +81,7 @@ class BM25TopK:
     """bm25s stop-word list applied to chunks and question."""
     name: str = "bm25"
 
-    def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
+    def select(self, question: str, chunks: Sequence[Chunk], steps: int, ordered: bool = True) -> list[int]:
         import bm25s
 
         corpus = bm25s.tokenize([c.text for c in chunks], stopwords=self.stopwords, show_progress=False)

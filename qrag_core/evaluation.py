@@ -45,8 +45,11 @@ class RetrievalMethod(Protocol):
 
     name: str
 
-    def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
-        """Indices into ``chunks`` of at most ``steps`` selected chunks."""
+    def select(self, question: str, chunks: Sequence[Chunk], steps: int, ordered: bool = True) -> list[int]:
+        """Indices into ``chunks`` of at most ``steps`` selected chunks.
+
+        ``ordered`` is False when the chunks are a collection of independent passages, not one document.
+        """
         ...
 
 
@@ -71,7 +74,7 @@ def score_example(
         raise InvalidInputError(f"example {example.id} has no support labels ('support' or 'supporting_facts')")
     support = example.support_alternatives(chunks)
     t = min(steps_for(example, steps), len(chunks))
-    selected = method.select(example.question, chunks, t)
+    selected = method.select(example.question, chunks, t, ordered=example.ordered)
     facts = fact_scores(selected, resolve_support(selected, support))
     row = {"fact_em": facts.em, "fact_recall": facts.recall, "fact_precision": facts.precision, "fact_f1": facts.f1}
     texts = [chunks[i].text for i in sorted(selected)]

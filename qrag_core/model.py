@@ -262,8 +262,13 @@ class QRAG(nn.Module):
         cache: EmbeddingCache | None = None,
         index: DocumentIndex | None = None,
         show_progress: bool = False,
+        ordered: bool | Sequence[bool] = True,
     ) -> DocumentIndex:
-        """Chunk and encode documents into a (new or given) index. Each document is a text or its chunks."""
+        """Chunk and encode documents into a (new or given) index. Each document is a text or its chunks.
+
+        ``ordered`` (one flag, or one per document): True for a document whose chunk order matters (ρ_t),
+        False for a collection of independent passages (positions off).
+        """
         if not isinstance(documents, (str, list, tuple)):
             raise InvalidInputError(
                 f"documents must be a string or a list of documents, got {type(documents).__name__}"
@@ -275,6 +280,9 @@ class QRAG(nn.Module):
             if values is not None and (isinstance(values, (str, dict)) or len(values) != len(docs)):
                 given = f"{len(values)}" if not isinstance(values, (str, dict)) else f"a {type(values).__name__}"
                 raise InvalidInputError(f"{name} must be a list with one entry per document: {len(docs)}, got {given}")
+        flags = [ordered] * len(docs) if isinstance(ordered, bool) else list(ordered)
+        if len(flags) != len(docs) or not all(isinstance(flag, bool) for flag in flags):
+            raise InvalidInputError(f"ordered must be True, False or one of them per document ({len(docs)})")
         if doc_ids is not None and not all(isinstance(d, str) and d for d in doc_ids):
             raise InvalidInputError("every doc_id must be a non-empty string")
         if metadatas is not None and not all(m is None or isinstance(m, dict) for m in metadatas):
@@ -308,8 +316,8 @@ class QRAG(nn.Module):
         all_texts = [c.text for chunks in chunk_lists for c in chunks]
         content = self.encode_chunks(all_texts, cache, show_progress=show_progress)
         first = 0
-        for chunks in chunk_lists:
-            index.add(chunks, content[first : first + len(chunks)], doc_id=chunks[0].doc_id)
+        for chunks, flag in zip(chunk_lists, flags, strict=True):
+            index.add(chunks, content[first : first + len(chunks)], doc_id=chunks[0].doc_id, ordered=flag)
             first += len(chunks)
         return index
 
@@ -351,27 +359,38 @@ class QRAG(nn.Module):
         return nn.functional.normalize(vectors, dim=-1) if self.config.normalize else vectors
 
     # ----------------------------------------------------------------------------- Q (docs/method.md Eq. M2)
-    def q_row(self, state: torch.Tensor, actions: torch.Tensor, selected: Sequence[int]) -> torch.Tensor:
+    def q_row(
+        self, state: torch.Tensor, actions: torch.Tensor, selected: Sequence[int], ordered: bool = True
+    ) -> torch.Tensor:
         """Q(s, c_i) for every chunk i of one document, −inf at the ``selected`` ones (dense, for training).
 
         ``state`` is E_s(s) (d,), ``actions`` the action vectors of the document's chunks (N, d) and
-        ``selected`` the chunks chosen so far, which set ρ_t; gradients flow through both inputs.
+        ``selected`` the chunks chosen so far, which set ρ_t (positions off when not ``ordered``: a passage
+        collection); gradients flow through both inputs.
         """
-        positions = self._positions(actions.shape[0], selected)
+        positions = self._positions(actions.shape[0], selected, ordered)
         q = rotary_scores(state.unsqueeze(0), actions, positions, self.freqs)[0]
         if selected:
             q = q.index_fill(0, torch.as_tensor(list(selected), device=q.device), float("-inf"))
         return q
 
     def q_taken(
-        self, states: torch.Tensor, actions: torch.Tensor, taken: Sequence[tuple[int, Sequence[int], int]]
+        self,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        taken: Sequence[tuple[int, Sequence[int], int]],
+        ordered: Sequence[bool] | None = None,
     ) -> torch.Tensor:
         """Q(s_b, c_b) of B (state, chosen chunk) pairs, with gradients (the soft-Q loss, docs/method.md Eq. M8).
 
         ``states`` (B, d) and ``actions`` (B, d) hold E_s(s_b) and the action vector of the chunk taken
-        there; ``taken[b]`` is (chunks in its document, chunks selected before, index of the chunk taken).
+        there; ``taken[b]`` is (chunks in its document, chunks selected before, index of the chunk taken) and
+        ``ordered[b]`` whether that document's order matters (default: all ordered).
         """
-        positions = torch.stack([self._positions(n, before)[chosen] for n, before, chosen in taken])
+        flags = [True] * len(taken) if ordered is None else list(ordered)
+        positions = torch.stack(
+            [self._positions(n, before, flag)[chosen] for (n, before, chosen), flag in zip(taken, flags, strict=True)]
+        )
         return rotary_scores(states, actions, positions, self.freqs).diagonal()
 
     def top_k(
@@ -382,24 +401,35 @@ class QRAG(nn.Module):
         k: int,
         doc_starts: list[int] | None = None,
         action_norm_max: float | None = None,
+        ordered: Sequence[bool] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The exact k best chunks (Q, chunk index, ρ_t) for one state, never a ``selected`` one (search).
 
         ``actions`` are the action vectors of every chunk searched (N, d); ``doc_starts`` the first chunk of
-        each document when there are several (each gets its own ρ_t); ``action_norm_max`` is max_i |a_i|
+        each document when there are several (each gets its own ρ_t), ``ordered`` one flag per document
+        (False: a passage collection, positions off; default all ordered); ``action_norm_max`` is max_i |a_i|
         (computed if not given). Fast even for millions of chunks (:mod:`qrag_core.scoring`).
         """
         config = self.config
         intervals = position_intervals(
-            config.position_mode, actions.shape[0], list(selected), config.delta, config.ell, doc_starts, actions.device
+            config.position_mode,
+            actions.shape[0],
+            list(selected),
+            config.delta,
+            config.ell,
+            doc_starts,
+            actions.device,
+            ordered,
         )
         values, indices = scoring.top_k(state, actions, intervals, self.freqs, k, list(selected), action_norm_max)
         return values, indices, intervals.at(indices)
 
-    def _positions(self, num_chunks: int, selected: Sequence[int]) -> torch.Tensor:
-        """ρ_t of every chunk of one document (the configured position mode) given the chunks selected so far."""
+    def _positions(self, num_chunks: int, selected: Sequence[int], ordered: bool = True) -> torch.Tensor:
+        """ρ_t of every chunk of one document (the configured position mode) given the chunks selected so far;
+        all 0 for a passage collection (not ``ordered``)."""
         sel = torch.as_tensor(list(selected), dtype=torch.long, device=self.device)
-        return chunk_positions(self.config.position_mode, num_chunks, sel, self.config.delta, self.config.ell)
+        mode = self.config.position_mode if ordered else "none"
+        return chunk_positions(mode, num_chunks, sel, self.config.delta, self.config.ell)
 
     # ----------------------------------------------------------------------------- retrieval
     def search(self, question: str, index: DocumentIndex, **options: Any):  # noqa: ANN201 - see search.py

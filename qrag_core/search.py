@@ -149,9 +149,11 @@ def search(
     if document_id is not None:
         offset, end = index.document_range(document_id)
         doc_starts = None
+        ordered = [index.ordered[index.doc_ids.index(document_id)]]
     else:
         offset, end = 0, len(index)
         doc_starts = index.doc_starts.tolist() if len(index.doc_ids) > 1 else None
+        ordered = index.ordered
     actions = actions[offset:end]
     n = end - offset
     if steps > n:
@@ -167,7 +169,9 @@ def search(
         k = min(max(expand_k, alternatives + 1), n - t)
         children: dict[frozenset[int], _Beam] = {}
         for row, b in enumerate(beams):
-            top_q, top_i, top_positions = model.top_k(states[row], actions, b.selected, k, doc_starts, norm_max)
+            top_q, top_i, top_positions = model.top_k(
+                states[row], actions, b.selected, k, doc_starts, norm_max, ordered
+            )
             if stop_threshold is not None and t > 0 and top_q[0].item() < stop_threshold:
                 finished.append(b)
                 continue

@@ -37,7 +37,7 @@ class FixedSelection:
         self.indices = indices
         self.calls: list[int] = []
 
-    def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
+    def select(self, question: str, chunks: Sequence[Chunk], steps: int, ordered: bool = True) -> list[int]:
         self.calls.append(steps)
         return self.indices[:steps]
 

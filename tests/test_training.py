@@ -636,7 +636,7 @@ def test_an_episode_finds_a_repeated_fact_at_any_copy_and_is_paid_per_fact(tiny_
     (doc,) = trainer.documents
     preference = torch.tensor([1.0, -5.0, 3.0, 2.0, -5.0]) * 50
 
-    def fixed_q(self, state, actions, selected):
+    def fixed_q(self, state, actions, selected, ordered=True):
         return preference.index_fill(0, torch.as_tensor(list(selected), dtype=torch.long), float("-inf"))
 
     monkeypatch.setattr(QRAG, "q_row", fixed_q)

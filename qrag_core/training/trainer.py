@@ -207,6 +207,8 @@ class TrainingDocument:
     texts: list[str]
     facts: tuple[tuple[frozenset[int], ...], ...]
     """Each supporting fact as its occurrences (sets of chunk indices); selecting any one finds the fact."""
+    ordered: bool = True
+    """False for a collection of independent passages: positions are off (all 0)."""
     content: torch.Tensor | None = None
     """(N, d) float16 content embeddings e_i when the action transformer is frozen; else computed per use."""
 
@@ -254,7 +256,9 @@ def prepare_documents(model: QRAG, examples: Iterable[Example], what: str = "tra
             )
         chunks = example.to_chunks(model.config.chunking, model.action_encoder.tokenizer)
         facts = tuple(tuple(fact) for fact in example.support_alternatives(chunks))
-        documents.append(TrainingDocument(example.id, example.question, [c.text for c in chunks], facts))
+        documents.append(
+            TrainingDocument(example.id, example.question, [c.text for c in chunks], facts, example.ordered)
+        )
     if not documents:
         raise InvalidInputError(f"the {what} data holds no examples")
     return documents
@@ -445,7 +449,7 @@ class Trainer:
         loss, q_rows = states.new_zeros(()), []
         for row, (doc, prefix) in enumerate(zip(docs, prefixes, strict=True)):
             content = doc.content.float() if self.frozen else model.action_encoder.embed(doc.texts)
-            q = model.q_row(states[row], model.action_vectors(content), prefix)
+            q = model.q_row(states[row], model.action_vectors(content), prefix, doc.ordered)
             logits = q / temperature
             missing = torch.as_tensor(doc.missing_support(prefix), device=logits.device)
             loss = loss + torch.logsumexp(logits, 0) - torch.logsumexp(logits[missing], 0)
@@ -478,7 +482,7 @@ class Trainer:
             )
             for row, b in enumerate(active):
                 episode = episodes[b]
-                q = model.q_row(states[row], actions[b], episode.actions).double().cpu()
+                q = model.q_row(states[row], actions[b], episode.actions, docs[b].ordered).double().cpu()
                 k = min(top_k or q.shape[0], q.shape[0] - len(episode.actions))
                 top_q, top_i = q.topk(k)
                 probs = torch.softmax(scale * (top_q - top_q[0]) / alpha, 0).numpy()
@@ -508,7 +512,7 @@ class Trainer:
             )
             actions = {id(e): target.action_vectors(self.content(e.doc, target)) for e in episodes}
             for row, (e, t) in enumerate(items):
-                q = target.q_row(states[row], actions[id(e)], e.actions[:t])
+                q = target.q_row(states[row], actions[id(e)], e.actions[:t], e.doc.ordered)
                 if self.target_calibration is not None:
                     q = self.target_calibration(states[row : row + 1], q.unsqueeze(0))[0]
                 next_values[id(e)].append(soft_value(q, alpha))
@@ -531,7 +535,8 @@ class Trainer:
         chosen = model.action_vectors(
             self.content_with_grad([e.doc for e, _ in items], [e.actions[t] for e, t in items])
         )
-        q = model.q_taken(states, chosen, [(len(e.doc.texts), e.actions[:t], e.actions[t]) for e, t in items])
+        taken = [(len(e.doc.texts), e.actions[:t], e.actions[t]) for e, t in items]
+        q = model.q_taken(states, chosen, taken, [e.doc.ordered for e, _ in items])
         if self.calibration is not None:
             q = self.calibration(states, q)
         targets = torch.cat(list(returns)).to(q.device)
