@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from example_document import example_arguments, example_document, print_case
 
-from qrag_core.answerer import Answerer, EndpointConfig, endpoint_help
 from qrag_core.retriever import Retriever
 from qrag_core.search_options import SearchOptions
+from qrag_integrations.openai import Answerer, EndpointConfig, endpoint_help
 
 
 def main() -> None:

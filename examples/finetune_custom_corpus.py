@@ -21,7 +21,7 @@ from example_document import ExampleDocument, example_arguments, example_documen
 
 from qrag_core import QRAG
 from qrag_core.data.examples import Example, read_jsonl, write_jsonl
-from qrag_core.evaluation import shared_cache
+from qrag_core.embedding_cache import shared_cache
 from qrag_core.retriever import Retriever
 from qrag_core.search_options import SearchOptions
 from qrag_core.training import TrainingConfig, train

@@ -234,8 +234,7 @@ class Retriever:
             for doc_id in replaced:
                 self.index.remove(doc_id)
             for doc_id in fresh.doc_ids:
-                start, end = fresh.document_range(doc_id)
-                self.index.add(fresh.chunks[start:end], fresh.content[start:end], doc_id=doc_id)
+                self.index.add_from(fresh, doc_id)
         logger.info("indexed %d document(s) (%d replaced), %d chunks", len(unique), len(replaced), len(fresh.chunks))
         return doc_ids
 

@@ -11,7 +11,7 @@ networks stays identical everywhere.
 
 Gradients are summed by hand (one all-reduce of one flat buffer per optimiser step) instead of
 wrapping the model in ``DistributedDataParallel``: the trainer calls the model's methods
-(``state_vectors``, ``action_vectors``, ``q_values``) rather than ``forward()``, so DDP's hooks would
+(``state_vectors``, ``action_vectors``, ``q_row``) rather than ``forward()``, so DDP's hooks would
 not see the passes; a step makes several backward passes (micro-batches, the warm start's extra
 states) that DDP would have to be told not to synchronise; and the losses are already normalised by
 the global batch, so the sum (not DDP's mean) is the single-process gradient.

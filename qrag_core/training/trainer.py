@@ -43,10 +43,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from qrag_core.baselines import QRAGSearch
 from qrag_core.data.examples import Example
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import CheckpointError, InvalidInputError, TrainingError
-from qrag_core.evaluation import QRAGSearch, evaluate
+from qrag_core.evaluation import evaluate
 from qrag_core.model import QRAG
 from qrag_core.training.checkpoint import (
     CHECKPOINT_DIR,
@@ -206,6 +207,8 @@ class TrainingDocument:
     texts: list[str]
     facts: tuple[tuple[frozenset[int], ...], ...]
     """Each supporting fact as its occurrences (sets of chunk indices); selecting any one finds the fact."""
+    ordered: bool = True
+    """False for a collection of independent passages: positions are off (all 0)."""
     content: torch.Tensor | None = None
     """(N, d) float16 content embeddings e_i when the action transformer is frozen; else computed per use."""
 
@@ -253,7 +256,9 @@ def prepare_documents(model: QRAG, examples: Iterable[Example], what: str = "tra
             )
         chunks = example.to_chunks(model.config.chunking, model.action_encoder.tokenizer)
         facts = tuple(tuple(fact) for fact in example.support_alternatives(chunks))
-        documents.append(TrainingDocument(example.id, example.question, [c.text for c in chunks], facts))
+        documents.append(
+            TrainingDocument(example.id, example.question, [c.text for c in chunks], facts, example.ordered)
+        )
     if not documents:
         raise InvalidInputError(f"the {what} data holds no examples")
     return documents
@@ -385,13 +390,6 @@ class Trainer:
             return torch.stack([doc.content[i].float() for doc, i in zip(docs, indices, strict=True)])
         return self.model.action_encoder.embed([doc.texts[i] for doc, i in zip(docs, indices, strict=True)])
 
-    def q_row(self, network: QRAG, state: torch.Tensor, actions: torch.Tensor, selected: Sequence[int]) -> torch.Tensor:
-        """Q(s, c) for every chunk c of one document, -inf at the selected ones."""
-        q = network.q_values(state.unsqueeze(0), actions, network.positions(actions.shape[0], selected))[0]
-        if selected:
-            q = q.index_fill(0, torch.as_tensor(list(selected), device=q.device), float("-inf"))
-        return q
-
     # -------------------------------------------------------------------------------------------- 3. warm start
     def warm_start_draws(self, docs: Sequence[TrainingDocument]) -> list[tuple[list[int], bool]]:
         """The random part of the warm start for each of ``docs``: a gold prefix, and whether to add a mistake.
@@ -451,7 +449,7 @@ class Trainer:
         loss, q_rows = states.new_zeros(()), []
         for row, (doc, prefix) in enumerate(zip(docs, prefixes, strict=True)):
             content = doc.content.float() if self.frozen else model.action_encoder.embed(doc.texts)
-            q = self.q_row(model, states[row], model.action_vectors(content), prefix)
+            q = model.q_row(states[row], model.action_vectors(content), prefix, doc.ordered)
             logits = q / temperature
             missing = torch.as_tensor(doc.missing_support(prefix), device=logits.device)
             loss = loss + torch.logsumexp(logits, 0) - torch.logsumexp(logits[missing], 0)
@@ -484,7 +482,7 @@ class Trainer:
             )
             for row, b in enumerate(active):
                 episode = episodes[b]
-                q = self.q_row(model, states[row], actions[b], episode.actions).double().cpu()
+                q = model.q_row(states[row], actions[b], episode.actions, docs[b].ordered).double().cpu()
                 k = min(top_k or q.shape[0], q.shape[0] - len(episode.actions))
                 top_q, top_i = q.topk(k)
                 probs = torch.softmax(scale * (top_q - top_q[0]) / alpha, 0).numpy()
@@ -514,7 +512,7 @@ class Trainer:
             )
             actions = {id(e): target.action_vectors(self.content(e.doc, target)) for e in episodes}
             for row, (e, t) in enumerate(items):
-                q = self.q_row(target, states[row], actions[id(e)], e.actions[:t])
+                q = target.q_row(states[row], actions[id(e)], e.actions[:t], e.doc.ordered)
                 if self.target_calibration is not None:
                     q = self.target_calibration(states[row : row + 1], q.unsqueeze(0))[0]
                 next_values[id(e)].append(soft_value(q, alpha))
@@ -537,8 +535,8 @@ class Trainer:
         chosen = model.action_vectors(
             self.content_with_grad([e.doc for e, _ in items], [e.actions[t] for e, t in items])
         )
-        positions = torch.stack([model.positions(len(e.doc.texts), e.actions[:t])[e.actions[t]] for e, t in items])
-        q = model.q_values(states, chosen, positions).diagonal()
+        taken = [(len(e.doc.texts), e.actions[:t], e.actions[t]) for e, t in items]
+        q = model.q_taken(states, chosen, taken, [e.doc.ordered for e, _ in items])
         if self.calibration is not None:
             q = self.calibration(states, q)
         targets = torch.cat(list(returns)).to(q.device)
