@@ -14,6 +14,9 @@ ends with one of these exit statuses (:func:`run_reporting_errors`):
   corrupt model: any :class:`~qrag_core.errors.QRAGError`), reported as one line ``prog: error:
   message`` naming the file, line and problem, never a traceback;
 - 130 (:data:`INTERRUPTED`): stopped with Ctrl-C.
+
+Options share their checked types (:func:`positive_int`, :func:`finite_float`, …) and the flags of a
+config dataclass are generated from its field docstrings (:func:`add_dataclass_flags`).
 """
 
 from __future__ import annotations
