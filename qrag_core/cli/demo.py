@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from qrag_core.chunking import chunk_text
-from qrag_core.cli import add_verbose_flag, non_negative_int, positive_int, run_reporting_errors, setup_logging
+from qrag_core.cli import add_verbose_flag, non_negative_int, positive_int, run_tool
 from qrag_core.data.babilong import BABILONG_TASKS, build_babilong
 from qrag_core.data.demo import load_demo_document
 from qrag_core.data.paths import DataNotFoundError
@@ -126,9 +126,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose, quiet=True)
-    return run_reporting_errors("qrag-demo", lambda: run(args))
+    return run_tool(build_parser(), run, argv, quiet=True)
 
 
 if __name__ == "__main__":
