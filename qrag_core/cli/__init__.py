@@ -109,17 +109,20 @@ def check_output_file(parser: argparse.ArgumentParser, flag: str, out: str | Pat
         parser.error(f"{flag} {out} is a directory; give a file name, e.g. {flag} {Path(out) / 'data.jsonl'}")
 
 
-def _value_parser(annotation: Any) -> Callable[[str], Any]:
-    """argparse ``type`` for a field annotation: int, float (finite), str, or one of them or None ("none")."""
+def _value_parser(annotation: Any, positive: bool = False) -> Callable[[str], Any]:
+    """argparse ``type`` for a field annotation: int (``positive``: ≥ 1), float (finite), str, or one of them
+    or None ("none")."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
-        parse = _value_parser(inner)
+        parse = _value_parser(inner, positive)
 
         def optional(text: str) -> Any:
             return None if text.lower() == "none" else parse(text)
 
         optional.__name__ = f"{inner.__name__} or none"
         return optional
+    if annotation is int and positive:
+        return positive_int
     return finite_float if annotation is float else annotation
 
 
@@ -132,9 +135,10 @@ def add_dataclass_flags(
 ) -> None:
     """One flag per dataclass field, its help the field's docstring plus the default.
 
-    The flag is ``--field-name``, or the field's ``flag`` metadata where it has one; ``choices`` lists
-    the values of the string fields that take only a few. With ``suppress_defaults``, a flag not
-    given leaves no attribute (so a config keeps its own value).
+    The flag is ``--field-name``, or the field's ``flag`` metadata where it has one; an integer field
+    with ``positive`` metadata takes only integers ≥ 1; ``choices`` lists the values of the string
+    fields that take only a few. With ``suppress_defaults``, a flag not given leaves no attribute (so
+    a config keeps its own value).
     """
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -150,7 +154,7 @@ def add_dataclass_flags(
         if hints[f.name] is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = _value_parser(hints[f.name])
+            kwargs["type"] = _value_parser(hints[f.name], f.metadata.get("positive", False))
             kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
             if choices and f.name in choices:
                 kwargs["choices"] = choices[f.name]
