@@ -18,10 +18,13 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from qrag_core.config import field_docs
 from qrag_core.errors import QRAGError
+from qrag_core.search_options import ORDERS, SearchOptions
+
+T = TypeVar("T")
 
 INPUT_ERROR = 2
 """Exit status of a usage or input error (argparse's own for a bad option)."""
@@ -159,3 +162,15 @@ def add_dataclass_flags(
             if choices and f.name in choices:
                 kwargs["choices"] = choices[f.name]
         group.add_argument(flag, **kwargs)
+
+
+def add_search_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """A group of flags for the :class:`~qrag_core.search_options.SearchOptions` (``--steps``, ``--beam``, …),
+    read back with ``from_flags(SearchOptions, args)``; an option not given takes the model's default."""
+    group = parser.add_argument_group("search options")
+    add_dataclass_flags(group, SearchOptions, suppress_defaults=False, skip=skip, choices={"order": ORDERS})
+
+
+def from_flags(cls: type[T], args: argparse.Namespace) -> T:
+    """The dataclass ``cls`` made from the flags :func:`add_dataclass_flags` added (those given or defaulted)."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
