@@ -1,10 +1,24 @@
-"""Command-line tools: ``qrag-eval`` (evaluate retrieval on a JSONL file) and ``qrag-data`` (build benchmark data).
+"""What every command-line tool of the repository shares: logging, error reporting, exit statuses, option types.
 
-Every tool writes its results to stdout and its logs and progress bars to stderr. Every tool handles
-errors the same way (:func:`run_reporting_errors`): a bad option gets argparse's ``prog: error:
-message`` and exit status 2 before any work starts; bad input found later (a malformed data line,
-a missing or undecodable file, a corrupt model) gets ``prog: error: message`` naming the file, line
-and problem, and exit status 2, never a traceback.
+The tools are the ``qrag-*`` commands (``qrag-data``, ``qrag-demo``, ``qrag-eval``, ``qrag-finetune``,
+``qrag-index``; the modules of this package) and the scripts of ``benchmarks/`` and ``recipes/``. Each
+writes its results to stdout and its logs and progress bars to stderr (:func:`setup_logging`;
+``--verbose`` adds debug logging, :func:`add_verbose_flag`), explains every option in ``--help``, and
+ends with one of these exit statuses (:func:`run_reporting_errors`):
+
+- 0 (:data:`OK`): done;
+- 1 (:data:`CHECK_FAILED`): done, but a check the tool makes failed (``benchmarks/time_eval.py`` over
+  its time limit);
+- 2 (:data:`INPUT_ERROR`): a bad option, reported by argparse as ``prog: error: message`` before any
+  work starts; or bad input found later (a malformed data line, a missing or undecodable file, a
+  corrupt model: any :class:`~qrag_core.errors.QRAGError`), reported as one line ``prog: error:
+  message`` naming the file, line and problem, never a traceback;
+- 130 (:data:`INTERRUPTED`): stopped with Ctrl-C.
+
+Options share their checked types (:func:`positive_int`, :func:`finite_float`, …) and the flags of a
+config dataclass are generated from its field docstrings (:func:`add_dataclass_flags`), the search
+flags of ``qrag-demo`` and ``qrag-index search`` from :class:`~qrag_core.search_options.SearchOptions`
+(:func:`add_search_flags`, read back by :func:`from_flags`).
 """
 
 from __future__ import annotations
@@ -26,6 +40,10 @@ from qrag_core.search_options import ORDERS, SearchOptions
 
 T = TypeVar("T")
 
+OK = 0
+"""Exit status of a tool that did what was asked."""
+CHECK_FAILED = 1
+"""Exit status of a tool that finished but whose own check failed (e.g. a timing over its limit)."""
 INPUT_ERROR = 2
 """Exit status of a usage or input error (argparse's own for a bad option)."""
 INTERRUPTED = 130
@@ -42,10 +60,11 @@ class _QuietThirdParty(logging.Filter):
         return record.levelno >= logging.WARNING or record.name.split(".")[0] not in CHATTY_LOGGERS
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Log to stderr: INFO by default; DEBUG, third-party chatter included, with ``verbose``."""
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Log to stderr: INFO by default; only warnings with ``quiet``; DEBUG, third-party chatter included,
+    with ``verbose``."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -54,11 +73,19 @@ def setup_logging(verbose: bool = False) -> None:
             handler.addFilter(_QuietThirdParty())
 
 
+def add_verbose_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--verbose``, the same in every tool: debug logging for :func:`setup_logging`."""
+    parser.add_argument(
+        "--verbose", action="store_true", help="debug logging on stderr, third-party libraries' too (default: info)"
+    )
+
+
 def run_reporting_errors(prog: str, command: Callable[[], int | None]) -> int:
-    """Run ``command``; a QRAGError, OSError, UnicodeError or missing optional package becomes one line
-    ``prog: error: message`` on stderr and exit status 2, Ctrl-C exit status 130."""
+    """Run ``command`` and return its exit status (None: :data:`OK`); a QRAGError, OSError, UnicodeError
+    or missing optional package becomes one line ``prog: error: message`` on stderr and
+    :data:`INPUT_ERROR`, Ctrl-C :data:`INTERRUPTED`."""
     try:
-        return command() or 0
+        return command() or OK
     except (QRAGError, OSError, UnicodeError, ImportError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return INPUT_ERROR

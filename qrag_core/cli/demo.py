@@ -12,13 +12,19 @@ loads; every error is one line, ``qrag-demo: error: …``, exit 2 (:func:`qrag_c
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from dataclasses import dataclass
 
 from qrag_core.chunking import chunk_text
-from qrag_core.cli import add_search_flags, from_flags, non_negative_int, run_reporting_errors
+from qrag_core.cli import (
+    add_search_flags,
+    add_verbose_flag,
+    from_flags,
+    non_negative_int,
+    run_reporting_errors,
+    setup_logging,
+)
 from qrag_core.data.babilong import BABILONG_TASKS, build_babilong
 from qrag_core.data.demo import load_demo_document
 from qrag_core.data.paths import DataNotFoundError
@@ -65,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-cache", action="store_true", help="do not use the on-disk embedding cache")
     add_search_flags(parser, skip=SEARCH_FLAGS_SKIPPED)
+    add_verbose_flag(parser)
     return parser
 
 
@@ -129,7 +136,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose, quiet=True)
     return run_reporting_errors("qrag-demo", lambda: run(args))
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from qrag_core.cli import (
     add_search_flags,
+    add_verbose_flag,
     from_flags,
     non_negative_int,
     positive_int,
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what computes the chunk embeddings: torch, or ONNX Runtime float32 / int8 (faster on CPU, needs "
         "qrag[onnx]); an index is searched with the backend it was built with",
     )
-    common.add_argument("--verbose", action="store_true", help="debug logging on stderr")
+    add_verbose_flag(common)
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser(
