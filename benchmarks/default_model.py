@@ -35,14 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from harness import ROOT, ResultsStore, lazy_haystack, length_order, machine_description, markdown_table, parse_cell
+from harness import ROOT, ResultsStore, lazy_haystack, length_order, markdown_table, parse_cell
 
-from qrag_core.baselines import BM25TopK, DenseTopK
+from qrag_core.baselines import BM25TopK, DenseTopK, QRAGSearch
 from qrag_core.cli import setup_logging
 from qrag_core.data.babilong import BABILONG_TASKS
 from qrag_core.data.haystack import Haystack
 from qrag_core.data.ruler import NIAH_TASKS
-from qrag_core.evaluation import DEFAULT_STEPS, TASK_STEPS, QRAGSearch, RetrievalMethod, evaluate, shared_cache
+from qrag_core.embedding_cache import shared_cache
+from qrag_core.evaluation import DEFAULT_STEPS, TASK_STEPS, RetrievalMethod, evaluate
+from qrag_core.machine import machine_description
 from qrag_core.model import QRAG
 from qrag_core.model_names import DEFAULT_MODEL_NAME, SHIPPED_MODELS_DIR
 

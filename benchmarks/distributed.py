@@ -34,12 +34,13 @@ import time
 from pathlib import Path
 
 import torch
-from harness import RESULTS_DIR, git_commit, machine_description, markdown_table
+from harness import RESULTS_DIR, git_commit, markdown_table
 
 from qrag_core.data.babilong import iter_babilong
 from qrag_core.data.examples import write_jsonl
 from qrag_core.data.haystack import Haystack, fill_to_budget
 from qrag_core.long_index import build_long_index
+from qrag_core.machine import machine_description
 from qrag_core.model import QRAG
 from qrag_core.ray_index import RayShardEncoder
 

@@ -32,11 +32,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from harness import RESULTS_DIR, git_commit, lazy_haystack, machine_description, markdown_table, parse_cell
+from harness import RESULTS_DIR, git_commit, lazy_haystack, markdown_table, parse_cell
 
+from qrag_core.baselines import QRAGSearch
 from qrag_core.cli import setup_logging
 from qrag_core.data.haystack import Haystack
-from qrag_core.evaluation import QRAGSearch, evaluate, shared_cache
+from qrag_core.embedding_cache import shared_cache
+from qrag_core.evaluation import evaluate
+from qrag_core.machine import machine_description
 from qrag_core.model import QRAG
 from qrag_core.model_names import base_minilm_path
 

@@ -1,4 +1,4 @@
-"""What every benchmark script shares: cells, their samples, the machine, the results store, tables.
+"""What every benchmark script shares: cells, their samples, provenance, the results store, tables.
 
 A **cell** is written ``suite[:length][:n]``: ``babilong`` (QA1–QA5 test samples of
 ``babilong/test_100_idxs.json``), ``niah`` (the eight RULER variants), ``hotpotqa`` or ``musique``
@@ -21,14 +21,11 @@ import datetime as dt
 import fcntl
 import json
 import os
-import platform
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
-
-import torch
 
 from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong, length_label, parse_length
 from qrag_core.data.examples import Example
@@ -37,6 +34,7 @@ from qrag_core.data.hotpotqa import iter_hotpotqa
 from qrag_core.data.musique import iter_musique
 from qrag_core.data.ruler import NIAH_TASKS, iter_niah
 from qrag_core.evaluation import DEFAULT_STEPS, TASK_STEPS
+from qrag_core.machine import machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -123,18 +121,6 @@ def lazy_haystack() -> Callable[[], Haystack]:
 
 
 # ============================================================================================ provenance
-def machine_description(note: str = "") -> str:
-    """This machine in words (CPU model, cores, torch threads, GPU), with ``note`` (e.g. other jobs running)."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    described = f"{cpu}, {os.cpu_count()} cores, {gpu}, {torch.get_num_threads()} torch thread(s)"
-    return f"{described}; {note}" if note else described
-
-
 def git_commit() -> str:
     """The short commit of the working tree the benchmark runs from ("unknown" outside git)."""
     try:

@@ -39,7 +39,8 @@ from qrag_core.cli import setup_logging
 from qrag_core.config import QRAGConfig
 from qrag_core.data.examples import Example
 from qrag_core.data.haystack import count_tokens
-from qrag_core.evaluation import evaluate, shared_cache
+from qrag_core.embedding_cache import shared_cache
+from qrag_core.evaluation import evaluate
 from qrag_core.model import QRAG
 
 logger = logging.getLogger("passage_length")

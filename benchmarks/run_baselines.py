@@ -18,7 +18,6 @@ scores, sample count, wall time, machine and command; pairs already there are sk
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import sys
 import time
@@ -30,11 +29,10 @@ from harness import (
     ROOT,
     Cell,
     ResultsStore,
-    git_commit,
     length_order,
-    machine_description,
     markdown_table,
     parse_cell,
+    provenance,
 )
 
 from qrag_core.baselines import BASELINES, METHODS, base_model_of, make_method
@@ -42,7 +40,8 @@ from qrag_core.cli import setup_logging
 from qrag_core.data.babilong import BABILONG_TASKS
 from qrag_core.data.haystack import Haystack
 from qrag_core.data.ruler import NIAH_TASKS
-from qrag_core.evaluation import RetrievalMethod, evaluate, shared_cache
+from qrag_core.embedding_cache import shared_cache
+from qrag_core.evaluation import RetrievalMethod, evaluate
 
 logger = logging.getLogger("run_baselines")
 
@@ -113,10 +112,7 @@ def run_cell(
                 "model": model if name == "qrag" else None,
                 "samples_per_task": n,
                 "build_seconds": build_seconds,
-                "machine": machine_description(),
-                "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-                "commit": git_commit(),
-                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                **provenance(),
             }
         )
         # Merge into the file as it is now: other runs (other cells or methods, timing checks) may have written to it.

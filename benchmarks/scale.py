@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import random
 import resource
 import shutil
@@ -29,12 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from qrag_core.data.babilong import parse_length
 from qrag_core.data.haystack import Haystack, fill_to_budget
 from qrag_core.embedding_cache import EmbeddingCache, shared_cache
 from qrag_core.index import DocumentIndex
+from qrag_core.machine import machine_description
 from qrag_core.model import QRAG
 from qrag_core.model_names import base_minilm_path
 
@@ -177,8 +175,7 @@ def main() -> int:
     haystack = Haystack.load()
     sample = list(haystack.sentences[0][1000 : 1000 + args.encode_sample])
     report = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} at start",
+        "machine": machine_description(f"load average {os.getloadavg()[0]:.1f} at start"),
         "command": "python " + " ".join(sys.argv),
         "encoding": encoding_throughput(model, sample, args.batch_size),
         "lengths": [],

@@ -37,7 +37,7 @@ from qrag_core.cli import setup_logging
 from qrag_core.data.babilong import iter_babilong
 from qrag_core.data.examples import Example
 from qrag_core.data.haystack import Haystack
-from qrag_core.evaluation import shared_cache
+from qrag_core.embedding_cache import shared_cache
 from qrag_core.model import QRAG
 from qrag_core.model_names import DEFAULT_MODEL_NAME
 from qrag_core.stopping import analyse_stopping

@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import machine_description
 from run_baselines import results_store, write_markdown
+
+from qrag_core.machine import machine_description
 
 BIN = Path(sys.executable).parent
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from example_document import example_arguments, example_document, print_case
 
-from qrag_core.answerer import Answerer, EndpointConfig, endpoint_help
 from qrag_core.retrieval_session import RetrievalOptions, RetrievalSession
+from qrag_integrations.openai import Answerer, EndpointConfig, endpoint_help
 
 
 def main() -> None:

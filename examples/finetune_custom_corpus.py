@@ -21,7 +21,7 @@ from example_document import ExampleDocument, example_arguments, example_documen
 
 from qrag_core import QRAG
 from qrag_core.data.examples import Example, read_jsonl, write_jsonl
-from qrag_core.evaluation import shared_cache
+from qrag_core.embedding_cache import shared_cache
 from qrag_core.retrieval_session import RetrievalOptions, RetrievalSession
 from qrag_core.training import TrainingConfig, train
 from qrag_core.training.trainer import MODEL_DIR

@@ -14,8 +14,8 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 
-from qrag_core.answerer import DEFAULT_SYSTEM_PROMPT, EndpointConfig, endpoint_help
 from qrag_integrations.langchain import QRAGRetriever
+from qrag_integrations.openai import DEFAULT_SYSTEM_PROMPT, EndpointConfig, endpoint_help
 
 PROMPT = ChatPromptTemplate.from_messages(
     [("system", DEFAULT_SYSTEM_PROMPT), ("human", "Passages (in document order):\n{context}\n\nQuestion: {question}")]

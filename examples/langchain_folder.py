@@ -17,8 +17,8 @@ from example_document import folder_arguments, folder_case
 from langchain_core.documents import Document
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from qrag_core.answerer import Answerer, EndpointConfig, endpoint_help
 from qrag_integrations.langchain import QRAGRetriever
+from qrag_integrations.openai import Answerer, EndpointConfig, endpoint_help
 
 
 def load_folder(folder: Path) -> list[Document]:

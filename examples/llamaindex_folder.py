@@ -18,8 +18,8 @@ from llama_index.core.llms import MockLLM
 from llama_index.core.node_parser import SentenceSplitter
 from llamaindex_query_engine import chat_model
 
-from qrag_core.answerer import EndpointConfig
 from qrag_integrations.llamaindex import QRAGRetriever
+from qrag_integrations.openai import EndpointConfig
 
 
 def main() -> None:

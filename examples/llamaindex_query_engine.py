@@ -15,8 +15,8 @@ from example_document import example_arguments, example_document, print_case
 from llama_index.core import Document
 from llama_index.core.llms import LLM, MockLLM
 
-from qrag_core.answerer import EndpointConfig, endpoint_help
 from qrag_integrations.llamaindex import QRAGRetriever
+from qrag_integrations.openai import EndpointConfig, endpoint_help
 
 
 def chat_model(endpoint: EndpointConfig) -> LLM | None:

@@ -1,13 +1,13 @@
-"""The baselines every benchmark row is measured against, as retrieval methods of the evaluation loop.
+"""The retrieval methods of the evaluation loop: Q-RAG's search and the baselines it is measured against.
 
+- ``qrag``: :class:`QRAGSearch`, the Q-RAG multi-step search (docs/method.md §5) with a trained model.
 - ``dense``: single-step top-T by cosine similarity of mean-pooled embeddings of the untrained base
   encoder (all-MiniLM-L6-v2 by default). Chunk embeddings are the content embeddings e_i of the
   frozen action encoder, so they come from the same shared cache as Q-RAG's.
 - ``bm25``: top-T by BM25 (``bm25s``, English stop words) over the chunks of each document.
-- ``multistep-untrained``: the Q-RAG search loop (docs/method.md §5) with both encoders at the base weights.
+- ``multistep-untrained``: the same search loop with both encoders at the base weights.
 
-:func:`make_method` builds any of them, or ``qrag`` (a trained model's search), by name.
-"""
+:func:`make_method` builds any of them by name."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 from qrag_core.chunking import Chunk
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import InvalidInputError
-from qrag_core.evaluation import QRAGSearch, RetrievalMethod
+from qrag_core.evaluation import RetrievalMethod
 from qrag_core.model import QRAG
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,30 @@ def _top_in_document_order(scores: torch.Tensor, steps: int) -> list[int]:
 
 
 @dataclass
+class QRAGSearch:
+    """Q-RAG multi-step search (docs/method.md §5) with a trained or untrained model."""
+
+    model: QRAG
+    cache: EmbeddingCache | None = None
+    """Where content embeddings are looked up and stored (None: encode every document afresh)."""
+    beam: int | None = None
+    """Beam width (None: the model's default)."""
+    stop_threshold: float | None = None
+    """Stop when the best Q falls below this (None: the model's default)."""
+    name: str = "qrag"
+
+    def select(self, question: str, chunks: Sequence[Chunk], steps: int, ordered: bool = True) -> list[int]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            index = self.model.index_documents([list(chunks)], cache=self.cache, ordered=ordered)
+            result = self.model.search(question, index, steps=steps, beam=self.beam, stop_threshold=self.stop_threshold)
+        finally:
+            self.model.train(was_training)
+        return [selected.chunk.index for selected in result.chunks]
+
+
+@dataclass
 class DenseTopK:
     """Single-step dense retrieval: the T chunks most similar (cosine) to the question."""
 
@@ -42,7 +66,7 @@ class DenseTopK:
     cache: EmbeddingCache | None = None
     name: str = "dense"
 
-    def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
+    def select(self, question: str, chunks: Sequence[Chunk], steps: int, ordered: bool = True) -> list[int]:
         content = self.model.encode_chunks([c.text for c in chunks], self.cache)
         query = self.model.action_encoder.encode([question])
         scores = torch.nn.functional.cosine_similarity(content, query, dim=-1)
@@ -57,7 +81,7 @@ class BM25TopK:
     """bm25s stop-word list applied to chunks and question."""
     name: str = "bm25"
 
-    def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
+    def select(self, question: str, chunks: Sequence[Chunk], steps: int, ordered: bool = True) -> list[int]:
         import bm25s
 
         corpus = bm25s.tokenize([c.text for c in chunks], stopwords=self.stopwords, show_progress=False)

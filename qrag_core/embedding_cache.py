@@ -32,7 +32,13 @@ def text_key(text: str) -> bytes:
 
 
 def default_cache_dir() -> Path:
-    """``$QRAG_CACHE_DIR`` or ``~/.cache/qrag``."""
+    """Where qrag keeps everything it caches: ``$QRAG_CACHE_DIR`` or ``~/.cache/qrag``.
+
+    It holds ``embeddings.sqlite`` (:func:`shared_cache_path`), ``onnx/`` (exported encoders,
+    :mod:`qrag_core.onnx_backend`), ``long-index/`` (the resumable work of a very long text being added
+    to a retriever) and ``haystack-token-counts/`` (:mod:`qrag_core.data.haystack`). Every one of them
+    may be deleted; it is rebuilt when needed.
+    """
     return Path(os.environ.get("QRAG_CACHE_DIR", Path.home() / ".cache" / "qrag"))
 
 

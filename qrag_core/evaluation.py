@@ -1,11 +1,11 @@
 """One evaluation loop for ``qrag-eval``, the benchmarks and the trainer's periodic evaluation.
 
-For each example, a retrieval method selects up to T chunks of the example's document (a Q-RAG
-model's multi-step search, or a baseline of :mod:`qrag_core.baselines`); the selection is scored
+For each example, a retrieval method of :mod:`qrag_core.baselines` (a Q-RAG model's multi-step
+search, or a baseline) selects up to T chunks of the example's document; the selection is scored
 against the example's support chunks (fact EM / recall / precision / F1, :mod:`qrag_core.metrics`),
 against its needle values when it has them (RULER NIAH value recall), and, when a reader is given,
 by the accuracy of the reader's answer from the selected chunks (BabiLong's label rule for QA1–5).
-Documents are indexed through the shared :class:`EmbeddingCache`, so a haystack sentence is
+The methods index documents through the shared embedding cache, so a haystack sentence is
 encoded once per machine, whichever benchmark or model needs it.
 
 The result is a plain dict: ``n``, ``fact_em``, ``fact_recall``, ``fact_precision``, ``fact_f1``,
@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tqdm.auto import tqdm
@@ -26,11 +25,8 @@ from tqdm.auto import tqdm
 from qrag_core.chunking import Chunk, Tokenizer
 from qrag_core.config import ChunkingConfig
 from qrag_core.data.examples import Example
-from qrag_core.embedding_cache import EmbeddingCache
-from qrag_core.embedding_cache import shared_cache as shared_cache  # re-exported for the benchmark scripts
 from qrag_core.errors import InvalidInputError
 from qrag_core.metrics import aggregate, answer_correct, fact_scores, resolve_support, value_recall
-from qrag_core.model import QRAG
 from qrag_core.validation import check_positive_int
 
 logger = logging.getLogger(__name__)
@@ -49,33 +45,12 @@ class RetrievalMethod(Protocol):
 
     name: str
 
-    def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
-        """Indices into ``chunks`` of at most ``steps`` selected chunks."""
+    def select(self, question: str, chunks: Sequence[Chunk], steps: int, ordered: bool = True) -> list[int]:
+        """Indices into ``chunks`` of at most ``steps`` selected chunks.
+
+        ``ordered`` is False when the chunks are a collection of independent passages, not one document.
+        """
         ...
-
-
-@dataclass
-class QRAGSearch:
-    """Q-RAG multi-step search (docs/method.md §5) with a trained or untrained model."""
-
-    model: QRAG
-    cache: EmbeddingCache | None = None
-    """Where content embeddings are looked up and stored (None: encode every document afresh)."""
-    beam: int | None = None
-    """Beam width (None: the model's default)."""
-    stop_threshold: float | None = None
-    """Stop when the best Q falls below this (None: the model's default)."""
-    name: str = "qrag"
-
-    def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            index = self.model.index_documents([list(chunks)], cache=self.cache)
-            result = self.model.search(question, index, steps=steps, beam=self.beam, stop_threshold=self.stop_threshold)
-        finally:
-            self.model.train(was_training)
-        return [selected.chunk.index for selected in result.chunks]
 
 
 def steps_for(example: Example, steps: int | None) -> int:
@@ -99,7 +74,7 @@ def score_example(
         raise InvalidInputError(f"example {example.id} has no support labels ('support' or 'supporting_facts')")
     support = example.support_alternatives(chunks)
     t = min(steps_for(example, steps), len(chunks))
-    selected = method.select(example.question, chunks, t)
+    selected = method.select(example.question, chunks, t, ordered=example.ordered)
     facts = fact_scores(selected, resolve_support(selected, support))
     row = {"fact_em": facts.em, "fact_recall": facts.recall, "fact_precision": facts.precision, "fact_f1": facts.f1}
     texts = [chunks[i].text for i in sorted(selected)]

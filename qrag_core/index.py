@@ -7,7 +7,9 @@ with a different action transformer refuses it instead of silently scoring garba
 that share the frozen base action transformer (the default) all reuse one index.
 
 An index can hold several documents (open-domain use): positions are computed per document and a
-search can be restricted to one of them.
+search can be restricted to one of them. Each document is either ordered (a story, a book: its chunk
+order matters and ρ_t is used) or a collection of independent passages (positions off); the index
+records which.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class DocumentIndex:
         self.chunks: list[Chunk] = []
         self.doc_ids: list[str] = []
         self._doc_starts: list[int] = []
+        self.ordered: list[bool] = []
+        """Per document: True when its chunk order matters (ρ_t), False for a passage collection."""
         self._blocks: list[torch.Tensor] = []
         self._content: torch.Tensor | None = torch.empty((0, dim), dtype=torch.float16)
         self._derived: dict[Hashable, Any] = {}
@@ -77,8 +81,15 @@ class DocumentIndex:
     def doc_starts(self) -> torch.Tensor:
         return torch.tensor(self._doc_starts, dtype=torch.long)
 
-    def add(self, chunks: Sequence[Chunk], embeddings: torch.Tensor, doc_id: str | None = None) -> str:
-        """Append one document's chunks (indices 0..n-1 inside it) and their content embeddings."""
+    def add(
+        self, chunks: Sequence[Chunk], embeddings: torch.Tensor, doc_id: str | None = None, ordered: bool = True
+    ) -> str:
+        """Append one document's chunks (indices 0..n-1 inside it) and their content embeddings.
+
+        ``ordered=False`` marks the chunks as a collection of independent passages (positions off).
+        """
+        if not isinstance(ordered, bool):
+            raise InvalidInputError(f"ordered must be True or False, got {ordered!r}")
         if not chunks:
             raise InvalidInputError("a document must have at least one chunk")
         if embeddings.shape != (len(chunks), self.dim):
@@ -89,12 +100,18 @@ class DocumentIndex:
         if doc_id in self.doc_ids:
             raise InvalidInputError(f"document id {doc_id!r} is already in the index")
         self._doc_starts.append(len(self.chunks))
+        self.ordered.append(ordered)
         self.doc_ids.append(doc_id)
         self.chunks.extend(chunks)
         self._blocks.append(embeddings.to(torch.float16).cpu())
         self._content = None
         self._derived.clear()
         return doc_id
+
+    def add_from(self, other: DocumentIndex, doc_id: str) -> None:
+        """Append document ``doc_id`` of ``other`` (its chunks, embeddings and ordered flag)."""
+        start, end = other.document_range(doc_id)
+        self.add(other.chunks[start:end], other.content[start:end], doc_id, other.ordered[other.doc_ids.index(doc_id)])
 
     def remove(self, doc_id: str) -> None:
         """Drop one document's chunks and embeddings; the documents after it move up."""
@@ -106,6 +123,7 @@ class DocumentIndex:
         del self.chunks[start:end]
         del self.doc_ids[pos]
         del self._doc_starts[pos]
+        del self.ordered[pos]
         self._doc_starts[pos:] = [s - (end - start) for s in self._doc_starts[pos:]]
         self._derived.clear()
 
@@ -135,6 +153,7 @@ class DocumentIndex:
                 "dim": self.dim,
                 "doc_ids": self.doc_ids,
                 "doc_starts": self._doc_starts,
+                "ordered": self.ordered,
             }
             (tmp / INDEX_FILE).write_text(json.dumps(meta, indent=1))
 
@@ -152,6 +171,9 @@ class DocumentIndex:
             check_format_version(meta, INDEX_FORMAT_VERSION, meta_path)
             index = cls(meta["fingerprint"], int(meta["dim"]))
             doc_ids, doc_starts = list(meta["doc_ids"]), list(meta["doc_starts"])
+            ordered = list(meta.get("ordered", [True] * len(doc_ids)))  # indexes saved before the flag: ordered
+            if len(ordered) != len(doc_ids) or not all(isinstance(flag, bool) for flag in ordered):
+                raise ValueError(f"'ordered' must hold one true/false per document, got {ordered!r}")
         except (KeyError, TypeError, ValueError) as err:  # DataFormatError (undecodable, invalid JSON) included
             raise CheckpointError(f"{meta_path} is corrupt: {err}") from err
         try:
@@ -167,7 +189,7 @@ class DocumentIndex:
             raise CheckpointError(
                 f"{directory}: {len(chunks)} chunks but embeddings of shape {tuple(content.shape)}; index corrupt"
             )
-        index.chunks, index.doc_ids, index._doc_starts = chunks, doc_ids, doc_starts
+        index.chunks, index.doc_ids, index._doc_starts, index.ordered = chunks, doc_ids, doc_starts, ordered
         index._blocks, index._content = [content], content
         return index
 

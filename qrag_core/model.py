@@ -7,13 +7,15 @@ action transformer, computed once per document and kept in a :class:`DocumentInd
 light action head (a d×d linear map, initialised to identity) so the action transformer can stay
 frozen at the base weights: then one index serves every fine-tuned model of the same base.
 
-``from_pretrained`` / ``save_pretrained`` follow sentence-transformers: a directory with
-``config.json``, each trained network in safetensors with its tokenizer, and a ``README.md`` card.
+Q is computed in one place, for search and training alike: :meth:`QRAG.top_k` (the exact k best chunks
+of a whole index, for search), :meth:`QRAG.q_row` (a dense row, for the warm start, the rollout and the
+soft values) and :meth:`QRAG.q_taken` (the chosen actions, for the soft-Q loss) all take the positions
+ρ_t, the rotary frequencies and the masking of selected chunks from here. ``from_pretrained`` /
+``save_pretrained`` follow sentence-transformers; the files themselves are :mod:`qrag_core.model_files`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -21,54 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from qrag_core._version import __version__
-from qrag_core.atomic import Layout, atomic_directory, readable, save_tensors
+from qrag_core import scoring
+from qrag_core.atomic import readable
 from qrag_core.chunking import Chunk, chunk_text, chunks_from_texts
 from qrag_core.config import ChunkingConfig, QRAGConfig
 from qrag_core.embedding_cache import EmbeddingCache, encode_with_cache
 from qrag_core.encoders import TextEncoder, default_device
-from qrag_core.errors import CheckpointError, DataFormatError, InvalidInputError, ModelNotFoundError
+from qrag_core.errors import CheckpointError, InvalidInputError
 from qrag_core.index import DocumentIndex
-from qrag_core.model_card import write_model_card
+from qrag_core.model_files import is_model_dir, load_encoder, read_model, write_model
 from qrag_core.model_names import DEFAULT_MODEL_NAME, check_encoder_dir, resolve_model_path, shipped_model_names
-from qrag_core.positions import chunk_positions, rope_frequencies, rotary_scores
-from qrag_core.text_files import read_json_file
-from qrag_core.validation import check_format_version
+from qrag_core.positions import chunk_positions, position_intervals, rope_frequencies, rotary_scores
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.json"
-STATE_DIR = "state_encoder"
-STATE_DELTA_FILE = "state_encoder_delta.safetensors"
-ACTION_DIR = "action_encoder"
-HEAD_FILE = "action_head.safetensors"
-MODEL_CARD_FILE = "README.md"
-FORMAT_VERSION = 1
-
-
-def _load_encoder(path: str, max_tokens: int, what: str) -> TextEncoder:
-    try:
-        return TextEncoder.from_path(path, max_tokens)
-    except Exception as err:  # transformers and safetensors raise many types for bad directories
-        raise CheckpointError(f"cannot load the {what} from {path}: {err}") from err
-
-
-def _load_base_encoder(config: QRAGConfig, expected_fingerprint: str | None, cfg_path: Path, what: str) -> TextEncoder:
-    """The base model named in ``config``, checked against the fingerprint recorded at save time."""
-    try:
-        base = resolve_model_path(config.base_model)
-    except ModelNotFoundError as err:
-        raise CheckpointError(f"{cfg_path}: its base model is not available: {err}") from err
-    encoder = _load_encoder(base, config.max_chunk_tokens, what)
-    if expected_fingerprint and encoder.fingerprint() != expected_fingerprint:
-        raise CheckpointError(
-            f"{cfg_path}: the base model {config.base_model!r} found at {base} is not the one this model "
-            "was trained with (weights fingerprint differs)"
-        )
-    return encoder
 
 
 class QRAG(nn.Module):
@@ -116,11 +85,11 @@ class QRAG(nn.Module):
         if base_model is not None:
             config.base_model = base_model
         path = resolve_model_path(config.base_model)
-        if (Path(path) / CONFIG_FILE).is_file() and _is_qrag_dir(path):
+        if is_model_dir(path):
             raise InvalidInputError(f"{path} is a trained qrag model; use QRAG.from_pretrained to load it")
         check_encoder_dir(path)
-        state = _load_encoder(path, config.max_chunk_tokens, "state encoder")
-        action = _load_encoder(path, config.max_chunk_tokens, "action encoder")
+        state = load_encoder(path, config.max_chunk_tokens, "state encoder")
+        action = load_encoder(path, config.max_chunk_tokens, "action encoder")
         return cls(config, state, action).to(device or default_device())
 
     @classmethod
@@ -137,47 +106,10 @@ class QRAG(nn.Module):
                 logger.warning("no trained default model is shipped; using the UNTRAINED base model all-MiniLM-L6-v2")
                 return cls.from_base(device=device)
         path = resolve_model_path(readable(name_or_path))
-        if not _is_qrag_dir(path):
+        if not is_model_dir(path):
             logger.info("%s is not a saved qrag model; building an untrained model on it as base", name_or_path)
             return cls.from_base(path, device=device)
-        return cls._load_dir(Path(path)).to(device or default_device())
-
-    @classmethod
-    def _load_dir(cls, path: Path) -> QRAG:
-        cfg_path = path / CONFIG_FILE
-        try:
-            saved = read_json_file(cfg_path)
-            config = QRAGConfig.from_dict(saved["qrag"]["config"])
-            meta = saved["qrag"]
-        except (DataFormatError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{cfg_path} is corrupt: {err}") from err
-        check_format_version(meta, FORMAT_VERSION, cfg_path)
-        compact = meta.get("state_encoder", {}).get("format") == "fp16-delta"
-        for needed in (
-            [STATE_DELTA_FILE if compact else STATE_DIR]
-            + ([HEAD_FILE] if config.action_head else [])
-            + ([] if config.freeze_action_encoder else [ACTION_DIR])
-        ):
-            if not (path / needed).exists():
-                raise CheckpointError(f"{path / needed} is missing; the model directory is incomplete")
-        if compact:
-            state = _load_base_encoder(config, meta["state_encoder"].get("base_fingerprint"), cfg_path, "state encoder")
-            _apply_delta(state, path / STATE_DELTA_FILE)
-        else:
-            state = _load_encoder(str(path / STATE_DIR), config.max_chunk_tokens, "state encoder")
-        if config.freeze_action_encoder:
-            action = _load_base_encoder(config, meta.get("action_fingerprint"), cfg_path, "frozen action encoder")
-        else:
-            action = _load_encoder(str(path / ACTION_DIR), config.max_chunk_tokens, "action encoder")
-        head = None
-        if config.action_head:
-            head = nn.Linear(state.dim, action.dim)
-            try:
-                tensors = load_file(str(path / HEAD_FILE))
-                head.load_state_dict(tensors)
-            except Exception as err:  # safetensors and load_state_dict raise several types
-                raise CheckpointError(f"{path / HEAD_FILE} cannot be loaded: {err}") from err
-        return cls(config, state, action, head, training_info=meta.get("training"))
+        return cls(*read_model(Path(path))).to(device or default_device())
 
     def save_pretrained(self, directory: str | os.PathLike[str], compact: bool = False, overwrite: bool = True) -> None:
         """Write the model to ``directory`` atomically (a crash never leaves a half-written model).
@@ -188,42 +120,7 @@ class QRAG(nn.Module):
         ``compact`` stores the state encoder as the float16 values of only the tensors that differ from
         the base model (the base comes from ``config.base_model`` at load time, checked by fingerprint).
         """
-        with atomic_directory(directory, MODEL_LAYOUT, overwrite) as tmp:
-            state_meta: dict[str, Any] = {"format": "full"}
-            if compact:
-                state_meta = self._save_state_delta(tmp / STATE_DELTA_FILE)
-            else:
-                self.state_encoder.save(str(tmp / STATE_DIR))
-            if not self.config.freeze_action_encoder:
-                self.action_encoder.save(str(tmp / ACTION_DIR))
-            if self.action_head is not None:
-                save_tensors(self.action_head.state_dict(), tmp / HEAD_FILE)
-            meta = {
-                "qrag": {
-                    "format_version": FORMAT_VERSION,
-                    "qrag_version": __version__,
-                    "config": self.config.to_dict(),
-                    "action_fingerprint": self.action_encoder.fingerprint()
-                    if self.config.freeze_action_encoder
-                    else None,
-                    "state_encoder": state_meta,
-                    "training": self.training_info,
-                }
-            }
-            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-            write_model_card(tmp / MODEL_CARD_FILE, self.config, self.training_info)
-
-    def _save_state_delta(self, file: Path) -> dict[str, Any]:
-        base = _load_encoder(resolve_model_path(self.config.base_model), self.config.max_chunk_tokens, "base model")
-        base_weights = base.model.state_dict()
-        changed = {
-            name: tensor.detach().to("cpu", torch.float16).contiguous()
-            for name, tensor in self.state_encoder.model.state_dict().items()
-            if name not in base_weights or not torch.equal(tensor.cpu(), base_weights[name])
-        }
-        save_tensors(changed, file)
-        logger.info("compact state encoder: %d of %d tensors differ from the base", len(changed), len(base_weights))
-        return {"format": "fp16-delta", "base_fingerprint": base.fingerprint(), "changed_tensors": len(changed)}
+        write_model(self, directory, compact, overwrite)
 
     # ----------------------------------------------------------------------------- encoding
     @property
@@ -261,8 +158,13 @@ class QRAG(nn.Module):
         cache: EmbeddingCache | None = None,
         index: DocumentIndex | None = None,
         show_progress: bool = False,
+        ordered: bool | Sequence[bool] = True,
     ) -> DocumentIndex:
-        """Chunk and encode documents into a (new or given) index. Each document is a text or its chunks."""
+        """Chunk and encode documents into a (new or given) index. Each document is a text or its chunks.
+
+        ``ordered`` (one flag, or one per document): True for a document whose chunk order matters (ρ_t),
+        False for a collection of independent passages (positions off).
+        """
         if not isinstance(documents, (str, list, tuple)):
             raise InvalidInputError(
                 f"documents must be a string or a list of documents, got {type(documents).__name__}"
@@ -274,6 +176,9 @@ class QRAG(nn.Module):
             if values is not None and (isinstance(values, (str, dict)) or len(values) != len(docs)):
                 given = f"{len(values)}" if not isinstance(values, (str, dict)) else f"a {type(values).__name__}"
                 raise InvalidInputError(f"{name} must be a list with one entry per document: {len(docs)}, got {given}")
+        flags = [ordered] * len(docs) if isinstance(ordered, bool) else list(ordered)
+        if len(flags) != len(docs) or not all(isinstance(flag, bool) for flag in flags):
+            raise InvalidInputError(f"ordered must be True, False or one of them per document ({len(docs)})")
         if doc_ids is not None and not all(isinstance(d, str) and d for d in doc_ids):
             raise InvalidInputError("every doc_id must be a non-empty string")
         if metadatas is not None and not all(m is None or isinstance(m, dict) for m in metadatas):
@@ -307,8 +212,8 @@ class QRAG(nn.Module):
         all_texts = [c.text for chunks in chunk_lists for c in chunks]
         content = self.encode_chunks(all_texts, cache, show_progress=show_progress)
         first = 0
-        for chunks in chunk_lists:
-            index.add(chunks, content[first : first + len(chunks)], doc_id=chunks[0].doc_id)
+        for chunks, flag in zip(chunk_lists, flags, strict=True):
+            index.add(chunks, content[first : first + len(chunks)], doc_id=chunks[0].doc_id, ordered=flag)
             first += len(chunks)
         return index
 
@@ -349,24 +254,78 @@ class QRAG(nn.Module):
         vectors = self.state_encoder.embed_states(questions, selections)
         return nn.functional.normalize(vectors, dim=-1) if self.config.normalize else vectors
 
-    def positions(
-        self, num_chunks: int, selected: Sequence[int] | torch.Tensor, doc_starts: torch.Tensor | None = None
+    # ----------------------------------------------------------------------------- Q (docs/method.md Eq. M2)
+    def q_row(
+        self, state: torch.Tensor, actions: torch.Tensor, selected: Sequence[int], ordered: bool = True
     ) -> torch.Tensor:
-        sel = torch.as_tensor(
-            list(selected) if not isinstance(selected, torch.Tensor) else selected, dtype=torch.long, device=self.device
-        )
-        return chunk_positions(
-            self.config.position_mode,
-            num_chunks,
-            sel,
-            self.config.delta,
-            self.config.ell,
-            None if doc_starts is None else doc_starts.to(self.device),
-        )
+        """Q(s, c_i) for every chunk i of one document, −inf at the ``selected`` ones (dense, for training).
 
-    def q_values(self, states: torch.Tensor, actions: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Q[b, i] = ⟨states[b], R(positions[b, i]) actions[i]⟩."""
-        return rotary_scores(states, actions, positions, self.freqs)
+        ``state`` is E_s(s) (d,), ``actions`` the action vectors of the document's chunks (N, d) and
+        ``selected`` the chunks chosen so far, which set ρ_t (positions off when not ``ordered``: a passage
+        collection); gradients flow through both inputs.
+        """
+        positions = self._positions(actions.shape[0], selected, ordered)
+        q = rotary_scores(state.unsqueeze(0), actions, positions, self.freqs)[0]
+        if selected:
+            q = q.index_fill(0, torch.as_tensor(list(selected), device=q.device), float("-inf"))
+        return q
+
+    def q_taken(
+        self,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        taken: Sequence[tuple[int, Sequence[int], int]],
+        ordered: Sequence[bool] | None = None,
+    ) -> torch.Tensor:
+        """Q(s_b, c_b) of B (state, chosen chunk) pairs, with gradients (the soft-Q loss, docs/method.md Eq. M8).
+
+        ``states`` (B, d) and ``actions`` (B, d) hold E_s(s_b) and the action vector of the chunk taken
+        there; ``taken[b]`` is (chunks in its document, chunks selected before, index of the chunk taken) and
+        ``ordered[b]`` whether that document's order matters (default: all ordered).
+        """
+        flags = [True] * len(taken) if ordered is None else list(ordered)
+        positions = torch.stack(
+            [self._positions(n, before, flag)[chosen] for (n, before, chosen), flag in zip(taken, flags, strict=True)]
+        )
+        return rotary_scores(states, actions, positions, self.freqs).diagonal()
+
+    def top_k(
+        self,
+        state: torch.Tensor,
+        actions: torch.Tensor,
+        selected: Sequence[int],
+        k: int,
+        doc_starts: list[int] | None = None,
+        action_norm_max: float | None = None,
+        ordered: Sequence[bool] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The exact k best chunks (Q, chunk index, ρ_t) for one state, never a ``selected`` one (search).
+
+        ``actions`` are the action vectors of every chunk searched (N, d); ``doc_starts`` the first chunk of
+        each document when there are several (each gets its own ρ_t), ``ordered`` one flag per document
+        (False: a passage collection, positions off; default all ordered); ``action_norm_max`` is max_i |a_i|
+        (computed if not given). Fast even for millions of chunks (:mod:`qrag_core.scoring`).
+        """
+        config = self.config
+        intervals = position_intervals(
+            config.position_mode,
+            actions.shape[0],
+            list(selected),
+            config.delta,
+            config.ell,
+            doc_starts,
+            actions.device,
+            ordered,
+        )
+        values, indices = scoring.top_k(state, actions, intervals, self.freqs, k, list(selected), action_norm_max)
+        return values, indices, intervals.at(indices)
+
+    def _positions(self, num_chunks: int, selected: Sequence[int], ordered: bool = True) -> torch.Tensor:
+        """ρ_t of every chunk of one document (the configured position mode) given the chunks selected so far;
+        all 0 for a passage collection (not ``ordered``)."""
+        sel = torch.as_tensor(list(selected), dtype=torch.long, device=self.device)
+        mode = self.config.position_mode if ordered else "none"
+        return chunk_positions(mode, num_chunks, sel, self.config.delta, self.config.ell)
 
     # ----------------------------------------------------------------------------- retrieval
     def search(self, question: str, index: DocumentIndex, **options: Any):  # noqa: ANN201 - see search.py
@@ -380,44 +339,3 @@ class QRAG(nn.Module):
         return self.search(
             question, self.index_documents([document] if isinstance(document, str) else [document]), **options
         )
-
-
-def _apply_delta(encoder: TextEncoder, file: Path) -> None:
-    try:
-        tensors = load_file(str(file))
-    except Exception as err:  # safetensors raises several types for truncated or foreign files
-        raise CheckpointError(f"{file} cannot be read: {err}") from err
-    own = encoder.model.state_dict()
-    wrong = [n for n, t in tensors.items() if n not in own or own[n].shape != t.shape]
-    if wrong:
-        raise CheckpointError(f"{file}: tensors {wrong[:5]} do not fit the base model's architecture")
-    encoder.model.load_state_dict({n: t.to(own[n].dtype) for n, t in tensors.items()}, strict=False)
-    encoder.weights_changed()
-
-
-def _is_qrag_dir(path: str) -> bool:
-    cfg = Path(path) / CONFIG_FILE
-    if not cfg.is_file():
-        return False
-    try:
-        saved = read_json_file(cfg)
-    except (DataFormatError, OSError) as err:
-        raise CheckpointError(f"{cfg} is not a valid JSON file: {err}") from err
-    return isinstance(saved, dict) and "qrag" in saved
-
-
-def _is_qrag_config(cfg: Path) -> bool:
-    """Whether ``cfg`` is the config.json of a saved qrag model (an unreadable one is not)."""
-    try:
-        return _is_qrag_dir(str(cfg.parent))
-    except CheckpointError:
-        return False
-
-
-MODEL_LAYOUT = Layout(
-    "model",
-    (CONFIG_FILE,),
-    (CONFIG_FILE, MODEL_CARD_FILE, STATE_DIR, STATE_DELTA_FILE, ACTION_DIR, HEAD_FILE),
-    _is_qrag_config,
-)
-"""What :meth:`QRAG.save_pretrained` writes: a save may replace only a directory like this."""

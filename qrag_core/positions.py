@@ -11,11 +11,14 @@ The action embedding of chunk i is its content embedding e_i rotated at that pos
 pairs (x_2k, x_2k+1) turn by the angle ρ_t(i)·θ^(-2k/d). Q(s, c_i) = ⟨E_s(s), R(ρ_t(i)) e_i⟩.
 
 Everything here is vectorised over chunks (no Python loop over N), and an index holding several
-documents gets positions per document.
+documents gets positions per document. A document marked unordered (a collection of independent
+passages, e.g. HotpotQA's paragraphs) has every position at 0: R(0) is the identity, so there Q is the
+plain inner product ⟨E_s(s), e_i⟩.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -123,22 +126,32 @@ def position_intervals(
     ell: float,
     doc_starts: list[int] | None = None,
     device: torch.device | None = None,
+    ordered: Sequence[bool] | None = None,
 ) -> PositionIntervals:
-    """The intervals of ρ_t (``relative``), of ℓ·i/N (``absolute``) or of 0 (``none``), per document."""
+    """The intervals of ρ_t (``relative``), of ℓ·i/N (``absolute``) or of 0 (``none``), per document.
+
+    ``ordered`` has one flag per document (default: all ordered); an unordered one is a single interval at 0.
+    """
     if mode not in ("relative", "absolute", "none"):
         raise InvalidInputError(f"unknown position mode {mode!r}; use 'relative', 'absolute' or 'none'")
     starts = list(doc_starts) if doc_starts else [0]
     ends = [*starts[1:], num_chunks]
     chosen = sorted(selected) if mode == "relative" else []
+    flags = list(ordered) if ordered is not None else [True] * len(starts)
+    if len(flags) != len(starts):
+        raise InvalidInputError(f"{len(flags)} ordered flags for {len(starts)} documents")
     rows: list[tuple[int, int, float, float]] = []
     cursor = 0
-    for doc_start, doc_end in zip(starts, ends, strict=True):
+    for doc_start, doc_end, doc_ordered in zip(starts, ends, flags, strict=True):
         while cursor < len(chosen) and chosen[cursor] < doc_start:
             cursor += 1
         inside = []
         while cursor < len(chosen) and chosen[cursor] < doc_end:
             inside.append(chosen[cursor])
             cursor += 1
+        if not doc_ordered:
+            rows.append((doc_start, doc_end, 0.0, 0.0))
+            continue
         bounds = [doc_start, *inside, doc_end]
         for j in range(len(bounds) - 1):
             left, right = bounds[j], bounds[j + 1]

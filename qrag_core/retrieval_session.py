@@ -297,8 +297,7 @@ class RetrievalSession:
             for doc_id in replaced:
                 self.index.remove(doc_id)
             for doc_id in fresh.doc_ids:
-                start, end = fresh.document_range(doc_id)
-                self.index.add(fresh.chunks[start:end], fresh.content[start:end], doc_id=doc_id)
+                self.index.add_from(fresh, doc_id)
         logger.info("indexed %d document(s) (%d replaced), %d chunks", len(unique), len(replaced), len(fresh.chunks))
         return doc_ids
 
@@ -375,8 +374,7 @@ class RetrievalSession:
         """An index of some documents only, in index order (for a search restricted to them)."""
         subset = DocumentIndex(self.index.fingerprint, self.index.dim)
         for doc_id in sorted(doc_ids, key=self.index.doc_ids.index):
-            start, end = self.index.document_range(doc_id)
-            subset.add(self.index.chunks[start:end], self.index.content[start:end], doc_id=doc_id)
+            subset.add_from(self.index, doc_id)
         return subset
 
     # ----------------------------------------------------------------------------- persistence

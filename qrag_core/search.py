@@ -21,8 +21,6 @@ import torch
 from qrag_core.chunking import Chunk, validate_text
 from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
-from qrag_core.positions import position_intervals
-from qrag_core.scoring import top_k
 from qrag_core.validation import check_finite, check_positive_int, is_int
 
 if TYPE_CHECKING:
@@ -151,9 +149,11 @@ def search(
     if document_id is not None:
         offset, end = index.document_range(document_id)
         doc_starts = None
+        ordered = [index.ordered[index.doc_ids.index(document_id)]]
     else:
         offset, end = 0, len(index)
         doc_starts = index.doc_starts.tolist() if len(index.doc_ids) > 1 else None
+        ordered = index.ordered
     actions = actions[offset:end]
     n = end - offset
     if steps > n:
@@ -169,15 +169,14 @@ def search(
         k = min(max(expand_k, alternatives + 1), n - t)
         children: dict[frozenset[int], _Beam] = {}
         for row, b in enumerate(beams):
-            intervals = position_intervals(
-                config.position_mode, n, list(b.selected), config.delta, config.ell, doc_starts, actions.device
+            top_q, top_i, top_positions = model.top_k(
+                states[row], actions, b.selected, k, doc_starts, norm_max, ordered
             )
-            top_q, top_i = top_k(states[row], actions, intervals, model.freqs, k, list(b.selected), norm_max)
             if stop_threshold is not None and t > 0 and top_q[0].item() < stop_threshold:
                 finished.append(b)
                 continue
             cand = list(zip(top_i.tolist(), top_q.tolist(), strict=True))
-            cand_positions = intervals.at(top_i).tolist()
+            cand_positions = top_positions.tolist()
             for rank, (i, qv) in enumerate(cand[: min(expand_k, len(cand))]):
                 step = SearchStep(
                     t + 1,

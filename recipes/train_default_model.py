@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
-import platform
 import shlex
 import sys
 from collections.abc import Iterator, Sequence
@@ -48,6 +46,7 @@ from qrag_core.data.examples import Example, read_jsonl, write_jsonl
 from qrag_core.data.haystack import Haystack
 from qrag_core.data.ruler import NIAH_TASKS, iter_niah
 from qrag_core.embedding_cache import shared_cache
+from qrag_core.machine import machine_description
 from qrag_core.model import QRAG
 from qrag_core.model_names import DEFAULT_MODEL_NAME, SHIPPED_MODELS_DIR
 from qrag_core.training import TrainingConfig, train
@@ -254,13 +253,6 @@ def recorded_script(argv: Sequence[str]) -> str:
     return "python recipes/train_default_model.py " + shlex.join(kept)
 
 
-def machine_description(threads: int) -> str:
-    return (
-        f"{os.cpu_count()}-core {platform.machine()} CPU ({platform.processor() or 'unknown model'}), "
-        f"no GPU, {threads} torch thread(s), torch {torch.__version__}"
-    )
-
-
 def ship(stages: Sequence[Stage], target: Path, args: argparse.Namespace, script_argv: Sequence[str]) -> None:
     """Save the trained model compactly into the package, recording how it was made."""
     models = {stage.name: QRAG.from_pretrained(str(args.work_dir / stage.name / MODEL_DIR)) for stage in stages}
@@ -286,7 +278,7 @@ def ship(stages: Sequence[Stage], target: Path, args: argparse.Namespace, script
         "stages": done,
         "total_seconds": round(sum(d["seconds"] for d in done.values()), 1),
         "script": recorded_script(script_argv),
-        "hardware": machine_description(args.threads) + (f"; {args.machine_note}" if args.machine_note else ""),
+        "hardware": machine_description(args.machine_note),
     }
     model.save_pretrained(target, compact=True)
     size = sum(p.stat().st_size for p in target.iterdir())

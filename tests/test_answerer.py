@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from qrag_core.answerer import (
+from qrag_core.retrieval_session import RetrievalOptions, RetrievalSession
+from qrag_integrations.openai import (
     API_KEY_ENV,
     BASE_URL_ENV,
     LOCAL_API_KEY,
@@ -22,7 +24,6 @@ from qrag_core.answerer import (
     EndpointConfig,
     EndpointError,
 )
-from qrag_core.retrieval_session import RetrievalOptions, RetrievalSession
 from tests.conftest import STORY
 
 QUESTION = "Where is Mary?"
@@ -278,3 +279,14 @@ async def test_async_answer_and_stream_leave_the_loop_free(session, server):
     assert ticks > 0
     with pytest.raises(TypeError, match="async for"):
         list(streaming)
+
+
+def test_without_the_openai_client_retrieval_works_and_answering_names_the_install_command(
+    session, server, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "openai", None)  # as if the extra were not installed
+    answerer = Answerer(session, EndpointConfig(server.url, model="m"))
+    assert len(answerer.retrieve(QUESTION, k=2).chunks) == 2
+    with pytest.raises(ImportError, match=r'pip install "qrag\[openai\]"'):
+        answerer.answer(QUESTION)
+    assert not server.requests

@@ -61,3 +61,18 @@ def test_results_store_keeps_every_entry_of_concurrent_writers(harness, tmp_path
     entries = json.loads(path.read_text())["entries"]
     assert sorted(map(int, entries)) == [*range(20), *range(100, 120)]
     assert harness.ResultsStore(path, dict).load()["entries"] == entries
+
+
+def test_provenance_describes_the_machine_as_the_model_card_does(harness, monkeypatch) -> None:
+    import torch
+
+    from qrag_core import machine
+
+    monkeypatch.setattr(machine, "cpu_model", lambda: "Test CPU 9000")
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 7)
+    threads = torch.get_num_threads()
+    described = harness.provenance("other jobs running")["machine"]
+    assert described == machine.machine_description("other jobs running")
+    assert described.startswith("Test CPU 9000, 7 cores, ")
+    assert f", {threads} torch thread(s), torch {torch.__version__}; other jobs running" in described
+    assert ";" not in machine.machine_description()

@@ -18,7 +18,7 @@ def all_q_values(model, index, selected=(2, 5)):
     with torch.inference_mode():
         states = model.state_vectors([QUESTION], [[index.chunks[i].text for i in selected]])
         actions = model.index_action_vectors(index)
-        return model.q_values(states, actions, model.positions(len(index), list(selected)))
+        return model.q_row(states[0], actions, list(selected))
 
 
 @pytest.mark.parametrize("freeze", [True, False])

@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qrag_core.data import paths
@@ -431,3 +432,16 @@ def test_qrag_data_ruler_hotpotqa_musique_commands(tmp_path: Path) -> None:
         out = tmp_path / f"{name}-{split}.jsonl"
         assert data_main([name, "--split", split, "--n", "2", "--out", str(out)]) == 0
         assert [r.extra["split"] for r in read_jsonl(out, need_support=True)] == [split] * 2
+
+
+def test_haystack_token_counts_are_cached_under_the_cache_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, minilm_tokenizer
+) -> None:
+    monkeypatch.setenv("QRAG_CACHE_DIR", str(tmp_path / "cache"))
+    book = tmp_path / "novel.txt"
+    body = "Mary went to the garden. John slept.\n\nThe end came soon."
+    book.write_text(f"*** START OF THE BOOK ***\n{body}\n*** END OF THE BOOK ***\n", encoding="utf-8")
+    haystack = Haystack.load(minilm_tokenizer, books=[book])
+    (cached,) = (tmp_path / "cache" / "haystack-token-counts").iterdir()
+    assert cached.name.startswith("novel-") and list(np.load(cached)) == list(haystack.counts[0])
+    assert list(haystack.counts[0]) == count_tokens(haystack.sentences[0], minilm_tokenizer)

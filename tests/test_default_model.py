@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from qrag_core import QRAG
+from qrag_core.baselines import QRAGSearch
 from qrag_core.data.babilong import iter_babilong
 from qrag_core.embedding_cache import EmbeddingCache
-from qrag_core.evaluation import QRAGSearch, evaluate
+from qrag_core.evaluation import evaluate
 from qrag_core.model_names import DEFAULT_MODEL_NAME, SHIPPED_MODELS_DIR, base_minilm_path
 from tests.test_data_builders import needs_data
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from qrag_core.baselines import BM25TopK, DenseTopK, make_method
+from qrag_core.baselines import BM25TopK, DenseTopK, QRAGSearch, make_method
 from qrag_core.chunking import Chunk
 from qrag_core.cli.evaluate import main as eval_main
 from qrag_core.data.examples import Example
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import InvalidInputError
-from qrag_core.evaluation import QRAGSearch, evaluate, steps_for
+from qrag_core.evaluation import evaluate, steps_for
 from tests.conftest import load_script, make_tiny_encoder
 from tests.test_data_builders import needs_data
 
@@ -37,7 +37,7 @@ class FixedSelection:
         self.indices = indices
         self.calls: list[int] = []
 
-    def select(self, question: str, chunks: Sequence[Chunk], steps: int) -> list[int]:
+    def select(self, question: str, chunks: Sequence[Chunk], steps: int, ordered: bool = True) -> list[int]:
         self.calls.append(steps)
         return self.indices[:steps]
 

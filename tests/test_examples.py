@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from qrag_core.answerer import API_KEY_ENV, BASE_URL_ENV, MODEL_ENVS
 from qrag_core.data.demo import load_demo_document
+from qrag_integrations.openai import API_KEY_ENV, BASE_URL_ENV, MODEL_ENVS
 from tests.test_answerer import ChatServer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -204,7 +204,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 def test_import_qrag_core_loads_no_framework():
     code = (
-        "import sys, qrag_core, qrag_core.retrieval_session, qrag_core.answerer, qrag_integrations\n"
+        "import sys, qrag_core, qrag_core.retrieval_session, qrag_integrations.openai, qrag_integrations\n"
         "loaded = [m for m in ('langchain_core', 'llama_index', 'openai') if m in sys.modules]\n"
         "print(loaded)\n"
     )

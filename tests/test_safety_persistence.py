@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qrag_core import QRAGConfig, atomic, index, model
+from qrag_core import QRAGConfig, atomic, index, model_files
 from qrag_core.errors import InvalidInputError, QRAGError, StorageError, UnsafeOutputError
 from qrag_core.index import DocumentIndex
 from qrag_core.model import QRAG
@@ -75,7 +75,7 @@ def test_save_pretrained_refuses_the_working_and_home_directories_and_their_pare
             tiny_model.save_pretrained(target)
     assert_untouched(work)
     with pytest.raises(UnsafeOutputError, match="refusing to replace /: it holds the current directory"):
-        atomic.check_replaceable("/", model.MODEL_LAYOUT)  # checked without saving anything
+        atomic.check_replaceable("/", model_files.MODEL_LAYOUT)  # checked without saving anything
     index = tiny_model.index_documents("Mary went to the garden. John took the milk.")
     with pytest.raises(UnsafeOutputError, match="refusing to replace"):
         index.save(".")
@@ -136,7 +136,7 @@ def test_a_full_disk_keeps_the_old_copy_and_removes_the_temporary_one(tiny_model
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(index if what == "index" else model, "save_tensors", disk_full)
+    monkeypatch.setattr(index if what == "index" else model_files, "save_tensors", disk_full)
     with pytest.raises(StorageError, match=f"no space left on device at {target}"):
         save(target)
     assert {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()} == before

@@ -11,7 +11,7 @@ import torch
 
 from qrag_core import long_index
 from qrag_core.chunking import Chunk
-from qrag_core.embedding_cache import default_cache_dir
+from qrag_core.embedding_cache import default_cache_dir, shared_cache_path
 from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
 from qrag_core.retrieval_session import PIECE_ID_KEY, RetrievalOptions, RetrievalSession, ordered
@@ -131,7 +131,7 @@ def test_user_metadata_in_qrags_namespace_is_refused(session):
 def test_the_shared_cache_is_used_by_default(tiny_model):
     session = RetrievalSession(tiny_model)
     session.add_texts([STORY])
-    assert session.cache is not None and session.cache.path == default_cache_dir() / "embeddings.sqlite"
+    assert session.cache is not None and session.cache.path == shared_cache_path()
     texts = [c.text for c in session.index.chunks]
     found = session.cache.get_many(tiny_model.action_encoder.fingerprint(), texts)
     assert len(found) == len(set(texts))

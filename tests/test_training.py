@@ -262,7 +262,7 @@ def test_warm_start_mistakes_add_the_state_after_the_top_wrong_pick(tiny_base, m
         assert wrong not in doc.support and set(prefix) <= doc.support
         with torch.no_grad():
             state = model.state_vectors([doc.question], [doc.state_texts(prefix)])[0]
-            q = updates.q_row(model, state, model.action_vectors(doc.content.float()), prefix)
+            q = model.q_row(state, model.action_vectors(doc.content.float()), prefix)
         q[sorted(doc.support)] = float("-inf")
         assert wrong == int(q.argmax())
 
@@ -636,10 +636,10 @@ def test_an_episode_finds_a_repeated_fact_at_any_copy_and_is_paid_per_fact(tiny_
     (doc,) = trainer.documents
     preference = torch.tensor([1.0, -5.0, 3.0, 2.0, -5.0]) * 50
 
-    def fixed_q(network, state, actions, selected):
+    def fixed_q(self, state, actions, selected, ordered=True):
         return preference.index_fill(0, torch.as_tensor(list(selected), dtype=torch.long), float("-inf"))
 
-    monkeypatch.setattr(updates, "q_row", fixed_q)
+    monkeypatch.setattr(QRAG, "q_row", fixed_q)
     (episode,) = updates.rollout(trainer.online, [doc], 0.05, config, trainer.rng)
     assert episode.actions == [2, 3]
     assert episode.rewards == rewards
@@ -660,7 +660,7 @@ def test_the_warm_start_takes_one_copy_per_found_fact_and_aims_at_every_copy_of_
         loss, _ = updates.supervised_loss(model, [doc], [prefix], trainer.config.warm_start_temperature)
         with torch.no_grad():
             state = model.state_vectors([doc.question], [doc.state_texts(prefix)])[0]
-            logits = updates.q_row(model, state, model.action_vectors(doc.content.float()), prefix)
+            logits = model.q_row(state, model.action_vectors(doc.content.float()), prefix)
             logits = logits / trainer.config.warm_start_temperature
         expected = torch.logsumexp(logits, 0) - torch.logsumexp(logits[targets], 0)
         assert loss.item() == pytest.approx(expected.item(), rel=1e-5), prefix

@@ -17,7 +17,10 @@ occurrences is selected: :meth:`Example.support_alternatives` gives each fact's 
 ``answer`` and support labels are optional for inference; training needs them. A supporting fact
 must be a non-blank string (an empty one would be contained in every chunk) and a support index a
 JSON integer (``true`` is not index 1); an optional ``values`` field (RULER NIAH value recall) is a
-list of strings. The file must be UTF-8 (see :mod:`qrag_core.text_files`). Every malformed line
+list of strings. An optional ``ordered`` boolean (default ``true``) says whether the chunks are one
+document whose order matters (a story, a book: positions ρ_t are used) or ``false`` for a collection of
+independent passages (HotpotQA's ten paragraphs, a folder of files: positions are off, docs/method.md §3).
+The file must be UTF-8 (see :mod:`qrag_core.text_files`). Every malformed line
 raises :class:`DataFormatError` naming the file, the line and the problem; nothing is skipped
 silently.
 """
@@ -59,6 +62,8 @@ class Example:
     """Texts of the supporting facts (first form)."""
     support: list[int] | None = None
     """Indices of the supporting chunks (second form)."""
+    ordered: bool = True
+    """True: one document whose chunk order matters (ρ_t); False: a collection of passages (positions off)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Any other fields of the JSON line (e.g. ``task``, ``length``), kept as they are."""
     source: tuple[str, int] | None = field(default=None, compare=False, repr=False)
@@ -130,11 +135,13 @@ class Example:
             row["chunks"] = self.chunks
             if self.support is not None:
                 row["support"] = self.support
+        if not self.ordered:
+            row["ordered"] = False
         row.update(self.extra)
         return row
 
 
-_KNOWN = {"id", "question", "answer", "document", "supporting_facts", "chunks", "support"}
+_KNOWN = {"id", "question", "answer", "document", "supporting_facts", "chunks", "support", "ordered"}
 
 
 def _consecutive_runs(indices: list[int]) -> list[frozenset[int]]:
@@ -190,6 +197,9 @@ def example_from_json(row: object, where: tuple[str, int], need_support: bool = 
     answer = row.get("answer")
     if answer is not None and not isinstance(answer, str):
         raise fail("'answer' must be a string")
+    ordered = row.get("ordered", True)
+    if not isinstance(ordered, bool):
+        raise fail(f"'ordered' must be true (one ordered document) or false (a passage collection), got {ordered!r}")
     example_id = row.get("id", f"{Path(path).name}:{line}")
     return Example(
         id=str(example_id),
@@ -199,6 +209,7 @@ def example_from_json(row: object, where: tuple[str, int], need_support: bool = 
         answer=answer,
         supporting_facts=facts,
         support=support,
+        ordered=ordered,
         extra={k: v for k, v in row.items() if k not in _KNOWN},
         source=(path, line),
     )

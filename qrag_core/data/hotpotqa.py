@@ -61,6 +61,7 @@ def hotpot_example(record: dict[str, Any], where: str, extra: dict[str, Any] | N
         chunks=chunks,
         support=support,
         answer=answer,
+        ordered=False,
         extra={"task": "hotpotqa", "type": record.get("type"), "level": record.get("level"), **(extra or {})},
     )
 

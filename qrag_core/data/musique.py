@@ -47,6 +47,7 @@ def musique_example(record: dict[str, Any], path: str, line: int, extra: dict[st
         chunks=chunks,
         support=support,
         answer=answer,
+        ordered=False,
         extra={"task": "musique", "hops": ident.split("__")[0], **(extra or {})},
     )
 

@@ -45,7 +45,8 @@ from qrag_core.atomic import (
     write_file,
 )
 from qrag_core.errors import CheckpointError, UnsafeOutputError
-from qrag_core.model import MODEL_LAYOUT, QRAG
+from qrag_core.model import QRAG
+from qrag_core.model_files import MODEL_LAYOUT
 from qrag_core.training.metrics_log import METRICS_FILE
 
 logger = logging.getLogger(__name__)

@@ -32,10 +32,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from qrag_core.baselines import QRAGSearch
 from qrag_core.data.examples import Example
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import CheckpointError, DivergedError, InvalidInputError, TrainingError
-from qrag_core.evaluation import QRAGSearch, evaluate
+from qrag_core.evaluation import evaluate
 from qrag_core.model import QRAG
 from qrag_core.training.checkpoint import (
     CHECKPOINT_DIR,

@@ -49,6 +49,8 @@ class TrainingDocument:
     texts: list[str]
     facts: tuple[tuple[frozenset[int], ...], ...]
     """Each supporting fact as its occurrences (sets of chunk indices); selecting any one finds the fact."""
+    ordered: bool = True
+    """False for a collection of independent passages: positions are off (all 0)."""
     content: torch.Tensor | None = None
     """(N, d) float16 content embeddings e_i when the action transformer is frozen; else computed per use."""
 
@@ -104,7 +106,9 @@ def prepare_documents(model: QRAG, examples: Iterable[Example], what: str = "tra
             )
         chunks = example.to_chunks(model.config.chunking, model.action_encoder.tokenizer)
         facts = tuple(tuple(fact) for fact in example.support_alternatives(chunks))
-        documents.append(TrainingDocument(example.id, example.question, [c.text for c in chunks], facts))
+        documents.append(
+            TrainingDocument(example.id, example.question, [c.text for c in chunks], facts, example.ordered)
+        )
     if not documents:
         raise InvalidInputError(f"the {what} data holds no examples")
     return documents
@@ -122,14 +126,6 @@ def content_with_grad(model: QRAG, docs: Sequence[TrainingDocument], indices: Se
     if model.config.freeze_action_encoder:
         return torch.stack([doc.content[i].float() for doc, i in zip(docs, indices, strict=True)])
     return model.action_encoder.embed([doc.texts[i] for doc, i in zip(docs, indices, strict=True)])
-
-
-def q_row(network: QRAG, state: torch.Tensor, actions: torch.Tensor, selected: Sequence[int]) -> torch.Tensor:
-    """Q(s, c) (M2) for every chunk c of one document, -inf at the selected ones."""
-    q = network.q_values(state.unsqueeze(0), actions, network.positions(actions.shape[0], selected))[0]
-    if selected:
-        q = q.index_fill(0, torch.as_tensor(list(selected), device=q.device), float("-inf"))
-    return q
 
 
 # ================================================================================================ the pieces
@@ -339,7 +335,7 @@ def supervised_loss(
     loss, q_rows = states.new_zeros(()), []
     for row, (doc, prefix) in enumerate(zip(docs, prefixes, strict=True)):
         e = doc.content.float() if model.config.freeze_action_encoder else model.action_encoder.embed(doc.texts)
-        q = q_row(model, states[row], model.action_vectors(e), prefix)
+        q = model.q_row(states[row], model.action_vectors(e), prefix, doc.ordered)
         logits = q / temperature
         missing = torch.as_tensor(doc.missing_support(prefix), device=logits.device)
         loss = loss + torch.logsumexp(logits, 0) - torch.logsumexp(logits[missing], 0)
@@ -448,7 +444,7 @@ def rollout(
         )
         for row, b in enumerate(active):
             episode, doc = episodes[b], mine[b]
-            q = q_row(model, states[row], actions[b], episode.actions).double().cpu()
+            q = model.q_row(states[row], actions[b], episode.actions, doc.ordered).double().cpu()
             k = min(config.top_k or q.shape[0], q.shape[0] - len(episode.actions))
             top_q, top_i = q.topk(k)
             # π(c | s_t) ∝ exp((Q(s_t, c) − max Q)/α_t), Q calibrated (a state value cancels in the softmax)
@@ -482,7 +478,7 @@ def episode_returns(
         )
         actions = {id(e): network.action_vectors(content(network, e.doc)) for e in episodes}
         for row, (e, t) in enumerate(items):
-            q = q_row(network, states[row], actions[id(e)], e.actions[:t])
+            q = network.q_row(states[row], actions[id(e)], e.actions[:t], e.doc.ordered)
             q = target.calibrated(states[row : row + 1], q.unsqueeze(0))[0]
             next_values[id(e)].append(soft_value(q, alpha))
     returns = []
@@ -503,8 +499,8 @@ def q_learning_loss(
         [e.doc.question for e, _ in items], [e.doc.state_texts(e.actions[:t]) for e, t in items]
     )
     chosen = model.action_vectors(content_with_grad(model, [e.doc for e, _ in items], [e.actions[t] for e, t in items]))
-    positions = torch.stack([model.positions(len(e.doc.texts), e.actions[:t])[e.actions[t]] for e, t in items])
-    q = online.calibrated(states, model.q_values(states, chosen, positions).diagonal())
+    taken = [(len(e.doc.texts), e.actions[:t], e.actions[t]) for e, t in items]
+    q = online.calibrated(states, model.q_taken(states, chosen, taken, [e.doc.ordered for e, _ in items]))
     targets = torch.cat(list(returns)).to(q.device)
     return ((q - targets) ** 2).sum() / num_transitions
 

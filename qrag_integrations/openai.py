@@ -6,7 +6,7 @@ with the document. The endpoint is anything that speaks ``POST /v1/chat/completi
 vLLM, llama.cpp server, Ollama, LM Studio …), reached with the ``openai`` client
 (``pip install "qrag[openai]"``)::
 
-    from qrag_core.answerer import Answerer, EndpointConfig
+    from qrag_integrations.openai import Answerer, EndpointConfig
     from qrag_core.retrieval_session import RetrievalSession
     session = RetrievalSession.from_pretrained()
     session.add_texts([long_text])
