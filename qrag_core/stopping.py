@@ -32,6 +32,7 @@ from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import InvalidInputError
 from qrag_core.metrics import aggregate, fact_scores, resolve_support
 from qrag_core.model import QRAG
+from qrag_core.search import search
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +82,11 @@ def trace_examples(
             if not example.has_support:
                 raise InvalidInputError(f"example {example.id} has no support labels")
             index = model.index_documents([chunks], cache=cache)
-            result = model.search(
+            result = search(
+                model,
                 example.question,
                 index,
-                steps=min(steps, len(chunks)),
+                k=min(steps, len(chunks)),
                 beam=1,
                 stop_threshold=-sys.float_info.max,  # finite (the search requires it) and below every Q
                 alternatives=0,

@@ -1,23 +1,44 @@
-"""Command-line tools: ``qrag-eval`` (evaluate retrieval on a JSONL file) and ``qrag-data`` (build benchmark data).
+"""What every command-line tool of the repository shares: logging, error reporting, exit statuses, option types.
 
-Every tool writes its results to stdout and its logs and progress bars to stderr. Every tool handles
-errors the same way (:func:`run_reporting_errors`): a bad option gets argparse's ``prog: error:
-message`` and exit status 2 before any work starts; bad input found later (a malformed data line,
-a missing or undecodable file, a corrupt model) gets ``prog: error: message`` naming the file, line
-and problem, and exit status 2, never a traceback.
+The tools are the ``qrag-*`` commands (``qrag-data``, ``qrag-demo``, ``qrag-eval``, ``qrag-finetune``,
+``qrag-index``; the modules of this package) and the scripts of ``benchmarks/`` and ``recipes/``. Each
+writes its results to stdout and its logs and progress bars to stderr (:func:`setup_logging`;
+``--verbose`` adds debug logging, :func:`add_verbose_flag`), explains every option in ``--help``, and
+ends with one of these exit statuses (:func:`run_reporting_errors`):
+
+- 0 (:data:`OK`): done;
+- 1 (:data:`CHECK_FAILED`): done, but a check the tool makes failed (``benchmarks/time_eval.py`` over
+  its time limit);
+- 2 (:data:`INPUT_ERROR`): a bad option, reported by argparse as ``prog: error: message`` before any
+  work starts; or bad input found later (a malformed data line, a missing or undecodable file, a
+  corrupt model: any :class:`~qrag_core.errors.QRAGError`), reported as one line ``prog: error:
+  message`` naming the file, line and problem, never a traceback;
+- 130 (:data:`INTERRUPTED`): stopped with Ctrl-C.
+
+Options share their checked types (:func:`positive_int`, :func:`finite_float`, …) and the flags of a
+config dataclass are generated from its field docstrings (:func:`add_dataclass_flags`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import sys
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from qrag_core.config import field_docs
 from qrag_core.errors import QRAGError
 
+OK = 0
+"""Exit status of a tool that did what was asked."""
+CHECK_FAILED = 1
+"""Exit status of a tool that finished but whose own check failed (e.g. a timing over its limit)."""
 INPUT_ERROR = 2
 """Exit status of a usage or input error (argparse's own for a bad option)."""
 INTERRUPTED = 130
@@ -34,10 +55,11 @@ class _QuietThirdParty(logging.Filter):
         return record.levelno >= logging.WARNING or record.name.split(".")[0] not in CHATTY_LOGGERS
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Log to stderr: INFO by default; DEBUG, third-party chatter included, with ``verbose``."""
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Log to stderr: INFO by default; only warnings with ``quiet``; DEBUG, third-party chatter included,
+    with ``verbose``."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -46,11 +68,19 @@ def setup_logging(verbose: bool = False) -> None:
             handler.addFilter(_QuietThirdParty())
 
 
+def add_verbose_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--verbose``, the same in every tool: debug logging for :func:`setup_logging`."""
+    parser.add_argument(
+        "--verbose", action="store_true", help="debug logging on stderr, third-party libraries' too (default: info)"
+    )
+
+
 def run_reporting_errors(prog: str, command: Callable[[], int | None]) -> int:
-    """Run ``command``; a QRAGError, OSError, UnicodeError or missing optional package becomes one line
-    ``prog: error: message`` on stderr and exit status 2, Ctrl-C exit status 130."""
+    """Run ``command`` and return its exit status (None: :data:`OK`); a QRAGError, OSError, UnicodeError
+    or missing optional package becomes one line ``prog: error: message`` on stderr and
+    :data:`INPUT_ERROR`, Ctrl-C :data:`INTERRUPTED`."""
     try:
-        return command() or 0
+        return command() or OK
     except (QRAGError, OSError, UnicodeError, ImportError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return INPUT_ERROR
@@ -102,3 +132,51 @@ def check_output_file(parser: argparse.ArgumentParser, flag: str, out: str | Pat
     """Refuse (argparse error) an output file name that is an existing directory (or no usable path)."""
     if _resolved(parser, flag, out).is_dir():
         parser.error(f"{flag} {out} is a directory; give a file name, e.g. {flag} {Path(out) / 'data.jsonl'}")
+
+
+def _value_parser(annotation: Any) -> Callable[[str], Any]:
+    """argparse ``type`` for a field annotation: int, float (finite), str, or one of them or None ("none")."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        parse = _value_parser(inner)
+
+        def optional(text: str) -> Any:
+            return None if text.lower() == "none" else parse(text)
+
+        optional.__name__ = f"{inner.__name__} or none"
+        return optional
+    return finite_float if annotation is float else annotation
+
+
+def add_dataclass_flags(
+    group: argparse._ArgumentGroup | argparse.ArgumentParser,
+    cls: type,
+    suppress_defaults: bool,
+    skip: Sequence[str] = (),
+    choices: Mapping[str, Sequence[str]] | None = None,
+) -> None:
+    """One flag per dataclass field, its help the field's docstring plus the default.
+
+    The flag is ``--field-name``, or the field's ``flag`` metadata where it has one; ``choices`` lists
+    the values of the string fields that take only a few. With ``suppress_defaults``, a flag not
+    given leaves no attribute (so a config keeps its own value).
+    """
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        shown = str(f.default).replace("%", "%%") if suppress_defaults else "%(default)s"
+        kwargs: dict[str, Any] = {
+            "dest": f.name,
+            "help": f"{docs.get(f.name, '').replace('%', '%%')} (default: {shown})",
+        }
+        kwargs["default"] = argparse.SUPPRESS if suppress_defaults else f.default
+        if hints[f.name] is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _value_parser(hints[f.name])
+            kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
+            if choices and f.name in choices:
+                kwargs["choices"] = choices[f.name]
+        group.add_argument(flag, **kwargs)

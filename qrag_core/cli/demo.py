@@ -12,13 +12,12 @@ loads; every error is one line, ``qrag-demo: error: …``, exit 2 (:func:`qrag_c
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from dataclasses import dataclass
 
 from qrag_core.chunking import chunk_text
-from qrag_core.cli import non_negative_int, positive_int, run_reporting_errors
+from qrag_core.cli import add_verbose_flag, non_negative_int, positive_int, run_reporting_errors, setup_logging
 from qrag_core.data.babilong import BABILONG_TASKS, build_babilong
 from qrag_core.data.demo import load_demo_document
 from qrag_core.data.paths import DataNotFoundError
@@ -26,6 +25,7 @@ from qrag_core.embedding_cache import shared_cache
 from qrag_core.errors import QRAGError
 from qrag_core.model import QRAG
 from qrag_core.model_names import DEFAULT_MODEL_NAME, shipped_model_names
+from qrag_core.search import search
 
 BABILONG_DEFAULTS = {"task": "qa2", "length": "4k", "sample": 0}
 
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=positive_int, default=4, help="chunks to retrieve (search steps T)")
     parser.add_argument("--beam", type=positive_int, default=1, help="beam width (1 = greedy)")
     parser.add_argument("--no-cache", action="store_true", help="do not use the on-disk embedding cache")
+    add_verbose_flag(parser)
     return parser
 
 
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> None:
     loaded = time.perf_counter()
     index = model.index_documents([demo.chunks], doc_ids=["demo"], cache=cache)
     indexed = time.perf_counter()
-    result = model.search(demo.question, index, steps=args.steps, beam=args.beam)
+    result = search(model, demo.question, index, k=args.steps, beam=args.beam)
     searched = time.perf_counter()
 
     found = demo.support & {s.chunk.index for s in result.chunks}
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose, quiet=True)
     return run_reporting_errors("qrag-demo", lambda: run(args))
 
 
