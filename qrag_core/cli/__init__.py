@@ -16,7 +16,9 @@ ends with one of these exit statuses (:func:`run_reporting_errors`):
 - 130 (:data:`INTERRUPTED`): stopped with Ctrl-C.
 
 Options share their checked types (:func:`positive_int`, :func:`finite_float`, …) and the flags of a
-config dataclass are generated from its field docstrings (:func:`add_dataclass_flags`).
+config dataclass are generated from its field docstrings (:func:`add_dataclass_flags`), the search
+flags of ``qrag-demo`` and ``qrag-index search`` from :class:`~qrag_core.search_options.SearchOptions`
+(:func:`add_search_flags`, read back by :func:`from_flags`).
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from qrag_core.config import field_docs
 from qrag_core.errors import QRAGError
+from qrag_core.search_options import ORDERS, SearchOptions
+
+T = TypeVar("T")
 
 OK = 0
 """Exit status of a tool that did what was asked."""
@@ -134,17 +139,20 @@ def check_output_file(parser: argparse.ArgumentParser, flag: str, out: str | Pat
         parser.error(f"{flag} {out} is a directory; give a file name, e.g. {flag} {Path(out) / 'data.jsonl'}")
 
 
-def _value_parser(annotation: Any) -> Callable[[str], Any]:
-    """argparse ``type`` for a field annotation: int, float (finite), str, or one of them or None ("none")."""
+def _value_parser(annotation: Any, positive: bool = False) -> Callable[[str], Any]:
+    """argparse ``type`` for a field annotation: int (``positive``: ≥ 1), float (finite), str, or one of them
+    or None ("none")."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
-        parse = _value_parser(inner)
+        parse = _value_parser(inner, positive)
 
         def optional(text: str) -> Any:
             return None if text.lower() == "none" else parse(text)
 
         optional.__name__ = f"{inner.__name__} or none"
         return optional
+    if annotation is int and positive:
+        return positive_int
     return finite_float if annotation is float else annotation
 
 
@@ -157,9 +165,10 @@ def add_dataclass_flags(
 ) -> None:
     """One flag per dataclass field, its help the field's docstring plus the default.
 
-    The flag is ``--field-name``, or the field's ``flag`` metadata where it has one; ``choices`` lists
-    the values of the string fields that take only a few. With ``suppress_defaults``, a flag not
-    given leaves no attribute (so a config keeps its own value).
+    The flag is ``--field-name``, or the field's ``flag`` metadata where it has one; an integer field
+    with ``positive`` metadata takes only integers ≥ 1; ``choices`` lists the values of the string
+    fields that take only a few. With ``suppress_defaults``, a flag not given leaves no attribute (so
+    a config keeps its own value).
     """
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -175,8 +184,20 @@ def add_dataclass_flags(
         if hints[f.name] is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = _value_parser(hints[f.name])
+            kwargs["type"] = _value_parser(hints[f.name], f.metadata.get("positive", False))
             kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
             if choices and f.name in choices:
                 kwargs["choices"] = choices[f.name]
         group.add_argument(flag, **kwargs)
+
+
+def add_search_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """A group of flags for the :class:`~qrag_core.search_options.SearchOptions` (``--steps``, ``--beam``, …),
+    read back with ``from_flags(SearchOptions, args)``; an option not given takes the model's default."""
+    group = parser.add_argument_group("search options")
+    add_dataclass_flags(group, SearchOptions, suppress_defaults=False, skip=skip, choices={"order": ORDERS})
+
+
+def from_flags(cls: type[T], args: argparse.Namespace) -> T:
+    """The dataclass ``cls`` made from the flags :func:`add_dataclass_flags` added (those given or defaulted)."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})

@@ -17,7 +17,14 @@ import time
 from dataclasses import dataclass
 
 from qrag_core.chunking import chunk_text
-from qrag_core.cli import add_verbose_flag, non_negative_int, positive_int, run_reporting_errors, setup_logging
+from qrag_core.cli import (
+    add_search_flags,
+    add_verbose_flag,
+    from_flags,
+    non_negative_int,
+    run_reporting_errors,
+    setup_logging,
+)
 from qrag_core.data.babilong import BABILONG_TASKS, build_babilong
 from qrag_core.data.demo import load_demo_document
 from qrag_core.data.paths import DataNotFoundError
@@ -26,8 +33,11 @@ from qrag_core.errors import QRAGError
 from qrag_core.model import QRAG
 from qrag_core.model_names import DEFAULT_MODEL_NAME, shipped_model_names
 from qrag_core.search import search
+from qrag_core.search_options import SearchOptions
 
 BABILONG_DEFAULTS = {"task": "qa2", "length": "4k", "sample": 0}
+SEARCH_FLAGS_SKIPPED = ("document_id", "document_ids", "order")
+"""Search options without a flag: the demo's index holds one document, shown in document order."""
 
 
 @dataclass
@@ -59,9 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sample", type=non_negative_int, default=None, help="BabiLong: which of the 100 test samples (0)"
     )
-    parser.add_argument("--steps", type=positive_int, default=4, help="chunks to retrieve (search steps T)")
-    parser.add_argument("--beam", type=positive_int, default=1, help="beam width (1 = greedy)")
     parser.add_argument("--no-cache", action="store_true", help="do not use the on-disk embedding cache")
+    add_search_flags(parser, skip=SEARCH_FLAGS_SKIPPED)
     add_verbose_flag(parser)
     return parser
 
@@ -106,7 +115,7 @@ def run(args: argparse.Namespace) -> None:
     loaded = time.perf_counter()
     index = model.index_documents([demo.chunks], doc_ids=["demo"], cache=cache)
     indexed = time.perf_counter()
-    result = search(model, demo.question, index, k=args.steps, beam=args.beam)
+    result = search(model, demo.question, index, from_flags(SearchOptions, args))
     searched = time.perf_counter()
 
     found = demo.support & {s.chunk.index for s in result.chunks}
