@@ -4,6 +4,7 @@ import pytest
 
 from qrag_core import QRAGConfig
 from qrag_core.errors import InvalidInputError
+from qrag_core.index import DocumentIndex
 from tests.conftest import make_tiny_model
 
 SENTENCES = [
@@ -16,7 +17,7 @@ SENTENCES = [
 
 @pytest.fixture()
 def index(tiny_model):
-    return tiny_model.index_documents([SENTENCES])
+    return DocumentIndex.build(tiny_model, [SENTENCES])
 
 
 def test_greedy_never_selects_a_chunk_twice(tiny_model, index):
@@ -39,7 +40,7 @@ def test_trace_records_q_position_and_steps(tiny_model, index):
 @pytest.mark.parametrize("mode", ["relative", "absolute", "none"])
 def test_beam_width_one_equals_greedy(minilm_tokenizer, mode):
     model = make_tiny_model(minilm_tokenizer, QRAGConfig(position_mode=mode))
-    index = model.index_documents([SENTENCES])
+    index = DocumentIndex.build(model, [SENTENCES])
     greedy = model.search("towers and bells", index, steps=4)
     beam = model.search("towers and bells", index, steps=4, beam=1)
     assert [s.chunk_index for s in beam.trace] == [s.chunk_index for s in greedy.trace]
@@ -50,7 +51,7 @@ def test_beam_width_one_equals_greedy(minilm_tokenizer, mode):
 @pytest.mark.parametrize("width", [2, 3])
 def test_beam_never_scores_lower_than_greedy(minilm_tokenizer, seed, width):
     model = make_tiny_model(minilm_tokenizer, seed=seed)
-    index = model.index_documents([SENTENCES])
+    index = DocumentIndex.build(model, [SENTENCES])
     question = f"question {seed} about masks and drums"
     greedy = model.search(question, index, steps=4)
     beam = model.search(question, index, steps=4, beam=width, expand_k=width + 1)
@@ -63,14 +64,14 @@ def test_stop_threshold_stops_early_but_returns_at_least_one(tiny_model, index):
 
 
 def test_more_steps_than_chunks_returns_all_with_warning(tiny_model):
-    index = tiny_model.index_documents([SENTENCES[:3]])
+    index = DocumentIndex.build(tiny_model, [SENTENCES[:3]])
     with pytest.warns(UserWarning, match="only 3 chunks"):
         result = tiny_model.search("anything", index, steps=8)
     assert sorted(s.chunk.index for s in result.chunks) == [0, 1, 2]
 
 
 def test_search_restricted_to_one_document(tiny_model):
-    index = tiny_model.index_documents([SENTENCES[:8], SENTENCES[8:]], doc_ids=["a", "b"])
+    index = DocumentIndex.build(tiny_model, [SENTENCES[:8], SENTENCES[8:]], doc_ids=["a", "b"])
     result = tiny_model.search("stars", index, steps=3, document_id="b")
     assert {s.chunk.doc_id for s in result.chunks} == {"b"}
     everywhere = tiny_model.search("stars", index, steps=len(SENTENCES))
