@@ -35,6 +35,7 @@ from qrag_core.index import DocumentIndex
 from qrag_core.machine import machine_description
 from qrag_core.model import QRAG
 from qrag_core.model_names import base_minilm_path
+from qrag_core.search import search
 
 QUESTIONS = [
     "Where is the football?",
@@ -93,11 +94,11 @@ def time_queries(model: QRAG, index: DocumentIndex, beam: int) -> dict:
         return out
 
     model.state_vectors = timed_state_vectors  # type: ignore[method-assign]
-    model.search(QUESTIONS[0], index, steps=4, beam=beam)  # warm-up: action vectors are cached on the index
+    search(model, QUESTIONS[0], index, k=4, beam=beam)  # warm-up: action vectors are cached on the index
     encode_time, latencies = 0.0, []
     for question in QUESTIONS:
         start = time.perf_counter()
-        model.search(question, index, steps=4, beam=beam)
+        search(model, question, index, k=4, beam=beam)
         latencies.append(time.perf_counter() - start)
     del model.state_vectors
     total = sum(latencies)

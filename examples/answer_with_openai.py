@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from example_document import example_arguments, example_document, print_case
 
-from qrag_core.retrieval_session import RetrievalOptions, RetrievalSession
+from qrag_core.retriever import Retriever
+from qrag_core.search_options import SearchOptions
 from qrag_integrations.openai import Answerer, EndpointConfig, endpoint_help
 
 
@@ -21,9 +22,9 @@ def main() -> None:
     document = example_document(args.task, args.question_index, args.background_sentences)
     print_case(document)
 
-    session = RetrievalSession.from_pretrained(args.model)
-    session.add_texts([document.text], metadatas=[{"source": document.source}], ids=[document.doc_id])
-    answerer = Answerer(session, EndpointConfig.from_env(), options=RetrievalOptions(k=args.k))
+    retriever = Retriever.from_pretrained(args.model)
+    retriever.add_texts([document.text], metadatas=[{"source": document.source}], ids=[document.doc_id])
+    answerer = Answerer(retriever, EndpointConfig.from_env(), options=SearchOptions(k=args.k))
 
     if not answerer.endpoint.configured:
         print(answerer.retrieve(document.question).format())

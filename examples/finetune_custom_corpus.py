@@ -22,7 +22,8 @@ from example_document import ExampleDocument, example_arguments, example_documen
 from qrag_core import QRAG
 from qrag_core.data.examples import Example, read_jsonl, write_jsonl
 from qrag_core.embedding_cache import shared_cache
-from qrag_core.retrieval_session import RetrievalOptions, RetrievalSession
+from qrag_core.retriever import Retriever
+from qrag_core.search_options import SearchOptions
 from qrag_core.training import TrainingConfig, train
 from qrag_core.training.trainer import MODEL_DIR
 
@@ -89,10 +90,10 @@ def main() -> None:
 
         held_out = example_document(args.task, args.question_index, args.background_sentences, "test")
         print_case(held_out)
-        session = RetrievalSession.from_pretrained(str(out / MODEL_DIR), cache=shared_cache())
-        session.add_texts([held_out.text], ids=[held_out.doc_id])
+        retriever = Retriever.from_pretrained(str(out / MODEL_DIR), cache=shared_cache())
+        retriever.add_texts([held_out.text], ids=[held_out.doc_id])
         print(f"Fine-tuned model {out / MODEL_DIR}:")
-        print(session.search(held_out.question, RetrievalOptions(k=args.k)).format())
+        print(retriever.search(held_out.question, SearchOptions(k=args.k)).format())
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ from qrag_core.errors import (
 )
 from qrag_core.index import DocumentIndex
 from qrag_core.model import QRAG
+from qrag_core.retriever import Retriever
 from qrag_core.search import SearchResult, SearchStep, SelectedChunk
+from qrag_core.search_options import SearchOptions
 
 __all__ = [
     "QRAG",
@@ -36,6 +38,8 @@ __all__ = [
     "ModelNotFoundError",
     "QRAGConfig",
     "QRAGError",
+    "Retriever",
+    "SearchOptions",
     "SearchResult",
     "SearchStep",
     "SelectedChunk",

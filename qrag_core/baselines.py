@@ -23,6 +23,7 @@ from qrag_core.errors import InvalidInputError
 from qrag_core.evaluation import RetrievalMethod
 from qrag_core.index import DocumentIndex
 from qrag_core.model import QRAG
+from qrag_core.search import search
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class QRAGSearch:
         self.model.eval()
         try:
             index = DocumentIndex.build(self.model, [list(chunks)], cache=self.cache, ordered=ordered)
-            result = self.model.search(question, index, steps=steps, beam=self.beam, stop_threshold=self.stop_threshold)
+            result = search(self.model, question, index, k=steps, beam=self.beam, stop_threshold=self.stop_threshold)
         finally:
             self.model.train(was_training)
         return [selected.chunk.index for selected in result.chunks]

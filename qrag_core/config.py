@@ -1,8 +1,15 @@
-"""Configuration dataclasses of a Q-RAG model (docs/method.md), saved as ``config.json`` next to the weights."""
+"""Configuration dataclasses of a Q-RAG model (docs/method.md), saved as ``config.json`` next to the weights.
+
+Every config dataclass documents each field with a docstring under it; :func:`field_docs` reads them,
+so the command-line tools' help and the framework adapters' field descriptions are written once.
+"""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -136,3 +143,20 @@ class QRAGConfig:
             return cls(**values).validate()
         except (TypeError, InvalidInputError) as err:
             raise CheckpointError(f"invalid model config: {err}") from err
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (``field: type = value`` then ``\"\"\"doc\"\"\"``)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, following in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = following.value.value.strip()
+    return docs

@@ -11,17 +11,19 @@ is always returned).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from qrag_core.chunking import Chunk, validate_text
 from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
-from qrag_core.validation import check_finite, check_positive_int, is_int
+from qrag_core.search_options import SearchOptions
+from qrag_core.validation import is_int
 
 if TYPE_CHECKING:
     from qrag_core.model import QRAG
@@ -96,54 +98,67 @@ class _Beam:
     greedy: bool
 
 
-def _validate(
-    question: object,
-    index: DocumentIndex,
-    steps: object,
-    beam: object,
-    expand_k: object,
-    stop_threshold: object,
-    document_id: object,
-    alternatives: object,
-) -> None:
+def _validate(question: object, index: DocumentIndex, alternatives: object) -> None:
+    """What the search takes besides its options (those are checked by :class:`SearchOptions`)."""
     validate_text(question, "the question")
     if not isinstance(index, DocumentIndex):
         raise InvalidInputError(f"index must be a DocumentIndex, got {type(index).__name__}")
     if len(index) == 0:
         raise InvalidInputError("the index is empty; add a document first")
-    for name, value in (("steps", steps), ("beam", beam), ("expand_k", expand_k)):
-        check_positive_int(name, value)
-    check_finite("stop_threshold", stop_threshold, allow_none=True)
-    if document_id is not None and not isinstance(document_id, str):
-        raise InvalidInputError(f"document_id must be a string or None, got {document_id!r}")
     if not is_int(alternatives) or alternatives < 0:  # type: ignore[operator]
         raise InvalidInputError(f"alternatives must be an integer >= 0, got {alternatives!r}")
 
 
-@torch.inference_mode()
+def _restricted(index: DocumentIndex, document_ids: tuple[str, ...]) -> DocumentIndex:
+    """An index of some documents only, in index order (for a search restricted to several of them)."""
+    unknown = [doc_id for doc_id in document_ids if doc_id not in index.doc_ids]
+    if unknown:
+        raise InvalidInputError(f"no document(s) {unknown} in the index (it has {len(index.doc_ids)} documents)")
+    subset = DocumentIndex(index.fingerprint, index.dim)
+    for doc_id in sorted(document_ids, key=index.doc_ids.index):
+        subset.add_from(index, doc_id)
+    return subset
+
+
 def search(
     model: QRAG,
     question: str,
     index: DocumentIndex,
-    steps: int | None = None,
-    beam: int | None = None,
-    expand_k: int | None = None,
-    stop_threshold: float | None = None,
-    document_id: str | None = None,
+    options: SearchOptions | None = None,
+    *,
     alternatives: int = 3,
+    **overrides: Any,
 ) -> SearchResult:
-    """Select up to ``steps`` chunks of ``index`` for ``question``.
+    """Select up to ``options.k`` chunks of ``index`` for ``question``.
 
-    ``beam`` is the beam width (1 = greedy), ``expand_k`` how many top actions each beam is expanded
-    by (default: the beam width), ``stop_threshold`` stops a line when its best Q falls below it,
-    ``document_id`` restricts the search to one document of a multi-document index.
+    ``options`` (:class:`SearchOptions`, each option also accepted as a keyword that overrides it):
+    ``k`` search steps, ``beam`` width (1 = greedy), ``expand_k`` top actions each beam is expanded
+    by, ``stop_threshold`` below which a line stops, ``document_id``/``document_ids`` to search some
+    documents of a multi-document index only, and the ``order`` of the result. Options left at None
+    take the model's defaults. ``alternatives``: runners-up recorded per step in the trace.
     """
-    config = model.config
-    steps = config.max_steps if steps is None else steps
-    beam = config.beam_width if beam is None else beam
-    expand_k = beam if expand_k is None else expand_k
-    stop_threshold = config.stop_threshold if stop_threshold is None else stop_threshold
-    _validate(question, index, steps, beam, expand_k, stop_threshold, document_id, alternatives)
+    options = (options or SearchOptions()).override(**overrides).resolve(model.config)
+    _validate(question, index, alternatives)
+    if options.document_ids is not None:
+        chosen = tuple(dict.fromkeys(options.document_ids))
+        if not chosen:
+            return SearchResult(question, [], [])
+        restricted = len(chosen) > 1
+        index = _restricted(index, chosen) if restricted else index
+        options = dataclasses.replace(options, document_id=None if restricted else chosen[0])
+    result = _search(model, question, index, options, alternatives)
+    if options.order == "rank":
+        result.chunks.sort(key=lambda s: s.step)
+    return result
+
+
+@torch.inference_mode()
+def _search(
+    model: QRAG, question: str, index: DocumentIndex, options: SearchOptions, alternatives: int
+) -> SearchResult:
+    """The search itself, with every option resolved; the chunks come in document order."""
+    steps, beam, expand_k, stop_threshold = options.k, options.beam, options.expand_k, options.stop_threshold
+    document_id = options.document_id
 
     actions = model.index_action_vectors(index)
     if document_id is not None:

@@ -33,6 +33,7 @@ from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
 from qrag_core.metrics import aggregate, fact_scores, resolve_support
 from qrag_core.model import QRAG
+from qrag_core.search import search
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +83,11 @@ def trace_examples(
             if not example.has_support:
                 raise InvalidInputError(f"example {example.id} has no support labels")
             index = DocumentIndex.build(model, [chunks], cache=cache)
-            result = model.search(
+            result = search(
+                model,
                 example.question,
                 index,
-                steps=min(steps, len(chunks)),
+                k=min(steps, len(chunks)),
                 beam=1,
                 stop_threshold=-sys.float_info.max,  # finite (the search requires it) and below every Q
                 alternatives=0,

@@ -10,5 +10,5 @@ Each adapter is its own module, imported on demand, so each framework or client 
   endpoint (``pip install "qrag[openai]"``, needed only once a question is sent).
 
 The behaviour the retrievers share (indexing, search options, result metadata, persistence, thread safety)
-lives in :mod:`qrag_core.retrieval_session`.
+lives in :mod:`qrag_core.retriever`.
 """

@@ -1,6 +1,6 @@
 """LangChain retriever for Q-RAG multi-step retrieval (arXiv 2511.07328).
 
-A thin adapter: documents go into a :class:`qrag_core.retrieval_session.RetrievalSession`, queries
+A thin adapter: documents go into a :class:`qrag_core.retriever.Retriever`, queries
 come back as ``Document`` objects, one per selected chunk, with the source's metadata plus qrag's
 ``qrag_doc_id``, ``qrag_chunk_index``, ``qrag_start``/``qrag_end`` (offsets in the source),
 ``qrag_step``, ``qrag_q_value`` and ``qrag_position`` (a user's metadata keys are never overwritten;
@@ -21,39 +21,38 @@ splitter's ``add_start_index=True`` makes them) are indexed as that one source, 
 it; other documents stay separate. Adding a document under an id already present replaces it; a
 document without id gets one derived from its text and metadata (a split source: its ``source``).
 
-``ainvoke`` runs the search in a worker thread, so it never blocks the event loop; the session's
-lock makes concurrent calls (and additions) safe.
+The search options (``k``, ``beam``, ``expand_k``, ``stop_threshold``, ``document_id``,
+``document_ids``, ``order``) are the fields of :class:`qrag_core.search_options.SearchOptions`, one
+retriever field each (same name, type and documentation); each can be overridden per call.
+
+``ainvoke`` runs the search in a worker thread, so it never blocks the event loop; the core
+retriever's lock makes concurrent calls (and additions) safe.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import typing
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 try:
     from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
     from langchain_core.documents import Document
     from langchain_core.retrievers import BaseRetriever
-    from pydantic import model_validator
+    from pydantic import BaseModel, Field, create_model, model_validator
 except ImportError as err:  # pragma: no cover - exercised in a subprocess without LangChain
     raise ImportError(
         'qrag_integrations.langchain needs LangChain; install it with: pip install "qrag[langchain]"'
     ) from err
 
-from qrag_core.config import ChunkingConfig
+from qrag_core.config import ChunkingConfig, field_docs
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import InvalidInputError
 from qrag_core.model import QRAG
-from qrag_core.retrieval_session import (
-    RetrievalOptions,
-    RetrievalSession,
-    chunk_id,
-    evidence_metadata,
-    ordered,
-    saved_options,
-)
+from qrag_core.retriever import Retriever, chunk_id, evidence_metadata, saved_options
+from qrag_core.search_options import SearchOptions
 from qrag_core.sources import Piece, group_pieces
 
 __all__ = ["QRAGRetriever"]
@@ -64,25 +63,20 @@ SOURCE_KEY = "source"
 """Metadata key naming a split's source (set by LangChain's document loaders)."""
 
 
-class QRAGRetriever(BaseRetriever):
+def _search_option_fields() -> type[BaseModel]:
+    """A pydantic model with one field per search option: its name, type, default None and docstring."""
+    docs, hints = field_docs(SearchOptions), typing.get_type_hints(SearchOptions)
+    fields: dict[str, Any] = {
+        name: (hints[name], Field(default=None, description=docs[name])) for name in SearchOptions.names()
+    }
+    return create_model("SearchOptionFields", **fields)
+
+
+class QRAGRetriever(BaseRetriever, _search_option_fields()):
     """Multi-step Q-RAG retrieval over the documents added to it, as a LangChain retriever."""
 
-    session: RetrievalSession
-    """The model, the index of added documents and the lock that guards them."""
-    k: int | None = None
-    """Chunks to fetch per query, i.e. search steps (None: the model's default)."""
-    beam: int | None = None
-    """Beam width (1 = greedy; None: the model's default)."""
-    expand_k: int | None = None
-    """Top actions each beam is expanded by (None: the beam width)."""
-    stop_threshold: float | None = None
-    """Stop early when the best Q falls below this (None: the model's default)."""
-    document_id: str | None = None
-    """Search only this added document (None: all of them)."""
-    document_ids: list[str] | None = None
-    """Search only these added documents (None: all of them)."""
-    order: Literal["document", "rank"] | None = None
-    """Result order: ``document`` (None, the default: source order) or ``rank`` (order of selection)."""
+    session: Retriever
+    """The core retriever: the model, the index of added documents and the lock that guards them."""
     show_progress: bool | None = None
     """Progress bar while encoding added documents (None: for large adds only)."""
 
@@ -100,7 +94,7 @@ class QRAGRetriever(BaseRetriever):
 
         ``cache``: True (default) for the shared on-disk embedding cache (``$QRAG_CACHE_DIR``), None for none.
         """
-        return cls(session=RetrievalSession.from_pretrained(name_or_path, chunking, cache, device), **options)
+        return cls(session=Retriever.from_pretrained(name_or_path, chunking, cache, device), **options)
 
     @classmethod
     def from_model(
@@ -112,7 +106,7 @@ class QRAGRetriever(BaseRetriever):
         **options: Any,
     ) -> QRAGRetriever:
         """A retriever on a model already in memory (e.g. one just fine-tuned)."""
-        return cls(session=RetrievalSession(model, chunking=chunking, cache=cache), **options)
+        return cls(session=Retriever(model, chunking=chunking, cache=cache), **options)
 
     @classmethod
     def load(
@@ -126,8 +120,8 @@ class QRAGRetriever(BaseRetriever):
     ) -> QRAGRetriever:
         """Reopen a retriever written by :meth:`save`, or a ``qrag-index build`` directory (on ``model`` or
         the default model); ``options`` override the saved ones."""
-        session = RetrievalSession.load(path, model, cache, device)  # both loads find a killed save's old copy
-        return cls(session=session, **_fields(saved_options(path).override(**options)))
+        session = Retriever.load(path, model, cache, device)  # both loads find a killed save's old copy
+        return cls(session=session, **saved_options(path).override(**options).as_dict())
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index, the options and the model's name (or the model, if built in memory) to ``path``."""
@@ -194,16 +188,15 @@ class QRAGRetriever(BaseRetriever):
         self.search_options()
         return self
 
-    def search_options(self) -> RetrievalOptions:
-        """This retriever's search options (validated)."""
-        return RetrievalOptions(**{name: getattr(self, name) for name in RetrievalOptions.names()})
+    def search_options(self) -> SearchOptions:
+        """This retriever's search options (checked by :class:`SearchOptions`)."""
+        return SearchOptions(**{name: getattr(self, name) for name in SearchOptions.names()})
 
     def _search(self, query: str, overrides: dict[str, Any]) -> list[Document]:
-        options = self.search_options().override(**overrides)
-        result = self.session.search(query, options)
+        result = self.session.search(query, self.search_options().override(**overrides))
         return [
             Document(page_content=sel.chunk.text, metadata=evidence_metadata(sel), id=chunk_id(sel.chunk))
-            for sel in ordered(result, options.order)
+            for sel in result.chunks
         ]
 
     def _get_relevant_documents(
@@ -230,7 +223,3 @@ def _group_id(member_ids: list[str | None], key: tuple[str, Any] | None) -> str 
     if key is None or (len(set(member_ids)) == 1 and member_ids[0] is not None):
         return member_ids[0]
     return key[1]
-
-
-def _fields(options: RetrievalOptions) -> dict[str, Any]:
-    return {name: getattr(options, name) for name in RetrievalOptions.names()}

@@ -1,6 +1,6 @@
 """LlamaIndex retriever for Q-RAG multi-step retrieval (arXiv 2511.07328).
 
-A thin adapter over :class:`qrag_core.retrieval_session.RetrievalSession`; each query returns
+A thin adapter over :class:`qrag_core.retriever.Retriever`; each query returns
 ``NodeWithScore`` objects with ``score`` = the Q-value of the selected chunk::
 
     from llama_index.core.node_parser import SentenceSplitter
@@ -67,17 +67,16 @@ from qrag_core.config import ChunkingConfig
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import CheckpointError, InvalidInputError
 from qrag_core.model import QRAG
-from qrag_core.retrieval_session import (
+from qrag_core.retriever import (
     PIECE_ID_KEY,
     RETRIEVAL_METADATA_KEYS,
-    RetrievalOptions,
-    RetrievalSession,
+    Retriever,
     chunk_id,
     evidence_metadata,
-    ordered,
     saved_options,
 )
 from qrag_core.search import SelectedChunk
+from qrag_core.search_options import SearchOptions
 from qrag_core.sources import Piece, group_pieces
 
 __all__ = ["QRAGNodeWithScore", "QRAGRetriever"]
@@ -98,19 +97,20 @@ class QRAGRetriever(BaseRetriever):
 
     def __init__(
         self,
-        session: RetrievalSession,
-        options: RetrievalOptions | None = None,
+        session: Retriever,
+        options: SearchOptions | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
         filters: MetadataFilters | None = None,
         show_progress: bool | None = None,
     ) -> None:
-        """``options``: k (chunks per query), beam, expand_k, stop_threshold, document_id(s), order.
-        ``filters``: search only the documents whose metadata match. ``show_progress``: a progress bar
-        while encoding inserted documents (None: for large inserts only)."""
+        """``session``: the core retriever. ``options``: the search options (:class:`SearchOptions`: k chunks
+        per query, beam, expand_k, stop_threshold, document_id(s), order). ``filters``: search only the
+        documents whose metadata match. ``show_progress``: a progress bar while encoding inserted
+        documents (None: for large inserts only)."""
         super().__init__(callback_manager=callback_manager, verbose=verbose)
         self.session = session
-        self.options = options or RetrievalOptions()
+        self.options = options or SearchOptions()
         self.filters = filters
         self.show_progress = show_progress
         self._nodes: dict[str, BaseNode] = {}
@@ -132,7 +132,7 @@ class QRAGRetriever(BaseRetriever):
 
         ``cache``: True (default) for the shared on-disk embedding cache (``$QRAG_CACHE_DIR``), None for none.
         """
-        session = RetrievalSession.from_pretrained(name_or_path, chunking, cache, device)
+        session = Retriever.from_pretrained(name_or_path, chunking, cache, device)
         return cls(session, _options(options), callback_manager, filters=filters, show_progress=show_progress)
 
     @classmethod
@@ -156,9 +156,9 @@ class QRAGRetriever(BaseRetriever):
         if (nodes is None) == (documents is None):
             raise InvalidInputError("give exactly one of nodes= or documents=")
         if isinstance(model, QRAG):
-            session = RetrievalSession(model, chunking=chunking, cache=cache)
+            session = Retriever(model, chunking=chunking, cache=cache)
         else:
-            session = RetrievalSession.from_pretrained(model, chunking, cache)
+            session = Retriever.from_pretrained(model, chunking, cache)
         retriever = cls(session, _options(options), callback_manager, filters=filters, show_progress=show_progress)
         if nodes is not None:
             retriever.insert_nodes(nodes)
@@ -180,7 +180,7 @@ class QRAGRetriever(BaseRetriever):
         """Reopen a retriever written by :meth:`persist`, or a ``qrag-index build`` directory; ``model``
         and ``options`` override the saved ones."""
         persist_dir = readable(persist_dir)  # after a save killed between its renames, the complete old copy
-        session = RetrievalSession.load(persist_dir, model, cache)
+        session = Retriever.load(persist_dir, model, cache)
         saved = saved_options(persist_dir).override(**_option_values(options))
         retriever = cls(session, saved, callback_manager, filters=filters)
         nodes_path = Path(persist_dir) / NODES_FILE
@@ -237,7 +237,7 @@ class QRAGRetriever(BaseRetriever):
         for node_id in [i for i, node in self._nodes.items() if (node.ref_doc_id or node.node_id) == doc_id]:
             del self._nodes[node_id]
 
-    def _search_options(self) -> RetrievalOptions:
+    def _search_options(self) -> SearchOptions:
         if self.filters is None or not self.filters.filters:
             return self.options
         index = self.session.index
@@ -246,10 +246,9 @@ class QRAGRetriever(BaseRetriever):
         return self.options.override(document_ids=[doc_id for doc_id in index.doc_ids if matches(doc_id)])
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        options = self._search_options()
-        result = self.session.search(query_bundle.query_str, options)
+        result = self.session.search(query_bundle.query_str, self._search_options())
         found: dict[str, QRAGNodeWithScore] = {}
-        for selected in ordered(result, options.order):
+        for selected in result.chunks:
             user_node = self._nodes.get(selected.chunk.metadata.get(PIECE_ID_KEY, ""))
             node = user_node if user_node is not None else self._chunk_node(selected)
             hit = found.setdefault(node.node_id, QRAGNodeWithScore(node=node, score=selected.q_value))
@@ -289,7 +288,7 @@ def _retrieval_metadata(selected: SelectedChunk) -> dict[str, Any]:
 
 
 def _option_values(options: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments as retrieval option values; ``similarity_top_k`` is LlamaIndex's name for ``k``."""
+    """Keyword arguments as search option values; ``similarity_top_k`` is LlamaIndex's name for ``k``."""
     options = dict(options)
     if "similarity_top_k" in options:
         if options.get("k") is not None:
@@ -298,5 +297,5 @@ def _option_values(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _options(options: dict[str, Any]) -> RetrievalOptions:
-    return RetrievalOptions().override(**_option_values(options))
+def _options(options: dict[str, Any]) -> SearchOptions:
+    return SearchOptions().override(**_option_values(options))

@@ -7,10 +7,10 @@ vLLM, llama.cpp server, Ollama, LM Studio …), reached with the ``openai`` clie
 (``pip install "qrag[openai]"``)::
 
     from qrag_integrations.openai import Answerer, EndpointConfig
-    from qrag_core.retrieval_session import RetrievalSession
-    session = RetrievalSession.from_pretrained()
-    session.add_texts([long_text])
-    answerer = Answerer(session, EndpointConfig.from_env(base_url="http://127.0.0.1:8000/v1"))
+    from qrag_core.retriever import Retriever
+    retriever = Retriever.from_pretrained()
+    retriever.add_texts([long_text])
+    answerer = Answerer(retriever, EndpointConfig.from_env(base_url="http://127.0.0.1:8000/v1"))
     answer = answerer.answer("Where is Mary?")
     print(answer.text, answer.evidence)
     for piece in answerer.stream("Where is Mary?"):      # the answer as it is generated
@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from qrag_core.errors import QRAGError
-from qrag_core.retrieval_session import RetrievalOptions, RetrievalSession
+from qrag_core.retriever import Retriever
 from qrag_core.search import SearchResult, SelectedChunk
+from qrag_core.search_options import SearchOptions
 
 if TYPE_CHECKING:
     import openai
@@ -201,24 +202,24 @@ class Answerer:
 
     def __init__(
         self,
-        session: RetrievalSession,
+        retriever: Retriever,
         endpoint: EndpointConfig | None = None,
         settings: AnswerSettings | None = None,
-        options: RetrievalOptions | None = None,
+        options: SearchOptions | None = None,
     ) -> None:
         """``endpoint`` defaults to :meth:`EndpointConfig.from_env`; ``options`` are the search defaults."""
-        self.session = session
+        self.retriever = retriever
         self.endpoint = endpoint or EndpointConfig.from_env()
         self.settings = settings or AnswerSettings()
-        self.options = options or RetrievalOptions()
+        self.options = options or SearchOptions()
         self._client: openai.OpenAI | None = None
         self._async_client: openai.AsyncOpenAI | None = None
         self._model: str | None = self.endpoint.model
         self._wants_completion_tokens: bool | None = None
 
     def retrieve(self, question: str, **overrides: Any) -> SearchResult:
-        """The evidence for ``question`` (no endpoint needed); ``overrides`` as :class:`RetrievalOptions`."""
-        return self.session.search(question, self.options.override(**overrides))
+        """The evidence for ``question`` (no endpoint needed); ``overrides`` as :class:`SearchOptions`."""
+        return self.retriever.search(question, self.options.override(**overrides))
 
     def answer(self, question: str, **overrides: Any) -> Answer:
         """Retrieve, then ask the chat model; raises :class:`EndpointError` when that fails."""

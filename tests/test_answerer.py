@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from qrag_core.retrieval_session import RetrievalOptions, RetrievalSession
+from qrag_core.retriever import Retriever
+from qrag_core.search_options import SearchOptions
 from qrag_integrations.openai import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -141,8 +142,8 @@ def server() -> Iterator[ChatServer]:
 
 
 @pytest.fixture()
-def session(tiny_model) -> RetrievalSession:
-    session = RetrievalSession(tiny_model)
+def session(tiny_model) -> Retriever:
+    session = Retriever(tiny_model)
     session.add_texts([STORY])
     return session
 
@@ -154,7 +155,7 @@ def no_endpoint_env(monkeypatch):
 
 
 def test_round_trip_sends_the_evidence_in_document_order_and_parses_the_answer(session, server):
-    answerer = Answerer(session, EndpointConfig(server.url, model="tiny-chat"), options=RetrievalOptions(k=3))
+    answerer = Answerer(session, EndpointConfig(server.url, model="tiny-chat"), options=SearchOptions(k=3))
     answer = answerer.answer(QUESTION)
     assert len(server.requests) == 1
     request = server.requests[0]
@@ -217,9 +218,9 @@ def test_endpoint_failures_name_the_endpoint(session, server, failure):
 
 @pytest.mark.slow
 def test_real_minilm_answer_round_trip(real_model, server):
-    session = RetrievalSession(real_model)
+    session = Retriever(real_model)
     session.add_texts([STORY])
-    answer = Answerer(session, EndpointConfig(server.url, model="tiny-chat"), options=RetrievalOptions(k=2)).answer(
+    answer = Answerer(session, EndpointConfig(server.url, model="tiny-chat"), options=SearchOptions(k=2)).answer(
         QUESTION
     )
     user = server.requests[0]["messages"][1]["content"]
@@ -247,7 +248,7 @@ def test_api_openai_com_gets_max_completion_tokens(session):
 
 
 def test_streaming_yields_the_answer_in_pieces(session, server):
-    answerer = Answerer(session, EndpointConfig(server.url, model="m"), options=RetrievalOptions(k=2))
+    answerer = Answerer(session, EndpointConfig(server.url, model="m"), options=SearchOptions(k=2))
     streaming = answerer.stream(QUESTION)
     pieces = list(streaming)
     assert len(pieces) > 3 and server.requests[0]["stream"] is True
@@ -260,7 +261,7 @@ def test_streaming_yields_the_answer_in_pieces(session, server):
 
 
 async def test_async_answer_and_stream_leave_the_loop_free(session, server):
-    answerer = Answerer(session, EndpointConfig(server.url, model="m"), options=RetrievalOptions(k=2))
+    answerer = Answerer(session, EndpointConfig(server.url, model="m"), options=SearchOptions(k=2))
     ticks = 0
 
     async def ticker() -> None:

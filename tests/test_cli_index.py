@@ -4,8 +4,10 @@ import json
 
 import pytest
 
-from qrag_core.cli.index import main
+from qrag_core.cli.index import SEARCH_FLAGS_SKIPPED, build_parser, main
+from qrag_core.config import field_docs
 from qrag_core.index import DocumentIndex
+from qrag_core.search_options import SearchOptions
 
 
 @pytest.mark.slow
@@ -86,3 +88,28 @@ def test_build_never_deletes_the_book_or_other_files_in_out(tmp_path, story, cap
     assert "already holds a qrag index" in capsys.readouterr().err
     assert main([*argv, "--overwrite"]) == 0
     assert DocumentIndex.load(out).doc_ids == ["book.txt"]
+
+
+def test_the_search_flags_are_the_search_options(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    docs = field_docs(SearchOptions)
+    flagged = [name for name in SearchOptions.names() if name not in SEARCH_FLAGS_SKIPPED]
+    for name in flagged:
+        assert docs[name] in text
+    args = build_parser().parse_args(
+        ["search", "--index", "i", "--question", "q", "--steps", "3", "--beam", "2", "--order", "rank"]
+    )
+    assert (args.k, args.beam, args.expand_k, args.order) == (3, 2, None, "rank")
+    assert "--steps" in text and "--expand-k" in text and "--document-id" in text
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--steps", "0"], "k must be a positive integer"), (["--order", "score"], "invalid choice: 'score'")],
+)
+def test_bad_search_flags_are_refused_before_anything_loads(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", "--index", str(tmp_path / "missing"), "--question", "q", *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -29,14 +29,14 @@ def test_unordered_document_is_one_interval_at_zero_and_leaves_ordered_ones_alon
 
 def test_search_over_a_collection_ranks_by_the_plain_inner_product(tiny_model):
     index = DocumentIndex.build(tiny_model, [PASSAGES], ordered=False)
-    result = search(tiny_model, "towers and kings", index, steps=1, alternatives=len(PASSAGES) - 1)
+    result = search(tiny_model, "towers and kings", index, k=1, alternatives=len(PASSAGES) - 1)
     with torch.inference_mode():
         state = tiny_model.state_vectors(["towers and kings"], [[]])[0]
         plain = tiny_model.index_action_vectors(index) @ state
     assert result.trace[0].chunk_index == int(plain.argmax())
     assert result.trace[0].q_value == pytest.approx(float(plain.max()), abs=1e-5)
     assert result.trace[0].position == 0.0
-    ordered = search(tiny_model, "towers and kings", DocumentIndex.build(tiny_model, [PASSAGES]), steps=1)
+    ordered = search(tiny_model, "towers and kings", DocumentIndex.build(tiny_model, [PASSAGES]), k=1)
     assert ordered.trace[0].position != 0.0 or ordered.trace[0].chunk_index == 0  # ρ_0 = ℓ·i/N when ordered
 
 
@@ -53,7 +53,7 @@ def test_index_records_the_flag_per_document_and_keeps_it_on_disk(tiny_model, tm
     loaded.remove("wiki")
     assert loaded.ordered == [True]
     # Searching only the collection gives positions 0; only the story gives ρ_t.
-    assert all(s.position == 0.0 for s in search(tiny_model, "kings", index, steps=2, document_id="wiki").trace)
+    assert all(s.position == 0.0 for s in search(tiny_model, "kings", index, k=2, document_id="wiki").trace)
 
 
 def test_index_saved_before_the_flag_loads_as_ordered(tiny_model, tmp_path):

@@ -9,6 +9,7 @@ from qrag_core import QRAG, ChunkingConfig, QRAGConfig
 from qrag_core.errors import CheckpointError, InvalidInputError, ModelNotFoundError
 from qrag_core.index import DocumentIndex
 from qrag_core.model_names import resolve_model_path
+from qrag_core.search import search
 from tests.conftest import make_tiny_model
 
 QUESTION = "Where did John go?"
@@ -124,8 +125,8 @@ def test_index_persistence_round_trip(tiny_model, story, tmp_path):
     loaded = DocumentIndex.load(tmp_path / "idx")
     assert loaded.doc_ids == ["s", "t"] and [c.text for c in loaded.chunks] == [c.text for c in index.chunks]
     assert torch.equal(loaded.content, index.content)
-    a = tiny_model.search("Where is Mary?", index, steps=3)
-    b = tiny_model.search("Where is Mary?", loaded, steps=3)
+    a = search(tiny_model, "Where is Mary?", index, k=3)
+    b = search(tiny_model, "Where is Mary?", loaded, k=3)
     assert [s.chunk_index for s in a.trace] == [s.chunk_index for s in b.trace]
     (tmp_path / "idx" / "embeddings.safetensors").write_bytes(b"oops")
     with pytest.raises(CheckpointError, match="embeddings.safetensors"):

@@ -5,6 +5,8 @@ import pytest
 from qrag_core import QRAGConfig
 from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
+from qrag_core.search import search
+from qrag_core.search_options import SearchOptions
 from tests.conftest import make_tiny_model
 
 SENTENCES = [
@@ -21,14 +23,14 @@ def index(tiny_model):
 
 
 def test_greedy_never_selects_a_chunk_twice(tiny_model, index):
-    result = tiny_model.search("what about ships and wolves?", index, steps=10)
+    result = search(tiny_model, "what about ships and wolves?", index, k=10)
     chosen = [s.chunk_index for s in result.trace]
     assert len(chosen) == len(set(chosen)) == 10
     assert [s.chunk.index for s in result.chunks] == sorted(chosen), "evidence comes in document order"
 
 
 def test_trace_records_q_position_and_steps(tiny_model, index):
-    result = tiny_model.search("kings", index, steps=3)
+    result = search(tiny_model, "kings", index, k=3)
     assert [s.step for s in result.trace] == [1, 2, 3]
     first = result.trace[0]
     assert first.position == pytest.approx(9 * first.chunk_index / len(SENTENCES))
@@ -41,8 +43,8 @@ def test_trace_records_q_position_and_steps(tiny_model, index):
 def test_beam_width_one_equals_greedy(minilm_tokenizer, mode):
     model = make_tiny_model(minilm_tokenizer, QRAGConfig(position_mode=mode))
     index = DocumentIndex.build(model, [SENTENCES])
-    greedy = model.search("towers and bells", index, steps=4)
-    beam = model.search("towers and bells", index, steps=4, beam=1)
+    greedy = search(model, "towers and bells", index, k=4)
+    beam = search(model, "towers and bells", index, k=4, beam=1)
     assert [s.chunk_index for s in beam.trace] == [s.chunk_index for s in greedy.trace]
     assert beam.total_q == pytest.approx(greedy.total_q)
 
@@ -53,34 +55,62 @@ def test_beam_never_scores_lower_than_greedy(minilm_tokenizer, seed, width):
     model = make_tiny_model(minilm_tokenizer, seed=seed)
     index = DocumentIndex.build(model, [SENTENCES])
     question = f"question {seed} about masks and drums"
-    greedy = model.search(question, index, steps=4)
-    beam = model.search(question, index, steps=4, beam=width, expand_k=width + 1)
+    greedy = search(model, question, index, k=4)
+    beam = search(model, question, index, k=4, beam=width, expand_k=width + 1)
     assert beam.total_q >= greedy.total_q - 1e-6
 
 
 def test_stop_threshold_stops_early_but_returns_at_least_one(tiny_model, index):
-    result = tiny_model.search("apples", index, steps=5, stop_threshold=10.0)
+    result = search(tiny_model, "apples", index, k=5, stop_threshold=10.0)
     assert len(result.chunks) == 1 and result.stopped_early
 
 
 def test_more_steps_than_chunks_returns_all_with_warning(tiny_model):
     index = DocumentIndex.build(tiny_model, [SENTENCES[:3]])
     with pytest.warns(UserWarning, match="only 3 chunks"):
-        result = tiny_model.search("anything", index, steps=8)
+        result = search(tiny_model, "anything", index, k=8)
     assert sorted(s.chunk.index for s in result.chunks) == [0, 1, 2]
 
 
 def test_search_restricted_to_one_document(tiny_model):
     index = DocumentIndex.build(tiny_model, [SENTENCES[:8], SENTENCES[8:]], doc_ids=["a", "b"])
-    result = tiny_model.search("stars", index, steps=3, document_id="b")
+    result = search(tiny_model, "stars", index, k=3, document_id="b")
     assert {s.chunk.doc_id for s in result.chunks} == {"b"}
-    everywhere = tiny_model.search("stars", index, steps=len(SENTENCES))
+    everywhere = search(tiny_model, "stars", index, k=len(SENTENCES))
     assert {s.chunk.doc_id for s in everywhere.chunks} == {"a", "b"}
     assert [(s.chunk.doc_id, s.chunk.index) for s in everywhere.chunks] == sorted(
         (s.chunk.doc_id, s.chunk.index) for s in everywhere.chunks
     )
     with pytest.raises(InvalidInputError, match="no document 'c'"):
-        tiny_model.search("stars", index, document_id="c")
+        search(tiny_model, "stars", index, document_id="c")
+
+
+def test_search_restricted_to_several_documents_names_the_unknown_ones(tiny_model):
+    index = DocumentIndex.build(tiny_model, [SENTENCES[:5], SENTENCES[5:10], SENTENCES[10:]], doc_ids=["a", "b", "c"])
+    result = search(tiny_model, "stars", index, k=4, document_ids=["c", "a"])
+    assert {s.chunk.doc_id for s in result.chunks} <= {"a", "c"} and len(result.chunks) == 4
+    with pytest.raises(InvalidInputError, match=r"no document\(s\) \['zzz'\]"):
+        search(tiny_model, "stars", index, document_ids=["a", "zzz"])
+
+
+def test_options_left_out_take_the_models_defaults(minilm_tokenizer):
+    config = QRAGConfig(max_steps=3, beam_width=2, stop_threshold=0.25)
+    assert SearchOptions().resolve(config) == SearchOptions(
+        k=3, beam=2, expand_k=2, stop_threshold=0.25, order="document"
+    )
+    assert SearchOptions(k=5, expand_k=4).resolve(config) == SearchOptions(
+        k=5, beam=2, expand_k=4, stop_threshold=0.25, order="document"
+    )
+    model = make_tiny_model(minilm_tokenizer, config=QRAGConfig(max_steps=3))
+    default = search(model, "kings", DocumentIndex.build(model, [SENTENCES]))
+    assert len(default.trace) == 3
+
+
+def test_an_options_object_and_keywords_are_the_same_search(tiny_model, index):
+    given = search(tiny_model, "ships", index, SearchOptions(k=3, beam=2, order="rank"))
+    assert [s.step for s in given.chunks] == [1, 2, 3], "rank order: the order of selection"
+    overridden = search(tiny_model, "ships", index, SearchOptions(k=1, beam=2), k=3, order="rank")
+    assert [(s.chunk.index, s.q_value) for s in overridden.chunks] == [(s.chunk.index, s.q_value) for s in given.chunks]
 
 
 @pytest.mark.parametrize(
@@ -89,25 +119,25 @@ def test_search_restricted_to_one_document(tiny_model):
         ("", {}, "empty"),
         ("   ", {}, "empty"),
         (42, {}, "must be a string"),
-        ("ok", {"steps": 0}, "positive"),
+        ("ok", {"k": 0}, "positive"),
         ("ok", {"beam": 0}, "positive"),
     ],
 )
 def test_bad_search_inputs(tiny_model, index, question, options, message):
     with pytest.raises(InvalidInputError, match=message):
-        tiny_model.search(question, index, **options)
+        search(tiny_model, question, index, **options)
 
 
 def test_index_from_another_encoder_is_refused(minilm_tokenizer, index):
     other = make_tiny_model(minilm_tokenizer, seed=7)
     with pytest.raises(InvalidInputError, match="different action encoder"):
-        other.search("apples", index)
+        search(other, "apples", index)
 
 
 @pytest.mark.slow
 def test_real_minilm_multi_step_finds_both_facts(real_model, story):
-    result = real_model.retrieve("Where is Mary?", story, steps=2)
+    result = real_model.retrieve("Where is Mary?", story, k=2)
     texts = " ".join(result.texts)
     assert "Mary moved to the bathroom." in texts and "Mary went back to the kitchen." in texts
-    beam = real_model.retrieve("Where is Mary?", story, steps=2, beam=3)
+    beam = real_model.retrieve("Where is Mary?", story, k=2, beam=3)
     assert beam.total_q >= result.total_q - 1e-6

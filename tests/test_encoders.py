@@ -9,6 +9,7 @@ from transformers import BertConfig, BertModel
 
 from qrag_core.encoders import TextEncoder, fit_pieces
 from qrag_core.index import DocumentIndex
+from qrag_core.search import search
 
 WORDS = "apple river king ship tower wolf lamp cake road bell star coin rope mask drum".split()
 
@@ -67,14 +68,14 @@ def test_long_state_text_stays_within_the_position_limit(tiny_model):
 def test_forty_steps_over_64_token_chunks_tiny_model(tiny_model):
     index = DocumentIndex.build(tiny_model, [long_document(45)])
     assert len(index) == 45
-    result = tiny_model.search("which king owns the ship?", index, steps=40)
+    result = search(tiny_model, "which king owns the ship?", index, k=40)
     assert len(result.trace) == 40
 
 
 @pytest.mark.slow
 def test_forty_steps_over_64_token_chunks_real_model(real_model):
     index = DocumentIndex.build(real_model, [long_document(45, seed=1)])
-    result = real_model.search("which king owns the ship?", index, steps=40)
+    result = search(real_model, "which king owns the ship?", index, k=40)
     assert len({s.chunk_index for s in result.trace}) == 40
 
 
@@ -227,7 +228,7 @@ def test_index_of_another_backend_is_refused(tiny_model, tmp_path, monkeypatch):
     assert target.action_encoder.fingerprint() == index.fingerprint
     tiny_model.action_encoder.use_backend("torch")
     with pytest.raises(QRAGError, match="different action encoder"):
-        tiny_model.search("where is the milk?", index, steps=2)
+        search(tiny_model, "where is the milk?", index, k=2)
 
 
 @onnx_needed

@@ -180,5 +180,5 @@ def test_minilm_end_to_end(data, tmp_path, capsys):
     assert code == 0, stderr
     model = QRAG.from_pretrained(str(out / "model"))
     assert model.config.freeze_action_encoder and model.training_info["steps"] == 4
-    result = model.retrieve("Where is the apple?", STORY, steps=2)
+    result = model.retrieve("Where is the apple?", STORY, k=2)
     assert len(result.chunks) == 2

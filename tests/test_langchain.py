@@ -22,9 +22,11 @@ from transformers import AutoTokenizer
 
 from qrag_core import ChunkingConfig
 from qrag_core.cli.index import main as index_main
+from qrag_core.config import field_docs
 from qrag_core.errors import CheckpointError, InvalidInputError
 from qrag_core.model_names import base_minilm_path
-from qrag_core.retrieval_session import RetrievalOptions, RetrievalSession
+from qrag_core.retriever import Retriever
+from qrag_core.search_options import SearchOptions
 from qrag_integrations.langchain import QRAGRetriever
 from tests.conftest import STORY, make_tiny_model
 
@@ -33,9 +35,9 @@ NOTES = "Notes from the lab. The kettle is broken. Anna fixed the printer. The w
 
 
 @cache
-def shared_story_session() -> RetrievalSession:
+def shared_story_session() -> Retriever:
     """One tiny-model session over the story, shared by the standard tests (searching never mutates it)."""
-    session = RetrievalSession(make_tiny_model(AutoTokenizer.from_pretrained(base_minilm_path())))
+    session = Retriever(make_tiny_model(AutoTokenizer.from_pretrained(base_minilm_path())))
     session.add_texts([STORY], metadatas=[{"source": "story.txt"}])
     return session
 
@@ -84,7 +86,7 @@ def test_documents_come_in_document_order_and_match_the_core_search(retriever):
     docs = retriever.invoke(QUESTION, k=5)
     order = [(["story", "notes"].index(d.metadata["qrag_doc_id"]), d.metadata["qrag_chunk_index"]) for d in docs]
     assert order == sorted(order)
-    core = retriever.session.search(QUESTION, RetrievalOptions(k=5))
+    core = retriever.session.search(QUESTION, SearchOptions(k=5))
     assert [d.page_content for d in docs] == core.texts
     assert [d.metadata["qrag_q_value"] for d in docs] == [s.q_value for s in core.chunks]
 
@@ -104,7 +106,7 @@ def test_constructor_options_and_per_call_overrides(retriever):
     assert len(retriever.invoke(QUESTION, k=1)) == 1
     assert [d.metadata["qrag_doc_id"] for d in retriever.invoke(QUESTION, document_id="notes")] == ["notes"] * 3
     beam = retriever.invoke(QUESTION, beam=3, expand_k=2)
-    core = retriever.session.search(QUESTION, RetrievalOptions(k=3, beam=3, expand_k=2))
+    core = retriever.session.search(QUESTION, SearchOptions(k=3, beam=3, expand_k=2))
     assert [d.page_content for d in beam] == core.texts
     stopping = QRAGRetriever(session=retriever.session, k=5, stop_threshold=1.5)
     assert len(stopping.invoke(QUESTION)) == 1, "Q <= 1 for normalised vectors: stops after the first chunk"
@@ -117,6 +119,14 @@ def test_constructor_options_and_per_call_overrides(retriever):
 def test_bad_options_name_the_problem(retriever, overrides, message):
     with pytest.raises(InvalidInputError, match=message):
         retriever.invoke(QUESTION, **overrides)
+
+
+def test_the_option_fields_are_the_search_options(retriever):
+    docs = field_docs(SearchOptions)
+    for name in SearchOptions.names():
+        assert QRAGRetriever.model_fields[name].description == docs[name]
+        assert QRAGRetriever.model_fields[name].default is None
+    assert retriever.search_options() == SearchOptions(k=3)
 
 
 def test_bad_constructor_options_are_refused_at_construction(retriever):
@@ -204,7 +214,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 def test_import_qrag_core_loads_no_framework():
     code = (
-        "import sys, qrag_core, qrag_core.retrieval_session, qrag_integrations.openai, qrag_integrations\n"
+        "import sys, qrag_core, qrag_core.retriever, qrag_integrations.openai, qrag_integrations\n"
         "loaded = [m for m in ('langchain_core', 'llama_index', 'openai') if m in sys.modules]\n"
         "print(loaded)\n"
     )
@@ -330,9 +340,9 @@ def shipped_retriever() -> QRAGRetriever:
 
 @pytest.mark.slow
 def test_shipped_model_retrieves_the_same_from_the_splits_as_from_the_book(shipped_retriever):
-    whole = QRAGRetriever(session=RetrievalSession(shipped_retriever.session.model), k=4)
+    whole = QRAGRetriever(session=Retriever(shipped_retriever.session.model), k=4)
     whole.add_documents([Document(page_content=BOOK["text"], metadata={"source": "book.txt"})])
-    split = QRAGRetriever(session=RetrievalSession(shipped_retriever.session.model), k=4)
+    split = QRAGRetriever(session=Retriever(shipped_retriever.session.model), k=4)
     split.add_documents(book_splits())
     assert len(split.session.index) == len(whole.session.index)
     want = whole.invoke(BOOK["question"])

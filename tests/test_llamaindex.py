@@ -17,8 +17,9 @@ from llama_index.retrievers.bm25 import BM25Retriever
 
 from qrag_core import QRAG, QRAGConfig
 from qrag_core.errors import CheckpointError, InvalidInputError
-from qrag_core.retrieval_session import INDEX_DIR, MODEL_DIR, SESSION_FILE, RetrievalOptions
+from qrag_core.retriever import INDEX_DIR, MODEL_DIR, RETRIEVER_FILE
 from qrag_core.search import SelectedChunk
+from qrag_core.search_options import SearchOptions
 from qrag_integrations.llamaindex import QRAGNodeWithScore, QRAGRetriever
 from tests.conftest import STORY, make_tiny_model
 
@@ -54,7 +55,7 @@ def test_nodes_with_q_value_scores_in_document_order(retriever, documents):
         order.append((["story", "notes"].index(meta["qrag_doc_id"]), meta["qrag_chunk_index"]))
     assert order == sorted(order)
     assert sorted(hit.node.metadata["qrag_step"] for hit in found) == [1, 2, 3]
-    core = retriever.session.search(QUESTION, RetrievalOptions(k=3))
+    core = retriever.session.search(QUESTION, SearchOptions(k=3))
     assert [hit.node.get_content() for hit in found] == core.texts
 
 
@@ -120,7 +121,7 @@ def test_persist_and_reload_an_in_memory_model(minilm_tokenizer, documents, tmp_
     retriever.persist(tmp_path / "store")
     assert (tmp_path / "store" / MODEL_DIR / "config.json").is_file()
     reloaded = QRAGRetriever.from_persist_dir(tmp_path / "store")
-    assert reloaded.options == RetrievalOptions(k=4), "options are saved with the retriever"
+    assert reloaded.options == SearchOptions(k=4), "options are saved with the retriever"
     assert reloaded.session.doc_ids == ["story", "notes"]
     before = [(n.node.node_id, n.score) for n in retriever.retrieve(QUESTION)]
     after = [(n.node.node_id, n.score) for n in reloaded.retrieve(QUESTION)]
@@ -139,7 +140,7 @@ def test_bad_persist_dirs_are_explained(tmp_path, retriever):
     with pytest.raises(CheckpointError, match="not a saved qrag retriever"):
         QRAGRetriever.from_persist_dir(tmp_path)
     retriever.persist(tmp_path / "store")
-    (tmp_path / "store" / SESSION_FILE).write_text("{not json")
+    (tmp_path / "store" / RETRIEVER_FILE).write_text("{not json")
     with pytest.raises(CheckpointError, match="corrupt"):
         QRAGRetriever.from_persist_dir(tmp_path / "store")
 
@@ -153,7 +154,7 @@ def test_real_minilm_from_pretrained_query_engine_and_persist(documents, tmp_pat
     texts = [n.node.get_content() for n in response.source_nodes]
     assert texts == ["Mary moved to the bathroom.", "Mary went back to the kitchen."]
     retriever.persist(tmp_path / "store")
-    saved = json.loads((tmp_path / "store" / SESSION_FILE).read_text())
+    saved = json.loads((tmp_path / "store" / RETRIEVER_FILE).read_text())
     assert "name" in saved["model"] and not (tmp_path / "store" / MODEL_DIR).exists(), "named models are not copied"
     assert (tmp_path / "store" / INDEX_DIR / "index.json").is_file()
     reloaded = QRAGRetriever.from_persist_dir(tmp_path / "store", k=2)

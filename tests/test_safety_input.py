@@ -38,7 +38,9 @@ from qrag_core.index import DocumentIndex
 from qrag_core.long_index import check_output
 from qrag_core.metrics import fact_scores, resolve_support
 from qrag_core.model_names import resolve_model_path
-from qrag_core.retrieval_session import RetrievalOptions, saved_options
+from qrag_core.retriever import saved_options
+from qrag_core.search import search
+from qrag_core.search_options import SearchOptions
 from qrag_core.training import TrainingConfig
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -462,8 +464,8 @@ def test_doc_ids_and_metadatas_must_match_the_documents(tiny_model: QRAG) -> Non
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"steps": "2"}, "steps must be a positive integer, got '2'"),
-        ({"steps": True}, "steps must be a positive integer"),
+        ({"k": "2"}, "k must be a positive integer or None, got '2'"),
+        ({"k": True}, "k must be a positive integer"),
         ({"beam": 1.0}, "beam must be a positive integer"),
         ({"expand_k": 0}, "expand_k must be a positive integer"),
         ({"stop_threshold": "0.5"}, "stop_threshold must be a finite number"),
@@ -475,12 +477,12 @@ def test_doc_ids_and_metadatas_must_match_the_documents(tiny_model: QRAG) -> Non
 def test_search_options_are_checked(tiny_model: QRAG, options: dict, message: str) -> None:
     index = DocumentIndex.build(tiny_model, "Mary left. John slept. Sandra ran.")
     with pytest.raises(InvalidInputError, match=message):
-        tiny_model.search("Where is Mary?", index, **options)
+        search(tiny_model, "Where is Mary?", index, **options)
 
 
 def test_retrieval_options_must_be_finite() -> None:
     with pytest.raises(InvalidInputError, match="stop_threshold must be a finite number"):
-        RetrievalOptions(stop_threshold=math.inf)
+        SearchOptions(stop_threshold=math.inf)
 
 
 def test_text_with_a_lone_surrogate_is_rejected(tiny_model: QRAG) -> None:
@@ -501,7 +503,7 @@ def test_a_directory_that_is_no_model_says_so_and_what_was_expected(tmp_path: Pa
 def test_a_question_with_undecodable_command_line_bytes_is_rejected(tiny_model: QRAG) -> None:
     index = DocumentIndex.build(tiny_model, "Mary left. John slept.")
     with pytest.raises(InvalidInputError, match="the question holds a lone surrogate"):
-        tiny_model.search("Where is \udcff Mary?", index)  # how Python passes the byte 0xff of an argv
+        search(tiny_model, "Where is \udcff Mary?", index)  # how Python passes the byte 0xff of an argv
 
 
 def test_paths_of_unknown_users_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

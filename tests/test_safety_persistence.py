@@ -15,7 +15,7 @@ from qrag_core import QRAGConfig, atomic, index, model_files
 from qrag_core.errors import InvalidInputError, QRAGError, StorageError, UnsafeOutputError
 from qrag_core.index import DocumentIndex
 from qrag_core.model import QRAG
-from qrag_core.retrieval_session import RetrievalSession
+from qrag_core.retriever import Retriever
 from tests.conftest import make_tiny_model
 
 
@@ -112,7 +112,7 @@ def test_index_save_never_deletes_a_users_files_and_replaces_its_own(tiny_model,
 
 
 def test_retriever_save_never_writes_into_a_users_directory(loadable, tmp_path):
-    session = RetrievalSession(loadable)
+    session = Retriever(loadable)
     session.add_texts(["Mary went to the garden. John took the milk."], ids=["story"])
     target = user_directory(tmp_path / "store")
     with pytest.raises(UnsafeOutputError, match="is not a qrag retriever"):
@@ -121,7 +121,7 @@ def test_retriever_save_never_writes_into_a_users_directory(loadable, tmp_path):
     session.save(tmp_path / "own")
     session.add_texts(["Sandra left the office."], ids=["more"])
     session.save(tmp_path / "own")  # saving a retriever again replaces its own directory
-    assert RetrievalSession.load(tmp_path / "own").doc_ids == ["story", "more"]
+    assert Retriever.load(tmp_path / "own").doc_ids == ["story", "more"]
     assert sorted(p.name for p in (tmp_path / "own").iterdir()) == ["index", "model", "qrag_retriever.json"]
 
 
@@ -204,7 +204,7 @@ def killed_between_the_renames(target: Path) -> None:
 
 
 def test_loaders_restore_the_old_copy_after_a_save_killed_between_its_renames(loadable, tmp_path, caplog):
-    session = RetrievalSession(loadable)
+    session = Retriever(loadable)
     session.add_texts(["Mary went to the garden. John took the milk."], ids=["story"])
     session.save(tmp_path / "retriever")
     loadable.save_pretrained(tmp_path / "model")
@@ -212,7 +212,7 @@ def test_loaders_restore_the_old_copy_after_a_save_killed_between_its_renames(lo
     loaders = {
         "model": lambda path: QRAG.from_pretrained(str(path)).config,
         "index": lambda path: DocumentIndex.load(path).doc_ids,
-        "retriever": lambda path: RetrievalSession.load(path).doc_ids,
+        "retriever": lambda path: Retriever.load(path).doc_ids,
     }
     for name, load in loaders.items():
         target = tmp_path / name
@@ -253,7 +253,7 @@ def test_a_save_that_writes_what_its_layout_does_not_list_changes_nothing(tmp_pa
 
 
 def test_a_retriever_saved_with_extra_files_is_replaced_as_a_whole(loadable, tmp_path):
-    session = RetrievalSession(loadable)
+    session = Retriever(loadable)
     session.add_texts(["Mary went to the garden. John took the milk."], ids=["story"])
     own = tmp_path / "own"
     session.save(own, extra_files={"adapter_records.jsonl": "first\n"})

@@ -14,7 +14,8 @@ from qrag_core.chunking import Chunk
 from qrag_core.embedding_cache import default_cache_dir, shared_cache_path
 from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
-from qrag_core.retrieval_session import PIECE_ID_KEY, RetrievalOptions, RetrievalSession, ordered
+from qrag_core.retriever import PIECE_ID_KEY, Retriever
+from qrag_core.search_options import SearchOptions
 from qrag_core.sources import Piece, group_pieces, rebuild_source
 from tests.conftest import STORY
 
@@ -48,13 +49,13 @@ def test_group_pieces_keeps_first_seen_order_and_lone_pieces_apart():
 
 
 @pytest.fixture()
-def session(tiny_model) -> RetrievalSession:
-    return RetrievalSession(tiny_model, cache=None)
+def session(tiny_model) -> Retriever:
+    return Retriever(tiny_model, cache=None)
 
 
 def test_splits_of_the_demo_book_give_the_chunks_of_the_whole_book(session, tiny_model):
     text = DEMO["text"]
-    whole = RetrievalSession(tiny_model, cache=None)
+    whole = Retriever(tiny_model, cache=None)
     whole.add_texts([text], ids=["book"])
     cuts = list(range(0, len(text), 3000))
     splits = [Piece(text[c : c + 3500], c, {"part": n}, f"split-{n}") for n, c in enumerate(cuts)]
@@ -87,11 +88,11 @@ def test_delete_removes_documents_all_or_nothing(session):
     with pytest.raises(InvalidInputError, match=r"\['x'\].*nothing was deleted"):
         session.delete(["b", "x"])
     assert session.doc_ids == ["a", "b", "c"]
-    before = session.search(QUESTION, RetrievalOptions(k=2, document_id="a")).texts
+    before = session.search(QUESTION, SearchOptions(k=2, document_id="a")).texts
     session.delete(["b"])
     assert session.doc_ids == ["a", "c"]
     assert [c.text for c in session.index.chunks[-1:]] == ["Anna fixed the printer."]
-    assert session.search(QUESTION, RetrievalOptions(k=2, document_id="a")).texts == before
+    assert session.search(QUESTION, SearchOptions(k=2, document_id="a")).texts == before
     assert session.index.document_range("c") == (len(session.index) - 1, len(session.index))
 
 
@@ -110,14 +111,17 @@ def test_index_remove_keeps_embeddings_aligned():
 
 def test_search_restricted_to_some_documents_and_rank_order(session):
     session.add_texts([STORY, "The kettle is broken.", "Mary is in the lab. Mary left."], ids=["a", "b", "c"])
-    result = session.search(QUESTION, RetrievalOptions(k=3, document_ids=("c", "a")))
+    result = session.search(QUESTION, SearchOptions(k=3, document_ids=("c", "a")))
     assert {s.chunk.doc_id for s in result.chunks} <= {"a", "c"} and len(result.chunks) == 3
-    assert session.search(QUESTION, RetrievalOptions(document_ids=())).chunks == []
-    assert [s.step for s in ordered(result, "rank")] == [1, 2, 3]
-    positions = [(["a", "c"].index(s.chunk.doc_id), s.chunk.index) for s in ordered(result)]
+    assert session.search(QUESTION, SearchOptions(document_ids=())).chunks == []
+    ranked = session.search(QUESTION, k=3, document_ids=("c", "a"), order="rank")
+    assert [s.step for s in ranked.chunks] == [1, 2, 3]
+    positions = [(["a", "c"].index(s.chunk.doc_id), s.chunk.index) for s in result.chunks]
     assert positions == sorted(positions)
     with pytest.raises(InvalidInputError, match="order must be one of"):
-        RetrievalOptions(order="score")
+        SearchOptions(order="score")
+    with pytest.raises(InvalidInputError, match=r"no document\(s\) \['zzz'\]"):  # was a bare ValueError
+        session.search(QUESTION, SearchOptions(document_ids=("a", "zzz")))
 
 
 def test_user_metadata_in_qrags_namespace_is_refused(session):
@@ -129,7 +133,7 @@ def test_user_metadata_in_qrags_namespace_is_refused(session):
 
 
 def test_the_shared_cache_is_used_by_default(tiny_model):
-    session = RetrievalSession(tiny_model)
+    session = Retriever(tiny_model)
     session.add_texts([STORY])
     assert session.cache is not None and session.cache.path == shared_cache_path()
     texts = [c.text for c in session.index.chunks]
@@ -145,8 +149,8 @@ def test_very_long_texts_go_through_the_resumable_builder(session, monkeypatch):
         calls.append(kwargs)
         return build(*args, **kwargs)
 
-    monkeypatch.setattr("qrag_core.retrieval_session.build_long_index", spy)
-    reference = RetrievalSession(session.model, cache=None)
+    monkeypatch.setattr("qrag_core.retriever.build_long_index", spy)
+    reference = Retriever(session.model, cache=None)
     reference.add_texts([STORY], ids=["s"])
     session.long_text_chars = 100
     session.add_texts([STORY], ids=["s"])

@@ -9,6 +9,7 @@ import pytest
 from qrag_core.data.examples import Example
 from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
+from qrag_core.search import search
 from qrag_core.stopping import StepTrace, analyse_stopping, best_threshold, roc_auc, stop_decisions, trace_examples
 
 
@@ -85,7 +86,7 @@ def test_trace_agrees_with_search_and_its_stop_threshold(tiny_model) -> None:
         assert len(trace.chunks) == 4 == len(set(trace.chunks))
         index = DocumentIndex.build(tiny_model, [example.chunks])
         for threshold in sorted(trace.q_values[1:]) + [1e30]:  # 1e30: stop after one chunk (search takes finite ones)
-            result = tiny_model.search(example.question, index, steps=4, beam=1, stop_threshold=threshold)
+            result = search(tiny_model, example.question, index, k=4, beam=1, stop_threshold=threshold)
             assert [s.chunk_index for s in result.trace] == trace.stopped(threshold)
     report = analyse_stopping(tiny_model, examples, steps=4)
     assert report["n"] == 2 and report["decisions"] == 6

@@ -10,12 +10,17 @@ and problem, and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import sys
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from qrag_core.config import field_docs
 from qrag_core.errors import QRAGError
 
 INPUT_ERROR = 2
@@ -102,3 +107,51 @@ def check_output_file(parser: argparse.ArgumentParser, flag: str, out: str | Pat
     """Refuse (argparse error) an output file name that is an existing directory (or no usable path)."""
     if _resolved(parser, flag, out).is_dir():
         parser.error(f"{flag} {out} is a directory; give a file name, e.g. {flag} {Path(out) / 'data.jsonl'}")
+
+
+def _value_parser(annotation: Any) -> Callable[[str], Any]:
+    """argparse ``type`` for a field annotation: int, float (finite), str, or one of them or None ("none")."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        parse = _value_parser(inner)
+
+        def optional(text: str) -> Any:
+            return None if text.lower() == "none" else parse(text)
+
+        optional.__name__ = f"{inner.__name__} or none"
+        return optional
+    return finite_float if annotation is float else annotation
+
+
+def add_dataclass_flags(
+    group: argparse._ArgumentGroup | argparse.ArgumentParser,
+    cls: type,
+    suppress_defaults: bool,
+    skip: Sequence[str] = (),
+    choices: Mapping[str, Sequence[str]] | None = None,
+) -> None:
+    """One flag per dataclass field, its help the field's docstring plus the default.
+
+    The flag is ``--field-name``, or the field's ``flag`` metadata where it has one; ``choices`` lists
+    the values of the string fields that take only a few. With ``suppress_defaults``, a flag not
+    given leaves no attribute (so a config keeps its own value).
+    """
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        shown = str(f.default).replace("%", "%%") if suppress_defaults else "%(default)s"
+        kwargs: dict[str, Any] = {
+            "dest": f.name,
+            "help": f"{docs.get(f.name, '').replace('%', '%%')} (default: {shown})",
+        }
+        kwargs["default"] = argparse.SUPPRESS if suppress_defaults else f.default
+        if hints[f.name] is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _value_parser(hints[f.name])
+            kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
+            if choices and f.name in choices:
+                kwargs["choices"] = choices[f.name]
+        group.add_argument(flag, **kwargs)

@@ -27,6 +27,7 @@ from qrag_core.errors import QRAGError
 from qrag_core.index import DocumentIndex
 from qrag_core.model import QRAG
 from qrag_core.model_names import DEFAULT_MODEL_NAME, shipped_model_names
+from qrag_core.search import search
 
 BABILONG_DEFAULTS = {"task": "qa2", "length": "4k", "sample": 0}
 
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> None:
     loaded = time.perf_counter()
     index = DocumentIndex.build(model, [demo.chunks], doc_ids=["demo"], cache=cache)
     indexed = time.perf_counter()
-    result = model.search(demo.question, index, steps=args.steps, beam=args.beam)
+    result = search(model, demo.question, index, k=args.steps, beam=args.beam)
     searched = time.perf_counter()
 
     found = demo.support & {s.chunk.index for s in result.chunks}

@@ -22,15 +22,13 @@ import dataclasses
 import json
 import logging
 import sys
-import types
-import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from qrag_core.cli import finite_float, positive_int, run_reporting_errors, setup_logging
+from qrag_core.cli import add_dataclass_flags, positive_int, run_reporting_errors, setup_logging
 from qrag_core.config import POSITION_MODES, QRAGConfig
 from qrag_core.data.examples import read_jsonl
 from qrag_core.embedding_cache import EmbeddingCache, shared_cache_path
@@ -38,7 +36,7 @@ from qrag_core.errors import InvalidInputError, QRAGError
 from qrag_core.model import QRAG
 from qrag_core.training import TrainingConfig, train
 from qrag_core.training.checkpoint import MODEL_DIR, check_run_dir
-from qrag_core.training.config import MIXED_PRECISION, REWARDS, field_docs
+from qrag_core.training.config import MIXED_PRECISION, REWARDS
 from qrag_core.training.distributed import Processes
 
 logger = logging.getLogger(__name__)
@@ -47,41 +45,6 @@ CHOICES = {"reward": REWARDS, "position_mode": POSITION_MODES, "mixed_precision"
 """String settings that only take a few values."""
 MODEL_FIELDS_SKIPPED = ("base_model", "chunking")
 """QRAGConfig fields without a model flag (--base-model has its own; chunking keeps its defaults)."""
-
-
-def _value_parser(annotation: Any) -> Callable[[str], Any]:
-    """argparse ``type`` for a field annotation: int, float (finite), str, or one of them or None ("none")."""
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
-        parse = _value_parser(inner)
-
-        def optional(text: str) -> Any:
-            return None if text.lower() == "none" else parse(text)
-
-        optional.__name__ = f"{inner.__name__} or none"
-        return optional
-    return finite_float if annotation is float else annotation
-
-
-def add_dataclass_flags(group: argparse._ArgumentGroup, cls: type, suppress_defaults: bool, skip: Sequence[str] = ()):
-    """One ``--flag`` per dataclass field, its help the field's docstring plus the default."""
-    docs, hints = field_docs(cls), typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        help_text = f"{docs.get(f.name, '')} (default: {default})"
-        kwargs: dict[str, Any] = {"dest": f.name, "help": help_text.replace("%", "%%")}
-        kwargs["default"] = argparse.SUPPRESS if suppress_defaults else default
-        if hints[f.name] is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = _value_parser(hints[f.name])
-            kwargs["metavar"] = f.name.upper()
-            if f.name in CHOICES:
-                kwargs["choices"] = CHOICES[f.name]
-        group.add_argument(flag, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,9 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group(
         "model settings", "Used when starting from --base-model; a model given with --init-from keeps its own."
     )
-    add_dataclass_flags(model, QRAGConfig, suppress_defaults=True, skip=MODEL_FIELDS_SKIPPED)
+    add_dataclass_flags(model, QRAGConfig, suppress_defaults=True, skip=MODEL_FIELDS_SKIPPED, choices=CHOICES)
     training = parser.add_argument_group("training hyperparameters")
-    add_dataclass_flags(training, TrainingConfig, suppress_defaults=False)
+    add_dataclass_flags(training, TrainingConfig, suppress_defaults=False, choices=CHOICES)
     return parser
 
 

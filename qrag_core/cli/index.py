@@ -2,28 +2,25 @@
 
     qrag-index build --document book.txt --out book-index        # resumable: run again after a kill
     qrag-index build --document book.txt --out book-index --engine ray --workers 8   # on a Ray cluster
-    qrag-index search --index book-index --question "Who found the letter?" --steps 4
+    qrag-index search --index book-index --question "Who found the letter?" --steps 4 --beam 2
 
 Building encodes the document in shards (progress bar, float16 storage, see
 :mod:`qrag_core.long_index`), here or on Ray workers (:mod:`qrag_core.ray_index`); searching reloads
-the index in seconds without re-encoding.
+the index in seconds without re-encoding. The search flags are generated from
+:class:`qrag_core.search_options.SearchOptions` (their help is its field docstrings). Results go to
+stdout, logs to stderr (``--verbose`` for debug logs); errors are handled as in every qrag tool
+(:func:`qrag_core.cli.run_reporting_errors`: ``qrag-index: error: ...``, exit status 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 
-from qrag_core.cli import (
-    finite_float,
-    non_negative_int,
-    positive_int,
-    run_reporting_errors,
-)
+from qrag_core.cli import add_dataclass_flags, non_negative_int, positive_int, run_reporting_errors, setup_logging
 from qrag_core.config import DEFAULT_SENTENCE_SPLITTER, SENTENCE_SPLITTERS, ChunkingConfig
 from qrag_core.embedding_cache import shared_cache
 from qrag_core.errors import InvalidInputError, UnsafeOutputError
@@ -32,7 +29,12 @@ from qrag_core.long_index import build_long_index, check_output
 from qrag_core.model import QRAG
 from qrag_core.onnx_backend import BACKENDS
 from qrag_core.ray_index import RayShardEncoder
+from qrag_core.search import search
+from qrag_core.search_options import ORDERS, SearchOptions
 from qrag_core.text_files import read_text_file
+
+SEARCH_FLAGS_SKIPPED = ("document_ids",)
+"""Search options without a flag (an index holds one document or a few; --document-id picks one)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what computes the chunk embeddings: torch, or ONNX Runtime float32 / int8 (faster on CPU, needs "
         "qrag[onnx]); an index is searched with the backend it was built with",
     )
+    common.add_argument("--verbose", action="store_true", help="debug logging on stderr")
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser(
@@ -114,13 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--index", type=Path, required=True, help="index directory written by 'build'")
     search.add_argument("--question", required=True, help="the question")
-    search.add_argument("--steps", type=positive_int, default=None, help="chunks to retrieve, T (default: the model's)")
-    search.add_argument("--beam", type=positive_int, default=None, help="beam width (default: the model's, 1 = greedy)")
-    search.add_argument(
-        "--stop-threshold", type=finite_float, default=None, help="stop when the best Q falls below this"
+    options = search.add_argument_group("search options")
+    add_dataclass_flags(
+        options, SearchOptions, suppress_defaults=False, skip=SEARCH_FLAGS_SKIPPED, choices={"order": ORDERS}
     )
     search.add_argument("--json", action="store_true", help="print one JSON object instead of the trace")
     return parser
+
+
+def search_options(args: argparse.Namespace) -> SearchOptions:
+    """The search options of the command line (checked)."""
+    return SearchOptions(**{name: getattr(args, name) for name in SearchOptions.names() if hasattr(args, name)})
 
 
 def _chunking(args: argparse.Namespace) -> ChunkingConfig:
@@ -145,6 +152,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--out: {err}")
         try:
             _chunking(args).validate()
+        except InvalidInputError as err:
+            parser.error(str(err))
+    else:
+        try:
+            search_options(args)
         except InvalidInputError as err:
             parser.error(str(err))
     return args
@@ -191,7 +203,7 @@ def run_search(args: argparse.Namespace) -> int:
     load_s = time.perf_counter() - start
     model = _load_model(args)
     start = time.perf_counter()
-    result = model.search(args.question, index, steps=args.steps, beam=args.beam, stop_threshold=args.stop_threshold)
+    result = search(model, args.question, index, search_options(args))
     search_s = time.perf_counter() - start
     if args.json:
         evidence = [
@@ -225,7 +237,7 @@ def run_search(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     return run_reporting_errors("qrag-index", lambda: (run_build if args.command == "build" else run_search)(args))
 
 

@@ -1,15 +1,12 @@
 """Hyperparameters of the soft-Q trainer (docs/method.md §4), one dataclass whose field docstrings are the CLI help.
 
 ``qrag-finetune`` builds one flag per field of :class:`TrainingConfig` from the field's type, default and
-docstring (:func:`field_docs`), so the documentation of a hyperparameter is written exactly once.
+docstring (:func:`qrag_core.config.field_docs`), so the documentation of a hyperparameter is written exactly once.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
-import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,20 +140,3 @@ class TrainingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of a dataclass (``field: type = value`` then ``\"\"\"doc\"\"\"``)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, following in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = following.value.value.strip()
-    return docs

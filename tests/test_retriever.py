@@ -1,21 +1,21 @@
-"""Saved retrievers (qrag_core.retrieval_session): what a saved session brings back."""
+"""Saved retrievers (qrag_core.retriever): what a saved session brings back."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from qrag_core.retrieval_session import SESSION_FILE, RetrievalSession
+from qrag_core.retriever import RETRIEVER_FILE, Retriever
 
 
 def test_a_session_saved_before_the_splitter_setting_reopens_with_its_regex_chunking(tiny_model, story, tmp_path: Path):
-    session = RetrievalSession(tiny_model)
+    session = Retriever(tiny_model)
     session.add_texts([story], ids=["story"])
     session.save(tmp_path / "saved")
-    meta_path = tmp_path / "saved" / SESSION_FILE
+    meta_path = tmp_path / "saved" / RETRIEVER_FILE
     meta = json.loads(meta_path.read_text())
     del meta["chunking"]["sentence_splitter"]  # as written by an earlier qrag
     meta_path.write_text(json.dumps(meta))
-    reopened = RetrievalSession.load(tmp_path / "saved", model=tiny_model)
+    reopened = Retriever.load(tmp_path / "saved", model=tiny_model)
     assert reopened.chunking.sentence_splitter == "regex"
     assert reopened.doc_ids == ["story"]

@@ -1,15 +1,15 @@
-"""A model, its document index and search options: the retriever behind every framework adapter.
+"""The retriever: a model and its document index, behind every framework adapter and the answerer.
 
 The LangChain and LlamaIndex adapters (``qrag_integrations``) only translate types; what a retriever
 does lives here: rebuilding a source from a text splitter's overlapping splits (so ρ_t spans the
 whole source, :mod:`qrag_core.sources`), chunking it while carrying each split's metadata to its
 chunks, replacing a document added again under the same id, deleting documents, multi-step search
-with per-retriever defaults and per-call overrides (``k`` chunks = T steps, beam width, early-stop
+(:class:`~qrag_core.search_options.SearchOptions`: ``k`` chunks = T steps, beam width, early-stop
 threshold, a restriction to some documents, result order), the ``qrag_*`` metadata attached to each
 retrieved chunk (:data:`RETRIEVAL_METADATA_KEYS`), thread safety, the shared embedding cache, and
-saving/loading a populated retriever. Very long texts are encoded by the resumable sharded builder
-(:func:`qrag_core.long_index.build_long_index`): adding one again after an interruption skips the
-shards already encoded.
+saving/loading a populated retriever with its search options. Very long texts are encoded by the
+resumable sharded builder (:func:`qrag_core.long_index.build_long_index`): adding one again after an
+interruption skips the shards already encoded.
 
 Thread safety: one lock guards the index and the model, so searches and additions from several
 threads (or from an event loop's worker threads) run one at a time and never see a half-added
@@ -27,7 +27,6 @@ import shutil
 import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,30 +41,31 @@ from qrag_core.index import DocumentIndex
 from qrag_core.long_index import build_long_index
 from qrag_core.model import QRAG
 from qrag_core.model_names import BASE_MODEL_ALIASES, DEFAULT_MODEL_NAME, shipped_model_names
-from qrag_core.search import SearchResult, SelectedChunk
+from qrag_core.search import SearchResult, SelectedChunk, search
+from qrag_core.search_options import SearchOptions
 from qrag_core.sources import Piece, RebuiltSource, rebuild_source
 from qrag_core.text_files import read_json_file
-from qrag_core.validation import check_finite, check_format_version, check_positive_int
+from qrag_core.validation import check_format_version
 
 logger = logging.getLogger(__name__)
 
-SESSION_FILE = "qrag_retriever.json"
+RETRIEVER_FILE = "qrag_retriever.json"
 INDEX_DIR = "index"
 MODEL_DIR = "model"
-SESSION_FORMAT_VERSION = 1
+RETRIEVER_FORMAT_VERSION = 1
 
 
 def _extra_files(directory: Path) -> list[str]:
-    """The further files a saved retriever's session file lists (see ``extra_files`` of ``save``)."""
+    """The further files a saved retriever's own file lists (see ``extra_files`` of ``save``)."""
     try:
-        listed = json.loads((directory / SESSION_FILE).read_text(encoding="utf-8")).get("extra_files", [])
+        listed = json.loads((directory / RETRIEVER_FILE).read_text(encoding="utf-8")).get("extra_files", [])
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         return []
     return [name for name in listed if isinstance(name, str)] if isinstance(listed, list) else []
 
 
-RETRIEVER_LAYOUT = Layout("retriever", (SESSION_FILE,), (SESSION_FILE, INDEX_DIR, MODEL_DIR), listed=_extra_files)
-"""What :meth:`RetrievalSession.save` writes: a save may replace only a directory like this."""
+RETRIEVER_LAYOUT = Layout("retriever", (RETRIEVER_FILE,), (RETRIEVER_FILE, INDEX_DIR, MODEL_DIR), listed=_extra_files)
+"""What :meth:`Retriever.save` writes: a save may replace only a directory like this."""
 
 METADATA_PREFIX = "qrag_"
 """Prefix of every metadata key qrag adds; a user's metadata keys may not start with it."""
@@ -77,66 +77,10 @@ chunk's index in it, its character offsets in the source, the search step that p
 and its position ρ_t at that step."""
 PIECE_ID_KEY = METADATA_PREFIX + "piece_id"
 """Metadata key holding the id of the split a chunk starts in (a LangChain split or LlamaIndex node id)."""
-ORDERS: tuple[str, ...] = ("document", "rank")
-"""Result orders: ``document`` (source order, what a reader wants) or ``rank`` (the order of selection)."""
 LONG_TEXT_CHARS = 2_000_000
 """Texts longer than this (about 500k tokens) are encoded by the resumable sharded builder."""
 PROGRESS_MIN_CHUNKS = 2000
 """Adds that encode at least this many chunks show a progress bar unless told otherwise."""
-
-
-@dataclass(frozen=True)
-class RetrievalOptions:
-    """How a retriever searches; a field left at None uses the model's default (its QRAGConfig)."""
-
-    k: int | None = None
-    """Chunks to fetch, i.e. search steps T (default ``config.max_steps``)."""
-    beam: int | None = None
-    """Beam width B (1 = greedy; default ``config.beam_width``)."""
-    expand_k: int | None = None
-    """Top actions each beam is expanded by (default: the beam width)."""
-    stop_threshold: float | None = None
-    """Stop early when the best Q falls below this (default ``config.stop_threshold``)."""
-    document_id: str | None = None
-    """Search only this document of a multi-document index (default: all of them)."""
-    document_ids: tuple[str, ...] | None = None
-    """Search only these documents (e.g. those a metadata filter matched; empty: retrieve nothing)."""
-    order: str | None = None
-    """Order of the results: ``document`` (default) or ``rank`` (the order the search picked them)."""
-
-    def __post_init__(self) -> None:
-        for name in ("k", "beam", "expand_k"):
-            check_positive_int(f"retrieval option {name}", getattr(self, name), allow_none=True)
-        check_finite("retrieval option stop_threshold", self.stop_threshold, allow_none=True)
-        if self.document_id is not None and not isinstance(self.document_id, str):
-            raise InvalidInputError(f"retrieval option document_id must be a string, got {self.document_id!r}")
-        if self.document_ids is not None:
-            if isinstance(self.document_ids, str) or not all(isinstance(i, str) for i in self.document_ids):
-                raise InvalidInputError(f"retrieval option document_ids must be a list, got {self.document_ids!r}")
-            object.__setattr__(self, "document_ids", tuple(self.document_ids))
-        if self.order is not None and self.order not in ORDERS:
-            raise InvalidInputError(f"retrieval option order must be one of {list(ORDERS)}, got {self.order!r}")
-
-    @classmethod
-    def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    def override(self, **changes: Any) -> RetrievalOptions:
-        """These options with ``changes`` applied; None values keep the current setting."""
-        unknown = sorted(set(changes) - set(self.names()))
-        if unknown:
-            raise InvalidInputError(f"unknown retrieval option(s) {unknown}; known options: {list(self.names())}")
-        return dataclasses.replace(self, **{name: value for name, value in changes.items() if value is not None})
-
-    def search_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`qrag_core.search.search`."""
-        return {
-            "steps": self.k,
-            "beam": self.beam,
-            "expand_k": self.expand_k,
-            "stop_threshold": self.stop_threshold,
-            "document_id": self.document_id,
-        }
 
 
 def evidence_metadata(selected: SelectedChunk) -> dict[str, Any]:
@@ -144,13 +88,6 @@ def evidence_metadata(selected: SelectedChunk) -> dict[str, Any]:
     chunk = selected.chunk
     values = (chunk.doc_id, chunk.index, chunk.start, chunk.end, selected.step, selected.q_value, selected.position)
     return {**chunk.metadata, **dict(zip(RETRIEVAL_METADATA_KEYS, values, strict=True))}
-
-
-def ordered(result: SearchResult, order: str | None = None) -> list[SelectedChunk]:
-    """The selected chunks in ``document`` order (default) or ``rank`` order (by search step)."""
-    if order == "rank":
-        return sorted(result.chunks, key=lambda s: s.step)
-    return list(result.chunks)
 
 
 def check_user_metadata(metadata: object, what: str) -> dict[str, Any]:
@@ -173,7 +110,7 @@ def chunk_id(chunk: Chunk) -> str:
     return f"{chunk.doc_id}#{chunk.index}"
 
 
-class RetrievalSession:
+class Retriever:
     """A Q-RAG model with the documents added to it so far, searchable from several threads."""
 
     def __init__(
@@ -188,7 +125,7 @@ class RetrievalSession:
         """``cache``: an embedding cache, True for the shared on-disk one (``$QRAG_CACHE_DIR``, opened on
         first use) or None/False for none. ``model_name``: the name or path ``model`` was loaded from, so
         :meth:`save` records it instead of writing the weights; None for a model built in memory (saved
-        with the session)."""
+        with the retriever)."""
         self.model = model
         model.eval()
         if index is None:
@@ -209,8 +146,8 @@ class RetrievalSession:
         chunking: ChunkingConfig | None = None,
         cache: EmbeddingCache | bool | None = True,
         device: str | None = None,
-    ) -> RetrievalSession:
-        """A session on :meth:`QRAG.from_pretrained` (no name: the shipped default model)."""
+    ) -> Retriever:
+        """A retriever on :meth:`QRAG.from_pretrained` (no name: the shipped default model)."""
         model = QRAG.from_pretrained(name_or_path, device=device)
         if name_or_path is None:
             name_or_path = _default_model_name()
@@ -354,34 +291,19 @@ class RetrievalSession:
         logger.info("deleted %d document(s)", len(set(ids)))
 
     # ----------------------------------------------------------------------------- search
-    def search(self, question: str, options: RetrievalOptions | None = None) -> SearchResult:
-        """Multi-step search over every added document (or ``options.document_id(s)``)."""
-        options = options or RetrievalOptions()
+    def search(self, question: str, options: SearchOptions | None = None, **overrides: Any) -> SearchResult:
+        """Multi-step search over every added document (or some, see :class:`SearchOptions`); ``overrides``
+        change single options of ``options``."""
         with self._lock:
             if len(self.index) == 0:
                 raise InvalidInputError("the retriever has no documents yet; add some with add_texts/add_documents")
-            index = self.index
-            kwargs = options.search_kwargs()
-            if options.document_ids is not None:
-                chosen = list(dict.fromkeys(options.document_ids))
-                if not chosen:
-                    return SearchResult(question, [], [])
-                index = self._subset(chosen) if len(chosen) > 1 else index
-                kwargs["document_id"] = chosen[0] if len(chosen) == 1 else None
-            return self.model.search(question, index, **kwargs)
-
-    def _subset(self, doc_ids: list[str]) -> DocumentIndex:
-        """An index of some documents only, in index order (for a search restricted to them)."""
-        subset = DocumentIndex(self.index.fingerprint, self.index.dim)
-        for doc_id in sorted(doc_ids, key=self.index.doc_ids.index):
-            subset.add_from(self.index, doc_id)
-        return subset
+            return search(self.model, question, self.index, options, **overrides)
 
     # ----------------------------------------------------------------------------- persistence
     def save(
         self,
         directory: str | os.PathLike[str],
-        options: RetrievalOptions | None = None,
+        options: SearchOptions | None = None,
         overwrite: bool = True,
         extra_files: Mapping[str, str] | None = None,
     ) -> None:
@@ -393,7 +315,7 @@ class RetrievalSession:
         refuses that), any other non-empty directory is never replaced.
         """
         extra_files = dict(extra_files or {})
-        own = {SESSION_FILE, INDEX_DIR, MODEL_DIR}
+        own = {RETRIEVER_FILE, INDEX_DIR, MODEL_DIR}
         if any(name in own or Path(name).name != name or name.startswith(".") for name in extra_files):
             raise InvalidInputError(f"extra files need plain names other than qrag's own, got {sorted(extra_files)}")
         with self._lock, atomic_directory(directory, RETRIEVER_LAYOUT, overwrite) as tmp:
@@ -406,15 +328,15 @@ class RetrievalSession:
                 self.model.save_pretrained(tmp / MODEL_DIR)
                 model_entry = {"saved": MODEL_DIR}
             meta = {
-                "format_version": SESSION_FORMAT_VERSION,
+                "format_version": RETRIEVER_FORMAT_VERSION,
                 "model": model_entry,
                 "state_fingerprint": self.model.state_encoder.fingerprint(),
                 "model_config": self.model.config.to_dict(),
                 "chunking": dataclasses.asdict(self.chunking),
-                "options": dataclasses.asdict(options or RetrievalOptions()),
+                "options": (options or SearchOptions()).as_dict(),
                 "extra_files": sorted(extra_files),
             }
-            (tmp / SESSION_FILE).write_text(json.dumps(meta, indent=2))
+            (tmp / RETRIEVER_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(
@@ -423,19 +345,19 @@ class RetrievalSession:
         model: QRAG | None = None,
         cache: EmbeddingCache | bool | None = True,
         device: str | None = None,
-    ) -> RetrievalSession:
-        """Reopen a saved session, or a bare index (``qrag-index build`` output) on ``model`` or the
+    ) -> Retriever:
+        """Reopen a saved retriever, or a bare index (``qrag-index build`` output) on ``model`` or the
         default model; ``model`` replaces the saved one (it must share its action encoder)."""
         directory = Path(readable(directory))
-        if not (directory / SESSION_FILE).is_file() and directory.is_dir() and any(directory.iterdir()):
+        if not (directory / RETRIEVER_FILE).is_file() and directory.is_dir() and any(directory.iterdir()):
             return cls._open_index(directory, model, cache, device)
-        meta = _read_session_file(directory)
+        meta = _read_retriever_file(directory)
         try:
             model_entry = meta["model"]
-            chunking = ChunkingConfig.from_dict(meta["chunking"])  # an older session keeps its regex chunking
+            chunking = ChunkingConfig.from_dict(meta["chunking"])  # an older retriever keeps its regex chunking
             expected_state = meta["state_fingerprint"]
         except (KeyError, TypeError, InvalidInputError) as err:
-            raise CheckpointError(f"{directory / SESSION_FILE} is corrupt: {err}") from err
+            raise CheckpointError(f"{directory / RETRIEVER_FILE} is corrupt: {err}") from err
         index = DocumentIndex.load(directory / INDEX_DIR)
         name: str | None = None
         if model is None:
@@ -455,12 +377,12 @@ class RetrievalSession:
     @classmethod
     def _open_index(
         cls, directory: Path, model: QRAG | None, cache: EmbeddingCache | bool | None, device: str | None
-    ) -> RetrievalSession:
+    ) -> Retriever:
         try:
             index = DocumentIndex.load(directory)
         except CheckpointError as err:
             raise CheckpointError(
-                f"{directory} is neither a saved qrag retriever ({SESSION_FILE} is missing) nor a qrag index: {err}"
+                f"{directory} is neither a saved qrag retriever ({RETRIEVER_FILE} is missing) nor a qrag index: {err}"
             ) from err
         name = None
         if model is None:
@@ -468,20 +390,20 @@ class RetrievalSession:
         return cls(model, index=index, cache=cache, model_name=name)
 
 
-def saved_options(directory: str | os.PathLike[str]) -> RetrievalOptions:
-    """The retriever options saved with a session by :meth:`RetrievalSession.save` (defaults for a bare index)."""
+def saved_options(directory: str | os.PathLike[str]) -> SearchOptions:
+    """The search options saved with a retriever by :meth:`Retriever.save` (defaults for a bare index)."""
     directory = Path(readable(directory))
-    if not (directory / SESSION_FILE).is_file() and (directory / "index.json").is_file():
-        return RetrievalOptions()
-    meta = _read_session_file(directory)
+    if not (directory / RETRIEVER_FILE).is_file() and (directory / "index.json").is_file():
+        return SearchOptions()
+    meta = _read_retriever_file(directory)
     try:
-        return RetrievalOptions(**meta.get("options", {}))
+        return SearchOptions(**meta.get("options", {}))
     except (TypeError, InvalidInputError) as err:
-        raise CheckpointError(f"{directory / SESSION_FILE}: bad saved options: {err}") from err
+        raise CheckpointError(f"{directory / RETRIEVER_FILE}: bad saved options: {err}") from err
 
 
-def _read_session_file(directory: Path) -> dict[str, Any]:
-    meta_path = directory / SESSION_FILE
+def _read_retriever_file(directory: Path) -> dict[str, Any]:
+    meta_path = directory / RETRIEVER_FILE
     if not meta_path.is_file():
         raise CheckpointError(f"{meta_path} is missing: {directory} is not a saved qrag retriever")
     try:
@@ -490,12 +412,12 @@ def _read_session_file(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{meta_path} is corrupt: {err}") from err
     if not isinstance(meta, dict):
         raise CheckpointError(f"{meta_path} is corrupt: expected a JSON object")
-    check_format_version(meta, SESSION_FORMAT_VERSION, meta_path)
+    check_format_version(meta, RETRIEVER_FORMAT_VERSION, meta_path)
     return meta
 
 
 def _default_model_name() -> str:
-    """The name :meth:`QRAG.from_pretrained` loads when given none (so a saved session reloads that model)."""
+    """The name :meth:`QRAG.from_pretrained` loads when given none (so a saved retriever reloads that model)."""
     return DEFAULT_MODEL_NAME if DEFAULT_MODEL_NAME in shipped_model_names() else BASE_MODEL_ALIASES[0]
 
 

@@ -1,0 +1,86 @@
+"""The options of a multi-step search, one dataclass for every way in (docs/method.md §5).
+
+:class:`SearchOptions` is at once the parameters of :func:`qrag_core.search.search`, the defaults and
+per-call overrides of :class:`qrag_core.retriever.Retriever`, the fields of the LangChain and
+LlamaIndex adapters and the search flags of ``qrag-index search`` (generated from the field
+docstrings by :func:`qrag_core.cli.add_dataclass_flags`). Options are checked here, when they are
+made, and nowhere else; an option left at None takes the model's default (its
+:class:`~qrag_core.config.QRAGConfig`) when :meth:`SearchOptions.resolve` fills them in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from qrag_core.config import QRAGConfig
+from qrag_core.errors import InvalidInputError
+from qrag_core.validation import check_finite, check_positive_int
+
+ORDERS: tuple[str, ...] = ("document", "rank")
+"""Result orders: ``document`` (source order, what a reader wants) or ``rank`` (the order of selection)."""
+WHAT = "retrieval option"
+"""How an error names an option."""
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How to search; an option left at None takes the model's default (its QRAGConfig)."""
+
+    k: int | None = field(default=None, metadata={"flag": "--steps"})
+    """Chunks to retrieve, i.e. search steps T (none: the model's max_steps)."""
+    beam: int | None = None
+    """Beam width B, 1 = greedy (none: the model's beam_width)."""
+    expand_k: int | None = None
+    """Top actions each beam is expanded by (none: the beam width)."""
+    stop_threshold: float | None = None
+    """Stop early when the best Q falls below this (none: the model's stop_threshold)."""
+    document_id: str | None = None
+    """Search only this document of a multi-document index (none: all of them)."""
+    document_ids: tuple[str, ...] | None = None
+    """Search only these documents, e.g. those a metadata filter matched; wins over document_id (empty: none)."""
+    order: str | None = None
+    """Order of the results: document (source order, the default) or rank (the order the search picked them)."""
+
+    def __post_init__(self) -> None:
+        for name in ("k", "beam", "expand_k"):
+            check_positive_int(f"{WHAT} {name}", getattr(self, name), allow_none=True)
+        check_finite(f"{WHAT} stop_threshold", self.stop_threshold, allow_none=True)
+        if self.document_id is not None and not isinstance(self.document_id, str):
+            raise InvalidInputError(f"{WHAT} document_id must be a string, got {self.document_id!r}")
+        if self.document_ids is not None:
+            if isinstance(self.document_ids, str) or not all(isinstance(i, str) for i in self.document_ids):
+                raise InvalidInputError(f"{WHAT} document_ids must be a list of strings, got {self.document_ids!r}")
+            object.__setattr__(self, "document_ids", tuple(self.document_ids))
+        if self.order is not None and self.order not in ORDERS:
+            raise InvalidInputError(f"{WHAT} order must be one of {list(ORDERS)}, got {self.order!r}")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The option names, in field order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def override(self, **changes: Any) -> SearchOptions:
+        """These options with ``changes`` applied; None values keep the current setting."""
+        unknown = sorted(set(changes) - set(self.names()))
+        if unknown:
+            raise InvalidInputError(f"unknown {WHAT}(s) {unknown}; known options: {list(self.names())}")
+        return dataclasses.replace(self, **{name: value for name, value in changes.items() if value is not None})
+
+    def resolve(self, config: QRAGConfig) -> SearchOptions:
+        """Every option that has a default filled in: the model's T, beam width and threshold, expand_k = the
+        beam width, document order (a threshold stays None when the model has none)."""
+        beam = config.beam_width if self.beam is None else self.beam
+        return dataclasses.replace(
+            self,
+            k=config.max_steps if self.k is None else self.k,
+            beam=beam,
+            expand_k=beam if self.expand_k is None else self.expand_k,
+            stop_threshold=config.stop_threshold if self.stop_threshold is None else self.stop_threshold,
+            order=self.order or ORDERS[0],
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options by name (as saved with a retriever, and as an adapter's fields)."""
+        return {name: getattr(self, name) for name in self.names()}
