@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 
 class QRAG(nn.Module):
-    """State and action encoders plus the rotary Q-function; scores chunks and runs the search."""
+    """State and action encoders plus the rotary Q-function that search and training score chunks with."""
 
     def __init__(
         self,
@@ -257,16 +257,3 @@ class QRAG(nn.Module):
         sel = torch.as_tensor(list(selected), dtype=torch.long, device=self.device)
         mode = self.config.position_mode if ordered else "none"
         return chunk_positions(mode, num_chunks, sel, self.config.delta, self.config.ell)
-
-    # ----------------------------------------------------------------------------- retrieval
-    def search(self, question: str, index: DocumentIndex, **options: Any):  # noqa: ANN201 - see search.py
-        """Multi-step retrieval over ``index``; see :func:`qrag_core.search.search` for the options."""
-        from qrag_core.search import search
-
-        return search(self, question, index, **options)
-
-    def retrieve(self, question: str, document: str | Sequence[str], **options: Any):  # noqa: ANN201
-        """Index one document (a text or its chunk texts) and search it."""
-        return self.search(
-            question, DocumentIndex.build(self, [document] if isinstance(document, str) else [document]), **options
-        )

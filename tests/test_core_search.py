@@ -136,8 +136,9 @@ def test_index_from_another_encoder_is_refused(minilm_tokenizer, index):
 
 @pytest.mark.slow
 def test_real_minilm_multi_step_finds_both_facts(real_model, story):
-    result = real_model.retrieve("Where is Mary?", story, k=2)
+    index = DocumentIndex.build(real_model, story)
+    result = search(real_model, "Where is Mary?", index, k=2)
     texts = " ".join(result.texts)
     assert "Mary moved to the bathroom." in texts and "Mary went back to the kitchen." in texts
-    beam = real_model.retrieve("Where is Mary?", story, k=2, beam=3)
+    beam = search(real_model, "Where is Mary?", index, k=2, beam=3)
     assert beam.total_q >= result.total_q - 1e-6
