@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from harness import ROOT, ResultsStore, lazy_haystack, length_order, markdown_table, parse_cell
+from harness import ROOT, Cell, ResultsStore, cell_argument, lazy_haystack, length_order, markdown_table
 
 from qrag_core.baselines import BM25TopK, DenseTopK, QRAGSearch
-from qrag_core.cli import setup_logging
+from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.data.babilong import BABILONG_TASKS
 from qrag_core.data.haystack import Haystack
 from qrag_core.data.ruler import NIAH_TASKS
@@ -111,13 +111,13 @@ def save_results(new_entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_cell(
-    spec: str,
+    parsed: Cell,
     args: argparse.Namespace,
     factories: dict[str, Callable[[], RetrievalMethod]],
     haystack: Callable[[], Haystack],
 ) -> None:
     """Measure every method of ``factories`` not yet in the results on one cell, saving after each."""
-    suite, length, n = parsed = parse_cell(spec)
+    suite, length, n = parsed
     cell = parsed.key + (f"@T{args.steps}" if args.steps else "")
     measured = STORE.load()["entries"]
     todo = [m for m in factories if args.force or f"{cell}|{m}" not in measured]
@@ -280,8 +280,10 @@ def update_card(results: dict[str, Any], card: Path) -> None:
 
 # ============================================================================================ CLI
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cells", nargs="*", default=[], help="cells suite[:length][:n] to measure (default: none)")
+    parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--cells", nargs="*", type=cell_argument, default=[], help="cells suite[:length][:n] to measure (default: none)"
+    )
     parser.add_argument(
         "--methods",
         nargs="*",
@@ -299,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--steps",
-        type=int,
+        type=positive_int,
         default=None,
         help="T for every cell of this run, recorded as cell@T<steps> (default: the evaluation loop's per-task T)",
     )
@@ -310,24 +312,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"at the end, write the tables into the card {SHIPPED_MODELS_DIR.name}/{DEFAULT_MODEL_NAME}/README.md",
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
     parser.add_argument("--machine-note", default="", help="recorded with the machine, e.g. other jobs running")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_verbose_flag(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
+def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     haystack = lazy_haystack()
     factories = build_methods(args)
-    for spec in [] if args.render_only else args.cells:
-        run_cell(spec, args, factories, haystack)
+    for cell in [] if args.render_only else args.cells:
+        run_cell(cell, args, factories, haystack)
     results = save_results({})
     if args.update_card:
         update_card(results, SHIPPED_MODELS_DIR / DEFAULT_MODEL_NAME / "README.md")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,9 @@ import time
 from pathlib import Path
 
 import torch
-from harness import RESULTS_DIR, git_commit, markdown_table
+from harness import RESULTS_DIR, BenchmarkError, git_commit, markdown_table
 
+from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.data.babilong import iter_babilong
 from qrag_core.data.examples import write_jsonl
 from qrag_core.data.haystack import Haystack, fill_to_budget
@@ -66,7 +67,7 @@ def finetune(data: Path, out: Path, processes: int, threads: int, steps: int, ba
         [*launcher, "-m", "qrag_core.cli.finetune", *args], env=env, capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
-        raise SystemExit(f"qrag-finetune with {processes} process(es) failed:\n{done.stderr[-3000:]}")
+        raise BenchmarkError(f"qrag-finetune with {processes} process(es) failed:\n{done.stderr[-3000:]}")
     summary = json.loads(done.stdout[done.stdout.index("{") :])
     with open(out / "metrics.csv", newline="") as f:
         clock = [float(row["train_seconds"]) for row in csv.DictReader(f)]
@@ -182,23 +183,29 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--train-steps",
-        type=int,
+        type=positive_int,
         default=40,
-        help="scheduled optimiser steps per training run (3 warm start, then soft Q)",
+        help=f"scheduled optimiser steps per training run ({WARM_START_STEPS} warm start, then soft Q)",
     )
     parser.add_argument(
         "--train-seconds", type=float, default=40.0, help="each training run stops after this many training seconds"
     )
-    parser.add_argument("--batch", type=int, default=8, help="global batch (episodes per step)")
-    parser.add_argument("--train-examples", type=int, default=64, help="BabiLong QA2 training examples")
-    parser.add_argument("--chunks", type=int, default=5000, help="about this many chunks in the indexed document")
-    parser.add_argument("--workers", type=int, default=2, help="Ray encoder actors")
+    parser.add_argument("--batch", type=positive_int, default=8, help="global batch (episodes per step)")
+    parser.add_argument("--train-examples", type=positive_int, default=64, help="BabiLong QA2 training examples")
+    parser.add_argument(
+        "--chunks", type=positive_int, default=5000, help="about this many chunks in the indexed document"
+    )
+    parser.add_argument("--workers", type=positive_int, default=2, help="Ray encoder actors")
     parser.add_argument("--note", default="", help="said with the machine (e.g. other jobs running)")
-    args = parser.parse_args()
+    add_verbose_flag(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with tempfile.TemporaryDirectory(prefix="qrag-distributed-") as tmp:
@@ -213,7 +220,10 @@ def main() -> int:
     (RESULTS_DIR / "distributed.json").write_text(json.dumps(report, indent=1) + "\n")
     (RESULTS_DIR / "distributed.md").write_text(markdown(report))
     print(markdown(report))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

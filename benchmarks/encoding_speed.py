@@ -32,10 +32,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from harness import RESULTS_DIR, git_commit, lazy_haystack, markdown_table, parse_cell
+from harness import RESULTS_DIR, Cell, cell_argument, git_commit, lazy_haystack, markdown_table
 
 from qrag_core.baselines import QRAGSearch
-from qrag_core.cli import setup_logging
+from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.data.haystack import Haystack
 from qrag_core.embedding_cache import shared_cache
 from qrag_core.evaluation import evaluate
@@ -96,9 +96,9 @@ def throughput(model: QRAG, sentences: list[str], batch_size: int, rounds: int) 
     return {"chunks": len(sentences), "batch_size": batch_size, "rounds": rounds, "methods": rows}
 
 
-def quality(model: QRAG, cell: str) -> dict:
+def quality(model: QRAG, cell: Cell) -> dict:
     """Fact EM of greedy search on ``cell`` with the index built by torch and by onnx-int8."""
-    examples = parse_cell(cell).examples(lazy_haystack())
+    examples = cell.examples(lazy_haystack())
     cache = shared_cache()
     scores = {}
     for backend in ("torch", "onnx-int8"):
@@ -113,7 +113,7 @@ def quality(model: QRAG, cell: str) -> dict:
         }
     model.action_encoder.use_backend("torch")
     return {
-        "cell": cell,
+        "cell": cell.spec,
         "samples": len(examples),
         "scores": scores,
         "fact_em_difference": scores["onnx-int8"]["fact_em"] - scores["torch"]["fact_em"],
@@ -152,27 +152,48 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch and ONNX Runtime threads")
-    parser.add_argument("--sentences", type=int, default=1024, help="haystack sentences for the throughput test")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--cell", default="babilong:4k:20", help="the quality cell (suite:length:n per task)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--threads", type=positive_int, default=os.cpu_count(), help="torch and ONNX Runtime threads (default: all)"
+    )
+    parser.add_argument(
+        "--sentences", type=positive_int, default=1024, help="haystack sentences for the throughput test"
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=64, help="sentences per encoding batch (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=2,
+        help="timed passes per backend; the best counts (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cell",
+        type=cell_argument,
+        default="babilong:4k:20",
+        help="the quality cell, suite[:length][:n] (default: %(default)s)",
+    )
     parser.add_argument("--machine-note", default="", help="added to the machine description (e.g. other load)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
-    args = parser.parse_args(argv)
-    setup_logging(False)
-    logger.setLevel(logging.INFO)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS_DIR,
+        help="directory for encoding_speed.json and encoding_speed.md (default: %(default)s)",
+    )
+    add_verbose_flag(parser)
+    return parser
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> None:
     torch.set_num_threads(args.threads)
     model = QRAG.from_pretrained().eval()
     sentences = list(Haystack.load().sentences[0][1000 : 1000 + args.sentences])
     result = {
         "machine": machine_description(args.machine_note),
         "commit": git_commit(),
-        "command": shlex.join(
-            ["python", "benchmarks/encoding_speed.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": shlex.join(["python", "benchmarks/encoding_speed.py", *argv]),
         "throughput": throughput(model, sentences, args.batch_size, args.rounds),
         "quality": quality(model, args.cell),
     }
@@ -180,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "encoding_speed.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (args.out / "encoding_speed.md").write_text(render(result), encoding="utf-8")
     print(render(result))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_tool(build_parser(), lambda args: run(args, argv), argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

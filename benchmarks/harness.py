@@ -16,6 +16,7 @@ their sibling; they are thin front-ends over it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import fcntl
@@ -33,6 +34,7 @@ from qrag_core.data.haystack import Haystack
 from qrag_core.data.hotpotqa import iter_hotpotqa
 from qrag_core.data.musique import iter_musique
 from qrag_core.data.ruler import NIAH_TASKS, iter_niah
+from qrag_core.errors import InvalidInputError, QRAGError
 from qrag_core.evaluation import DEFAULT_STEPS, TASK_STEPS
 from qrag_core.machine import machine_description
 
@@ -45,8 +47,13 @@ DEFAULT_SAMPLES: dict[str, int | None] = {"babilong": 100, "niah": 100, "hotpotq
 """Samples per task when a cell does not say (None: the whole shared subset)."""
 
 
-class CellError(SystemExit):
-    """A cell written wrongly; exits the script with the message."""
+class BenchmarkError(QRAGError):
+    """A benchmark run that cannot go on (results measured differently, a step that failed); its script
+    reports it as one line and exit status 2, as every tool does (:mod:`qrag_core.cli`)."""
+
+
+class CellError(BenchmarkError, InvalidInputError):
+    """A cell written wrongly."""
 
 
 class Cell(NamedTuple):
@@ -61,6 +68,11 @@ class Cell(NamedTuple):
     def key(self) -> str:
         """``suite`` or ``suite/length``: how results name the cell."""
         return self.suite if self.length is None else f"{self.suite}/{self.length}"
+
+    @property
+    def spec(self) -> str:
+        """The cell written out in full, ``suite[:length]:n`` (``all`` for the whole subset)."""
+        return ":".join([self.suite, *([self.length] if self.length else []), "all" if self.n is None else str(self.n)])
 
     @property
     def steps(self) -> int:
@@ -82,7 +94,7 @@ class Cell(NamedTuple):
 
 
 def parse_cell(spec: str) -> Cell:
-    """``suite[:length][:n]`` → :class:`Cell`; a wrongly written cell exits with a message."""
+    """``suite[:length][:n]`` → :class:`Cell`; a wrongly written cell is a :class:`CellError`."""
     suite, *rest = spec.split(":")
     if suite not in SUITES:
         raise CellError(f"unknown suite in cell {spec!r}; use one of {', '.join(SUITES)}")
@@ -106,6 +118,14 @@ def parse_cell(spec: str) -> Cell:
     if n <= 0:
         raise CellError(f"cell {spec!r}: samples per task must be positive")
     return Cell(suite, length, n)
+
+
+def cell_argument(spec: str) -> Cell:
+    """argparse ``type`` of a cell option: a wrongly written cell is a usage error before any work starts."""
+    try:
+        return parse_cell(spec)
+    except CellError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def lazy_haystack() -> Callable[[], Haystack]:

@@ -35,7 +35,7 @@ from harness import (
 )
 
 from qrag_core.baselines import DenseTopK
-from qrag_core.cli import setup_logging
+from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.config import QRAGConfig
 from qrag_core.data.examples import Example
 from qrag_core.data.haystack import count_tokens
@@ -148,21 +148,33 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
     path.write_text("\n".join(out) + "\n", encoding="utf-8")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--suites", nargs="+", choices=OPEN_DOMAIN, default=["hotpotqa"], help="default: hotpotqa")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--tokens", nargs="+", type=int, default=[64, 128, 220], help="max_chunk_tokens caps (default: 64 128 220)"
+        "--suites", nargs="+", choices=OPEN_DOMAIN, default=["hotpotqa"], help="open-domain sets (default: hotpotqa)"
     )
-    parser.add_argument("--steps", nargs="+", type=int, default=[2, 4], help="T of dense top-T (default: 2 4)")
+    parser.add_argument(
+        "--tokens",
+        nargs="+",
+        type=positive_int,
+        default=[64, 128, 220],
+        help="max_chunk_tokens caps (default: 64 128 220)",
+    )
+    parser.add_argument("--steps", nargs="+", type=positive_int, default=[2, 4], help="T of dense top-T (default: 2 4)")
     parser.add_argument("--render-only", action="store_true", help="only rewrite the markdown from the JSON")
-    args = parser.parse_args(argv)
-    setup_logging(False)
+    add_verbose_flag(parser)
+    return parser
+
+
+def run_or_render(args: argparse.Namespace) -> None:
     if args.render_only:
         write_markdown(ResultsStore(RESULTS, lambda: {"suites": {}}).load())
     else:
         run(args.suites, args.tokens, args.steps)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), run_or_render, argv)
 
 
 if __name__ == "__main__":

@@ -26,17 +26,19 @@ from typing import Any
 
 from harness import (
     DEFAULT_SAMPLES,
+    LENGTH_SUITES,
     ROOT,
+    BenchmarkError,
     Cell,
     ResultsStore,
+    cell_argument,
     length_order,
     markdown_table,
-    parse_cell,
     provenance,
 )
 
 from qrag_core.baselines import BASELINES, METHODS, base_model_of, make_method
-from qrag_core.cli import setup_logging
+from qrag_core.cli import add_verbose_flag, run_tool
 from qrag_core.data.babilong import BABILONG_TASKS
 from qrag_core.data.haystack import Haystack
 from qrag_core.data.ruler import NIAH_TASKS
@@ -78,7 +80,7 @@ def build_methods(names: list[str], model: str | None) -> dict[str, RetrievalMet
 
 def run_cell(
     results: dict[str, Any],
-    spec: str,
+    parsed: Cell,
     methods: list[str],
     model: str | None,
     force: bool,
@@ -86,12 +88,12 @@ def run_cell(
     paths: tuple[Path, Path] = (RESULTS, MARKDOWN),
 ) -> None:
     """Measure the methods of one cell not yet in ``results``; save JSON and markdown (``paths``) after each."""
-    suite, length, n = parsed = parse_cell(spec)
+    suite, length, n = parsed
     key = parsed.key
     cell = results["cells"].setdefault(key, {"suite": suite, "length": length, "methods": {}, "samples_per_task": n})
     if cell.get("samples_per_task") != n:
         if not force:
-            raise SystemExit(
+            raise BenchmarkError(
                 f"{key} was measured with {cell.get('samples_per_task')} samples per task, not {n}: methods of a "
                 "cell must share their samples; ask for the same n, or add --force to measure every method again"
             )
@@ -262,13 +264,14 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
 
 
 # ============================================================================================ main
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+        prog=Path(__file__).name, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument(
         "--cells",
         nargs="*",
+        type=cell_argument,
         default=[],
         help="cells to measure, in order: suite[:length][:n], e.g. babilong:4k niah:32k:10 hotpotqa\n"
         f"(default n per task, None = the whole subset: {DEFAULT_SAMPLES})",
@@ -281,19 +284,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render-only", action="store_true", help="only rewrite BENCHMARKS.md from the JSON")
     parser.add_argument("--results", type=Path, default=RESULTS, help="results JSON (default: %(default)s)")
     parser.add_argument("--markdown", type=Path, default=MARKDOWN, help="markdown to write (default: %(default)s)")
-    parser.add_argument("--verbose", action="store_true", help="debug logging")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    add_verbose_flag(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
     paths = (args.results, args.markdown)
-    if args.render_only:
-        write_markdown(load_results(args.results), args.markdown)
-        return 0
-    specs = [parse_cell(spec) for spec in args.cells]  # fail on a bad cell before any work
-    haystack = Haystack.load() if any(suite in ("babilong", "niah") for suite, _, _ in specs) else None
-    for spec in args.cells:
-        run_cell(load_results(args.results), spec, args.methods, args.model, args.force, haystack, paths)
+    if not args.render_only:
+        haystack = Haystack.load() if any(cell.suite in LENGTH_SUITES for cell in args.cells) else None
+        for cell in args.cells:
+            run_cell(load_results(args.results), cell, args.methods, args.model, args.force, haystack, paths)
     write_markdown(load_results(args.results), args.markdown)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

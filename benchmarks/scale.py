@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import random
 import resource
@@ -28,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.data.babilong import parse_length
 from qrag_core.data.haystack import Haystack, fill_to_budget
 from qrag_core.embedding_cache import EmbeddingCache, shared_cache
@@ -163,14 +163,23 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", nargs="+", default=["1M", "10M"], help="document lengths in tokens")
-    parser.add_argument("--encode-sample", type=int, default=1024, help="sentences for the throughput comparison")
-    parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size for both encoders")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=Path(__file__).name, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--lengths", nargs="+", default=["1M", "10M"], help="document lengths in tokens (default: 1M 10M)"
+    )
+    parser.add_argument(
+        "--encode-sample", type=positive_int, default=1024, help="sentences for the throughput comparison"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="encoding batch size for both encoders")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.json", help="JSON output (markdown beside it)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    add_verbose_flag(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     model = QRAG.from_pretrained("all-MiniLM-L6-v2").eval()
     haystack = Haystack.load()
@@ -191,7 +200,10 @@ def main() -> int:
     args.out.write_text(json.dumps(report, indent=2))
     args.out.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

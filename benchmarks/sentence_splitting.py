@@ -38,7 +38,7 @@ from typing import Any
 from harness import RESULTS_DIR, markdown_table, provenance
 
 from qrag_core.chunking import iter_sentence_spans
-from qrag_core.cli import setup_logging
+from qrag_core.cli import add_verbose_flag, run_tool
 from qrag_core.config import SENTENCE_SPLITTERS
 from qrag_core.data.haystack import book_paragraphs, count_tokens, strip_gutenberg
 from qrag_core.data.paths import data_file
@@ -183,21 +183,33 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
     path.write_text("\n".join(out) + "\n", encoding="utf-8")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
     parser.add_argument("--book", default="1342-0.txt", help="haystack novel (default: %(default)s)")
-    parser.add_argument("--splitters", nargs="+", choices=SENTENCE_SPLITTERS, default=["regex", "punkt", "pysbd"])
+    parser.add_argument(
+        "--splitters",
+        nargs="+",
+        choices=SENTENCE_SPLITTERS,
+        default=["regex", "punkt", "pysbd"],
+        help="sentence splitters to compare (default: %(default)s)",
+    )
     parser.add_argument("--render-only", action="store_true", help="only rewrite the markdown from the JSON")
-    args = parser.parse_args(argv)
-    setup_logging(False)
+    add_verbose_flag(parser)
+    return parser
+
+
+def run_or_render(args: argparse.Namespace) -> None:
     if args.render_only:
         write_markdown(json.loads(RESULTS.read_text(encoding="utf-8")))
-        return 0
+        return
     results = run(args.book, args.splitters)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True), encoding="utf-8")
     write_markdown(results)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), run_or_render, argv)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from harness import (
     provenance,
 )
 
-from qrag_core.cli import setup_logging
+from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.data.babilong import iter_babilong
 from qrag_core.data.examples import Example
 from qrag_core.data.haystack import Haystack
@@ -132,20 +132,30 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
     path.write_text("\n".join(out) + "\n", encoding="utf-8")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="model name or path (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=4, help="T, greedy steps per question (default: %(default)s)")
-    parser.add_argument("--babilong-samples", type=int, default=50, help="BabiLong QA2 samples (default: %(default)s)")
-    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS), help="default: both")
+    parser.add_argument(
+        "--steps", type=positive_int, default=4, help="T, greedy steps per question (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--babilong-samples", type=positive_int, default=50, help="BabiLong QA2 samples (default: %(default)s)"
+    )
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS), help="sets to analyse (default: all)")
     parser.add_argument("--render-only", action="store_true", help="only rewrite the markdown from the JSON")
-    args = parser.parse_args(argv)
-    setup_logging(False)
+    add_verbose_flag(parser)
+    return parser
+
+
+def run_or_render(args: argparse.Namespace) -> None:
     if args.render_only:
         write_markdown(ResultsStore(RESULTS, lambda: {"models": {}}).load())
     else:
         run(args.model, args.steps, args.babilong_samples, args.sets)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), run_or_render, argv)
 
 
 if __name__ == "__main__":

@@ -22,17 +22,19 @@ ORDERS: tuple[str, ...] = ("document", "rank")
 """Result orders: ``document`` (source order, what a reader wants) or ``rank`` (the order of selection)."""
 WHAT = "retrieval option"
 """How an error names an option."""
+POSITIVE = {"positive": True}
+"""Field metadata of a count that must be at least 1 (checked here; the CLI flags parse it so)."""
 
 
 @dataclass(frozen=True)
 class SearchOptions:
     """How to search; an option left at None takes the model's default (its QRAGConfig)."""
 
-    k: int | None = field(default=None, metadata={"flag": "--steps"})
+    k: int | None = field(default=None, metadata={**POSITIVE, "flag": "--steps"})
     """Chunks to retrieve, i.e. search steps T (none: the model's max_steps)."""
-    beam: int | None = None
+    beam: int | None = field(default=None, metadata=POSITIVE)
     """Beam width B, 1 = greedy (none: the model's beam_width)."""
-    expand_k: int | None = None
+    expand_k: int | None = field(default=None, metadata=POSITIVE)
     """Top actions each beam is expanded by (none: the beam width)."""
     stop_threshold: float | None = None
     """Stop early when the best Q falls below this (none: the model's stop_threshold)."""
@@ -44,8 +46,9 @@ class SearchOptions:
     """Order of the results: document (source order, the default) or rank (the order the search picked them)."""
 
     def __post_init__(self) -> None:
-        for name in ("k", "beam", "expand_k"):
-            check_positive_int(f"{WHAT} {name}", getattr(self, name), allow_none=True)
+        for f in dataclasses.fields(self):
+            if f.metadata.get("positive"):
+                check_positive_int(f"{WHAT} {f.name}", getattr(self, f.name), allow_none=True)
         check_finite(f"{WHAT} stop_threshold", self.stop_threshold, allow_none=True)
         if self.document_id is not None and not isinstance(self.document_id, str):
             raise InvalidInputError(f"{WHAT} document_id must be a string, got {self.document_id!r}")

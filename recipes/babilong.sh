@@ -8,9 +8,14 @@
 # evaluating fact EM (greedy, T = 4) on both test sets during training. Content embeddings come from the
 # shared cache (run `qrag-data warm-cache` first, or the haystack sentences are encoded on the fly).
 set -euo pipefail
+if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0; fi
+if [ $# -lt 2 ]; then
+  echo "babilong.sh: error: needs TASK RUN_NAME, e.g. bash recipes/babilong.sh qa2 my_run (--help explains)" >&2
+  exit 2
+fi
 cd "$(dirname "$0")/.."
-TASK="${1:?task, e.g. qa2}"
-RUN="${2:?run name}"
+TASK="$1"
+RUN="$2"
 shift 2
 TRAIN_N="${TRAIN_N:-10000}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

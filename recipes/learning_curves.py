@@ -17,10 +17,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from qrag_core.cli import add_verbose_flag, run_tool
+from qrag_core.errors import InvalidInputError
 
 COLUMNS = [
     "run",
@@ -42,7 +40,7 @@ def evaluation_rows(name: str, metrics_csv: Path) -> list[dict[str, object]]:
     with open(metrics_csv, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        raise SystemExit(f"{metrics_csv} holds no rows")
+        raise InvalidInputError(f"{metrics_csv} holds no rows")
     sets = [
         key[len("eval_") : -len("_fact_em")] for key in rows[0] if key.startswith("eval_") and key.endswith("_fact_em")
     ]
@@ -102,6 +100,11 @@ def write_outputs(rows: list[dict[str, object]], prefix: Path, title: str) -> No
         writer.writerows(rows)
     prefix.with_suffix(".md").write_text(markdown_table(rows, title), encoding="utf-8")
 
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
     figure, (by_time, by_examples) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     runs = list(dict.fromkeys(r["run"] for r in rows))
     sets = list(dict.fromkeys(r["eval_set"] for r in rows))
@@ -128,23 +131,40 @@ def write_outputs(rows: list[dict[str, object]], prefix: Path, title: str) -> No
     plt.close(figure)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Learning curves (fact EM vs time and examples) of training runs.")
+def run_argument(text: str) -> tuple[str, Path]:
+    """argparse ``type`` of ``--run NAME=DIR``: the run's name and output directory."""
+    name, sep, directory = text.rpartition("=")
+    if not sep or not name or not directory:
+        raise argparse.ArgumentTypeError(f"needs NAME=DIR, got {text!r}")
+    return name, Path(directory)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=Path(__file__).name, description="Learning curves (fact EM vs time and examples) of training runs."
+    )
     parser.add_argument(
-        "--run", action="append", required=True, metavar="NAME=DIR", help="a run's name and output directory"
+        "--run",
+        action="append",
+        required=True,
+        type=run_argument,
+        metavar="NAME=DIR",
+        help="a run's name and output directory (the one holding metrics.csv); repeat for each run",
     )
     parser.add_argument("--out", required=True, help="output prefix; writes PREFIX.csv, PREFIX.md and PREFIX.png")
     parser.add_argument("--title", default="qrag-finetune learning curves", help="plot and table title")
-    args = parser.parse_args(argv)
-    rows = []
-    for spec in args.run:
-        name, sep, directory = spec.rpartition("=")
-        if not sep:
-            parser.error(f"--run needs NAME=DIR, got {spec!r}")
-        rows += evaluation_rows(name, Path(directory) / "metrics.csv")
+    add_verbose_flag(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    rows = [row for name, directory in args.run for row in evaluation_rows(name, directory / "metrics.csv")]
     write_outputs(rows, Path(args.out), args.title)
     print(Path(args.out).with_suffix(".md").read_text())
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@
 #
 # Each run takes 5-15 minutes on one core of the 2-core machine; the two tasks can run side by side.
 set -euo pipefail
+if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0; fi
+if [ $# -gt 0 ]; then echo "qa2_qa3.sh: error: takes no arguments (--help explains)" >&2; exit 2; fi
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 WARM=(--warm-start-steps 2000 --rl-steps 0 --batch-size 8 --eval-every 250 --checkpoint-every 250 --no-progress)

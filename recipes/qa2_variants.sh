@@ -3,6 +3,8 @@
 # frozen vs trained action transformer at the same budget, soft-Q variants after a 300-step warm start, and
 # warm-start variants. Each run writes runs/<name>/metrics.csv; the tables/plots come from learning_curves.py.
 set -euo pipefail
+if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0; fi
+if [ $# -gt 0 ]; then echo "qa2_variants.sh: error: takes no arguments (--help explains)" >&2; exit 2; fi
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 DATA=runs/data

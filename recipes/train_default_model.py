@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from qrag_core.cli import setup_logging
+from qrag_core.cli import add_verbose_flag, run_tool
 from qrag_core.config import QRAGConfig
 from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
 from qrag_core.data.examples import Example, read_jsonl, write_jsonl
@@ -296,6 +296,7 @@ def add_stage_arguments(parser: argparse.ArgumentParser, name: str, lr: float, w
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog=Path(__file__).name,
         description="Build the training mixture, train the stages and ship the compact default model.",
     )
     parser.add_argument(
@@ -362,12 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--machine-note", default="", help="free text recorded in the card's hardware line, e.g. other jobs running"
     )
+    add_verbose_flag(parser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
+def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
     torch.set_num_threads(args.threads)
     stages = recipe_stages(args)
     train_files, eval_files = build_data(args.work_dir / "data", sorted({stage.data_key for stage in stages}))
@@ -377,8 +377,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         run_stage(args, stage, train_files[stage.data_key], eval_files)
     if str(args.ship_to).lower() != "none":
-        ship(stages, args.ship_to, args, sys.argv[1:] if argv is None else argv)
-    return 0
+        ship(stages, args.ship_to, args, argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_tool(build_parser(), lambda args: run(args, argv), argv)
 
 
 if __name__ == "__main__":

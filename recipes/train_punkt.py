@@ -22,6 +22,7 @@ from pathlib import Path
 from nltk.tokenize.punkt import PunktTrainer
 
 from qrag_core.chunking import SHIPPED_PUNKT_DIR
+from qrag_core.cli import add_verbose_flag, run_tool
 from qrag_core.data.haystack import haystack_books, strip_gutenberg
 
 logger = logging.getLogger("train_punkt")
@@ -43,11 +44,14 @@ def write_params(params: object, out: Path) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=SHIPPED_PUNKT_DIR, help="directory to write (default: %(default)s)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    add_verbose_flag(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
     trainer = PunktTrainer()
     start = time.perf_counter()
     books = [book for book in haystack_books() if book.name != HELD_OUT]
@@ -68,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         time.perf_counter() - start,
         args.out,
     )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 from pathlib import Path
 
 import pytest
 
+from qrag_core.errors import InvalidInputError
 from tests.conftest import load_script
 
 
@@ -37,9 +39,11 @@ def test_cells_parse_with_the_suite_defaults(harness) -> None:
         ("niah:4k:all", "give their number"),
     ],
 )
-def test_badly_written_cells_exit_with_the_problem(harness, spec: str, problem: str) -> None:
-    with pytest.raises(SystemExit, match=problem):
+def test_badly_written_cells_are_refused_with_the_problem(harness, spec: str, problem: str) -> None:
+    with pytest.raises(InvalidInputError, match=problem):
         harness.parse_cell(spec)
+    with pytest.raises(argparse.ArgumentTypeError, match=problem):  # a cell option: argparse's usage error
+        harness.cell_argument(spec)
 
 
 def _add_entries(path: str, first: int) -> None:

@@ -107,7 +107,10 @@ def test_the_search_flags_are_the_search_options(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("flags", "message"),
-    [(["--steps", "0"], "k must be a positive integer"), (["--order", "score"], "invalid choice: 'score'")],
+    [
+        (["--steps", "0"], "argument --steps: must be a positive integer, got '0'"),
+        (["--order", "score"], "invalid choice: 'score'"),
+    ],
 )
 def test_bad_search_flags_are_refused_before_anything_loads(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:

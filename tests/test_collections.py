@@ -11,7 +11,7 @@ from qrag_core.errors import DataFormatError, InvalidInputError
 from qrag_core.index import INDEX_FILE, DocumentIndex
 from qrag_core.positions import position_intervals
 from qrag_core.search import search
-from qrag_core.training.trainer import prepare_documents
+from qrag_core.training.updates import prepare_documents
 
 PASSAGES = [f"Passage {i} is about {w}." for i, w in enumerate("apples rivers kings ships towers wolves".split())]
 STORY = [f"Line {i}: the {w} moved." for i, w in enumerate("cat dog bird fish goat".split())]

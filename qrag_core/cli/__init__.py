@@ -1,10 +1,26 @@
-"""Command-line tools: ``qrag-eval`` (evaluate retrieval on a JSONL file) and ``qrag-data`` (build benchmark data).
+"""What every command-line tool of the repository shares: logging, error reporting, exit statuses, option types.
 
-Every tool writes its results to stdout and its logs and progress bars to stderr. Every tool handles
-errors the same way (:func:`run_reporting_errors`): a bad option gets argparse's ``prog: error:
-message`` and exit status 2 before any work starts; bad input found later (a malformed data line,
-a missing or undecodable file, a corrupt model) gets ``prog: error: message`` naming the file, line
-and problem, and exit status 2, never a traceback.
+The tools are the ``qrag-*`` commands (``qrag-data``, ``qrag-demo``, ``qrag-eval``, ``qrag-finetune``,
+``qrag-index``; the modules of this package) and the scripts of ``benchmarks/`` and ``recipes/``. Each
+writes its results to stdout and its logs and progress bars to stderr (:func:`setup_logging`;
+``--verbose`` adds debug logging, :func:`add_verbose_flag`), explains every option in ``--help``, and
+ends with one of these exit statuses (:func:`run_reporting_errors`):
+
+- 0 (:data:`OK`): done;
+- 1 (:data:`CHECK_FAILED`): done, but a check the tool makes failed (``benchmarks/time_eval.py`` over
+  its time limit);
+- 2 (:data:`INPUT_ERROR`): a bad option, reported by argparse as ``prog: error: message`` before any
+  work starts; or bad input found later (a malformed data line, a missing or undecodable file, a
+  corrupt model: any :class:`~qrag_core.errors.QRAGError`), reported as one line ``prog: error:
+  message`` naming the file, line and problem, never a traceback;
+- 130 (:data:`INTERRUPTED`): stopped with Ctrl-C.
+
+:func:`run_tool` is a whole ``main`` that does all of this for a parser and a function of its options.
+
+Options share their checked types (:func:`positive_int`, :func:`finite_float`, …) and the flags of a
+config dataclass are generated from its field docstrings (:func:`add_dataclass_flags`), the search
+flags of ``qrag-demo`` and ``qrag-index search`` from :class:`~qrag_core.search_options.SearchOptions`
+(:func:`add_search_flags`, read back by :func:`from_flags`).
 """
 
 from __future__ import annotations
@@ -18,11 +34,18 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from qrag_core.config import field_docs
 from qrag_core.errors import QRAGError
+from qrag_core.search_options import ORDERS, SearchOptions
 
+T = TypeVar("T")
+
+OK = 0
+"""Exit status of a tool that did what was asked."""
+CHECK_FAILED = 1
+"""Exit status of a tool that finished but whose own check failed (e.g. a timing over its limit)."""
 INPUT_ERROR = 2
 """Exit status of a usage or input error (argparse's own for a bad option)."""
 INTERRUPTED = 130
@@ -39,10 +62,11 @@ class _QuietThirdParty(logging.Filter):
         return record.levelno >= logging.WARNING or record.name.split(".")[0] not in CHATTY_LOGGERS
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Log to stderr: INFO by default; DEBUG, third-party chatter included, with ``verbose``."""
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Log to stderr: INFO by default; only warnings with ``quiet``; DEBUG, third-party chatter included,
+    with ``verbose``."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -51,17 +75,39 @@ def setup_logging(verbose: bool = False) -> None:
             handler.addFilter(_QuietThirdParty())
 
 
+def add_verbose_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--verbose``, the same in every tool: debug logging for :func:`setup_logging`."""
+    parser.add_argument(
+        "--verbose", action="store_true", help="debug logging on stderr, third-party libraries' too (default: info)"
+    )
+
+
 def run_reporting_errors(prog: str, command: Callable[[], int | None]) -> int:
-    """Run ``command``; a QRAGError, OSError, UnicodeError or missing optional package becomes one line
-    ``prog: error: message`` on stderr and exit status 2, Ctrl-C exit status 130."""
+    """Run ``command`` and return its exit status (None: :data:`OK`); a QRAGError, OSError, UnicodeError
+    or missing optional package becomes one line ``prog: error: message`` on stderr and
+    :data:`INPUT_ERROR`, Ctrl-C :data:`INTERRUPTED`."""
     try:
-        return command() or 0
+        return command() or OK
     except (QRAGError, OSError, UnicodeError, ImportError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return INPUT_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return INTERRUPTED
+
+
+def run_tool(
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], int | None],
+    argv: Sequence[str] | None = None,
+    quiet: bool = False,
+) -> int:
+    """A tool's whole ``main``: parse ``argv`` (None: the command line), log as ``--verbose`` says
+    (only warnings with ``quiet``), and ``run`` the parsed options, reporting errors as
+    :func:`run_reporting_errors` does under the parser's ``prog``."""
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, quiet)
+    return run_reporting_errors(parser.prog, lambda: run(args))
 
 
 def positive_int(text: str) -> int:
@@ -109,17 +155,20 @@ def check_output_file(parser: argparse.ArgumentParser, flag: str, out: str | Pat
         parser.error(f"{flag} {out} is a directory; give a file name, e.g. {flag} {Path(out) / 'data.jsonl'}")
 
 
-def _value_parser(annotation: Any) -> Callable[[str], Any]:
-    """argparse ``type`` for a field annotation: int, float (finite), str, or one of them or None ("none")."""
+def _value_parser(annotation: Any, positive: bool = False) -> Callable[[str], Any]:
+    """argparse ``type`` for a field annotation: int (``positive``: ≥ 1), float (finite), str, or one of them
+    or None ("none")."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
-        parse = _value_parser(inner)
+        parse = _value_parser(inner, positive)
 
         def optional(text: str) -> Any:
             return None if text.lower() == "none" else parse(text)
 
         optional.__name__ = f"{inner.__name__} or none"
         return optional
+    if annotation is int and positive:
+        return positive_int
     return finite_float if annotation is float else annotation
 
 
@@ -132,9 +181,10 @@ def add_dataclass_flags(
 ) -> None:
     """One flag per dataclass field, its help the field's docstring plus the default.
 
-    The flag is ``--field-name``, or the field's ``flag`` metadata where it has one; ``choices`` lists
-    the values of the string fields that take only a few. With ``suppress_defaults``, a flag not
-    given leaves no attribute (so a config keeps its own value).
+    The flag is ``--field-name``, or the field's ``flag`` metadata where it has one; an integer field
+    with ``positive`` metadata takes only integers ≥ 1; ``choices`` lists the values of the string
+    fields that take only a few. With ``suppress_defaults``, a flag not given leaves no attribute (so
+    a config keeps its own value).
     """
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -150,8 +200,20 @@ def add_dataclass_flags(
         if hints[f.name] is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = _value_parser(hints[f.name])
+            kwargs["type"] = _value_parser(hints[f.name], f.metadata.get("positive", False))
             kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
             if choices and f.name in choices:
                 kwargs["choices"] = choices[f.name]
         group.add_argument(flag, **kwargs)
+
+
+def add_search_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """A group of flags for the :class:`~qrag_core.search_options.SearchOptions` (``--steps``, ``--beam``, …),
+    read back with ``from_flags(SearchOptions, args)``; an option not given takes the model's default."""
+    group = parser.add_argument_group("search options")
+    add_dataclass_flags(group, SearchOptions, suppress_defaults=False, skip=skip, choices={"order": ORDERS})
+
+
+def from_flags(cls: type[T], args: argparse.Namespace) -> T:
+    """The dataclass ``cls`` made from the flags :func:`add_dataclass_flags` added (those given or defaulted)."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})

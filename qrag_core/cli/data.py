@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from tqdm.auto import tqdm
 
 from qrag_core.cli import (
+    add_verbose_flag,
     check_output_file,
     non_negative_int,
     positive_int,
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build benchmark data (BabiLong, RULER, HotpotQA, MuSiQue) from the shared data directory "
         "($QRAG_DATA_DIR) and warm the shared embedding cache.",
     )
-    parser.add_argument("--verbose", action="store_true", help="debug logging on stderr (default: info)")
+    add_verbose_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True)
 
     babi = commands.add_parser(

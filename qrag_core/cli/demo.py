@@ -12,13 +12,18 @@ loads; every error is one line, ``qrag-demo: error: …``, exit 2 (:func:`qrag_c
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from dataclasses import dataclass
 
 from qrag_core.chunking import chunk_text
-from qrag_core.cli import non_negative_int, positive_int, run_reporting_errors
+from qrag_core.cli import (
+    add_search_flags,
+    add_verbose_flag,
+    from_flags,
+    non_negative_int,
+    run_tool,
+)
 from qrag_core.data.babilong import BABILONG_TASKS, build_babilong
 from qrag_core.data.demo import load_demo_document
 from qrag_core.data.paths import DataNotFoundError
@@ -28,8 +33,11 @@ from qrag_core.index import DocumentIndex
 from qrag_core.model import QRAG
 from qrag_core.model_names import DEFAULT_MODEL_NAME, shipped_model_names
 from qrag_core.search import search
+from qrag_core.search_options import SearchOptions
 
 BABILONG_DEFAULTS = {"task": "qa2", "length": "4k", "sample": 0}
+SEARCH_FLAGS_SKIPPED = ("document_id", "document_ids", "order")
+"""Search options without a flag: the demo's index holds one document, shown in document order."""
 
 
 @dataclass
@@ -61,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sample", type=non_negative_int, default=None, help="BabiLong: which of the 100 test samples (0)"
     )
-    parser.add_argument("--steps", type=positive_int, default=4, help="chunks to retrieve (search steps T)")
-    parser.add_argument("--beam", type=positive_int, default=1, help="beam width (1 = greedy)")
     parser.add_argument("--no-cache", action="store_true", help="do not use the on-disk embedding cache")
+    add_search_flags(parser, skip=SEARCH_FLAGS_SKIPPED)
+    add_verbose_flag(parser)
     return parser
 
 
@@ -107,7 +115,7 @@ def run(args: argparse.Namespace) -> None:
     loaded = time.perf_counter()
     index = DocumentIndex.build(model, [demo.chunks], doc_ids=["demo"], cache=cache)
     indexed = time.perf_counter()
-    result = search(model, demo.question, index, k=args.steps, beam=args.beam)
+    result = search(model, demo.question, index, from_flags(SearchOptions, args))
     searched = time.perf_counter()
 
     found = demo.support & {s.chunk.index for s in result.chunks}
@@ -127,9 +135,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return run_reporting_errors("qrag-demo", lambda: run(args))
+    return run_tool(build_parser(), run, argv, quiet=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from qrag_core.baselines import METHODS, make_method
-from qrag_core.cli import finite_float, positive_int, run_reporting_errors, setup_logging
+from qrag_core.cli import add_verbose_flag, finite_float, positive_int, run_reporting_errors, setup_logging
 from qrag_core.data.examples import read_jsonl
 from qrag_core.embedding_cache import EmbeddingCache, shared_cache_path
 from qrag_core.evaluation import DEFAULT_STEPS, TASK_STEPS, evaluate
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print exactly one JSON object on stdout (default: a table)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and only warnings on stderr")
-    parser.add_argument("--verbose", action="store_true", help="debug logging on stderr")
+    add_verbose_flag(parser)
     return parser
 
 
@@ -127,9 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    if args.quiet:
-        logging.getLogger().setLevel(logging.WARNING)
+    setup_logging(args.verbose, args.quiet)
 
     def command() -> None:
         result = run(args)

@@ -28,7 +28,13 @@ from typing import Any
 
 import torch
 
-from qrag_core.cli import add_dataclass_flags, positive_int, run_reporting_errors, setup_logging
+from qrag_core.cli import (
+    add_dataclass_flags,
+    add_verbose_flag,
+    positive_int,
+    run_reporting_errors,
+    setup_logging,
+)
 from qrag_core.config import POSITION_MODES, QRAGConfig
 from qrag_core.data.examples import read_jsonl
 from qrag_core.embedding_cache import EmbeddingCache, shared_cache_path
@@ -89,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
-    run.add_argument("--verbose", action="store_true", help="debug logging")
+    add_verbose_flag(run)
     model = parser.add_argument_group(
         "model settings", "Used when starting from --base-model; a model given with --init-from keeps its own."
     )

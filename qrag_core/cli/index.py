@@ -20,7 +20,15 @@ import sys
 import time
 from pathlib import Path
 
-from qrag_core.cli import add_dataclass_flags, non_negative_int, positive_int, run_reporting_errors, setup_logging
+from qrag_core.cli import (
+    add_search_flags,
+    add_verbose_flag,
+    from_flags,
+    non_negative_int,
+    positive_int,
+    run_reporting_errors,
+    setup_logging,
+)
 from qrag_core.config import DEFAULT_SENTENCE_SPLITTER, SENTENCE_SPLITTERS, ChunkingConfig
 from qrag_core.embedding_cache import shared_cache
 from qrag_core.errors import InvalidInputError, UnsafeOutputError
@@ -30,7 +38,7 @@ from qrag_core.model import QRAG
 from qrag_core.onnx_backend import BACKENDS
 from qrag_core.ray_index import RayShardEncoder
 from qrag_core.search import search
-from qrag_core.search_options import ORDERS, SearchOptions
+from qrag_core.search_options import SearchOptions
 from qrag_core.text_files import read_text_file
 
 SEARCH_FLAGS_SKIPPED = ("document_ids",)
@@ -52,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what computes the chunk embeddings: torch, or ONNX Runtime float32 / int8 (faster on CPU, needs "
         "qrag[onnx]); an index is searched with the backend it was built with",
     )
-    common.add_argument("--verbose", action="store_true", help="debug logging on stderr")
+    add_verbose_flag(common)
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser(
@@ -117,17 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--index", type=Path, required=True, help="index directory written by 'build'")
     search.add_argument("--question", required=True, help="the question")
-    options = search.add_argument_group("search options")
-    add_dataclass_flags(
-        options, SearchOptions, suppress_defaults=False, skip=SEARCH_FLAGS_SKIPPED, choices={"order": ORDERS}
-    )
+    add_search_flags(search, skip=SEARCH_FLAGS_SKIPPED)
     search.add_argument("--json", action="store_true", help="print one JSON object instead of the trace")
     return parser
-
-
-def search_options(args: argparse.Namespace) -> SearchOptions:
-    """The search options of the command line (checked)."""
-    return SearchOptions(**{name: getattr(args, name) for name in SearchOptions.names() if hasattr(args, name)})
 
 
 def _chunking(args: argparse.Namespace) -> ChunkingConfig:
@@ -156,7 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(str(err))
     else:
         try:
-            search_options(args)
+            from_flags(SearchOptions, args)
         except InvalidInputError as err:
             parser.error(str(err))
     return args
@@ -203,7 +203,7 @@ def run_search(args: argparse.Namespace) -> int:
     load_s = time.perf_counter() - start
     model = _load_model(args)
     start = time.perf_counter()
-    result = search(model, args.question, index, search_options(args))
+    result = search(model, args.question, index, from_flags(SearchOptions, args))
     search_s = time.perf_counter() - start
     if args.json:
         evidence = [
