@@ -115,7 +115,7 @@ def matvec_floor(index: DocumentIndex, model: QRAG) -> float:
 def run_length(model: QRAG, haystack: Haystack, label: str, cache: EmbeddingCache, workdir: Path) -> dict:
     texts, tokens = build_document(haystack, parse_length(label), seed=0)
     start = time.perf_counter()
-    index = model.index_documents([texts], cache=cache, show_progress=True)
+    index = DocumentIndex.build(model, [texts], cache=cache, show_progress=True)
     index_s = time.perf_counter() - start
     start = time.perf_counter()
     index.save(workdir / label)

@@ -29,6 +29,7 @@ from qrag_core.data.demo import load_demo_document
 from qrag_core.data.paths import DataNotFoundError
 from qrag_core.embedding_cache import shared_cache
 from qrag_core.errors import QRAGError
+from qrag_core.index import DocumentIndex
 from qrag_core.model import QRAG
 from qrag_core.model_names import DEFAULT_MODEL_NAME, shipped_model_names
 from qrag_core.search import search
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> None:
     demo = sample or shipped_input(model)
     cache = None if args.no_cache else shared_cache()
     loaded = time.perf_counter()
-    index = model.index_documents([demo.chunks], doc_ids=["demo"], cache=cache)
+    index = DocumentIndex.build(model, [demo.chunks], doc_ids=["demo"], cache=cache)
     indexed = time.perf_counter()
     result = search(model, demo.question, index, from_flags(SearchOptions, args))
     searched = time.perf_counter()
