@@ -51,6 +51,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "baselines.json"
 MARKDOWN = ROOT / "BENCHMARKS.md"
 SECTIONS = (
     ("The shipped default model", "benchmarks/default_model.md"),
+    ("A question over a novel", "benchmarks/results/novel_trace.md"),
     ("Training: learning curves and comparisons", "benchmarks/training.md"),
     ("Scale: 1M and 10M tokens on this CPU", "benchmarks/results/scale.md"),
     ("Scaling out: data-parallel training and indexing on Ray", "benchmarks/distributed.md"),

@@ -23,7 +23,10 @@ ENCODER_WEIGHTS = (
 """Weight files of a transformers encoder directory (one of them)."""
 ENCODER_TOKENIZER = ("tokenizer.json", "vocab.txt", "tokenizer.model", "sentencepiece.bpe.model", "spiece.model")
 """Tokenizer files of a transformers encoder directory (one of them)."""
-DEFAULT_MODEL_NAME = "qrag-babilong-minilm"
+DEFAULT_MODEL_NAME = "qrag-minilm"
+"""The general default model (real multi-hop text and long documents; recipes/train_general_model.py)."""
+BABILONG_MODEL_NAME = "qrag-babilong-minilm"
+"""The earlier default, trained on BabiLong and NIAH only (recipes/train_default_model.py); still shipped."""
 BASE_MODEL_ALIASES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "minilm")
 
 

@@ -1,4 +1,4 @@
-"""Reproduces the shipped default model ``qrag-babilong-minilm``: data, training stages, compact copy.
+"""Reproduces the shipped BabiLong model ``qrag-babilong-minilm`` (the earlier default): data, stages, compact copy.
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python recipes/train_default_model.py
 
@@ -48,7 +48,7 @@ from qrag_core.data.ruler import NIAH_TASKS, iter_niah
 from qrag_core.embedding_cache import shared_cache
 from qrag_core.machine import machine_description
 from qrag_core.model import QRAG
-from qrag_core.model_names import DEFAULT_MODEL_NAME, SHIPPED_MODELS_DIR
+from qrag_core.model_names import BABILONG_MODEL_NAME, SHIPPED_MODELS_DIR
 from qrag_core.training import TrainingConfig, train
 from qrag_core.training.checkpoint import CHECKPOINT_DIR, MODEL_DIR
 
@@ -263,7 +263,7 @@ def ship(stages: Sequence[Stage], target: Path, args: argparse.Namespace, script
         done[stage.name] = {k: info[k] for k in ("steps", "examples_seen", "seconds")}
         done[stage.name]["settings"] = changed_settings(stage_config(args, stage))
     model.training_info |= {
-        "name": DEFAULT_MODEL_NAME,
+        "name": BABILONG_MODEL_NAME,
         "recipe": (
             "BabiLong "
             + ", ".join(f"{task} {length} x{n}" for (task, length), n in BABILONG_TRAIN_MIX.items())
@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ship-to",
         type=Path,
-        default=SHIPPED_MODELS_DIR / DEFAULT_MODEL_NAME,
+        default=SHIPPED_MODELS_DIR / BABILONG_MODEL_NAME,
         help="where the compact model is written; 'none' skips shipping (default: the package's models folder)",
     )
     parser.add_argument("--warm-start-steps", type=int, default=2400, help="warm-start optimiser steps (default: 2400)")

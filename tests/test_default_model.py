@@ -1,4 +1,5 @@
-"""The shipped default model ``qrag-babilong-minilm``: loads offline, says what it is, retrieves."""
+"""The shipped models: the default ``qrag-minilm`` and the earlier ``qrag-babilong-minilm`` load offline, say what
+they are, retrieve."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from qrag_core.baselines import QRAGSearch
 from qrag_core.data.babilong import iter_babilong
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.evaluation import evaluate
-from qrag_core.model_names import DEFAULT_MODEL_NAME, SHIPPED_MODELS_DIR, base_minilm_path
+from qrag_core.model_names import BABILONG_MODEL_NAME, DEFAULT_MODEL_NAME, SHIPPED_MODELS_DIR, base_minilm_path
 from tests.test_data_builders import needs_data
 
-MODEL_DIR = SHIPPED_MODELS_DIR / DEFAULT_MODEL_NAME
+SHIPPED = (DEFAULT_MODEL_NAME, BABILONG_MODEL_NAME)
 SHIPPED_FILES = {"config.json", "README.md", "state_encoder_delta.safetensors", "action_head.safetensors"}
 MAX_BYTES = 50 * 1000 * 1000
 """A shipped model adds at most 50 MB to the repository (its compact delta and head)."""
@@ -33,10 +34,12 @@ def monkeypatch_module():
         yield patch
 
 
-def test_shipped_directory_is_a_compact_delta_under_the_size_limit() -> None:
-    assert {p.name for p in MODEL_DIR.iterdir()} == SHIPPED_FILES
-    assert sum(p.stat().st_size for p in MODEL_DIR.iterdir()) <= MAX_BYTES
-    meta = json.loads((MODEL_DIR / "config.json").read_text())["qrag"]
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_directory_is_a_compact_delta_under_the_size_limit(name: str) -> None:
+    model_dir = SHIPPED_MODELS_DIR / name
+    assert {p.name for p in model_dir.iterdir()} == SHIPPED_FILES
+    assert sum(p.stat().st_size for p in model_dir.iterdir()) <= MAX_BYTES
+    meta = json.loads((model_dir / "config.json").read_text())["qrag"]
     assert meta["state_encoder"]["format"] == "fp16-delta"
     assert meta["config"]["base_model"] == "all-MiniLM-L6-v2"
 
@@ -46,11 +49,21 @@ def test_default_load_is_the_shipped_trained_model(shipped: QRAG) -> None:
     info, config = shipped.training_info, shipped.config
     assert info["name"] == DEFAULT_MODEL_NAME
     assert info["steps"] > 0 and info["examples_seen"] > 0 and info["seconds"] > 0
-    for needed in ("recipe", "command", "hardware", "evaluation"):
+    for needed in ("recipe", "script", "hardware", "evaluation", "init_from"):
         assert info[needed], needed
-    assert "qrag-finetune" in info["command"]
+    assert "recipes/train_general_model.py" in info["script"] and info["init_from"] == BABILONG_MODEL_NAME
+    assert "807 official dev questions disjoint from the 297-question test subset" in info["recipe"]
+    assert config.chunking.sentence_splitter == "punkt"
     assert config.position_mode == "relative"
     assert config.freeze_action_encoder and config.freeze_state_embeddings
+
+
+@pytest.mark.slow
+def test_the_earlier_babilong_model_still_loads_by_name(monkeypatch_module) -> None:
+    babilong = QRAG.from_pretrained(BABILONG_MODEL_NAME)
+    assert babilong.training_info["name"] == BABILONG_MODEL_NAME
+    assert "qrag-finetune" in babilong.training_info["command"]
+    assert babilong.config.chunking.sentence_splitter == "regex"  # saved before the splitter was configurable
 
 
 @pytest.mark.slow
