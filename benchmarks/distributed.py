@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from harness import RESULTS_DIR, BenchmarkError, git_commit, markdown_table
 
-from qrag_core.cli import add_verbose_flag, positive_int, run_reporting_errors, setup_logging
+from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.data.babilong import iter_babilong
 from qrag_core.data.examples import write_jsonl
 from qrag_core.data.haystack import Haystack, fill_to_budget
@@ -223,9 +223,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return run_reporting_errors(Path(__file__).name, lambda: run(args))
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

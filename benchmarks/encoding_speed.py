@@ -35,7 +35,7 @@ import torch
 from harness import RESULTS_DIR, Cell, cell_argument, git_commit, lazy_haystack, markdown_table
 
 from qrag_core.baselines import QRAGSearch
-from qrag_core.cli import add_verbose_flag, positive_int, run_reporting_errors, setup_logging
+from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.data.haystack import Haystack
 from qrag_core.embedding_cache import shared_cache
 from qrag_core.evaluation import evaluate
@@ -204,10 +204,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return run_reporting_errors(Path(__file__).name, lambda: run(args, argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_tool(build_parser(), lambda args: run(args, argv), argv)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from harness import (
 )
 
 from qrag_core.baselines import BASELINES, METHODS, base_model_of, make_method
-from qrag_core.cli import add_verbose_flag, run_reporting_errors, setup_logging
+from qrag_core.cli import add_verbose_flag, run_tool
 from qrag_core.data.babilong import BABILONG_TASKS
 from qrag_core.data.haystack import Haystack
 from qrag_core.data.ruler import NIAH_TASKS
@@ -298,9 +298,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return run_reporting_errors(Path(__file__).name, lambda: run(args))
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from qrag_core.cli import add_verbose_flag, positive_int, run_reporting_errors, setup_logging
+from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.data.babilong import parse_length
 from qrag_core.data.haystack import Haystack, fill_to_budget
 from qrag_core.embedding_cache import EmbeddingCache, shared_cache
@@ -115,7 +115,7 @@ def matvec_floor(index: DocumentIndex, model: QRAG) -> float:
 def run_length(model: QRAG, haystack: Haystack, label: str, cache: EmbeddingCache, workdir: Path) -> dict:
     texts, tokens = build_document(haystack, parse_length(label), seed=0)
     start = time.perf_counter()
-    index = model.index_documents([texts], cache=cache, show_progress=True)
+    index = DocumentIndex.build(model, [texts], cache=cache, show_progress=True)
     index_s = time.perf_counter() - start
     start = time.perf_counter()
     index.save(workdir / label)
@@ -203,9 +203,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return run_reporting_errors(Path(__file__).name, lambda: run(args))
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from typing import Any
 from harness import RESULTS_DIR, markdown_table, provenance
 
 from qrag_core.chunking import iter_sentence_spans
-from qrag_core.cli import add_verbose_flag, run_reporting_errors, setup_logging
+from qrag_core.cli import add_verbose_flag, run_tool
 from qrag_core.config import SENTENCE_SPLITTERS
 from qrag_core.data.haystack import book_paragraphs, count_tokens, strip_gutenberg
 from qrag_core.data.paths import data_file
@@ -209,9 +209,7 @@ def run_or_render(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return run_reporting_errors(Path(__file__).name, lambda: run_or_render(args))
+    return run_tool(build_parser(), run_or_render, argv)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from harness import (
     provenance,
 )
 
-from qrag_core.cli import add_verbose_flag, positive_int, run_reporting_errors, setup_logging
+from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.data.babilong import iter_babilong
 from qrag_core.data.examples import Example
 from qrag_core.data.haystack import Haystack
@@ -155,9 +155,7 @@ def run_or_render(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return run_reporting_errors(Path(__file__).name, lambda: run_or_render(args))
+    return run_tool(build_parser(), run_or_render, argv)
 
 
 if __name__ == "__main__":

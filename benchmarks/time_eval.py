@@ -21,7 +21,7 @@ from pathlib import Path
 from harness import BenchmarkError
 from run_baselines import results_store, write_markdown
 
-from qrag_core.cli import CHECK_FAILED, OK, add_verbose_flag, finite_float, run_reporting_errors, setup_logging
+from qrag_core.cli import CHECK_FAILED, OK, add_verbose_flag, finite_float, run_tool
 from qrag_core.data.babilong import BABILONG_TASKS
 from qrag_core.machine import machine_description
 
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_tool(command: list[str], capture: bool) -> subprocess.CompletedProcess:
+def run_qrag_command(command: list[str], capture: bool) -> subprocess.CompletedProcess:
     """Run one qrag command; a failure is a :class:`BenchmarkError` with the end of what it said."""
     done = subprocess.run(command, capture_output=capture, text=True, check=False)
     if done.returncode != 0:
@@ -56,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / f"babilong_{args.task}_4k.jsonl"
         build = [str(BIN / "qrag-data"), "babilong", "--task", args.task, "--length", "4k", "--n", "100"]
-        run_tool([*build, "--out", str(data)], capture=False)
+        run_qrag_command([*build, "--out", str(data)], capture=False)
         command = [str(BIN / "qrag-eval"), "--data", str(data), "--method", "dense", "--json", "--quiet"]
         start = time.perf_counter()
-        done = run_tool(command, capture=True)
+        done = run_qrag_command(command, capture=True)
         seconds = time.perf_counter() - start
     result = json.loads(done.stdout)
     if result["n"] != 100:
@@ -80,9 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return run_reporting_errors(Path(__file__).name, lambda: run(args))
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """qrag: multi-step retrieval over very long documents with embedders trained by soft Q-learning.
 
 Implements "Q-RAG: Long Context Multi-step Retrieval via Value-based Embedder Training"
-(arXiv 2511.07328). Start with :class:`QRAG`::
+(arXiv 2511.07328). Start with :class:`Retriever`::
 
-    from qrag_core import QRAG
-    model = QRAG.from_pretrained()          # the shipped default model, offline
-    result = model.retrieve("Where is Mary?", long_text)
+    from qrag_core import Retriever
+    retriever = Retriever.from_pretrained()     # the shipped default model, offline
+    retriever.add_texts([long_text])
+    result = retriever.search("Where is Mary?")
     print(result.format())
 """
 

@@ -21,6 +21,7 @@ from qrag_core.chunking import Chunk
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import InvalidInputError
 from qrag_core.evaluation import RetrievalMethod
+from qrag_core.index import DocumentIndex
 from qrag_core.model import QRAG
 from qrag_core.search import search
 
@@ -51,7 +52,7 @@ class QRAGSearch:
         was_training = self.model.training
         self.model.eval()
         try:
-            index = self.model.index_documents([list(chunks)], cache=self.cache, ordered=ordered)
+            index = DocumentIndex.build(self.model, [list(chunks)], cache=self.cache, ordered=ordered)
             result = search(self.model, question, index, k=steps, beam=self.beam, stop_threshold=self.stop_threshold)
         finally:
             self.model.train(was_training)

@@ -43,3 +43,7 @@ class StorageError(QRAGError, OSError):
 
 class TrainingError(QRAGError):
     """Training that cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class DivergedError(TrainingError):
+    """An optimiser step with a non-finite loss (refused before it) or one that made the weights non-finite."""

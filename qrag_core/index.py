@@ -20,16 +20,21 @@ import os
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file
 
 from qrag_core.atomic import Layout, atomic_directory, readable, save_tensors
-from qrag_core.chunking import Chunk
+from qrag_core.chunking import Chunk, chunk_text, chunks_from_texts
+from qrag_core.config import ChunkingConfig
+from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import CheckpointError, DataFormatError, InvalidInputError
 from qrag_core.text_files import iter_json_lines, read_json_file
 from qrag_core.validation import check_format_version, is_int
+
+if TYPE_CHECKING:
+    from qrag_core.model import QRAG
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +60,68 @@ class DocumentIndex:
         self._blocks: list[torch.Tensor] = []
         self._content: torch.Tensor | None = torch.empty((0, dim), dtype=torch.float16)
         self._derived: dict[Hashable, Any] = {}
+
+    @classmethod
+    def build(
+        cls,
+        model: QRAG,
+        documents: str | Sequence[str] | Sequence[Sequence[str]] | Sequence[Sequence[Chunk]],
+        doc_ids: Sequence[str] | None = None,
+        metadatas: Sequence[dict[str, Any] | None] | None = None,
+        chunking: ChunkingConfig | None = None,
+        cache: EmbeddingCache | None = None,
+        show_progress: bool = False,
+        ordered: bool | Sequence[bool] = True,
+    ) -> DocumentIndex:
+        """Chunk and encode documents with ``model``'s action encoder into a new index.
+
+        Each document is a text (chunked by ``chunking``, default the model's), its chunk texts, or its
+        :class:`Chunk` objects. ``doc_ids`` and ``metadatas`` give one entry per document (default ids
+        "0", "1", ...); ``cache`` reuses content embeddings computed before; ``ordered`` (one flag, or
+        one per document) is True for a document whose chunk order matters (ρ_t), False for a collection
+        of independent passages (positions off). Very long documents: :func:`qrag_core.long_index.build_long_index`.
+        """
+        if not isinstance(documents, (str, list, tuple)):
+            raise InvalidInputError(
+                f"documents must be a string or a list of documents, got {type(documents).__name__}"
+            )
+        docs = [documents] if isinstance(documents, str) else list(documents)
+        if not docs:
+            raise InvalidInputError("no documents to index")
+        for name, values in (("doc_ids", doc_ids), ("metadatas", metadatas)):
+            if values is not None and (isinstance(values, (str, dict)) or len(values) != len(docs)):
+                given = f"{len(values)}" if not isinstance(values, (str, dict)) else f"a {type(values).__name__}"
+                raise InvalidInputError(f"{name} must be a list with one entry per document: {len(docs)}, got {given}")
+        flags = [ordered] * len(docs) if isinstance(ordered, bool) else list(ordered)
+        if len(flags) != len(docs) or not all(isinstance(flag, bool) for flag in flags):
+            raise InvalidInputError(f"ordered must be True, False or one of them per document ({len(docs)})")
+        if doc_ids is not None and not all(isinstance(d, str) and d for d in doc_ids):
+            raise InvalidInputError("every doc_id must be a non-empty string")
+        if metadatas is not None and not all(m is None or isinstance(m, dict) for m in metadatas):
+            raise InvalidInputError("every entry of metadatas must be a dict (or None)")
+        chunk_lists = []
+        for i, doc in enumerate(docs):
+            doc_id = doc_ids[i] if doc_ids is not None else str(i)
+            meta = metadatas[i] if metadatas is not None else None
+            if isinstance(doc, str):
+                chunk_lists.append(document_chunks(model, doc, doc_id, chunking, meta))
+            elif isinstance(doc, (list, tuple)) and doc and all(isinstance(c, Chunk) for c in doc):
+                chunk_lists.append(list(doc))
+            elif isinstance(doc, (list, tuple)) and doc:
+                chunk_lists.append(chunks_from_texts(doc, doc_id=doc_id, metadata=meta))
+            else:
+                raise InvalidInputError(
+                    f"document {i} must be a non-empty string or list of chunk texts, got {type(doc).__name__}"
+                )
+        content = model.encode_chunks(
+            [c.text for chunks in chunk_lists for c in chunks], cache, show_progress=show_progress
+        )
+        index = cls(model.action_encoder.fingerprint(), model.action_encoder.dim)
+        first = 0
+        for chunks, flag in zip(chunk_lists, flags, strict=True):
+            index.add(chunks, content[first : first + len(chunks)], doc_id=chunks[0].doc_id, ordered=flag)
+            first += len(chunks)
+        return index
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -192,6 +259,19 @@ class DocumentIndex:
         index.chunks, index.doc_ids, index._doc_starts, index.ordered = chunks, doc_ids, doc_starts, ordered
         index._blocks, index._content = [content], content
         return index
+
+
+def document_chunks(
+    model: QRAG,
+    text: str,
+    doc_id: str,
+    chunking: ChunkingConfig | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> list[Chunk]:
+    """The chunks of one document text under ``model``: ``chunking`` (default the model's) with its tokenizer."""
+    return chunk_text(
+        text, chunking or model.config.chunking, model.action_encoder.tokenizer, doc_id=doc_id, metadata=metadata
+    )
 
 
 _CHUNK_FIELDS: dict[str, type] = {"text": str, "index": int, "start": int, "end": int, "doc_id": str, "metadata": dict}

@@ -25,10 +25,9 @@ from safetensors.torch import safe_open
 from tqdm.auto import tqdm
 
 from qrag_core.atomic import Layout, check_replaceable, remove_leftover_files, save_tensors, write_file
-from qrag_core.chunking import chunk_text
 from qrag_core.config import ChunkingConfig
 from qrag_core.embedding_cache import EmbeddingCache
-from qrag_core.index import INDEX_LAYOUT, DocumentIndex
+from qrag_core.index import INDEX_LAYOUT, DocumentIndex, document_chunks
 
 if TYPE_CHECKING:
     from qrag_core.model import QRAG
@@ -119,7 +118,7 @@ def build_long_index(
     directory = Path(directory)
     work = check_output(directory, overwrite, protect)
     chunking = chunking or model.config.chunking
-    chunks = chunk_text(document, chunking, model.action_encoder.tokenizer, doc_id=doc_id)
+    chunks = document_chunks(model, document, doc_id, chunking)
     fingerprint = model.action_encoder.fingerprint()
     manifest = _manifest(fingerprint, document, chunking, len(chunks), shard_size)
     key = hashlib.blake2b(json.dumps(manifest, sort_keys=True).encode("utf-8"), digest_size=16).hexdigest()

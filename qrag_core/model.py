@@ -27,8 +27,7 @@ from torch import nn
 
 from qrag_core import scoring
 from qrag_core.atomic import readable
-from qrag_core.chunking import Chunk, chunk_text, chunks_from_texts
-from qrag_core.config import ChunkingConfig, QRAGConfig
+from qrag_core.config import QRAGConfig
 from qrag_core.embedding_cache import EmbeddingCache, encode_with_cache
 from qrag_core.encoders import TextEncoder, default_device
 from qrag_core.errors import CheckpointError, InvalidInputError
@@ -41,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 
 class QRAG(nn.Module):
-    """State and action encoders plus the rotary Q-function; scores chunks and runs the search."""
+    """State and action encoders plus the rotary Q-function that search and training score chunks with."""
 
     def __init__(
         self,
@@ -148,74 +147,6 @@ class QRAG(nn.Module):
             lambda todo: encoder.encode(todo, batch_size=batch_size, show_progress=show_progress),
             cache,
         )
-
-    def index_documents(
-        self,
-        documents: str | Sequence[str] | Sequence[Sequence[Chunk]],
-        doc_ids: Sequence[str] | None = None,
-        metadatas: Sequence[dict[str, Any]] | None = None,
-        chunking: ChunkingConfig | None = None,
-        cache: EmbeddingCache | None = None,
-        index: DocumentIndex | None = None,
-        show_progress: bool = False,
-        ordered: bool | Sequence[bool] = True,
-    ) -> DocumentIndex:
-        """Chunk and encode documents into a (new or given) index. Each document is a text or its chunks.
-
-        ``ordered`` (one flag, or one per document): True for a document whose chunk order matters (ρ_t),
-        False for a collection of independent passages (positions off).
-        """
-        if not isinstance(documents, (str, list, tuple)):
-            raise InvalidInputError(
-                f"documents must be a string or a list of documents, got {type(documents).__name__}"
-            )
-        docs = [documents] if isinstance(documents, str) else list(documents)
-        if not docs:
-            raise InvalidInputError("no documents to index")
-        for name, values in (("doc_ids", doc_ids), ("metadatas", metadatas)):
-            if values is not None and (isinstance(values, (str, dict)) or len(values) != len(docs)):
-                given = f"{len(values)}" if not isinstance(values, (str, dict)) else f"a {type(values).__name__}"
-                raise InvalidInputError(f"{name} must be a list with one entry per document: {len(docs)}, got {given}")
-        flags = [ordered] * len(docs) if isinstance(ordered, bool) else list(ordered)
-        if len(flags) != len(docs) or not all(isinstance(flag, bool) for flag in flags):
-            raise InvalidInputError(f"ordered must be True, False or one of them per document ({len(docs)})")
-        if doc_ids is not None and not all(isinstance(d, str) and d for d in doc_ids):
-            raise InvalidInputError("every doc_id must be a non-empty string")
-        if metadatas is not None and not all(m is None or isinstance(m, dict) for m in metadatas):
-            raise InvalidInputError("every entry of metadatas must be a dict (or None)")
-        index = (
-            index if index is not None else DocumentIndex(self.action_encoder.fingerprint(), self.action_encoder.dim)
-        )
-        self.check_index(index)
-        chunk_lists = []
-        for i, doc in enumerate(docs):
-            doc_id = doc_ids[i] if doc_ids is not None else str(len(index.doc_ids) + i)
-            meta = metadatas[i] if metadatas is not None else None
-            if isinstance(doc, str):
-                chunk_lists.append(
-                    chunk_text(
-                        doc,
-                        chunking or self.config.chunking,
-                        self.action_encoder.tokenizer,
-                        doc_id=doc_id,
-                        metadata=meta,
-                    )
-                )
-            elif isinstance(doc, (list, tuple)) and doc and all(isinstance(c, Chunk) for c in doc):
-                chunk_lists.append(list(doc))
-            elif isinstance(doc, (list, tuple)) and doc:
-                chunk_lists.append(chunks_from_texts(doc, doc_id=doc_id, metadata=meta))
-            else:
-                raise InvalidInputError(
-                    f"document {i} must be a non-empty string or list of chunk texts, got {type(doc).__name__}"
-                )
-        all_texts = [c.text for chunks in chunk_lists for c in chunks]
-        content = self.encode_chunks(all_texts, cache, show_progress=show_progress)
-        first = 0
-        for chunks, flag in zip(chunk_lists, flags, strict=True):
-            index.add(chunks, content[first : first + len(chunks)], doc_id=chunks[0].doc_id, ordered=flag)
-            first += len(chunks)
-        return index
 
     def check_index(self, index: DocumentIndex) -> None:
         if index.fingerprint != self.action_encoder.fingerprint():
@@ -326,16 +257,3 @@ class QRAG(nn.Module):
         sel = torch.as_tensor(list(selected), dtype=torch.long, device=self.device)
         mode = self.config.position_mode if ordered else "none"
         return chunk_positions(mode, num_chunks, sel, self.config.delta, self.config.ell)
-
-    # ----------------------------------------------------------------------------- retrieval
-    def search(self, question: str, index: DocumentIndex, **options: Any):  # noqa: ANN201 - see search.py
-        """Multi-step retrieval over ``index``; see :func:`qrag_core.search.search` for the options."""
-        from qrag_core.search import search
-
-        return search(self, question, index, **options)
-
-    def retrieve(self, question: str, document: str | Sequence[str], **options: Any):  # noqa: ANN201
-        """Index one document (a text or its chunk texts) and search it."""
-        return self.search(
-            question, self.index_documents([document] if isinstance(document, str) else [document]), **options
-        )

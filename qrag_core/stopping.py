@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from qrag_core.data.examples import Example
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import InvalidInputError
+from qrag_core.index import DocumentIndex
 from qrag_core.metrics import aggregate, fact_scores, resolve_support
 from qrag_core.model import QRAG
 from qrag_core.search import search
@@ -81,7 +82,7 @@ def trace_examples(
             chunks = example.to_chunks()
             if not example.has_support:
                 raise InvalidInputError(f"example {example.id} has no support labels")
-            index = model.index_documents([chunks], cache=cache)
+            index = DocumentIndex.build(model, [chunks], cache=cache)
             result = search(
                 model,
                 example.question,

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from qrag_core.cli import add_verbose_flag, run_reporting_errors, setup_logging
+from qrag_core.cli import add_verbose_flag, run_tool
 from qrag_core.errors import InvalidInputError
 
 COLUMNS = [
@@ -164,9 +164,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return run_reporting_errors(Path(__file__).name, lambda: run(args))
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from qrag_core.cli import add_verbose_flag, run_reporting_errors, setup_logging
+from qrag_core.cli import add_verbose_flag, run_tool
 from qrag_core.config import QRAGConfig
 from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
 from qrag_core.data.examples import Example, read_jsonl, write_jsonl
@@ -381,10 +381,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return run_reporting_errors(Path(__file__).name, lambda: run(args, argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_tool(build_parser(), lambda args: run(args, argv), argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 from nltk.tokenize.punkt import PunktTrainer
 
 from qrag_core.chunking import SHIPPED_PUNKT_DIR
-from qrag_core.cli import add_verbose_flag, run_reporting_errors, setup_logging
+from qrag_core.cli import add_verbose_flag, run_tool
 from qrag_core.data.haystack import haystack_books, strip_gutenberg
 
 logger = logging.getLogger("train_punkt")
@@ -75,9 +75,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return run_reporting_errors(Path(__file__).name, lambda: run(args))
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from qrag_core.errors import DataFormatError, InvalidInputError
 from qrag_core.index import INDEX_FILE, DocumentIndex
 from qrag_core.positions import position_intervals
 from qrag_core.search import search
-from qrag_core.training.trainer import prepare_documents
+from qrag_core.training.updates import prepare_documents
 
 PASSAGES = [f"Passage {i} is about {w}." for i, w in enumerate("apples rivers kings ships towers wolves".split())]
 STORY = [f"Line {i}: the {w} moved." for i, w in enumerate("cat dog bird fish goat".split())]
@@ -28,7 +28,7 @@ def test_unordered_document_is_one_interval_at_zero_and_leaves_ordered_ones_alon
 
 
 def test_search_over_a_collection_ranks_by_the_plain_inner_product(tiny_model):
-    index = tiny_model.index_documents([PASSAGES], ordered=False)
+    index = DocumentIndex.build(tiny_model, [PASSAGES], ordered=False)
     result = search(tiny_model, "towers and kings", index, k=1, alternatives=len(PASSAGES) - 1)
     with torch.inference_mode():
         state = tiny_model.state_vectors(["towers and kings"], [[]])[0]
@@ -36,12 +36,12 @@ def test_search_over_a_collection_ranks_by_the_plain_inner_product(tiny_model):
     assert result.trace[0].chunk_index == int(plain.argmax())
     assert result.trace[0].q_value == pytest.approx(float(plain.max()), abs=1e-5)
     assert result.trace[0].position == 0.0
-    ordered = search(tiny_model, "towers and kings", tiny_model.index_documents([PASSAGES]), k=1)
+    ordered = search(tiny_model, "towers and kings", DocumentIndex.build(tiny_model, [PASSAGES]), k=1)
     assert ordered.trace[0].position != 0.0 or ordered.trace[0].chunk_index == 0  # ρ_0 = ℓ·i/N when ordered
 
 
 def test_index_records_the_flag_per_document_and_keeps_it_on_disk(tiny_model, tmp_path):
-    index = tiny_model.index_documents([PASSAGES, STORY], doc_ids=["wiki", "story"], ordered=[False, True])
+    index = DocumentIndex.build(tiny_model, [PASSAGES, STORY], doc_ids=["wiki", "story"], ordered=[False, True])
     assert index.ordered == [False, True]
     index.save(tmp_path / "idx")
     loaded = DocumentIndex.load(tmp_path / "idx")
@@ -57,7 +57,7 @@ def test_index_records_the_flag_per_document_and_keeps_it_on_disk(tiny_model, tm
 
 
 def test_index_saved_before_the_flag_loads_as_ordered(tiny_model, tmp_path):
-    tiny_model.index_documents([STORY, PASSAGES], ordered=[True, False]).save(tmp_path / "idx")
+    DocumentIndex.build(tiny_model, [STORY, PASSAGES], ordered=[True, False]).save(tmp_path / "idx")
     meta = json.loads((tmp_path / "idx" / INDEX_FILE).read_text())
     del meta["ordered"]
     (tmp_path / "idx" / INDEX_FILE).write_text(json.dumps(meta))
@@ -66,10 +66,10 @@ def test_index_saved_before_the_flag_loads_as_ordered(tiny_model, tmp_path):
 
 def test_bad_ordered_values_are_refused(tiny_model):
     with pytest.raises(InvalidInputError, match="one of them per document"):
-        tiny_model.index_documents([PASSAGES, STORY], ordered=[False])
+        DocumentIndex.build(tiny_model, [PASSAGES, STORY], ordered=[False])
     index = DocumentIndex("fp", 4)
     with pytest.raises(InvalidInputError, match="ordered must be"):
-        index.add(tiny_model.index_documents([STORY]).chunks, torch.zeros(5, 4), ordered="no")  # type: ignore[arg-type]
+        index.add(DocumentIndex.build(tiny_model, [STORY]).chunks, torch.zeros(5, 4), ordered="no")  # type: ignore[arg-type]
 
 
 def test_jsonl_ordered_field_round_trips_and_bad_values_name_the_line():

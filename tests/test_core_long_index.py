@@ -12,7 +12,7 @@ from qrag_core.long_index import build_long_index
 def test_sharded_index_equals_direct_index(tiny_model, story, tmp_path):
     document = " ".join([story] * 7)
     built = build_long_index(tiny_model, document, tmp_path / "idx", shard_size=9, show_progress=False)
-    direct = tiny_model.index_documents(document)
+    direct = DocumentIndex.build(tiny_model, document)
     assert [c.text for c in built.chunks] == [c.text for c in direct.chunks]
     assert torch.equal(built.content, direct.content)
     assert not (tmp_path / "idx.partial").exists()
@@ -52,7 +52,7 @@ def test_resume_after_a_kill_skips_finished_shards(tiny_model, tmp_path, monkeyp
     assert len(list((tmp_path / "idx.partial").glob("shard-*.safetensors"))) == 2
     index = build_long_index(tiny_model, FIFTY_FACTS, tmp_path / "idx", shard_size=10, show_progress=False)
     assert sum(encoded) == len(index) - 20, "only the unfinished shards are encoded again"
-    assert torch.equal(index.content, tiny_model.index_documents(FIFTY_FACTS).content)
+    assert torch.equal(index.content, DocumentIndex.build(tiny_model, FIFTY_FACTS).content)
 
 
 def test_a_truncated_manifest_or_shard_is_rebuilt_and_the_rest_reused(tiny_model, tmp_path, monkeypatch):
@@ -67,7 +67,7 @@ def test_a_truncated_manifest_or_shard_is_rebuilt_and_the_rest_reused(tiny_model
     (work / ".tmp-shard-00002.safetensors-abcd1234").write_bytes(shard[:50])
     index = build_long_index(tiny_model, FIFTY_FACTS, tmp_path / "idx", shard_size=10, show_progress=False)
     assert sum(encoded) == 40, "shard 1 (damaged) and shards 2-4 (unfinished) are encoded, shard 0 is reused"
-    assert torch.equal(index.content, tiny_model.index_documents(FIFTY_FACTS).content)
+    assert torch.equal(index.content, DocumentIndex.build(tiny_model, FIFTY_FACTS).content)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
 
 
@@ -85,7 +85,7 @@ def test_shards_of_another_document_are_not_reused(tiny_model, tmp_path):
         zeros = torch.zeros(10, tiny_model.action_encoder.dim, dtype=torch.float16)
         save_tensors({"content": zeros}, work / f"shard-{number:05d}.safetensors", {"work": "other"})
     index = build_long_index(tiny_model, second, tmp_path / "c", shard_size=10, show_progress=False)
-    assert torch.equal(index.content, tiny_model.index_documents(second).content)
+    assert torch.equal(index.content, DocumentIndex.build(tiny_model, second).content)
 
 
 def test_an_existing_index_is_replaced_only_if_asked(tiny_model, tmp_path):

@@ -34,7 +34,7 @@ def test_save_then_load_gives_identical_q_values(minilm_tokenizer, tmp_path, sto
     if freeze:  # the frozen action encoder is reloaded from the base model: make them the same weights
         model.action_encoder.model.load_state_dict(model.state_encoder.model.state_dict())
         model.weights_changed()
-    index = model.index_documents(story)
+    index = DocumentIndex.build(model, story)
     before = all_q_values(model, index)
     model.save_pretrained(tmp_path / "saved")
     assert (tmp_path / "saved" / "README.md").read_text().count("unit-test") == 1
@@ -42,7 +42,7 @@ def test_save_then_load_gives_identical_q_values(minilm_tokenizer, tmp_path, sto
     assert (tmp_path / "saved" / "action_encoder").exists() is not freeze
     loaded = QRAG.from_pretrained(str(tmp_path / "saved"))
     assert loaded.config == model.config and loaded.training_info == model.training_info
-    after = all_q_values(loaded, loaded.index_documents(story))
+    after = all_q_values(loaded, DocumentIndex.build(loaded, story))
     assert torch.allclose(before, after, atol=1e-6)
 
 
@@ -109,16 +109,18 @@ def test_corrupt_encoder_weights_are_reported(minilm_tokenizer, tmp_path):
 @pytest.mark.parametrize("document", ["", "   \n ", None, 17])
 def test_bad_documents(tiny_model, document):
     with pytest.raises(InvalidInputError, match="empty|must be a string"):
-        tiny_model.index_documents(document)
+        DocumentIndex.build(tiny_model, document)
 
 
 def test_bad_chunk_size(tiny_model, story):
     with pytest.raises(InvalidInputError, match="chunk size"):
-        tiny_model.index_documents(story, chunking=ChunkingConfig(mode="tokens", max_tokens=0))
+        DocumentIndex.build(tiny_model, story, chunking=ChunkingConfig(mode="tokens", max_tokens=0))
 
 
 def test_index_persistence_round_trip(tiny_model, story, tmp_path):
-    index = tiny_model.index_documents([story, "Another short document. It has two sentences."], doc_ids=["s", "t"])
+    index = DocumentIndex.build(
+        tiny_model, [story, "Another short document. It has two sentences."], doc_ids=["s", "t"]
+    )
     index.save(tmp_path / "idx")
     loaded = DocumentIndex.load(tmp_path / "idx")
     assert loaded.doc_ids == ["s", "t"] and [c.text for c in loaded.chunks] == [c.text for c in index.chunks]
@@ -153,7 +155,7 @@ def test_embeddings_are_computed_once_per_text(tiny_model, tmp_path):
 def test_real_minilm_round_trip(real_model, tmp_path, story):
     real_model.save_pretrained(tmp_path / "real")
     loaded = QRAG.from_pretrained(str(tmp_path / "real"))
-    index = real_model.index_documents(story)
+    index = DocumentIndex.build(real_model, story)
     assert torch.allclose(all_q_values(real_model, index), all_q_values(loaded, index), atol=1e-5)
 
 
@@ -167,14 +169,14 @@ def test_compact_save_keeps_only_changed_tensors_in_fp16(minilm_tokenizer, tmp_p
     with torch.no_grad():  # "fine-tune" one layer of the state encoder
         model.state_encoder.model.encoder.layer[0].output.dense.weight.mul_(1.1)
     model.weights_changed()
-    index = model.index_documents(story)
+    index = DocumentIndex.build(model, story)
     before = all_q_values(model, index)
     model.save_pretrained(tmp_path / "compact", compact=True)
     assert not (tmp_path / "compact" / "state_encoder").exists()
     delta = load_file(str(tmp_path / "compact" / "state_encoder_delta.safetensors"))
     assert list(delta) == ["encoder.layer.0.output.dense.weight"] and delta[next(iter(delta))].dtype == torch.float16
     loaded = QRAG.from_pretrained(str(tmp_path / "compact"))
-    assert torch.allclose(all_q_values(loaded, loaded.index_documents(story)), before, atol=2e-3)
+    assert torch.allclose(all_q_values(loaded, DocumentIndex.build(loaded, story)), before, atol=2e-3)
     with torch.no_grad():  # a different base model than the one saved against is refused
         model.state_encoder.model.embeddings.word_embeddings.weight.add_(1.0)
     model.state_encoder.save(str(tmp_path / "base"))

@@ -4,6 +4,7 @@ import pytest
 
 from qrag_core import QRAGConfig
 from qrag_core.errors import InvalidInputError
+from qrag_core.index import DocumentIndex
 from qrag_core.search import search
 from qrag_core.search_options import SearchOptions
 from tests.conftest import make_tiny_model
@@ -18,7 +19,7 @@ SENTENCES = [
 
 @pytest.fixture()
 def index(tiny_model):
-    return tiny_model.index_documents([SENTENCES])
+    return DocumentIndex.build(tiny_model, [SENTENCES])
 
 
 def test_greedy_never_selects_a_chunk_twice(tiny_model, index):
@@ -41,7 +42,7 @@ def test_trace_records_q_position_and_steps(tiny_model, index):
 @pytest.mark.parametrize("mode", ["relative", "absolute", "none"])
 def test_beam_width_one_equals_greedy(minilm_tokenizer, mode):
     model = make_tiny_model(minilm_tokenizer, QRAGConfig(position_mode=mode))
-    index = model.index_documents([SENTENCES])
+    index = DocumentIndex.build(model, [SENTENCES])
     greedy = search(model, "towers and bells", index, k=4)
     beam = search(model, "towers and bells", index, k=4, beam=1)
     assert [s.chunk_index for s in beam.trace] == [s.chunk_index for s in greedy.trace]
@@ -52,7 +53,7 @@ def test_beam_width_one_equals_greedy(minilm_tokenizer, mode):
 @pytest.mark.parametrize("width", [2, 3])
 def test_beam_never_scores_lower_than_greedy(minilm_tokenizer, seed, width):
     model = make_tiny_model(minilm_tokenizer, seed=seed)
-    index = model.index_documents([SENTENCES])
+    index = DocumentIndex.build(model, [SENTENCES])
     question = f"question {seed} about masks and drums"
     greedy = search(model, question, index, k=4)
     beam = search(model, question, index, k=4, beam=width, expand_k=width + 1)
@@ -65,14 +66,14 @@ def test_stop_threshold_stops_early_but_returns_at_least_one(tiny_model, index):
 
 
 def test_more_steps_than_chunks_returns_all_with_warning(tiny_model):
-    index = tiny_model.index_documents([SENTENCES[:3]])
+    index = DocumentIndex.build(tiny_model, [SENTENCES[:3]])
     with pytest.warns(UserWarning, match="only 3 chunks"):
         result = search(tiny_model, "anything", index, k=8)
     assert sorted(s.chunk.index for s in result.chunks) == [0, 1, 2]
 
 
 def test_search_restricted_to_one_document(tiny_model):
-    index = tiny_model.index_documents([SENTENCES[:8], SENTENCES[8:]], doc_ids=["a", "b"])
+    index = DocumentIndex.build(tiny_model, [SENTENCES[:8], SENTENCES[8:]], doc_ids=["a", "b"])
     result = search(tiny_model, "stars", index, k=3, document_id="b")
     assert {s.chunk.doc_id for s in result.chunks} == {"b"}
     everywhere = search(tiny_model, "stars", index, k=len(SENTENCES))
@@ -85,7 +86,7 @@ def test_search_restricted_to_one_document(tiny_model):
 
 
 def test_search_restricted_to_several_documents_names_the_unknown_ones(tiny_model):
-    index = tiny_model.index_documents([SENTENCES[:5], SENTENCES[5:10], SENTENCES[10:]], doc_ids=["a", "b", "c"])
+    index = DocumentIndex.build(tiny_model, [SENTENCES[:5], SENTENCES[5:10], SENTENCES[10:]], doc_ids=["a", "b", "c"])
     result = search(tiny_model, "stars", index, k=4, document_ids=["c", "a"])
     assert {s.chunk.doc_id for s in result.chunks} <= {"a", "c"} and len(result.chunks) == 4
     with pytest.raises(InvalidInputError, match=r"no document\(s\) \['zzz'\]"):
@@ -101,7 +102,7 @@ def test_options_left_out_take_the_models_defaults(minilm_tokenizer):
         k=5, beam=2, expand_k=4, stop_threshold=0.25, order="document"
     )
     model = make_tiny_model(minilm_tokenizer, config=QRAGConfig(max_steps=3))
-    default = search(model, "kings", model.index_documents([SENTENCES]))
+    default = search(model, "kings", DocumentIndex.build(model, [SENTENCES]))
     assert len(default.trace) == 3
 
 
@@ -135,8 +136,9 @@ def test_index_from_another_encoder_is_refused(minilm_tokenizer, index):
 
 @pytest.mark.slow
 def test_real_minilm_multi_step_finds_both_facts(real_model, story):
-    result = real_model.retrieve("Where is Mary?", story, k=2)
+    index = DocumentIndex.build(real_model, story)
+    result = search(real_model, "Where is Mary?", index, k=2)
     texts = " ".join(result.texts)
     assert "Mary moved to the bathroom." in texts and "Mary went back to the kitchen." in texts
-    beam = real_model.retrieve("Where is Mary?", story, k=2, beam=3)
+    beam = search(real_model, "Where is Mary?", index, k=2, beam=3)
     assert beam.total_q >= result.total_q - 1e-6

@@ -20,7 +20,8 @@ from qrag_core.errors import InvalidInputError, QRAGError
 from qrag_core.model import QRAG
 from qrag_core.training import TrainingConfig, train
 from qrag_core.training.distributed import Processes
-from qrag_core.training.trainer import Trainer, boltzmann_choice
+from qrag_core.training.trainer import Trainer
+from qrag_core.training.updates import boltzmann_choice
 from tests.conftest import REPO, make_tiny_encoder
 from tests.test_training import Crash, chain_examples
 

@@ -8,6 +8,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from qrag_core.encoders import TextEncoder, fit_pieces
+from qrag_core.index import DocumentIndex
 from qrag_core.search import search
 
 WORDS = "apple river king ship tower wolf lamp cake road bell star coin rope mask drum".split()
@@ -65,7 +66,7 @@ def test_long_state_text_stays_within_the_position_limit(tiny_model):
 
 
 def test_forty_steps_over_64_token_chunks_tiny_model(tiny_model):
-    index = tiny_model.index_documents([long_document(45)])
+    index = DocumentIndex.build(tiny_model, [long_document(45)])
     assert len(index) == 45
     result = search(tiny_model, "which king owns the ship?", index, k=40)
     assert len(result.trace) == 40
@@ -73,7 +74,7 @@ def test_forty_steps_over_64_token_chunks_tiny_model(tiny_model):
 
 @pytest.mark.slow
 def test_forty_steps_over_64_token_chunks_real_model(real_model):
-    index = real_model.index_documents([long_document(45, seed=1)])
+    index = DocumentIndex.build(real_model, [long_document(45, seed=1)])
     result = search(real_model, "which king owns the ship?", index, k=40)
     assert len({s.chunk_index for s in result.trace}) == 40
 
@@ -222,7 +223,7 @@ def test_index_of_another_backend_is_refused(tiny_model, tmp_path, monkeypatch):
 
     monkeypatch.setenv("QRAG_CACHE_DIR", str(tmp_path))
     tiny_model.action_encoder.use_backend("onnx-int8")
-    index = tiny_model.index_documents([TEXTS])
+    index = DocumentIndex.build(tiny_model, [TEXTS])
     target = copy.deepcopy(tiny_model)  # e.g. the trainer's target network: shares the session
     assert target.action_encoder.fingerprint() == index.fingerprint
     tiny_model.action_encoder.use_backend("torch")

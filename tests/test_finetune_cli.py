@@ -11,7 +11,9 @@ import pytest
 
 from qrag_core.cli.finetune import build_parser, main
 from qrag_core.data.examples import Example, write_jsonl
+from qrag_core.index import DocumentIndex
 from qrag_core.model import QRAG
+from qrag_core.search import search
 from qrag_core.training import TrainingConfig
 from tests import test_training
 
@@ -180,5 +182,5 @@ def test_minilm_end_to_end(data, tmp_path, capsys):
     assert code == 0, stderr
     model = QRAG.from_pretrained(str(out / "model"))
     assert model.config.freeze_action_encoder and model.training_info["steps"] == 4
-    result = model.retrieve("Where is the apple?", STORY, k=2)
+    result = search(model, "Where is the apple?", DocumentIndex.build(model, [STORY]), k=2)
     assert len(result.chunks) == 2

@@ -448,16 +448,16 @@ def test_an_unusable_cache_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_doc_ids_and_metadatas_must_match_the_documents(tiny_model: QRAG) -> None:
     documents = ["Mary left. John slept.", "Sandra ran."]
     with pytest.raises(InvalidInputError, match="doc_ids must be a list with one entry per document: 2, got 1"):
-        tiny_model.index_documents(documents, doc_ids=["a"])
+        DocumentIndex.build(tiny_model, documents, doc_ids=["a"])
     with pytest.raises(InvalidInputError, match="metadatas must be a list with one entry per document: 2, got 1"):
-        tiny_model.index_documents(documents, metadatas=[{"page": 1}])
+        DocumentIndex.build(tiny_model, documents, metadatas=[{"page": 1}])
     with pytest.raises(InvalidInputError, match="doc_ids must be a list"):
-        tiny_model.index_documents(documents, doc_ids="ab")
+        DocumentIndex.build(tiny_model, documents, doc_ids="ab")
     with pytest.raises(InvalidInputError, match="doc_id must be a non-empty string"):
-        tiny_model.index_documents(documents, doc_ids=["a", 2])
+        DocumentIndex.build(tiny_model, documents, doc_ids=["a", 2])
     with pytest.raises(InvalidInputError, match="must be a dict"):
-        tiny_model.index_documents(documents, metadatas=[{"page": 1}, "page 2"])
-    index = tiny_model.index_documents(documents, doc_ids=["a", "b"], metadatas=[{"page": 1}, None])
+        DocumentIndex.build(tiny_model, documents, metadatas=[{"page": 1}, "page 2"])
+    index = DocumentIndex.build(tiny_model, documents, doc_ids=["a", "b"], metadatas=[{"page": 1}, None])
     assert index.doc_ids == ["a", "b"] and index.chunks[0].metadata == {"page": 1}
 
 
@@ -475,7 +475,7 @@ def test_doc_ids_and_metadatas_must_match_the_documents(tiny_model: QRAG) -> Non
     ],
 )
 def test_search_options_are_checked(tiny_model: QRAG, options: dict, message: str) -> None:
-    index = tiny_model.index_documents("Mary left. John slept. Sandra ran.")
+    index = DocumentIndex.build(tiny_model, "Mary left. John slept. Sandra ran.")
     with pytest.raises(InvalidInputError, match=message):
         search(tiny_model, "Where is Mary?", index, **options)
 
@@ -487,7 +487,7 @@ def test_retrieval_options_must_be_finite() -> None:
 
 def test_text_with_a_lone_surrogate_is_rejected(tiny_model: QRAG) -> None:
     with pytest.raises(InvalidInputError, match="lone surrogate"):
-        tiny_model.index_documents("Mary left. \ud800 John slept.")
+        DocumentIndex.build(tiny_model, "Mary left. \ud800 John slept.")
 
 
 @pytest.mark.parametrize("path", ["/etc", "EMPTY"])
@@ -501,7 +501,7 @@ def test_a_directory_that_is_no_model_says_so_and_what_was_expected(tmp_path: Pa
 
 
 def test_a_question_with_undecodable_command_line_bytes_is_rejected(tiny_model: QRAG) -> None:
-    index = tiny_model.index_documents("Mary left. John slept.")
+    index = DocumentIndex.build(tiny_model, "Mary left. John slept.")
     with pytest.raises(InvalidInputError, match="the question holds a lone surrogate"):
         search(tiny_model, "Where is \udcff Mary?", index)  # how Python passes the byte 0xff of an argv
 

@@ -76,7 +76,7 @@ def test_save_pretrained_refuses_the_working_and_home_directories_and_their_pare
     assert_untouched(work)
     with pytest.raises(UnsafeOutputError, match="refusing to replace /: it holds the current directory"):
         atomic.check_replaceable("/", model_files.MODEL_LAYOUT)  # checked without saving anything
-    index = tiny_model.index_documents("Mary went to the garden. John took the milk.")
+    index = DocumentIndex.build(tiny_model, "Mary went to the garden. John took the milk.")
     with pytest.raises(UnsafeOutputError, match="refusing to replace"):
         index.save(".")
     assert_untouched(work)
@@ -97,13 +97,13 @@ def test_saving_again_replaces_qrag_s_own_model_and_overwrite_false_refuses(mini
 
 
 def test_index_save_never_deletes_a_users_files_and_replaces_its_own(tiny_model, tmp_path):
-    built = tiny_model.index_documents("Mary went to the garden. John took the milk.")
+    built = DocumentIndex.build(tiny_model, "Mary went to the garden. John took the milk.")
     target = user_directory(tmp_path / "idx")
     with pytest.raises(UnsafeOutputError, match=rf"{target} is not empty and is not a qrag index"):
         built.save(target)
     assert_untouched(target)
     built.save(tmp_path / "own")
-    bigger = tiny_model.index_documents(["Mary went to the garden.", "Sandra left. Bill slept."])
+    bigger = DocumentIndex.build(tiny_model, ["Mary went to the garden.", "Sandra left. Bill slept."])
     with pytest.raises(UnsafeOutputError, match="already holds a qrag index"):
         bigger.save(tmp_path / "own", overwrite=False)
     bigger.save(tmp_path / "own")
@@ -128,7 +128,7 @@ def test_retriever_save_never_writes_into_a_users_directory(loadable, tmp_path):
 @pytest.mark.parametrize("what", ["index", "model"])
 def test_a_full_disk_keeps_the_old_copy_and_removes_the_temporary_one(tiny_model, tmp_path, monkeypatch, what):
     target = tmp_path / what
-    old_index = tiny_model.index_documents("Mary went to the garden. John took the milk.")
+    old_index = DocumentIndex.build(tiny_model, "Mary went to the garden. John took the milk.")
     save = old_index.save if what == "index" else tiny_model.save_pretrained
     save(target)
     before = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
@@ -229,7 +229,7 @@ def test_loaders_restore_the_old_copy_after_a_save_killed_between_its_renames(lo
 
 
 def test_a_killed_save_in_a_read_only_directory_is_read_where_it_lies(tiny_model, tmp_path, monkeypatch):
-    built = tiny_model.index_documents("Mary went to the garden. John took the milk.")
+    built = DocumentIndex.build(tiny_model, "Mary went to the garden. John took the milk.")
     built.save(tmp_path / "index")
     killed_between_the_renames(tmp_path / "index")
 

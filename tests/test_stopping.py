@@ -8,6 +8,7 @@ import pytest
 
 from qrag_core.data.examples import Example
 from qrag_core.errors import InvalidInputError
+from qrag_core.index import DocumentIndex
 from qrag_core.search import search
 from qrag_core.stopping import StepTrace, analyse_stopping, best_threshold, roc_auc, stop_decisions, trace_examples
 
@@ -83,7 +84,7 @@ def test_trace_agrees_with_search_and_its_stop_threshold(tiny_model) -> None:
     traces = trace_examples(tiny_model, examples, steps=4)
     for example, trace in zip(examples, traces, strict=True):
         assert len(trace.chunks) == 4 == len(set(trace.chunks))
-        index = tiny_model.index_documents([example.chunks])
+        index = DocumentIndex.build(tiny_model, [example.chunks])
         for threshold in sorted(trace.q_values[1:]) + [1e30]:  # 1e30: stop after one chunk (search takes finite ones)
             result = search(tiny_model, example.question, index, k=4, beam=1, stop_threshold=threshold)
             assert [s.chunk_index for s in result.trace] == trace.stopped(threshold)

@@ -23,16 +23,14 @@ from qrag_core.encoders import TextEncoder
 from qrag_core.errors import CheckpointError, InvalidInputError, StorageError, TrainingError
 from qrag_core.model import QRAG
 from qrag_core.model_names import base_minilm_path
-from qrag_core.training import TrainingConfig, checkpoint, train
+from qrag_core.training import TrainingConfig, checkpoint, train, updates
 from qrag_core.training.distributed import Processes
 from qrag_core.training.metrics_log import TIMING_FIELDS
-from qrag_core.training.trainer import (
+from qrag_core.training.trainer import Trainer, example_schedule, phase_learning_rate
+from qrag_core.training.updates import (
     Episode,
-    Trainer,
     ValueCalibration,
-    example_schedule,
     lambda_returns,
-    phase_learning_rate,
     polyak_update,
     soft_value,
     step_reward,
@@ -227,12 +225,12 @@ def test_q_learning_loss_trains_state_encoder_and_action_head(tiny_base):
     trainer.start_phase("soft_q")
     docs = trainer.documents[:4]
     episodes = [Episode(d, actions=sorted(d.support), rewards=[0.0, 1.0]) for d in docs]
-    returns = trainer.episode_returns(episodes, alpha=0.05)
+    returns = updates.episode_returns(trainer.target, episodes, 0.05, trainer.config.gamma, trainer.config.lam)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     losses = []
     for _ in range(30):
         optimizer.zero_grad()
-        loss = trainer.q_learning_loss(episodes, returns, num_transitions=8)
+        loss = updates.q_learning_loss(trainer.online, episodes, returns, num_transitions=8)
         loss.backward()
         assert model.action_head.weight.grad.abs().sum() > 0
         assert model.state_encoder.model.embeddings.word_embeddings.weight.grad.abs().sum() > 0
@@ -247,15 +245,16 @@ def test_warm_start_mistakes_add_the_state_after_the_top_wrong_pick(tiny_base, m
     trainer = Trainer(model, chain_examples(8, 0), quick_config(warm_start_mistakes=1.0), show_progress=False)
     trainer.encode_training_documents()
     seen = []
-    real = Trainer.supervised_loss
+    real = updates.supervised_loss
 
-    def record(self, docs, prefixes):
+    def record(model, docs, prefixes, temperature):
         seen.append(list(prefixes))
-        return real(self, docs, prefixes)
+        return real(model, docs, prefixes, temperature)
 
-    monkeypatch.setattr(Trainer, "supervised_loss", record)
-    docs = trainer.documents[:4]
-    trainer.warm_start_loss(docs, trainer.warm_start_draws(docs), len(docs))
+    monkeypatch.setattr(updates, "supervised_loss", record)
+    docs, c = trainer.documents[:4], trainer.config
+    draws = updates.warm_start_draws(docs, c.warm_start_mistakes, trainer.rng)
+    updates.warm_start_loss(model, docs, draws, len(docs), c.warm_start_temperature)
     gold, with_mistake = seen
     assert len(with_mistake) == 4
     for doc, prefix, extended in zip(docs, gold, with_mistake, strict=True):
@@ -480,15 +479,16 @@ def test_no_module_of_the_library_can_unpickle():
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_base, tmp_path):
     data = chain_examples(8, 3)
     config = quick_config(warm_start_steps=8, rl_steps=2, checkpoint_every=2, eval_every=0)
-    real_loss = Trainer.warm_start_loss
+    real_loss, calls = updates.warm_start_loss, []
 
-    def nan_at_step_6(self, *args):
-        loss = real_loss(self, *args)
-        return loss * float("nan") if self.step == 5 else loss
+    def nan_at_step_6(*args):
+        calls.append(1)  # one call per step: no micro-batches
+        loss = real_loss(*args)
+        return loss * float("nan") if len(calls) == 6 else loss
 
     model = tiny_model(tiny_base)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Trainer, "warm_start_loss", nan_at_step_6)
+        patch.setattr(updates, "warm_start_loss", nan_at_step_6)
         with pytest.raises(TrainingError, match=r"diverged at step 6 \(warm_start\): loss nan.*checkpoint \(step 4\)"):
             train(model, data, config, out_dir=tmp_path, show_progress=False)
     assert all(torch.isfinite(p).all() for p in model.parameters()), "the NaN update never reached the weights"
@@ -640,24 +640,24 @@ def test_an_episode_finds_a_repeated_fact_at_any_copy_and_is_paid_per_fact(tiny_
         return preference.index_fill(0, torch.as_tensor(list(selected), dtype=torch.long), float("-inf"))
 
     monkeypatch.setattr(QRAG, "q_row", fixed_q)
-    (episode,) = trainer.rollout([doc], alpha=0.05)
+    (episode,) = updates.rollout(trainer.online, [doc], 0.05, config, trainer.rng)
     assert episode.actions == [2, 3]
     assert episode.rewards == rewards
     assert episode.found_all
     assert Episode(doc, actions=[0, 3]).found_all and not Episode(doc, actions=[0, 2]).found_all
-    trainer.config.episode_steps = None
-    assert trainer.horizon(doc) == 2  # the fewest chunks that find both facts
+    assert doc.horizon(None) == 2  # the fewest chunks that find both facts
 
 
 def test_the_warm_start_takes_one_copy_per_found_fact_and_aims_at_every_copy_of_the_others(tiny_base):
     model = tiny_model(tiny_base)
     trainer = Trainer(model, [repeated_fact_example()] * 4, quick_config(), show_progress=False)
     trainer.encode_training_documents()
-    prefixes = {tuple(prefix) for prefix, _ in trainer.warm_start_draws(trainer.documents * 50)}
+    draws = updates.warm_start_draws(trainer.documents * 50, trainer.config.warm_start_mistakes, trainer.rng)
+    prefixes = {tuple(prefix) for prefix, _ in draws}
     assert prefixes == {(), (0,), (2,), (3,)}  # never both copies of fact A; never all facts
     doc = trainer.documents[0]
     for prefix, targets in [([], [0, 2, 3]), ([2], [3]), ([3], [0, 2])]:
-        loss, _ = trainer.supervised_loss([doc], [prefix])
+        loss, _ = updates.supervised_loss(model, [doc], [prefix], trainer.config.warm_start_temperature)
         with torch.no_grad():
             state = model.state_vectors([doc.question], [doc.state_texts(prefix)])[0]
             logits = model.q_row(state, model.action_vectors(doc.content.float()), prefix)

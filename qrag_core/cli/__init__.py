@@ -15,6 +15,8 @@ ends with one of these exit statuses (:func:`run_reporting_errors`):
   message`` naming the file, line and problem, never a traceback;
 - 130 (:data:`INTERRUPTED`): stopped with Ctrl-C.
 
+:func:`run_tool` is a whole ``main`` that does all of this for a parser and a function of its options.
+
 Options share their checked types (:func:`positive_int`, :func:`finite_float`, …) and the flags of a
 config dataclass are generated from its field docstrings (:func:`add_dataclass_flags`), the search
 flags of ``qrag-demo`` and ``qrag-index search`` from :class:`~qrag_core.search_options.SearchOptions`
@@ -92,6 +94,20 @@ def run_reporting_errors(prog: str, command: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return INTERRUPTED
+
+
+def run_tool(
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], int | None],
+    argv: Sequence[str] | None = None,
+    quiet: bool = False,
+) -> int:
+    """A tool's whole ``main``: parse ``argv`` (None: the command line), log as ``--verbose`` says
+    (only warnings with ``quiet``), and ``run`` the parsed options, reporting errors as
+    :func:`run_reporting_errors` does under the parser's ``prog``."""
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, quiet)
+    return run_reporting_errors(parser.prog, lambda: run(args))
 
 
 def positive_int(text: str) -> int:

@@ -22,14 +22,14 @@ from qrag_core.cli import (
     add_verbose_flag,
     from_flags,
     non_negative_int,
-    run_reporting_errors,
-    setup_logging,
+    run_tool,
 )
 from qrag_core.data.babilong import BABILONG_TASKS, build_babilong
 from qrag_core.data.demo import load_demo_document
 from qrag_core.data.paths import DataNotFoundError
 from qrag_core.embedding_cache import shared_cache
 from qrag_core.errors import QRAGError
+from qrag_core.index import DocumentIndex
 from qrag_core.model import QRAG
 from qrag_core.model_names import DEFAULT_MODEL_NAME, shipped_model_names
 from qrag_core.search import search
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> None:
     demo = sample or shipped_input(model)
     cache = None if args.no_cache else shared_cache()
     loaded = time.perf_counter()
-    index = model.index_documents([demo.chunks], doc_ids=["demo"], cache=cache)
+    index = DocumentIndex.build(model, [demo.chunks], doc_ids=["demo"], cache=cache)
     indexed = time.perf_counter()
     result = search(model, demo.question, index, from_flags(SearchOptions, args))
     searched = time.perf_counter()
@@ -135,9 +135,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose, quiet=True)
-    return run_reporting_errors("qrag-demo", lambda: run(args))
+    return run_tool(build_parser(), run, argv, quiet=True)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ optimiser step, so every process applies the same update and the Polyak update o
 networks stays identical everywhere.
 
 Gradients are summed by hand (one all-reduce of one flat buffer per optimiser step) instead of
-wrapping the model in ``DistributedDataParallel``: the trainer calls the model's methods
-(``state_vectors``, ``action_vectors``, ``q_row``) rather than ``forward()``, so DDP's hooks would
-not see the passes; a step makes several backward passes (micro-batches, the warm start's extra
-states) that DDP would have to be told not to synchronise; and the losses are already normalised by
-the global batch, so the sum (not DDP's mean) is the single-process gradient.
+wrapping the model in ``DistributedDataParallel``: the updates (:mod:`qrag_core.training.updates`)
+call the model's methods (``state_vectors``, ``action_vectors``, ``q_row``, ``q_taken``) rather than
+``forward()``, so DDP's hooks would not see the passes; a step makes several backward passes
+(micro-batches, the warm start's extra states) that DDP would have to be told not to synchronise; and
+the losses are already normalised by the global batch, so the sum (not DDP's mean) is the
+single-process gradient.
 
 The random draws of a step (the warm start's gold prefixes, the rollout's Boltzmann choices) are
 made for the whole global batch by every process from the same generator, each process using the

@@ -1,0 +1,240 @@
+"""Trains and ships the general default model ``qrag-minilm``: real multi-hop text and long documents in one model.
+
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python recipes/train_general_model.py
+
+It continues from ``qrag-babilong-minilm`` (itself reproduced by ``recipes/train_default_model.py``), which
+is excellent on BabiLong and NIAH but loses to plain dense retrieval on real multi-hop questions, with a
+warm start (and optionally soft Q-learning, docs/method.md §4) on a mixture of
+
+- **passage collections** (positions off, docs/method.md §3): the HotpotQA ``train`` split (100 official
+  train questions plus 807 official *dev* questions disjoint from the 297 test questions, see
+  :mod:`qrag_core.data.hotpotqa`; every report on this model says so) and the 100 MuSiQue train
+  questions, each :data:`OPEN_DOMAIN_REPEATS` times, minus :data:`HOTPOTQA_VALIDATION` HotpotQA
+  questions held out for the periodic evaluation;
+- **ordered documents** (ρ_t) to keep what the starting model knows: BabiLong QA1–QA5 training questions
+  at 1k tokens (:data:`BABILONG_REPLAY`) and RULER NIAH samples of all eight variants, with data seeds
+  the starting model never saw.
+
+The periodic evaluation uses only training-split data: the held-out HotpotQA train questions and BabiLong
+*train* questions at 4k tokens. No test question is read. Each stage resumes after a kill (``--resume``);
+the model is saved with ``save_pretrained(compact=True)`` into ``qrag_core/models/qrag-minilm``, chunking
+users' texts with the library's sentence splitter (Punkt; the training data comes as ready-made chunks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qrag_core.cli import setup_logging
+from qrag_core.config import DEFAULT_SENTENCE_SPLITTER
+from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
+from qrag_core.data.examples import Example, read_jsonl, write_jsonl
+from qrag_core.data.haystack import Haystack
+from qrag_core.data.hotpotqa import iter_hotpotqa
+from qrag_core.data.musique import iter_musique
+from qrag_core.data.ruler import NIAH_TASKS, iter_niah
+from qrag_core.embedding_cache import shared_cache
+from qrag_core.machine import machine_description
+from qrag_core.model import QRAG
+from qrag_core.model_names import SHIPPED_MODELS_DIR
+from qrag_core.training import TrainingConfig, train
+from qrag_core.training.checkpoint import CHECKPOINT_DIR, MODEL_DIR
+
+logger = logging.getLogger("train_general_model")
+
+GENERAL_MODEL_NAME = "qrag-minilm"
+START_MODEL = "qrag-babilong-minilm"
+"""The model the recipe continues from (a shipped name or a directory)."""
+OPEN_DOMAIN_REPEATS = 2
+"""How often each HotpotQA and MuSiQue training question appears in the training file."""
+HOTPOTQA_VALIDATION = 60
+"""HotpotQA train-split questions (the last ones) held out of training for the periodic evaluation."""
+BABILONG_REPLAY: dict[tuple[str, str], int] = {
+    ("qa1", "1k"): 200,
+    ("qa2", "1k"): 400,
+    ("qa3", "1k"): 400,
+    ("qa4", "1k"): 200,
+    ("qa5", "1k"): 300,
+}
+"""(task, length) → BabiLong training questions replayed so the starting model's skills stay."""
+NIAH_REPLAY_PER_TASK = 40
+"""RULER NIAH training samples (1k tokens) per variant."""
+DATA_SEED = 7
+"""Seed of the replayed BabiLong/NIAH samples (the starting model's recipe used seeds 0–3)."""
+EVAL_BABILONG_PER_TASK = 10
+"""BabiLong *train* questions per task at 4k tokens in the periodic evaluation."""
+
+
+@dataclass
+class Stage:
+    """One training run of the recipe."""
+
+    name: str
+    """Its run folder under WORK_DIR."""
+    phase: dict[str, Any]
+    """Its TrainingConfig settings on top of the recipe's common ones."""
+
+
+def training_examples(haystack: Haystack) -> Iterator[Example]:
+    """The training mixture (see the module docstring), passage collections first; the trainer shuffles."""
+    hotpot = list(iter_hotpotqa(split="train"))[:-HOTPOTQA_VALIDATION]
+    musique = list(iter_musique(split="train"))
+    for _ in range(OPEN_DOMAIN_REPEATS):
+        yield from hotpot
+        yield from musique
+    for (task, length), n in BABILONG_REPLAY.items():
+        yield from iter_babilong(task, "train", length, n, seed=DATA_SEED, haystack=haystack)
+    for task in NIAH_TASKS:
+        yield from iter_niah(task, "1k", NIAH_REPLAY_PER_TASK, DATA_SEED, haystack)
+
+
+def build_data(data_dir: Path) -> tuple[Path, list[Path]]:
+    """Write the training file and the two evaluation files (each skipped when it exists)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    train_file = data_dir / "train.jsonl"
+    hotpot_eval = data_dir / "hotpotqa_heldout.jsonl"
+    babilong_eval = data_dir / "babilong_train_4k.jsonl"
+    if not hotpot_eval.is_file():
+        held_out = list(iter_hotpotqa(split="train"))[-HOTPOTQA_VALIDATION:]
+        logger.info("wrote %d held-out HotpotQA questions to %s", write_jsonl(held_out, hotpot_eval), hotpot_eval)
+    if not (train_file.is_file() and babilong_eval.is_file()):
+        haystack = Haystack.load()
+        if not train_file.is_file():
+            logger.info(
+                "wrote %d training examples to %s", write_jsonl(training_examples(haystack), train_file), train_file
+            )
+        if not babilong_eval.is_file():
+            rows = (
+                ex
+                for task in BABILONG_TASKS
+                for ex in iter_babilong(
+                    task, "train", "4k", EVAL_BABILONG_PER_TASK, seed=DATA_SEED + 1, haystack=haystack
+                )
+            )
+            logger.info("wrote %d evaluation examples to %s", write_jsonl(rows, babilong_eval), babilong_eval)
+    return train_file, [hotpot_eval, babilong_eval]
+
+
+def recipe_stages(args: argparse.Namespace) -> list[Stage]:
+    """The warm start from START_MODEL, then optional soft Q-learning from it."""
+    stages = [Stage("warm_start", {"warm_start_steps": args.warm_start_steps, "warm_start_lr": args.warm_start_lr})]
+    if args.rl_steps:
+        stages.append(Stage("soft_q", {"warm_start_steps": 0, "rl_steps": args.rl_steps, "lr": args.rl_lr}))
+    return stages
+
+
+def stage_config(args: argparse.Namespace, stage: Stage) -> TrainingConfig:
+    common: dict[str, Any] = {
+        "rl_steps": 0,
+        "batch_size": args.batch_size,
+        "episode_steps": args.episode_steps,
+        "eval_steps": args.eval_steps,
+        "eval_every": args.eval_every,
+        "checkpoint_every": args.eval_every,
+        "seed": args.seed,
+    }
+    return TrainingConfig(**(common | stage.phase)).validate()
+
+
+def run_stage(args: argparse.Namespace, stage: Stage, start: str, train_file: Path, eval_files: Sequence[Path]) -> Path:
+    """Train one stage from the model at ``start`` into WORK_DIR/<stage>; returns its model directory."""
+    out = args.work_dir / stage.name
+    resume = args.resume and (out / CHECKPOINT_DIR).is_dir()
+    config = stage_config(args, stage)
+    logger.info("stage %s%s from %s", stage.name, " (resumed)" if resume else "", start)
+    cache = shared_cache()
+    try:
+        train(
+            QRAG.from_pretrained(start),
+            read_jsonl(train_file, need_support=True),
+            config,
+            {path.stem: read_jsonl(path, need_support=True) for path in eval_files},
+            out_dir=out,
+            resume=resume,
+            overwrite=args.resume and not resume,
+            cache=cache,
+            show_progress=False,
+            data_info={"init_from": start, "data": str(train_file), "eval_data": [str(p) for p in eval_files]},
+        )
+    finally:
+        cache.close()
+    return out / MODEL_DIR
+
+
+def ship(model_dir: Path, stages: Sequence[Stage], args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """Save the trained model compactly into ``--ship-to``, recording its data, stages and machine."""
+    model = QRAG.from_pretrained(str(model_dir))
+    # Training documents come as ready-made chunks; users' texts get the library's sentence splitter.
+    model.config.chunking = dataclasses.replace(model.config.chunking, sentence_splitter=DEFAULT_SENTENCE_SPLITTER)
+    model.training_info |= {
+        "name": GENERAL_MODEL_NAME,
+        "init_from": args.start_model,
+        "recipe": (
+            f"from {args.start_model}: HotpotQA train split x{OPEN_DOMAIN_REPEATS} (100 official train questions "
+            "+ 807 official dev questions disjoint from the 297-question test subset, minus "
+            f"{HOTPOTQA_VALIDATION} held out), MuSiQue 100 train questions x{OPEN_DOMAIN_REPEATS}, as passage "
+            "collections (positions off); BabiLong "
+            + ", ".join(f"{task} {length} x{n}" for (task, length), n in BABILONG_REPLAY.items())
+            + f" and RULER NIAH 8 variants 1k x{NIAH_REPLAY_PER_TASK} (data seed {DATA_SEED}) with ρ_t"
+        ),
+        "stages": [stage.name for stage in stages],
+        "script": "python recipes/train_general_model.py " + " ".join(a for a in argv if a != "--resume"),
+        "hardware": machine_description(args.machine_note),
+    }
+    model.save_pretrained(args.ship_to, compact=True)
+    size = sum(p.stat().st_size for p in Path(args.ship_to).iterdir())
+    logger.info("shipped %s (%.1f MB)", args.ship_to, size / 1e6)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/general_model"), help="data and run folder")
+    parser.add_argument(
+        "--start-model", default=START_MODEL, help="the model to continue from, a name or a directory (%(default)s)"
+    )
+    parser.add_argument(
+        "--ship-to",
+        type=Path,
+        default=SHIPPED_MODELS_DIR / GENERAL_MODEL_NAME,
+        help="where the compact model is written; 'none' skips shipping (default: the package's models folder)",
+    )
+    parser.add_argument("--warm-start-steps", type=int, default=700, help="warm-start optimiser steps (default: 700)")
+    parser.add_argument("--warm-start-lr", type=float, default=3e-5, help="its peak learning rate (default: 3e-5)")
+    parser.add_argument("--rl-steps", type=int, default=0, help="soft-Q steps after the warm start; 0 skips them")
+    parser.add_argument("--rl-lr", type=float, default=1e-5, help="soft-Q peak learning rate (default: 1e-5)")
+    parser.add_argument("--batch-size", type=int, default=8, help="episodes per optimiser step (default: 8)")
+    parser.add_argument("--episode-steps", type=int, default=4, help="T of a warm-start episode (default: 4)")
+    parser.add_argument("--eval-steps", type=int, default=2, help="T of the periodic evaluation (default: 2)")
+    parser.add_argument("--eval-every", type=int, default=100, help="evaluate, checkpoint every N steps (default: 100)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted stages in WORK_DIR")
+    parser.add_argument("--machine-note", default="", help="free text recorded in the card's hardware line")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    torch.set_num_threads(args.threads)
+    train_file, eval_files = build_data(args.work_dir / "data")
+    stages = recipe_stages(args)
+    start = args.start_model
+    for stage in stages:
+        start = str(run_stage(args, stage, start, train_file, eval_files))
+    if str(args.ship_to).lower() != "none":
+        ship(Path(start), stages, args, sys.argv[1:] if argv is None else argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
