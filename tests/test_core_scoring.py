@@ -1,12 +1,15 @@
-"""The interval form of ρ_t and the fast exact top-k used at retrieval time equal the dense definitions."""
+"""The interval form of ρ_t and the fast exact top-k used at retrieval time equal the dense definitions,
+and the model's one Q entry point gives search and training the same Q."""
 
 import random
 
 import pytest
 import torch
 
-from qrag_core import scoring
+from qrag_core import QRAGConfig, scoring
+from qrag_core.index import DocumentIndex
 from qrag_core.positions import chunk_positions, position_intervals, rope_frequencies, rotary_scores
+from tests.conftest import make_tiny_model
 
 
 def random_case(seed):
@@ -44,3 +47,25 @@ def test_fast_top_k_is_exact(monkeypatch, seed, k):
     got_q, got_i = scoring.top_k(state, actions, intervals, freqs, k, selected, step=9.0 / 64)
     assert got_i.tolist() == expected_i.tolist()
     assert torch.allclose(got_q, expected_q, atol=1e-5)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("mode", ["relative", "absolute", "none"])
+def test_search_and_training_score_one_q_function(minilm_tokenizer, mode, ordered):
+    """QRAG.top_k (search), QRAG.q_row (the training's dense row) and QRAG.q_taken (the soft-Q loss) agree."""
+    model = make_tiny_model(minilm_tokenizer, QRAGConfig(position_mode=mode))
+    texts = [f"Sentence {i} about the {word}." for i, word in enumerate("ship king wolf bell tower mask drum".split())]
+    index = DocumentIndex.build(model, [texts], ordered=ordered)
+    selected = [1, 4]
+    with torch.inference_mode():
+        actions = model.index_action_vectors(index)
+        state = model.state_vectors(["where is the king?"], [[texts[i] for i in selected]])[0]
+        row = model.q_row(state, actions, selected, ordered)
+        values, chosen, positions = model.top_k(state, actions, selected, 3, ordered=[ordered])
+        taken = model.q_taken(
+            state.expand(3, -1), actions[chosen], [(len(texts), selected, i) for i in chosen.tolist()], [ordered] * 3
+        )
+    assert torch.isinf(row[selected]).all() and not set(chosen.tolist()) & set(selected)
+    assert chosen.tolist() == row.topk(3).indices.tolist()
+    assert torch.allclose(values, row[chosen], atol=1e-5) and torch.allclose(taken, values, atol=1e-5)
+    assert bool((positions == 0).all()) == (not ordered or mode == "none")
