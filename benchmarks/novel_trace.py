@@ -16,12 +16,13 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from harness import ROOT, markdown_table, provenance
 
 from qrag_core.baselines import DenseTopK, base_model_of
-from qrag_core.cli import setup_logging
+from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.data.haystack import strip_gutenberg
 from qrag_core.data.paths import data_file
 from qrag_core.model_names import DEFAULT_MODEL_NAME
@@ -88,18 +89,24 @@ def render(results: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=4, help="chunks retrieved per question, T (default: 4)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=positive_int, default=4, help="chunks retrieved per question, T (default: 4)")
     parser.add_argument("--model", default=None, help="model name or directory (default: the shipped default)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    args = parser.parse_args(argv)
-    setup_logging()
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
+    add_verbose_flag(parser)
+    return parser
+
+
+def write_results(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     results = run(QUESTIONS, args.steps, args.model) | {"provenance": provenance()}
     OUT.with_suffix(".json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     OUT.with_suffix(".md").write_text(render(results), encoding="utf-8")
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_tool(build_parser(), write_results, argv)
 
 
 if __name__ == "__main__":

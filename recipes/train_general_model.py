@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from qrag_core.cli import setup_logging
+from qrag_core.cli import add_verbose_flag, run_tool
 from qrag_core.config import DEFAULT_SENTENCE_SPLITTER
 from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
 from qrag_core.data.examples import Example, read_jsonl, write_jsonl
@@ -196,7 +196,7 @@ def ship(model_dir: Path, stages: Sequence[Stage], args: argparse.Namespace, arg
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
     parser.add_argument("--work-dir", type=Path, default=Path("runs/general_model"), help="data and run folder")
     parser.add_argument(
         "--start-model", default=START_MODEL, help="the model to continue from, a name or a directory (%(default)s)"
@@ -219,12 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted stages in WORK_DIR")
     parser.add_argument("--machine-note", default="", help="free text recorded in the card's hardware line")
+    add_verbose_flag(parser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
+def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
     torch.set_num_threads(args.threads)
     train_file, eval_files = build_data(args.work_dir / "data")
     stages = recipe_stages(args)
@@ -232,8 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stage in stages:
         start = str(run_stage(args, stage, start, train_file, eval_files))
     if str(args.ship_to).lower() != "none":
-        ship(Path(start), stages, args, sys.argv[1:] if argv is None else argv)
-    return 0
+        ship(Path(start), stages, args, argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_tool(build_parser(), lambda args: run(args, argv), argv)
 
 
 if __name__ == "__main__":

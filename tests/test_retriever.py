@@ -1,17 +1,18 @@
-"""Saved retrievers (qrag_core.retriever): what a saved session brings back."""
+"""Saved retrievers (qrag_core.retriever): what a saved retriever brings back, in which files."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from qrag_core.retriever import RETRIEVER_FILE, Retriever
+from qrag_core.retriever import RETRIEVER_FILE, Retriever, saved_options
+from qrag_core.search_options import SearchOptions
 
 
-def test_a_session_saved_before_the_splitter_setting_reopens_with_its_regex_chunking(tiny_model, story, tmp_path: Path):
-    session = Retriever(tiny_model)
-    session.add_texts([story], ids=["story"])
-    session.save(tmp_path / "saved")
+def test_a_retriever_saved_before_the_splitter_setting_reopens_with_regex_chunking(tiny_model, story, tmp_path: Path):
+    retriever = Retriever(tiny_model)
+    retriever.add_texts([story], ids=["story"])
+    retriever.save(tmp_path / "saved")
     meta_path = tmp_path / "saved" / RETRIEVER_FILE
     meta = json.loads(meta_path.read_text())
     del meta["chunking"]["sentence_splitter"]  # as written by an earlier qrag
@@ -19,3 +20,22 @@ def test_a_session_saved_before_the_splitter_setting_reopens_with_its_regex_chun
     reopened = Retriever.load(tmp_path / "saved", model=tiny_model)
     assert reopened.chunking.sentence_splitter == "regex"
     assert reopened.doc_ids == ["story"]
+
+
+def test_the_saved_layout_and_option_names_are_those_earlier_versions_wrote_and_read(tiny_model, story, tmp_path):
+    retriever = Retriever(tiny_model, cache=None)
+    retriever.add_texts([story], ids=["story"])
+    retriever.save(tmp_path / "saved", SearchOptions(k=2, document_ids=["story"], order="rank"))
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["index", "model", "qrag_retriever.json"]
+    meta = json.loads((tmp_path / "saved" / "qrag_retriever.json").read_text())
+    assert meta["format_version"] == 1 and meta["model"] == {"saved": "model"}
+    assert meta["options"] == {
+        "k": 2,
+        "beam": None,
+        "expand_k": None,
+        "stop_threshold": None,
+        "document_id": None,
+        "document_ids": ["story"],
+        "order": "rank",
+    }
+    assert saved_options(tmp_path / "saved") == SearchOptions(k=2, document_ids=("story",), order="rank")
