@@ -58,7 +58,7 @@ def test_help_explains_every_option(name: str) -> None:
     assert parser.description, f"{name}: --help says nothing about what the tool does"
 
 
-@pytest.mark.parametrize("name", [*QRAG_COMMANDS, "index", *SCRIPTS])
+@pytest.mark.parametrize("name", [*QRAG_COMMANDS, *SCRIPTS])
 def test_verbose_is_debug_logging_everywhere(name: str) -> None:
     helps = {a.help for a in options(tool(name).build_parser()) if "--verbose" in a.option_strings}
     assert helps == {"debug logging on stderr, third-party libraries' too (default: info)"}, name
