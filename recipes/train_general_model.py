@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shlex
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -187,7 +188,7 @@ def ship(model_dir: Path, stages: Sequence[Stage], args: argparse.Namespace, arg
             + f" and RULER NIAH 8 variants 1k x{NIAH_REPLAY_PER_TASK} (data seed {DATA_SEED}) with ρ_t"
         ),
         "stages": [stage.name for stage in stages],
-        "script": "python recipes/train_general_model.py " + " ".join(a for a in argv if a != "--resume"),
+        "script": shlex.join(["python", "recipes/train_general_model.py", *(a for a in argv if a != "--resume")]),
         "hardware": machine_description(args.machine_note),
     }
     model.save_pretrained(args.ship_to, compact=True)
