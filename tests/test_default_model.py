@@ -13,6 +13,7 @@ from qrag_core.data.babilong import iter_babilong
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.evaluation import evaluate
 from qrag_core.model_names import DEFAULT_MODEL_NAME, SHIPPED_MODELS_DIR, base_minilm_path
+from qrag_core.search_options import SearchOptions
 from tests.test_data_builders import needs_data
 
 MODEL_DIR = SHIPPED_MODELS_DIR / DEFAULT_MODEL_NAME
@@ -85,8 +86,9 @@ def test_finds_both_facts_of_qa2_in_two_steps_where_the_untrained_search_does_no
     """
     examples = list(iter_babilong("qa2", "test", "1k", n=20))
     cache = EmbeddingCache()  # the action encoder is shared: chunks are encoded once for both models
-    trained = evaluate(QRAGSearch(shipped, cache, beam=1), examples, steps=2)
-    untrained = evaluate(QRAGSearch(QRAG.from_base(base_minilm_path()).eval(), cache, beam=1), examples, steps=2)
+    greedy = SearchOptions(beam=1)
+    trained = evaluate(QRAGSearch(shipped, cache, greedy), examples, steps=2)
+    untrained = evaluate(QRAGSearch(QRAG.from_base(base_minilm_path()).eval(), cache, greedy), examples, steps=2)
     assert trained["n"] == untrained["n"] == 20
     assert trained["fact_em"] >= 0.9
     assert untrained["fact_em"] <= 0.2
