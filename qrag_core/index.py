@@ -1,5 +1,9 @@
 """A document index: chunks plus their cached content embeddings e_i (docs/method.md §2).
 
+:meth:`DocumentIndex.build` is the one way to make an index from documents (texts, chunk texts or
+chunks, chunked and encoded by a model's action encoder); :func:`qrag_core.long_index.build_long_index`
+does the same for one very long document in resumable shards, chunking it with :func:`document_chunks`.
+
 Content embeddings are computed once per document and encoder; every retrieval step only
 re-rotates them (O(N·d)). They are stored as float16 (half the memory of float32; scores are
 computed in float32). The index records the fingerprint of the encoder that made them, so a model

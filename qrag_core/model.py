@@ -3,7 +3,8 @@
     Q_θ(s_t, c_i) = ⟨E_s(s_t; θ1), R(ρ_t(i)) · h(e_i; θ2)⟩
 
 E_s embeds the state (question + selected chunks); e_i is the content embedding of chunk i from the
-action transformer, computed once per document and kept in a :class:`DocumentIndex`; h is an optional
+action transformer, computed once per document and kept in a :class:`DocumentIndex`
+(:meth:`DocumentIndex.build <qrag_core.index.DocumentIndex.build>`); h is an optional
 light action head (a d×d linear map, initialised to identity) so the action transformer can stay
 frozen at the base weights: then one index serves every fine-tuned model of the same base.
 
@@ -149,6 +150,7 @@ class QRAG(nn.Module):
         )
 
     def check_index(self, index: DocumentIndex) -> None:
+        """InvalidInputError unless ``index`` holds content embeddings of this model's action encoder."""
         if index.fingerprint != self.action_encoder.fingerprint():
             raise InvalidInputError(
                 "this index was built with a different action encoder; rebuild it with this model and encoding backend "
