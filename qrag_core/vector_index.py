@@ -103,8 +103,7 @@ class PassageIndex:
         index.add(data)
         gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
         if gpus and self.device.type == "cuda" and kind != "hnsw":
-            self._parts.append(index)
-            index = faiss.index_cpu_to_all_gpus(index)
+            index = faiss.index_cpu_to_all_gpus(index)  # a copy: the CPU index is no longer needed
         self.index = index
         self.size = n
 

@@ -10,6 +10,7 @@ from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
 from qrag_core.search import search
 from qrag_core.search_options import SearchOptions
+from tests.conftest import load_script
 
 pytest.importorskip("faiss")
 
@@ -132,3 +133,15 @@ def test_without_faiss_the_torch_scorer_serves_and_only_approximate_indexes_are_
 
 def test_default_with_faiss_is_the_exact_flat_index(tiny_model):
     assert SearchOptions().resolve(tiny_model.config).vector_index == "flat"
+
+
+def test_benchmark_measures_flat_as_exact_and_writes_its_table(tmp_path, monkeypatch):
+    bench = load_script("benchmarks/faiss_collections.py")
+    monkeypatch.setattr(bench, "TOPICS", 16)
+    report = bench.measure_size(3000, ["flat", "ivf"], queries=4, k=5, selected_count=2)
+    flat, ivf = report["scorers"]["flat"], report["scorers"]["ivf"]
+    assert flat["recall"] == 1.0 and flat["max_abs_dq"] < 1e-5
+    assert 0.0 < ivf["recall"] <= 1.0 and ivf["max_abs_dq"] < 1e-5
+    bench.write_markdown({"sizes": {"3000": report}}, tmp_path / "f.md")
+    text = (tmp_path / "f.md").read_text()
+    assert "| flat | fp32 |" in text and "| 1.000 |" in text and "10M passages were not measured" in text
