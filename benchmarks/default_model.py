@@ -48,11 +48,14 @@ from qrag_core.evaluation import DEFAULT_STEPS, TASK_STEPS, RetrievalMethod, eva
 from qrag_core.machine import machine_description
 from qrag_core.model import QRAG
 from qrag_core.model_names import BABILONG_MODEL_NAME, DEFAULT_MODEL_NAME, SHIPPED_MODELS_DIR
+from qrag_core.search_options import SearchOptions
 
 logger = logging.getLogger("default_model_benchmark")
 
 RESULTS = ROOT / "benchmarks" / "results" / "default_model.json"
 MARKDOWN = ROOT / "benchmarks" / "default_model.md"
+GREEDY = SearchOptions(beam=1)
+"""The search of every Q-RAG row of the table (beam 1: greedy)."""
 PREVIOUS_MODEL = BABILONG_MODEL_NAME
 """The previous default model, measured next to the current one (method name = its name)."""
 METHOD_ORDER = (
@@ -93,22 +96,21 @@ def build_methods(args: argparse.Namespace) -> dict[str, Callable[[], RetrievalM
         return model("base", lambda: QRAG.from_base(shipped().config.base_model))
 
     methods: dict[str, Callable[[], RetrievalMethod]] = {
-        "qrag": lambda: QRAGSearch(shipped(), cache, beam=1),
+        "qrag": lambda: QRAGSearch(shipped(), cache, GREEDY),
         "dense": lambda: DenseTopK(base(), cache),
         "bm25": lambda: BM25TopK(),
-        "multistep-untrained": lambda: QRAGSearch(base(), cache, beam=1, name="multistep-untrained"),
+        "multistep-untrained": lambda: QRAGSearch(base(), cache, GREEDY, name="multistep-untrained"),
     }
     if args.stop_threshold is not None:
-        methods["qrag-stop"] = lambda: QRAGSearch(
-            shipped(), cache, beam=1, stop_threshold=args.stop_threshold, name="qrag-stop"
-        )
+        stopping = SearchOptions(beam=1, stop_threshold=args.stop_threshold)
+        methods["qrag-stop"] = lambda: QRAGSearch(shipped(), cache, stopping, name="qrag-stop")
     if args.model != PREVIOUS_MODEL:
         methods[PREVIOUS_MODEL] = lambda: QRAGSearch(
-            model("previous", lambda: QRAG.from_pretrained(PREVIOUS_MODEL)), cache, beam=1, name=PREVIOUS_MODEL
+            model("previous", lambda: QRAG.from_pretrained(PREVIOUS_MODEL)), cache, GREEDY, name=PREVIOUS_MODEL
         )
     if args.full_checkpoint is not None:
         methods["qrag-full"] = lambda: QRAGSearch(
-            model("full", lambda: QRAG.from_pretrained(args.full_checkpoint)), cache, beam=1, name="qrag-full"
+            model("full", lambda: QRAG.from_pretrained(args.full_checkpoint)), cache, GREEDY, name="qrag-full"
         )
     return {name: methods[name] for name in METHOD_ORDER if name in methods and name in args.methods}
 

@@ -42,6 +42,7 @@ from qrag_core.evaluation import evaluate
 from qrag_core.machine import machine_description
 from qrag_core.model import QRAG
 from qrag_core.model_names import base_minilm_path
+from qrag_core.search_options import SearchOptions
 
 logger = logging.getLogger("encoding_speed_benchmark")
 BACKENDS = ("onnx", "onnx-int8")
@@ -104,7 +105,7 @@ def quality(model: QRAG, cell: Cell) -> dict:
     for backend in ("torch", "onnx-int8"):
         model.action_encoder.use_backend(backend)
         start = time.perf_counter()
-        result = evaluate(QRAGSearch(model, cache, beam=1), examples)
+        result = evaluate(QRAGSearch(model, cache, SearchOptions(beam=1)), examples)
         scores[backend] = {
             "fact_em": result["fact_em"],
             "fact_f1": result["fact_f1"],

@@ -54,6 +54,7 @@ SECTIONS = (
     ("A question over a novel", "benchmarks/results/novel_trace.md"),
     ("Training: learning curves and comparisons", "benchmarks/training.md"),
     ("Scale: 1M and 10M tokens on this CPU", "benchmarks/results/scale.md"),
+    ("Passage collections: faiss against the torch scorer", "benchmarks/results/faiss_collections.md"),
     ("Scaling out: data-parallel training and indexing on Ray", "benchmarks/distributed.md"),
     ("Encoding backends: indexing speed and index quality on this CPU", "benchmarks/encoding.md"),
     ("Passage length: what truncating paragraph chunks costs", "benchmarks/results/passage_length.md"),

@@ -24,6 +24,7 @@ from qrag_core.evaluation import RetrievalMethod
 from qrag_core.index import DocumentIndex
 from qrag_core.model import QRAG
 from qrag_core.search import search
+from qrag_core.search_options import SearchOptions
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,8 @@ class QRAGSearch:
     model: QRAG
     cache: EmbeddingCache | None = None
     """Where content embeddings are looked up and stored (None: encode every document afresh)."""
-    beam: int | None = None
-    """Beam width (None: the model's default)."""
-    stop_threshold: float | None = None
-    """Stop when the best Q falls below this (None: the model's default)."""
+    options: SearchOptions = SearchOptions()
+    """How to search; T (``k``) is the evaluation's, per example (options left at None: the model's defaults)."""
     name: str = "qrag"
 
     def select(self, question: str, chunks: Sequence[Chunk], steps: int, ordered: bool = True) -> list[int]:
@@ -53,7 +52,7 @@ class QRAGSearch:
         self.model.eval()
         try:
             index = DocumentIndex.build(self.model, [list(chunks)], cache=self.cache, ordered=ordered)
-            result = search(self.model, question, index, k=steps, beam=self.beam, stop_threshold=self.stop_threshold)
+            result = search(self.model, question, index, self.options, k=steps)
         finally:
             self.model.train(was_training)
         return [selected.chunk.index for selected in result.chunks]
@@ -107,8 +106,7 @@ def make_method(
     name: str,
     model: str | QRAG | None = None,
     cache: EmbeddingCache | None = None,
-    beam: int | None = None,
-    stop_threshold: float | None = None,
+    options: SearchOptions | None = None,
     base: QRAG | None = None,
 ) -> RetrievalMethod:
     """A retrieval method by name (:data:`METHODS`).
@@ -116,7 +114,7 @@ def make_method(
     ``model`` is a loaded model or a name/path: for ``qrag`` the model searched (None: the default
     model); for ``dense`` and ``multistep-untrained`` its base encoder is used untrained (None: the
     default base), unless ``base``, an untrained model already loaded, is given (several baselines
-    then share one). ``beam`` and ``stop_threshold`` apply to the search methods.
+    then share one). ``options`` (beam width, threshold, …) apply to the search methods.
     """
     if name not in METHODS:
         raise InvalidInputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
@@ -124,9 +122,9 @@ def make_method(
         return BM25TopK()
     if name == "qrag":
         loaded = model if isinstance(model, QRAG) else QRAG.from_pretrained(model)
-        return QRAGSearch(loaded, cache, beam, stop_threshold)
+        return QRAGSearch(loaded, cache, options or SearchOptions())
     if base is None:
         base = QRAG.from_base(model.config.base_model) if isinstance(model, QRAG) else base_model_of(model)
     if name == "dense":
         return DenseTopK(base, cache)
-    return QRAGSearch(base, cache, beam, stop_threshold, name="multistep-untrained")
+    return QRAGSearch(base, cache, options or SearchOptions(), name="multistep-untrained")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,21 @@ from qrag_core.index import DocumentIndex
 from qrag_core.model_files import is_model_dir, load_encoder, read_model, write_model
 from qrag_core.model_names import DEFAULT_MODEL_NAME, check_encoder_dir, resolve_model_path, shipped_model_names
 from qrag_core.positions import chunk_positions, position_intervals, rope_frequencies, rotary_scores
+from qrag_core.vector_index import PassageIndex, faiss_available
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexActions:
+    """What a model derives from one index and keeps until its weights or the index change."""
+
+    vectors: torch.Tensor
+    """The action vectors h(e_i) of every chunk (N, d)."""
+    norm_max: float
+    """max_i |a_i| (bounds the fast rotary scorer's error)."""
+    passage_indexes: dict[tuple[str, int, int], PassageIndex] = field(default_factory=dict)
+    """faiss indexes over chunk ranges of a passage collection, by (kind, first chunk, end)."""
 
 
 class QRAG(nn.Module):
@@ -166,19 +180,37 @@ class QRAG(nn.Module):
 
     def index_action_vectors(self, index: DocumentIndex) -> torch.Tensor:
         """Action vectors of every chunk of ``index``, computed once until the weights or the index change."""
-        return self._index_actions(index)[0]
+        return self._index_actions(index).vectors
 
     def index_action_norm_max(self, index: DocumentIndex) -> float:
         """max_i |a_i| over the index's action vectors (bounds the fast scorer's error)."""
-        return self._index_actions(index)[1]
+        return self._index_actions(index).norm_max
 
-    def _index_actions(self, index: DocumentIndex) -> tuple[torch.Tensor, float]:
-        def compute() -> tuple[torch.Tensor, float]:
+    def passage_index(
+        self, index: DocumentIndex, kind: str, start: int = 0, end: int | None = None
+    ) -> PassageIndex | None:
+        """A faiss ``kind`` index over the action vectors of chunks [start, end) of ``index``, for searching a
+        passage collection (positions off, :mod:`qrag_core.vector_index`); built once until the weights or the
+        index change. None for ``torch``, and for ``flat`` without faiss (the torch scorer is exact too)."""
+        if kind == "torch" or (kind == "flat" and not faiss_available()):
+            return None
+        actions = self._index_actions(index)
+        key = (kind, start, len(index) if end is None else end)
+        if key not in actions.passage_indexes:
+            actions.passage_indexes[key] = PassageIndex(actions.vectors[key[1] : key[2]], kind)
+        return actions.passage_indexes[key]
+
+    def positions_off(self, ordered: Sequence[bool]) -> bool:
+        """Whether every position is 0 for documents with these ``ordered`` flags (Q is then an inner product)."""
+        return self.config.position_mode == "none" or not any(ordered)
+
+    def _index_actions(self, index: DocumentIndex) -> IndexActions:
+        def compute() -> IndexActions:
             self.check_index(index)
             with torch.inference_mode():
                 blocks = [self.action_vectors(index.content[i : i + 65536]) for i in range(0, len(index), 65536)]
                 vectors = torch.cat(blocks)
-            return vectors, float(vectors.norm(dim=-1).max())
+            return IndexActions(vectors, float(vectors.norm(dim=-1).max()))
 
         return index.derived(("actions", id(self), self.action_version), compute)
 
@@ -231,13 +263,16 @@ class QRAG(nn.Module):
         doc_starts: list[int] | None = None,
         action_norm_max: float | None = None,
         ordered: Sequence[bool] | None = None,
+        passages: PassageIndex | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The exact k best chunks (Q, chunk index, ρ_t) for one state, never a ``selected`` one (search).
 
         ``actions`` are the action vectors of every chunk searched (N, d); ``doc_starts`` the first chunk of
         each document when there are several (each gets its own ρ_t), ``ordered`` one flag per document
         (False: a passage collection, positions off; default all ordered); ``action_norm_max`` is max_i |a_i|
-        (computed if not given). Fast even for millions of chunks (:mod:`qrag_core.scoring`).
+        (computed if not given). Fast even for millions of chunks (:mod:`qrag_core.scoring`). ``passages``, a
+        faiss index over exactly these ``actions`` (:meth:`passage_index`), answers instead wherever every
+        position is 0 (a passage collection); exact for ``flat``, approximate for ``ivf`` and ``hnsw``.
         """
         config = self.config
         intervals = position_intervals(
@@ -250,7 +285,10 @@ class QRAG(nn.Module):
             actions.device,
             ordered,
         )
-        values, indices = scoring.top_k(state, actions, intervals, self.freqs, k, list(selected), action_norm_max)
+        if passages is not None and not (intervals.offsets.any() or intervals.slopes.any()):
+            values, indices = passages.search(state, k, selected)
+        else:
+            values, indices = scoring.top_k(state, actions, intervals, self.freqs, k, list(selected), action_norm_max)
         return values, indices, intervals.at(indices)
 
     def _positions(self, num_chunks: int, selected: Sequence[int], ordered: bool = True) -> torch.Tensor:

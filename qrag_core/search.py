@@ -175,6 +175,7 @@ def _search(
         warnings.warn(f"{steps} steps asked for but only {n} chunks exist; returning all of them", stacklevel=2)
         steps = n
     norm_max = model.index_action_norm_max(index)
+    passages = model.passage_index(index, options.vector_index, offset, end) if model.positions_off(ordered) else None
 
     beams = [_Beam((), 0.0, [], True)]
     finished: list[_Beam] = []
@@ -185,7 +186,7 @@ def _search(
         children: dict[frozenset[int], _Beam] = {}
         for row, b in enumerate(beams):
             top_q, top_i, top_positions = model.top_k(
-                states[row], actions, b.selected, k, doc_starts, norm_max, ordered
+                states[row], actions, b.selected, k, doc_starts, norm_max, ordered, passages
             )
             if stop_threshold is not None and t > 0 and top_q[0].item() < stop_threshold:
                 finished.append(b)

@@ -17,6 +17,7 @@ from typing import Any
 from qrag_core.config import QRAGConfig
 from qrag_core.errors import InvalidInputError
 from qrag_core.validation import check_finite, check_positive_int
+from qrag_core.vector_index import check_kind, default_kind
 
 ORDERS: tuple[str, ...] = ("document", "rank")
 """Result orders: ``document`` (source order, what a reader wants) or ``rank`` (the order of selection)."""
@@ -44,6 +45,8 @@ class SearchOptions:
     """Search only these documents, e.g. those a metadata filter matched; wins over document_id (empty: none)."""
     order: str | None = None
     """Order of the results: document (source order, the default) or rank (the order the search picked them)."""
+    vector_index: str | None = None
+    """Passage collections (positions off): torch or flat (exact), ivf or hnsw (approximate); none: flat if faiss."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -58,6 +61,7 @@ class SearchOptions:
             object.__setattr__(self, "document_ids", tuple(self.document_ids))
         if self.order is not None and self.order not in ORDERS:
             raise InvalidInputError(f"{WHAT} order must be one of {list(ORDERS)}, got {self.order!r}")
+        check_kind(self.vector_index, f"{WHAT} vector_index")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -73,7 +77,8 @@ class SearchOptions:
 
     def resolve(self, config: QRAGConfig) -> SearchOptions:
         """Every option that has a default filled in: the model's T, beam width and threshold, expand_k = the
-        beam width, document order (a threshold stays None when the model has none)."""
+        beam width, document order, faiss flat where faiss is installed (a threshold stays None when the model
+        has none)."""
         beam = config.beam_width if self.beam is None else self.beam
         return dataclasses.replace(
             self,
@@ -82,6 +87,7 @@ class SearchOptions:
             expand_k=beam if self.expand_k is None else self.expand_k,
             stop_threshold=config.stop_threshold if self.stop_threshold is None else self.stop_threshold,
             order=self.order or ORDERS[0],
+            vector_index=self.vector_index or default_kind(),
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
 from qrag_core.search import search
 from qrag_core.search_options import SearchOptions
+from qrag_core.vector_index import default_kind
 from tests.conftest import make_tiny_model
 
 SENTENCES = [
@@ -96,10 +97,10 @@ def test_search_restricted_to_several_documents_names_the_unknown_ones(tiny_mode
 def test_options_left_out_take_the_models_defaults(minilm_tokenizer):
     config = QRAGConfig(max_steps=3, beam_width=2, stop_threshold=0.25)
     assert SearchOptions().resolve(config) == SearchOptions(
-        k=3, beam=2, expand_k=2, stop_threshold=0.25, order="document"
+        k=3, beam=2, expand_k=2, stop_threshold=0.25, order="document", vector_index=default_kind()
     )
     assert SearchOptions(k=5, expand_k=4).resolve(config) == SearchOptions(
-        k=5, beam=2, expand_k=4, stop_threshold=0.25, order="document"
+        k=5, beam=2, expand_k=4, stop_threshold=0.25, order="document", vector_index=default_kind()
     )
     model = make_tiny_model(minilm_tokenizer, config=QRAGConfig(max_steps=3))
     default = search(model, "kings", DocumentIndex.build(model, [SENTENCES]))

@@ -15,6 +15,7 @@ from qrag_core.data.hotpotqa import iter_hotpotqa
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.evaluation import evaluate
 from qrag_core.model_names import BABILONG_MODEL_NAME, DEFAULT_MODEL_NAME, SHIPPED_MODELS_DIR, base_minilm_path
+from qrag_core.search_options import SearchOptions
 from tests.test_data_builders import needs_data
 
 SHIPPED = (DEFAULT_MODEL_NAME, BABILONG_MODEL_NAME)
@@ -99,8 +100,9 @@ def test_finds_both_facts_of_qa2_in_two_steps_where_the_untrained_search_does_no
     """
     examples = list(iter_babilong("qa2", "test", "1k", n=20))
     cache = EmbeddingCache()  # the action encoder is shared: chunks are encoded once for both models
-    trained = evaluate(QRAGSearch(shipped, cache, beam=1), examples, steps=2)
-    untrained = evaluate(QRAGSearch(QRAG.from_base(base_minilm_path()).eval(), cache, beam=1), examples, steps=2)
+    greedy = SearchOptions(beam=1)
+    trained = evaluate(QRAGSearch(shipped, cache, greedy), examples, steps=2)
+    untrained = evaluate(QRAGSearch(QRAG.from_base(base_minilm_path()).eval(), cache, greedy), examples, steps=2)
     assert trained["n"] == untrained["n"] == 20
     assert trained["fact_em"] >= 0.9
     assert untrained["fact_em"] <= 0.2
@@ -116,7 +118,7 @@ def test_finds_both_hotpotqa_paragraphs_far_more_often_than_dense_retrieval(ship
     examples = list(iter_hotpotqa(split="train"))[-60:]
     assert all(not ex.ordered for ex in examples)
     cache = EmbeddingCache()
-    trained = evaluate(QRAGSearch(shipped, cache, beam=1), examples)
+    trained = evaluate(QRAGSearch(shipped, cache, SearchOptions(beam=1)), examples)
     dense = evaluate(DenseTopK(QRAG.from_base(base_minilm_path()).eval(), cache), examples)
     assert trained["fact_em"] >= 0.55
     assert trained["fact_em"] >= dense["fact_em"] + 0.2

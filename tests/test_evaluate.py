@@ -10,11 +10,16 @@ import pytest
 
 from qrag_core.baselines import BM25TopK, DenseTopK, QRAGSearch, make_method
 from qrag_core.chunking import Chunk
+from qrag_core.cli import from_flags
+from qrag_core.cli.evaluate import build_parser as eval_parser
 from qrag_core.cli.evaluate import main as eval_main
 from qrag_core.data.examples import Example
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import InvalidInputError
 from qrag_core.evaluation import evaluate, steps_for
+from qrag_core.index import DocumentIndex
+from qrag_core.search import search
+from qrag_core.search_options import SearchOptions
 from tests.conftest import load_script, make_tiny_encoder
 from tests.test_data_builders import needs_data
 
@@ -128,6 +133,17 @@ def test_qrag_search_method_restores_training_mode(tiny_model) -> None:
     result = evaluate(method, [_example(0, [0, 4])], steps=3)
     assert result["n"] == 1 and 0.0 <= result["fact_f1"] <= 1.0
     assert tiny_model.training
+
+
+def test_the_search_flags_reach_the_qrag_method(tiny_model) -> None:
+    args = eval_parser().parse_args(["--data", "d.jsonl", "--steps", "2", "--beam", "3", "--expand-k", "4"])
+    options = from_flags(SearchOptions, args)
+    assert options == SearchOptions(beam=3, expand_k=4) and args.steps == 2, "T stays the evaluation's"
+    method = make_method("qrag", tiny_model, None, options)
+    assert isinstance(method, QRAGSearch) and method.options == options
+    chunks = [Chunk(t, i) for i, t in enumerate(CHUNKS)]
+    wide = search(tiny_model, "zebra", DocumentIndex.build(tiny_model, [chunks]), options, k=2)
+    assert method.select("zebra", chunks, 2) == [s.chunk.index for s in wide.chunks]
 
 
 def test_make_method_rejects_unknown_names() -> None:

@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 from qrag_core.config import field_docs
 from qrag_core.errors import QRAGError
 from qrag_core.search_options import ORDERS, SearchOptions
+from qrag_core.vector_index import VECTOR_INDEXES
 
 T = TypeVar("T")
 
@@ -211,7 +212,13 @@ def add_search_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
     """A group of flags for the :class:`~qrag_core.search_options.SearchOptions` (``--steps``, ``--beam``, …),
     read back with ``from_flags(SearchOptions, args)``; an option not given takes the model's default."""
     group = parser.add_argument_group("search options")
-    add_dataclass_flags(group, SearchOptions, suppress_defaults=False, skip=skip, choices={"order": ORDERS})
+    add_dataclass_flags(
+        group,
+        SearchOptions,
+        suppress_defaults=False,
+        skip=skip,
+        choices={"order": ORDERS, "vector_index": VECTOR_INDEXES},
+    )
 
 
 def from_flags(cls: type[T], args: argparse.Namespace) -> T:

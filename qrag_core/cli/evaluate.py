@@ -18,14 +18,25 @@ from collections.abc import Sequence
 from typing import Any
 
 from qrag_core.baselines import METHODS, make_method
-from qrag_core.cli import add_verbose_flag, finite_float, positive_int, run_reporting_errors, setup_logging
+from qrag_core.cli import (
+    add_search_flags,
+    add_verbose_flag,
+    from_flags,
+    positive_int,
+    run_reporting_errors,
+    setup_logging,
+)
 from qrag_core.data.examples import read_jsonl
 from qrag_core.embedding_cache import EmbeddingCache, shared_cache_path
 from qrag_core.evaluation import DEFAULT_STEPS, TASK_STEPS, evaluate
 from qrag_core.onnx_backend import BACKENDS
+from qrag_core.search_options import SearchOptions
 
 logger = logging.getLogger(__name__)
 
+SEARCH_FLAGS_SKIPPED = ("k", "document_id", "document_ids", "order")
+"""Search options without a flag here: T is --steps (per task by default), each example is one document,
+and the selection is scored as a set."""
 SCORE_COLUMNS = ("fact_em", "fact_recall", "fact_precision", "fact_f1", "value_recall", "answer_accuracy")
 
 
@@ -59,15 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
         f"{TASK_STEPS['musique']} for musique rows, else {DEFAULT_STEPS})",
     )
     parser.add_argument(
-        "--beam", type=positive_int, default=None, help="beam width of the search (default: the model's, 1)"
-    )
-    parser.add_argument(
-        "--stop-threshold",
-        type=finite_float,
-        default=None,
-        help="stop the search when the best Q falls below this (default: the model's, none)",
-    )
-    parser.add_argument(
         "--limit", type=positive_int, default=None, help="evaluate only the first N rows (default: all)"
     )
     parser.add_argument(
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print exactly one JSON object on stdout (default: a table)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and only warnings on stderr")
+    add_search_flags(parser, skip=SEARCH_FLAGS_SKIPPED)
     add_verbose_flag(parser)
     return parser
 
@@ -108,7 +111,7 @@ def format_table(result: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     examples = read_jsonl(args.data, need_support=True)[: args.limit]
     cache = None if args.no_cache else EmbeddingCache(args.cache)
-    method = make_method(args.method, args.model, cache, args.beam, args.stop_threshold)
+    method = make_method(args.method, args.model, cache, from_flags(SearchOptions, args))
     model = getattr(method, "model", None)
     if model is not None:
         model.action_encoder.use_backend(args.backend)

@@ -38,6 +38,7 @@ from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import CheckpointError, DivergedError, InvalidInputError, TrainingError
 from qrag_core.evaluation import evaluate
 from qrag_core.model import QRAG
+from qrag_core.search_options import SearchOptions
 from qrag_core.training.checkpoint import (
     CHECKPOINT_DIR,
     MODEL_DIR,
@@ -241,7 +242,7 @@ class Trainer:
         if not self.processes.is_main:
             return values
         # A trained action transformer changes the content embeddings: keep those out of the shared cache.
-        method = QRAGSearch(model, self.cache if self.frozen else None, beam=1)
+        method = QRAGSearch(model, self.cache if self.frozen else None, SearchOptions(beam=1))
         for name, examples in self.eval_sets.items():
             scores = evaluate(method, examples, self.eval_steps, model.config.chunking, model.action_encoder.tokenizer)
             self.last_evaluation[name] = {

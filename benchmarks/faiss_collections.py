@@ -1,0 +1,220 @@
+"""Passage collections: faiss (flat, IVF, HNSW) against the exact torch scorer, latency and recall@k.
+
+    OMP_NUM_THREADS=2 python benchmarks/faiss_collections.py --sizes 1M
+    python benchmarks/faiss_collections.py --render-only
+
+Where every position is 0 (a passage collection, docs/method.md §5) one search step is a top-k by inner
+product over fixed action vectors. This measures that step as qrag runs it: the torch scorer
+(:meth:`QRAG.top_k <qrag_core.model.QRAG.top_k>` without a faiss index, i.e. :func:`qrag_core.scoring.top_k`
+over one interval at ρ = 0) against :class:`qrag_core.vector_index.PassageIndex` of each kind, with the same
+chunks already selected and excluded. The vectors are **synthetic** unit vectors (d = 384, MiniLM's size):
+passages around random topic centres, each query a noisy copy of one passage (seeded, so every run sees the
+same data); encoding a million real passages on this machine would take hours and measures the encoder,
+not the search. Reported per scorer: build time, mean latency per query, recall@k against the torch scorer's
+top-k, the largest |ΔQ| on the chunks both return, and peak RSS.
+
+Results go to ``benchmarks/results/faiss_collections.json`` (one entry per size) and ``faiss_collections.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from harness import RESULTS_DIR, ResultsStore, markdown_table, provenance
+from tqdm import tqdm
+
+from qrag_core.cli import add_verbose_flag, positive_int, run_tool
+from qrag_core.config import QRAGConfig
+from qrag_core.data.babilong import length_label, parse_length
+from qrag_core.positions import position_intervals, rope_frequencies
+from qrag_core.scoring import top_k
+from qrag_core.vector_index import VECTOR_INDEXES, PassageIndex
+
+logger = logging.getLogger("faiss_collections")
+
+RESULTS = RESULTS_DIR / "faiss_collections.json"
+MARKDOWN = RESULTS_DIR / "faiss_collections.md"
+DIM = 384
+"""Vector size of the synthetic collection (all-MiniLM-L6-v2's)."""
+TOPICS = 4096
+"""Topic centres the synthetic passages scatter around."""
+PASSAGE_NOISE = 1.0
+"""Norm of a passage's random offset from its (unit) topic centre, before normalising."""
+QUERY_NOISE = 0.5
+"""Norm of a query's random offset from the (unit) passage it copies, before normalising."""
+BLOCK = 65536
+"""Passages generated at a time."""
+TEN_MILLION_NOTE = (
+    "10M passages were not measured: 10M × 384 float32 vectors are 16 GB, and each scorer here needs them whole "
+    "(the torch scorer's action vectors, plus a flat or IVF copy inside faiss) on a 24 GB machine shared with other "
+    "jobs. At that size use float16 storage for the torch scorer (8 GB) and a compressed faiss index (IVF with "
+    "SQ8 or PQ codes, which qrag does not build yet); the flat scorers' latency grows linearly with N."
+)
+"""What the results say while no 10M entry has been measured."""
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+def noise(rows: int, norm: float, generator: torch.Generator) -> torch.Tensor:
+    """Random directions of length about ``norm``."""
+    return torch.randn(rows, DIM, generator=generator) * (norm / math.sqrt(DIM))
+
+
+def synthetic_collection(n: int, queries: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, DIM) unit passage vectors around TOPICS centres, and ``queries`` unit vectors near random passages."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = unit(torch.randn(TOPICS, DIM, generator=generator))
+    passages = torch.empty(n, DIM)
+    for first in tqdm(range(0, n, BLOCK), desc="synthetic passages", unit="block"):
+        rows = min(BLOCK, n - first)
+        topic = torch.randint(TOPICS, (rows,), generator=generator)
+        passages[first : first + rows] = unit(centres[topic] + noise(rows, PASSAGE_NOISE, generator))
+    picked = torch.randint(n, (queries,), generator=generator)
+    return passages, unit(passages[picked] + noise(queries, QUERY_NOISE, generator))
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def torch_top_k(vectors: torch.Tensor, query: torch.Tensor, selected: list[int], k: int) -> tuple[list[int], list]:
+    """What ``QRAG.top_k`` computes for a passage collection without a faiss index."""
+    config = QRAGConfig()
+    intervals = position_intervals(
+        config.position_mode, len(vectors), selected, config.delta, config.ell, ordered=[False]
+    )
+    values, indices = top_k(query, vectors, intervals, rope_frequencies(DIM), k, selected)
+    return indices.tolist(), values.tolist()
+
+
+def measure_size(n: int, kinds: list[str], queries: int, k: int, selected_count: int) -> dict[str, Any]:
+    """Every scorer over one synthetic collection of ``n`` passages."""
+    vectors, query_vectors = synthetic_collection(n, queries)
+    # The chunks a search has already taken by step selected_count + 1: the torch scorer's best ones.
+    selections = [torch_top_k(vectors, q, [], selected_count)[0] for q in query_vectors]
+    start = time.perf_counter()
+    exact = [torch_top_k(vectors, q, sel, k) for q, sel in zip(query_vectors, selections, strict=True)]
+    torch_s = (time.perf_counter() - start) / queries
+    rows = {"torch": {"storage": "fp32", "build_s": 0.0, "latency_s": torch_s, "recall": 1.0, "max_abs_dq": 0.0}}
+    for kind in kinds:
+        start = time.perf_counter()
+        index = PassageIndex(vectors, kind)
+        build_s = time.perf_counter() - start
+        found, worst = 0, 0.0
+        start = time.perf_counter()
+        answers = [index.search(q, k, sel) for q, sel in zip(query_vectors, selections, strict=True)]
+        latency_s = (time.perf_counter() - start) / queries
+        for (values, ids), (want_ids, want_values) in zip(answers, exact, strict=True):
+            truth = dict(zip(want_ids, want_values, strict=True))
+            shared = [(i, v) for i, v in zip(ids.tolist(), values.tolist(), strict=True) if i in truth]
+            found += len(shared)
+            worst = max([worst, *(abs(v - truth[i]) for i, v in shared)])
+        rows[kind] = {
+            "storage": "fp32",
+            "build_s": build_s,
+            "latency_s": latency_s,
+            "recall": found / (k * queries),
+            "max_abs_dq": worst,
+        }
+        logger.info("%s: %s", kind, rows[kind])
+        del index
+    return {
+        "passages": n,
+        "dim": DIM,
+        "queries": queries,
+        "k": k,
+        "selected": selected_count,
+        "threads": torch.get_num_threads(),
+        "scorers": rows,
+        "peak_rss_gb": peak_rss_gb(),
+        **provenance("shared with other jobs"),
+    }
+
+
+def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
+    out = [
+        "# Passage collections: faiss against the torch scorer",
+        "",
+        "Generated by `benchmarks/faiss_collections.py` from `benchmarks/results/faiss_collections.json`. One search",
+        "step over a passage collection (positions off, so Q is an inner product): the top-k of Q with the chunks",
+        "already selected excluded, by qrag's exact torch scorer and by a faiss index of each kind",
+        "(`qrag_core/vector_index.py`: flat = `IndexFlatIP`, exact; ivf = `IndexIVFFlat`, √N lists, 32 probed;",
+        "hnsw = `IndexHNSWFlat`, M = 32, efSearch 128). **Synthetic** unit vectors, d = 384: passages scattered",
+        f"around {TOPICS} random topic centres, each query a noisy copy of one passage. Recall@k: share of the torch",
+        "scorer's top-k that the index returns; |ΔQ|: largest difference of Q on the chunks both return.",
+    ]
+    for label, r in sorted(results["sizes"].items(), key=lambda item: parse_length(item[0])):
+        out += [
+            "",
+            f"## {label} passages",
+            "",
+            f"{r['passages']:,} passages, d = {r['dim']}, {r['queries']} queries, k = {r['k']}, "
+            f"{r['selected']} chunks selected and excluded, {r['threads']} threads; "
+            f"peak RSS {r['peak_rss_gb']:.1f} GB.",
+            "",
+        ]
+        rows = [
+            [
+                name,
+                s["storage"],
+                f"{s['build_s']:.1f}",
+                f"{s['latency_s'] * 1000:.2f}",
+                f"{s['recall']:.3f}",
+                f"{s['max_abs_dq']:.1e}",
+            ]
+            for name, s in r["scorers"].items()
+        ]
+        out += markdown_table(["scorer", "storage", "build s", "ms / query", f"recall@{r['k']}", "max abs dQ"], rows)
+        out += ["", f"{r['machine']}; commit {r['commit']}; finished {r['finished']}; `{r['command']}`"]
+    if "10M" not in results["sizes"]:
+        out += ["", TEN_MILLION_NOTE]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(out).rstrip() + "\n", encoding="utf-8")
+
+
+def store() -> ResultsStore:
+    return ResultsStore(RESULTS, lambda: {"sizes": {}})
+
+
+def run(args: argparse.Namespace) -> None:
+    if not args.render_only:
+        for size in args.sizes:
+            report = measure_size(parse_length(size), args.kinds, args.queries, args.k, args.selected)
+            with store().updating() as results:
+                results["sizes"][length_label(size)] = report
+    write_markdown(store().load())
+    print(MARKDOWN.read_text(encoding="utf-8"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="+", default=["1M"], help="collection sizes in passages (default: 1M)")
+    parser.add_argument(
+        "--kinds", nargs="+", choices=VECTOR_INDEXES[1:], default=list(VECTOR_INDEXES[1:]), help="faiss indexes"
+    )
+    parser.add_argument("--queries", type=positive_int, default=50, help="queries per size (default: %(default)s)")
+    parser.add_argument("--k", type=positive_int, default=10, help="top-k per query (default: %(default)s)")
+    parser.add_argument(
+        "--selected", type=positive_int, default=3, help="chunks already selected, excluded (default: %(default)s)"
+    )
+    parser.add_argument("--render-only", action="store_true", help="only rewrite the markdown from the JSON")
+    add_verbose_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
