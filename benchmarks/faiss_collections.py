@@ -177,7 +177,7 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
                 f"{s['recall']:.3f}",
                 f"{s['max_abs_dq']:.1e}",
             ]
-            for name, s in r["scorers"].items()
+            for name, s in sorted(r["scorers"].items(), key=lambda item: VECTOR_INDEXES.index(item[0]))
         ]
         out += markdown_table(["scorer", "storage", "build s", "ms / query", f"recall@{r['k']}", "max abs dQ"], rows)
         out += ["", f"{r['machine']}; commit {r['commit']}; finished {r['finished']}; `{r['command']}`"]
