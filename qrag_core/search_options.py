@@ -46,7 +46,7 @@ class SearchOptions:
     order: str | None = None
     """Order of the results: document (source order, the default) or rank (the order the search picked them)."""
     vector_index: str | None = None
-    """Passage collections (positions off): torch or flat (exact), ivf or hnsw (approximate); none: flat if faiss."""
+    """Passage collections (positions off): torch or flat (exact), ivf or hnsw (approximate); none: flat on a GPU."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -77,7 +77,7 @@ class SearchOptions:
 
     def resolve(self, config: QRAGConfig) -> SearchOptions:
         """Every option that has a default filled in: the model's T, beam width and threshold, expand_k = the
-        beam width, document order, faiss flat where faiss is installed (a threshold stays None when the model
+        beam width, document order, faiss flat where faiss sees a GPU (a threshold stays None when the model
         has none)."""
         beam = config.beam_width if self.beam is None else self.beam
         return dataclasses.replace(

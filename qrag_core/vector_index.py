@@ -4,7 +4,9 @@ Where every position searched is 0 (documents marked unordered, or the position 
 the identity and Q(s, c_i) = ⟨E_s(s), h(e_i)⟩ is a plain inner product with vectors that stay the same
 at every step, so a fixed vector index answers the top-k:
 
-- ``flat``: faiss ``IndexFlatIP``, exact (the chunks and Q of the torch scorer, to float32 rounding);
+- ``flat``: faiss ``IndexFlatIP``, exact (the chunks and Q of the torch scorer, to float32 rounding), the
+  default where faiss sees a GPU; on a CPU it is slower than the torch scorer for one query (385 against
+  261 ms at 1M passages, ``benchmarks/results/faiss_collections.md``), so there the default is ``torch``;
 - ``ivf``: ``IndexIVFFlat`` with about √N inverted lists, of which ``IVF_NPROBE`` are probed (approximate);
 - ``hnsw``: ``IndexHNSWFlat`` with ``HNSW_M`` links per vector (approximate, no training);
 - ``torch``: no faiss index, the exact scorer of :mod:`qrag_core.scoring`.
@@ -12,11 +14,12 @@ at every step, so a fixed vector index answers the top-k:
 Chunks already selected are excluded by asking for k + |selected| and dropping them. Where faiss sees
 GPUs (the faiss-gpu build) and the vectors are on CUDA, flat and ivf indexes are moved to all GPUs (hnsw
 has no GPU version and stays on the CPU). faiss is optional (``pip install 'qrag[faiss]'``); without it
-the default is ``torch`` and only an explicit ``ivf`` or ``hnsw`` is an error.
+``flat`` falls back to the torch scorer and only an explicit ``ivf`` or ``hnsw`` is an error.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import math
@@ -51,9 +54,18 @@ def faiss_available() -> bool:
     return importlib.util.find_spec("faiss") is not None
 
 
+@functools.lru_cache(maxsize=1)
+def faiss_gpus() -> int:
+    """How many GPUs faiss can use (0 without faiss, or with the CPU-only build)."""
+    if not faiss_available():
+        return 0
+    faiss = _faiss()
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
 def default_kind() -> str:
-    """``flat`` (exact faiss) when faiss is installed, else ``torch``."""
-    return "flat" if faiss_available() else "torch"
+    """``flat`` (exact faiss) where faiss sees a GPU, else ``torch`` (exact, and faster than flat on a CPU)."""
+    return "flat" if faiss_gpus() else "torch"
 
 
 def check_kind(kind: str | None, what: str) -> None:
@@ -101,8 +113,7 @@ class PassageIndex:
             index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         logger.info("building a faiss %s index over %d passages", kind, n)
         index.add(data)
-        gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-        if gpus and self.device.type == "cuda" and kind != "hnsw":
+        if faiss_gpus() and self.device.type == "cuda" and kind != "hnsw":
             index = faiss.index_cpu_to_all_gpus(index)  # a copy: the CPU index is no longer needed
         self.index = index
         self.size = n

@@ -87,15 +87,15 @@ def test_faiss_index_is_built_once_per_weights_and_index(tiny_model, collection,
 
     monkeypatch.setattr(vector_index.PassageIndex, "__init__", counting)
     for question in QUESTIONS:
-        search(tiny_model, question, collection, k=3)
+        search(tiny_model, question, collection, k=3, vector_index="flat")
     assert built == [("flat", len(PASSAGES))]
     first = tiny_model.passage_index(collection, "flat")
     tiny_model.weights_changed()
     assert tiny_model.passage_index(collection, "flat") is not first
     collection.add(collection.chunks[:2], collection.content[:2], doc_id="more", ordered=False)
-    search(tiny_model, QUESTIONS[0], collection, k=2)
+    search(tiny_model, QUESTIONS[0], collection, k=2, vector_index="flat")
     assert built[-1] == ("flat", len(PASSAGES) + 2)
-    search(tiny_model, QUESTIONS[0], collection, k=2, document_id="more")
+    search(tiny_model, QUESTIONS[0], collection, k=2, document_id="more", vector_index="flat")
     assert built[-1] == ("flat", 2)  # a search of one document gets an index of its range
 
 
@@ -131,7 +131,10 @@ def test_without_faiss_the_torch_scorer_serves_and_only_approximate_indexes_are_
         SearchOptions(vector_index="annoy")
 
 
-def test_default_with_faiss_is_the_exact_flat_index(tiny_model):
+def test_default_is_the_torch_scorer_on_a_cpu_and_faiss_flat_where_faiss_sees_a_gpu(tiny_model, monkeypatch):
+    monkeypatch.setattr(vector_index, "faiss_gpus", lambda: 0)
+    assert SearchOptions().resolve(tiny_model.config).vector_index == "torch"
+    monkeypatch.setattr(vector_index, "faiss_gpus", lambda: 1)
     assert SearchOptions().resolve(tiny_model.config).vector_index == "flat"
 
 
