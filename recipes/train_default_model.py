@@ -212,9 +212,26 @@ def run_stage(args: argparse.Namespace, stage: Stage, train_file: Path, eval_fil
         init_from = args.work_dir / stage.init_from / MODEL_DIR
         model = QRAG.from_pretrained(str(init_from))
         data_info = {"init_from": str(init_from)}
-    data_info |= {"data": str(train_file), "eval_data": [str(p) for p in eval_files]}
-    resume = args.resume and (out / CHECKPOINT_DIR).is_dir()  # a stage killed before its first checkpoint restarts
-    logger.info("stage %s%s: %s", stage.name, " (resumed)" if resume else "", changed_settings(config))
+    logger.info("stage %s: %s", stage.name, changed_settings(config))
+    train_on_files(model, config, train_file, eval_files, out, args.resume, data_info)
+
+
+def train_on_files(
+    model: QRAG,
+    config: TrainingConfig,
+    train_file: Path,
+    eval_files: Sequence[Path],
+    out: Path,
+    resume: bool,
+    data_info: dict[str, Any],
+) -> None:
+    """One :func:`train` run on JSONL files into ``out``, through the shared embedding cache.
+
+    With ``resume`` it continues the run in ``out`` (one killed before its first checkpoint starts over).
+    """
+    resuming = resume and (out / CHECKPOINT_DIR).is_dir()
+    if resuming:
+        logger.info("resuming the run in %s", out)
     cache = shared_cache()
     try:
         train(
@@ -223,11 +240,11 @@ def run_stage(args: argparse.Namespace, stage: Stage, train_file: Path, eval_fil
             config,
             {path.stem: read_jsonl(path, need_support=True) for path in eval_files},
             out_dir=out,
-            resume=resume,
-            overwrite=args.resume and not resume,
+            resume=resuming,
+            overwrite=resume and not resuming,
             cache=cache,
             show_progress=False,
-            data_info=data_info,
+            data_info=data_info | {"data": str(train_file), "eval_data": [str(p) for p in eval_files]},
         )
     finally:
         cache.close()

@@ -34,21 +34,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from train_default_model import stage_config, train_on_files  # the sibling recipe (scripts run from recipes/)
 
 from qrag_core.cli import add_verbose_flag, run_tool
 from qrag_core.config import DEFAULT_SENTENCE_SPLITTER
 from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
-from qrag_core.data.examples import Example, read_jsonl, write_jsonl
+from qrag_core.data.examples import Example, write_jsonl
 from qrag_core.data.haystack import Haystack
 from qrag_core.data.hotpotqa import iter_hotpotqa
 from qrag_core.data.musique import iter_musique
 from qrag_core.data.ruler import NIAH_TASKS, iter_niah
-from qrag_core.embedding_cache import shared_cache
 from qrag_core.machine import machine_description
 from qrag_core.model import QRAG
 from qrag_core.model_names import SHIPPED_MODELS_DIR
-from qrag_core.training import TrainingConfig, train
-from qrag_core.training.checkpoint import CHECKPOINT_DIR, MODEL_DIR
+from qrag_core.training.checkpoint import MODEL_DIR
 
 logger = logging.getLogger("train_general_model")
 
@@ -83,6 +82,8 @@ class Stage:
     """Its run folder under WORK_DIR."""
     phase: dict[str, Any]
     """Its TrainingConfig settings on top of the recipe's common ones."""
+    seconds: float | None = None
+    """Its training time limit (none)."""
 
 
 def training_examples(haystack: Haystack) -> Iterator[Example]:
@@ -133,41 +134,12 @@ def recipe_stages(args: argparse.Namespace) -> list[Stage]:
     return stages
 
 
-def stage_config(args: argparse.Namespace, stage: Stage) -> TrainingConfig:
-    common: dict[str, Any] = {
-        "rl_steps": 0,
-        "batch_size": args.batch_size,
-        "episode_steps": args.episode_steps,
-        "eval_steps": args.eval_steps,
-        "eval_every": args.eval_every,
-        "checkpoint_every": args.eval_every,
-        "seed": args.seed,
-    }
-    return TrainingConfig(**(common | stage.phase)).validate()
-
-
 def run_stage(args: argparse.Namespace, stage: Stage, start: str, train_file: Path, eval_files: Sequence[Path]) -> Path:
     """Train one stage from the model at ``start`` into WORK_DIR/<stage>; returns its model directory."""
     out = args.work_dir / stage.name
-    resume = args.resume and (out / CHECKPOINT_DIR).is_dir()
-    config = stage_config(args, stage)
-    logger.info("stage %s%s from %s", stage.name, " (resumed)" if resume else "", start)
-    cache = shared_cache()
-    try:
-        train(
-            QRAG.from_pretrained(start),
-            read_jsonl(train_file, need_support=True),
-            config,
-            {path.stem: read_jsonl(path, need_support=True) for path in eval_files},
-            out_dir=out,
-            resume=resume,
-            overwrite=args.resume and not resume,
-            cache=cache,
-            show_progress=False,
-            data_info={"init_from": start, "data": str(train_file), "eval_data": [str(p) for p in eval_files]},
-        )
-    finally:
-        cache.close()
+    logger.info("stage %s from %s", stage.name, start)
+    model = QRAG.from_pretrained(start)
+    train_on_files(model, stage_config(args, stage), train_file, eval_files, out, args.resume, {"init_from": start})
     return out / MODEL_DIR
 
 
