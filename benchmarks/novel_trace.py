@@ -21,10 +21,12 @@ from pathlib import Path
 import torch
 from harness import ROOT, markdown_table, provenance
 
-from qrag_core.baselines import DenseTopK, base_model_of
+from qrag_core.atomic import atomic_file
+from qrag_core.baselines import DenseTopK
 from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.data.haystack import strip_gutenberg
 from qrag_core.data.paths import data_file
+from qrag_core.model import QRAG
 from qrag_core.model_names import DEFAULT_MODEL_NAME
 from qrag_core.retriever import Retriever
 from qrag_core.text_files import read_text_file
@@ -51,7 +53,7 @@ def run(questions: Sequence[str], steps: int, model_name: str | None) -> dict:
     retriever = Retriever.from_pretrained(model_name)
     retriever.add_texts([book], ids=["pride-and-prejudice"], show_progress=True)
     chunks = retriever.index.chunks
-    dense = DenseTopK(base_model_of(model_name), retriever.cache)
+    dense = DenseTopK(QRAG.from_base(retriever.model.config.base_model), retriever.cache)  # the model's own base
     rows = []
     for question in questions:
         result = retriever.search(question, k=steps, order="rank")
@@ -101,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 def write_results(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     results = run(QUESTIONS, args.steps, args.model) | {"provenance": provenance()}
-    OUT.with_suffix(".json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    OUT.with_suffix(".md").write_text(render(results), encoding="utf-8")
+    for suffix, text in ((".json", json.dumps(results, indent=1, ensure_ascii=False) + "\n"), (".md", render(results))):
+        with atomic_file(OUT.with_suffix(suffix)) as tmp:
+            tmp.write_text(text, encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
