@@ -147,6 +147,19 @@ class QRAG(nn.Module):
         self.action_encoder.weights_changed()
         self.action_version += 1
 
+    def set_max_chunk_tokens(self, tokens: int) -> None:
+        """Embed up to ``tokens`` tokens of each chunk and of each state piece from now on.
+
+        ``config.max_chunk_tokens`` follows. The action fingerprint names the limit, so indexes and cached
+        embeddings made under another limit no longer match this model (they are rebuilt, never mixed).
+        """
+        if tokens <= 0:
+            raise InvalidInputError(f"max_chunk_tokens must be positive, got {tokens}")
+        self.config.max_chunk_tokens = tokens
+        self.state_encoder.max_tokens = tokens
+        self.action_encoder.max_tokens = tokens
+        self.weights_changed()
+
     def encode_chunks(
         self,
         texts: Sequence[str],

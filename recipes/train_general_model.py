@@ -139,6 +139,11 @@ def run_stage(args: argparse.Namespace, stage: Stage, start: str, train_file: Pa
     out = args.work_dir / stage.name
     logger.info("stage %s from %s", stage.name, start)
     model = QRAG.from_pretrained(start)
+    if args.max_chunk_tokens is not None and args.max_chunk_tokens != model.config.max_chunk_tokens:
+        logger.info(
+            "chunks and state pieces: %d tokens instead of %d", args.max_chunk_tokens, model.config.max_chunk_tokens
+        )
+        model.set_max_chunk_tokens(args.max_chunk_tokens)
     train_on_files(model, stage_config(args, stage), train_file, eval_files, out, args.resume, {"init_from": start})
     return out / MODEL_DIR
 
@@ -179,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=SHIPPED_MODELS_DIR / GENERAL_MODEL_NAME,
         help="where the compact model is written; 'none' skips shipping (default: the package's models folder)",
+    )
+    parser.add_argument(
+        "--max-chunk-tokens",
+        type=int,
+        default=None,
+        help="tokens embedded per chunk and per state piece (default: the start model's; HotpotQA paragraphs "
+        "average 125)",
     )
     parser.add_argument("--warm-start-steps", type=int, default=700, help="warm-start optimiser steps (default: 700)")
     parser.add_argument("--warm-start-lr", type=float, default=3e-5, help="its peak learning rate (default: 3e-5)")

@@ -190,3 +190,23 @@ def test_state_word_embeddings_can_be_frozen(minilm_tokenizer, freeze):
     assert model.state_encoder.model.get_input_embeddings().weight.requires_grad is not freeze
     assert model.state_encoder.model.encoder.layer[0].output.dense.weight.requires_grad
     assert not any(p.requires_grad for p in model.action_encoder.parameters())
+
+
+def test_longer_chunk_limit_embeds_more_text_and_survives_save(minilm_tokenizer, tmp_path):
+    model = make_tiny_model(minilm_tokenizer, QRAGConfig(freeze_action_encoder=False))
+    long_text = " ".join(f"word{i}" for i in range(200))
+    before, old_fingerprint = model.encode_chunks([long_text]), model.action_encoder.fingerprint()
+    with pytest.raises(InvalidInputError, match="max_chunk_tokens"):
+        model.set_max_chunk_tokens(0)
+    model.set_max_chunk_tokens(160)
+    assert model.config.max_chunk_tokens == 160
+    assert model.action_encoder.fingerprint() != old_fingerprint  # an index made under 64 tokens no longer matches
+    after = model.encode_chunks([long_text])
+    assert not torch.allclose(before, after)
+    assert len(model.state_encoder.state_ids("q?", [long_text])) > 160
+    model.state_encoder.save(str(tmp_path / "tiny-base"))
+    model.config.base_model = str(tmp_path / "tiny-base")
+    model.save_pretrained(tmp_path / "m")
+    loaded = QRAG.from_pretrained(str(tmp_path / "m"))
+    assert loaded.config.max_chunk_tokens == 160
+    assert torch.allclose(loaded.encode_chunks([long_text]), after, atol=1e-6)
