@@ -102,6 +102,8 @@ class QRAGConfig:
     """Stop early when the best Q falls below this (None: always take `max_steps` steps)."""
     beam_width: int = 1
     """Default beam width B of the search (1 = greedy)."""
+    lexical_weight: float = 0.0
+    """w of the hybrid search score Q + w·f, f the step's BM25 of a chunk against the state text scaled to [0, 1]."""
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     """How documents are chunked by default."""
 
@@ -117,6 +119,8 @@ class QRAGConfig:
         for name in ("max_chunk_tokens", "max_steps", "beam_width", "delta", "ell"):
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lexical_weight < 0:
+            raise InvalidInputError(f"lexical_weight must be >= 0, got {self.lexical_weight}")
         if self.rope_theta <= 1:
             raise InvalidInputError(f"rope_theta must be > 1, got {self.rope_theta}")
         return self

@@ -63,7 +63,7 @@ class DocumentIndex:
         """Per document: True when its chunk order matters (ρ_t), False for a passage collection."""
         self._blocks: list[torch.Tensor] = []
         self._content: torch.Tensor | None = torch.empty((0, dim), dtype=torch.float16)
-        self._derived: dict[Hashable, Any] = {}
+        self._derived: dict[tuple[Hashable, ...], Any] = {}
 
     @classmethod
     def build(
@@ -138,13 +138,16 @@ class DocumentIndex:
             self._blocks = [self._content]
         return self._content
 
-    def derived(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        """Data a model derives from this index (e.g. its action vectors), computed once per key.
+    def derived(self, key: tuple[Hashable, ...], compute: Callable[[], Any]) -> Any:
+        """Data derived from this index (a model's action vectors, the lexical term weights), computed once per key.
 
-        Forgotten whenever a document is added.
+        The first item of ``key`` names the kind of data; a new key replaces the value of the same kind (e.g.
+        the action vectors of an older weight version), values of other kinds stay. All of it is forgotten
+        whenever a document is added.
         """
         if key not in self._derived:
-            self._derived.clear()
+            for old in [k for k in self._derived if k[0] == key[0]]:
+                del self._derived[old]
             self._derived[key] = compute()
         return self._derived[key]
 

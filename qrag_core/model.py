@@ -277,6 +277,7 @@ class QRAG(nn.Module):
         action_norm_max: float | None = None,
         ordered: Sequence[bool] | None = None,
         passages: PassageIndex | None = None,
+        bonus: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The exact k best chunks (Q, chunk index, ρ_t) for one state, never a ``selected`` one (search).
 
@@ -286,6 +287,8 @@ class QRAG(nn.Module):
         (computed if not given). Fast even for millions of chunks (:mod:`qrag_core.scoring`). ``passages``, a
         faiss index over exactly these ``actions`` (:meth:`passage_index`), answers instead wherever every
         position is 0 (a passage collection); exact for ``flat``, approximate for ``ivf`` and ``hnsw``.
+        ``bonus`` (N,), a per-chunk addition to Q (w·f of the hybrid score, :mod:`qrag_core.lexical`), ranks
+        by and returns Q + bonus instead; a faiss index cannot add it, so then the exact torch scorer answers.
         """
         config = self.config
         intervals = position_intervals(
@@ -298,10 +301,12 @@ class QRAG(nn.Module):
             actions.device,
             ordered,
         )
-        if passages is not None and not (intervals.offsets.any() or intervals.slopes.any()):
+        if passages is not None and bonus is None and not (intervals.offsets.any() or intervals.slopes.any()):
             values, indices = passages.search(state, k, selected)
         else:
-            values, indices = scoring.top_k(state, actions, intervals, self.freqs, k, list(selected), action_norm_max)
+            values, indices = scoring.top_k(
+                state, actions, intervals, self.freqs, k, list(selected), action_norm_max, bonus=bonus
+            )
         return values, indices, intervals.at(indices)
 
     def _positions(self, num_chunks: int, selected: Sequence[int], ordered: bool = True) -> torch.Tensor:

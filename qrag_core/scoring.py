@@ -62,10 +62,14 @@ def top_k(
     exclude: list[int] | None = None,
     action_norm_max: float | None = None,
     step: float = GRID_STEP,
+    bonus: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact k best (Q, chunk index) for one ``state`` (d,) over all ``actions`` (N, d) but ``exclude``.
 
     ``intervals`` describe ρ for every chunk; ``action_norm_max`` is max_i |a_i| (computed if not given).
+    ``bonus`` (N,), when given, is added to every chunk's Q before ranking, and the values returned are
+    Q + bonus (the hybrid score of :mod:`qrag_core.lexical`); the bound of fact 3 holds unchanged, since
+    the bonus is exact.
     """
     n = actions.shape[0]
     k = min(k, n - len(exclude or []))
@@ -80,6 +84,8 @@ def top_k(
     if exact_index:
         idx = torch.cat(exact_index)
         scores[idx] = rotary_scores(state[None], actions[idx], intervals.at(idx)[None], freqs)[0]
+    if bonus is not None:
+        scores += bonus
     if exclude:
         scores[exclude] = float("-inf")
     if max_shift == 0.0:
@@ -90,5 +96,7 @@ def top_k(
     kth = scores.topk(k).values[-1]
     candidates = torch.nonzero(scores >= kth - 2 * eta).squeeze(1)
     exact = rotary_scores(state[None], actions[candidates], intervals.at(candidates)[None], freqs)[0]
+    if bonus is not None:
+        exact = exact + bonus[candidates]
     values, order = exact.topk(k)
     return values, candidates[order]

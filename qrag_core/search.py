@@ -6,7 +6,9 @@ at the positions ρ_t of that state. Greedy search takes the argmax; beam search
 keeps the B best partial selections by summed Q and expands each by its top-k actions. The beam
 always keeps the greedy line, so its best selection never has a lower summed Q than greedy's.
 Search stops after T steps, or earlier when the best Q falls below a threshold (at least one chunk
-is always returned).
+is always returned). With a lexical weight w > 0 every ranking, the beam's sums, the trace's values and
+the threshold use the hybrid score Q + w·f instead (:mod:`qrag_core.lexical`); passage collections are
+then scored by the exact torch scorer, never a faiss index.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from qrag_core.chunking import Chunk, validate_text
 from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
+from qrag_core.lexical import lexical_feature
 from qrag_core.search_options import SearchOptions
 from qrag_core.validation import is_int
 
@@ -134,7 +137,8 @@ def search(
     ``options`` (:class:`SearchOptions`, each option also accepted as a keyword that overrides it):
     ``k`` search steps, ``beam`` width (1 = greedy), ``expand_k`` top actions each beam is expanded
     by, ``stop_threshold`` below which a line stops, ``document_id``/``document_ids`` to search some
-    documents of a multi-document index only, and the ``order`` of the result. Options left at None
+    documents of a multi-document index only, the ``order`` of the result, ``vector_index`` for passage
+    collections and ``lexical_weight`` w of the hybrid score Q + w·f (0: pure Q). Options left at None
     take the model's defaults. ``alternatives``: runners-up recorded per step in the trace.
     """
     options = (options or SearchOptions()).override(**overrides).resolve(model.config)
@@ -158,7 +162,7 @@ def _search(
 ) -> SearchResult:
     """The search itself, with every option resolved; the chunks come in document order."""
     steps, beam, expand_k, stop_threshold = options.k, options.beam, options.expand_k, options.stop_threshold
-    document_id = options.document_id
+    document_id, weight = options.document_id, options.lexical_weight
 
     actions = model.index_action_vectors(index)
     if document_id is not None:
@@ -175,7 +179,9 @@ def _search(
         warnings.warn(f"{steps} steps asked for but only {n} chunks exist; returning all of them", stacklevel=2)
         steps = n
     norm_max = model.index_action_norm_max(index)
-    passages = model.passage_index(index, options.vector_index, offset, end) if model.positions_off(ordered) else None
+    passages = None
+    if weight == 0 and model.positions_off(ordered):  # faiss cannot add the lexical feature
+        passages = model.passage_index(index, options.vector_index, offset, end)
 
     beams = [_Beam((), 0.0, [], True)]
     finished: list[_Beam] = []
@@ -185,8 +191,12 @@ def _search(
         k = min(max(expand_k, alternatives + 1), n - t)
         children: dict[frozenset[int], _Beam] = {}
         for row, b in enumerate(beams):
+            bonus = None
+            if weight > 0:
+                state_text = "\n".join([question, *selections[row]])
+                bonus = weight * lexical_feature(index, state_text, offset, end, b.selected).to(actions.device)
             top_q, top_i, top_positions = model.top_k(
-                states[row], actions, b.selected, k, doc_starts, norm_max, ordered, passages
+                states[row], actions, b.selected, k, doc_starts, norm_max, ordered, passages, bonus
             )
             if stop_threshold is not None and t > 0 and top_q[0].item() < stop_threshold:
                 finished.append(b)

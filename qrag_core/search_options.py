@@ -47,6 +47,8 @@ class SearchOptions:
     """Order of the results: document (source order, the default) or rank (the order the search picked them)."""
     vector_index: str | None = None
     """Passage collections (positions off): torch or flat (exact), ivf or hnsw (approximate); none: flat on a GPU."""
+    lexical_weight: float | None = None
+    """w of the hybrid score Q + w·(BM25 of the state text, scaled to [0, 1]); 0 = pure Q (none: the model's)."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -62,6 +64,9 @@ class SearchOptions:
         if self.order is not None and self.order not in ORDERS:
             raise InvalidInputError(f"{WHAT} order must be one of {list(ORDERS)}, got {self.order!r}")
         check_kind(self.vector_index, f"{WHAT} vector_index")
+        check_finite(f"{WHAT} lexical_weight", self.lexical_weight, allow_none=True)
+        if self.lexical_weight is not None and self.lexical_weight < 0:
+            raise InvalidInputError(f"{WHAT} lexical_weight must be >= 0, got {self.lexical_weight!r}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -76,9 +81,9 @@ class SearchOptions:
         return dataclasses.replace(self, **{name: value for name, value in changes.items() if value is not None})
 
     def resolve(self, config: QRAGConfig) -> SearchOptions:
-        """Every option that has a default filled in: the model's T, beam width and threshold, expand_k = the
-        beam width, document order, faiss flat where faiss sees a GPU (a threshold stays None when the model
-        has none)."""
+        """Every option that has a default filled in: the model's T, beam width, threshold and lexical weight,
+        expand_k = the beam width, document order, faiss flat where faiss sees a GPU (a threshold stays None
+        when the model has none)."""
         beam = config.beam_width if self.beam is None else self.beam
         return dataclasses.replace(
             self,
@@ -88,6 +93,7 @@ class SearchOptions:
             stop_threshold=config.stop_threshold if self.stop_threshold is None else self.stop_threshold,
             order=self.order or ORDERS[0],
             vector_index=self.vector_index or default_kind(),
+            lexical_weight=config.lexical_weight if self.lexical_weight is None else self.lexical_weight,
         )
 
     def as_dict(self) -> dict[str, Any]:

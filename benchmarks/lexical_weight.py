@@ -1,0 +1,274 @@
+"""Fit the lexical weight w of the hybrid search score Q + w·f on training data, then compare on the test sets.
+
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/lexical_weight.py                 # the default model
+    ... --model PATH --weights 0 0.1 0.3 --test-cells hotpotqa:100 babilong:4k:5           # a new model, quicker
+    ... --model PATH --write-to PATH                  # also save the chosen w as that model's lexical_weight
+    ... --render-only                                 # rewrite the markdown from the JSON
+
+The hybrid score (docs/method.md §5) adds w times a chunk's BM25 score against the state text (question +
+chunks selected so far), scaled to [0, 1] per step, to Q. **Fitting** runs greedy search at every weight of
+the grid on training-split questions only: the last 60 HotpotQA train questions (those the general recipe,
+recipes/train_general_model.py, holds out of training), BabiLong QA1–QA5 train questions at 4k tokens (data
+seed 8, the recipe's evaluation samples) and RULER NIAH samples of the eight variants at 4k (data seed 8; the
+test samples use seed 0). The chosen w has the highest mean over those sets of the set's mean fact EM (ties:
+the smaller w). **Comparing** then runs, on the same samples of each test cell (harness cells, seed 0), pure
+Q, the hybrid at the chosen w (at the best positive w of the grid when 0 was chosen, to show what it would
+do), BM25 and dense retrieval (:mod:`qrag_core.baselines`), through the one evaluation loop
+(:mod:`qrag_core.evaluation`) and the shared embedding cache. The test sets never influence w.
+
+Results go to ``benchmarks/results/lexical_weight.json`` (one entry per model) and
+``benchmarks/results/lexical_weight.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from harness import RESULTS_DIR, Cell, ResultsStore, cell_argument, lazy_haystack, markdown_table, provenance
+
+from qrag_core.atomic import write_file
+from qrag_core.baselines import BM25TopK, DenseTopK, QRAGSearch
+from qrag_core.cli import add_verbose_flag, finite_float, non_negative_int, positive_int, run_tool
+from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
+from qrag_core.data.examples import Example
+from qrag_core.data.hotpotqa import iter_hotpotqa
+from qrag_core.data.ruler import NIAH_TASKS, iter_niah
+from qrag_core.embedding_cache import EmbeddingCache, shared_cache
+from qrag_core.errors import InvalidInputError
+from qrag_core.evaluation import RetrievalMethod, evaluate
+from qrag_core.model import QRAG
+from qrag_core.model_files import CONFIG_FILE, is_model_dir
+from qrag_core.model_names import DEFAULT_MODEL_NAME
+from qrag_core.search_options import SearchOptions
+
+logger = logging.getLogger("lexical_weight")
+
+RESULTS = RESULTS_DIR / "lexical_weight.json"
+MARKDOWN = RESULTS_DIR / "lexical_weight.md"
+STORE = ResultsStore(RESULTS, lambda: {"models": {}})
+WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+"""The default grid of w."""
+TRAIN_SEED = 8
+"""Data seed of the BabiLong and NIAH training samples (the test cells use seed 0)."""
+TEST_CELLS = ("hotpotqa", "musique", "babilong:4k:5", "niah:4k:3")
+"""The default test cells (harness notation)."""
+METHODS = ("qrag", "qrag-hybrid", "bm25", "dense")
+
+
+def training_sets(hotpotqa: int, babilong: int, niah: int) -> dict[str, list[Example]]:
+    """The training-split question sets w is fitted on (sizes per set, per task, per variant; 0 leaves one out)."""
+    haystack = lazy_haystack()
+    sets: dict[str, list[Example]] = {}
+    if hotpotqa:
+        sets["hotpotqa-train-heldout"] = list(iter_hotpotqa(split="train"))[-hotpotqa:]
+    if babilong:
+        sets["babilong-train/4k"] = [
+            e for task in BABILONG_TASKS for e in iter_babilong(task, "train", "4k", babilong, TRAIN_SEED, haystack())
+        ]
+    if niah:
+        sets["niah-train/4k"] = [e for task in NIAH_TASKS for e in iter_niah(task, "4k", niah, TRAIN_SEED, haystack())]
+    return sets
+
+
+def hybrid(model: QRAG, cache: EmbeddingCache, weight: float, name: str = "qrag-hybrid") -> QRAGSearch:
+    """Greedy search with the hybrid score at ``weight`` (0: pure Q)."""
+    return QRAGSearch(model, cache, SearchOptions(beam=1, lexical_weight=weight), name=name)
+
+
+def fit(model: QRAG, cache: EmbeddingCache, sets: dict[str, list[Example]], weights: list[float]) -> dict[str, Any]:
+    """Fact EM of every weight on every training set, and the chosen weight."""
+    grid: dict[str, dict[str, Any]] = {}
+    for weight in weights:
+        scores = {name: evaluate(hybrid(model, cache, weight), examples) for name, examples in sets.items()}
+        grid[str(weight)] = {
+            "weight": weight,
+            "fact_em": {name: s["fact_em"] for name, s in scores.items()},
+            "mean_fact_em": sum(s["fact_em"] for s in scores.values()) / len(scores),
+            "seconds": sum(s["seconds"] for s in scores.values()),
+        }
+        logger.info("w = %g: mean training fact EM %.4f", weight, grid[str(weight)]["mean_fact_em"])
+    best = max(grid.values(), key=lambda g: (g["mean_fact_em"], -g["weight"]))
+    positive = [g for g in grid.values() if g["weight"] > 0]
+    best_positive = max(positive, key=lambda g: (g["mean_fact_em"], -g["weight"])) if positive else None
+    return {
+        "sets": {name: len(examples) for name, examples in sets.items()},
+        "grid": grid,
+        "chosen": best["weight"],
+        "compared": best["weight"] if best["weight"] > 0 or best_positive is None else best_positive["weight"],
+    }
+
+
+def compare(model: QRAG, cache: EmbeddingCache, cells: list[Cell], weight: float) -> dict[str, Any]:
+    """Every method of :data:`METHODS` on the same samples of each test cell."""
+    base = QRAG.from_base(model.config.base_model).eval()
+    methods: dict[str, RetrievalMethod] = {
+        "qrag": hybrid(model, cache, 0.0, name="qrag"),
+        "qrag-hybrid": hybrid(model, cache, weight),
+        "bm25": BM25TopK(),
+        "dense": DenseTopK(base, cache),
+    }
+    haystack = lazy_haystack()
+    results: dict[str, Any] = {}
+    for cell in cells:
+        examples = cell.examples(haystack)
+        results[cell.spec] = {name: evaluate(method, examples) for name, method in methods.items()}
+        logger.info(
+            "%s: %s",
+            cell.spec,
+            ", ".join(f"{name} {scores['fact_em']:.3f}" for name, scores in results[cell.spec].items()),
+        )
+    return results
+
+
+def write_weight(directory: Path, weight: float) -> None:
+    """Save ``weight`` as the lexical_weight of the qrag model in ``directory`` (the rest of it as it was)."""
+    if not is_model_dir(directory):
+        raise InvalidInputError(f"--write-to {directory}: not a saved qrag model (no qrag {CONFIG_FILE})")
+    meta = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))["qrag"]
+    model = QRAG.from_pretrained(str(directory))
+    model.config.lexical_weight = weight
+    model.save_pretrained(directory, compact=meta.get("state_encoder", {}).get("format") == "fp16-delta")
+    logger.info("wrote lexical_weight = %g into %s", weight, directory)
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    if args.write_to is not None and not is_model_dir(args.write_to):
+        raise InvalidInputError(f"--write-to {args.write_to}: not a saved qrag model (no qrag {CONFIG_FILE})")
+    start = time.perf_counter()
+    model = QRAG.from_pretrained(args.model).eval()
+    cache = shared_cache()
+    sets = training_sets(args.hotpotqa_train, args.babilong_train, args.niah_train)
+    if not sets:
+        raise InvalidInputError("no training set to fit on: give a positive size to at least one of them")
+    fitted = fit(model, cache, sets, sorted(set(args.weights)))
+    entry = {
+        **fitted,
+        "test": compare(model, cache, args.test_cells, fitted["compared"]),
+        "seconds": time.perf_counter() - start,
+        **provenance(args.machine_note),
+    }
+    with STORE.updating() as results:
+        results["models"][args.model] = entry
+        write_markdown(results)
+    print(f"chosen lexical_weight for {args.model}: {fitted['chosen']}")
+    if args.write_to is not None:
+        write_weight(args.write_to, fitted["chosen"])
+
+
+def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
+    out = [
+        "# Hybrid lexical + Q score",
+        "",
+        "Generated by `benchmarks/lexical_weight.py` from `benchmarks/results/lexical_weight.json`. Greedy search",
+        "ranks by Q + w·f, f the BM25 score of a chunk against the state text scaled to [0, 1] per step",
+        "(docs/method.md §5). w is fitted on training-split questions only (mean fact EM over the sets); the test",
+        "table then runs pure Q (w = 0), the hybrid, BM25 and dense retrieval on the same samples. Fact EM.",
+    ]
+    for model, entry in results["models"].items():
+        names = list(entry["sets"])
+        out += ["", f"## {model}", "", "Fitting (training splits; questions: "]
+        out[-1] += ", ".join(f"{name} {n}" for name, n in entry["sets"].items()) + "):"
+        out += [""]
+        rows = [
+            [
+                f"{g['weight']:g}" + (" (chosen)" if g["weight"] == entry["chosen"] else ""),
+                *(f"{g['fact_em'][name]:.3f}" for name in names),
+                f"**{g['mean_fact_em']:.4f}**",
+                f"{g['seconds']:.0f}",
+            ]
+            for g in sorted(entry["grid"].values(), key=lambda g: g["weight"])
+        ]
+        out += markdown_table(["w", *names, "mean", "seconds"], rows)
+        compared = entry["compared"]
+        note = "" if compared == entry["chosen"] else " (w = 0 was chosen: the best positive w of the grid)"
+        out += ["", f"Test sets, hybrid at w = {compared:g}{note}:", ""]
+        rows = []
+        for cell, methods in entry["test"].items():
+            first = next(iter(methods.values()))
+            rows.append(
+                [
+                    cell,
+                    str(first["n"]),
+                    *(f"{methods[m]['fact_em']:.3f}" if m in methods else "—" for m in METHODS),
+                    " / ".join(f"{methods[m]['seconds']:.0f}" for m in METHODS if m in methods),
+                ]
+            )
+        out += markdown_table(["cell", "n", *METHODS, "seconds (same order)"], rows)
+        out += [
+            "",
+            f"- {entry['seconds']:.0f} s in all; {entry['machine']}; commit {entry['commit']}; `{entry['command']}`",
+        ]
+    write_file(path, "\n".join(out) + "\n")
+
+
+def weight_argument(text: str) -> float:
+    """argparse ``type`` of a weight: a finite number >= 0."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a weight must be >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="model name or path (default: %(default)s)")
+    parser.add_argument(
+        "--weights",
+        nargs="+",
+        type=weight_argument,
+        default=list(WEIGHTS),
+        help="the grid of w to fit over, each >= 0 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--hotpotqa-train",
+        type=non_negative_int,
+        default=60,
+        help="last HotpotQA train questions to fit on, those the general recipe holds out (0: none; default: 60)",
+    )
+    parser.add_argument(
+        "--babilong-train",
+        type=non_negative_int,
+        default=10,
+        help="BabiLong 4k train questions per task QA1-5 (default: 10)",
+    )
+    parser.add_argument(
+        "--niah-train", type=non_negative_int, default=2, help="NIAH 4k samples per variant, seed 8 (default: 2)"
+    )
+    parser.add_argument(
+        "--test-cells",
+        nargs="+",
+        type=cell_argument,
+        default=[cell_argument(c) for c in TEST_CELLS],
+        help="test cells, suite[:length][:n] as in run_baselines.py (default: " + " ".join(TEST_CELLS) + ")",
+    )
+    parser.add_argument(
+        "--write-to", type=Path, default=None, help="a saved qrag model directory to write the chosen w into"
+    )
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
+    parser.add_argument("--machine-note", default="", help="what else ran on the machine, recorded with the numbers")
+    parser.add_argument("--render-only", action="store_true", help="only rewrite the markdown from the JSON")
+    add_verbose_flag(parser)
+    return parser
+
+
+def run_or_render(args: argparse.Namespace) -> None:
+    if args.render_only:
+        write_markdown(STORE.load())
+    else:
+        run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), run_or_render, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

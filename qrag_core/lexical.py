@@ -1,0 +1,102 @@
+"""The lexical feature of the hybrid search score Q + w·f (docs/method.md §5, "Hybrid score").
+
+MiniLM embeddings blur rare tokens (names, numbers, uuids) that a word match finds at once. The
+feature f of a chunk is its BM25 score against the *state text* (the question plus the texts of the
+chunks selected so far), divided by the best such score among the chunks still available at that step,
+so f lies in [0, 1] for every question and step and one weight w fits all of them.
+
+:class:`LexicalIndex` holds the BM25 term weights of every chunk of an index as one sparse matrix
+(chunks × vocabulary, stored by word), built once per :class:`~qrag_core.index.DocumentIndex` and kept
+in its derived values (:func:`lexical_index`); scoring a state is one sparse matrix–vector product (the
+entries of the state's words summed into their chunks), so a step costs milliseconds even at ~50k
+chunks (a 1M-token index). Words are lowercased runs of letters and digits;
+there is no stop-word list, BM25's inverse document frequency gives words found everywhere ~0 weight.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from qrag_core.index import DocumentIndex
+
+WORD = re.compile(r"\w+")
+"""A word: a run of letters, digits or underscores (lowercased first)."""
+K1 = 1.5
+"""BM25 k1: how quickly repeated occurrences of a word in a chunk stop adding to its score."""
+B = 0.75
+"""BM25 b: how much a long chunk's term frequencies are discounted."""
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text`` as BM25 counts them."""
+    return WORD.findall(text.lower())
+
+
+class LexicalIndex:
+    """BM25 term weights of a list of chunk texts: a sparse (chunks × vocabulary) matrix, stored by word."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self.vocabulary: dict[str, int] = {}
+        rows: list[int] = []
+        columns: list[int] = []
+        counts: list[float] = []
+        lengths: list[int] = []
+        for row, text in enumerate(texts):
+            tokens = words(text)
+            lengths.append(len(tokens))
+            frequencies: dict[int, int] = {}
+            for token in tokens:
+                column = self.vocabulary.setdefault(token, len(self.vocabulary))
+                frequencies[column] = frequencies.get(column, 0) + 1
+            rows.extend([row] * len(frequencies))
+            columns.extend(frequencies)
+            counts.extend(map(float, frequencies.values()))
+        self.size = len(texts)
+        row_index = torch.tensor(rows, dtype=torch.long)
+        column_index = torch.tensor(columns, dtype=torch.long)
+        tf = torch.tensor(counts, dtype=torch.float32)
+        length = torch.tensor(lengths, dtype=torch.float32)
+        document_frequency = torch.bincount(column_index, minlength=len(self.vocabulary)).float()
+        # Lucene's BM25 idf, never negative: log(1 + (N − df + 0.5) / (df + 0.5)).
+        idf = torch.log1p((self.size - document_frequency + 0.5) / (document_frequency + 0.5))
+        mean_length = max(float(length.mean()) if self.size else 0.0, 1e-9)
+        norm = K1 * (1 - B + B * length / mean_length)
+        weights = idf[column_index] * tf * (K1 + 1) / (tf + norm[row_index])
+        # Column-major (the chunks of each word together), so a query sums the entries of its words only.
+        order = torch.argsort(column_index, stable=True)
+        self.rows = row_index[order]
+        self.weights = weights[order]
+        self.starts: list[int] = [0, *torch.cumsum(document_frequency.long(), 0).tolist()]
+        """Where each word's entries begin in ``rows`` and ``weights``."""
+
+    def scores(self, text: str) -> torch.Tensor:
+        """BM25 of every chunk for the query ``text`` (each distinct word counted once), shape (N,)."""
+        scores = torch.zeros(self.size)
+        columns = sorted({self.vocabulary[w] for w in words(text) if w in self.vocabulary})
+        if columns:
+            entries = torch.cat([torch.arange(self.starts[c], self.starts[c + 1]) for c in columns])
+            scores.index_add_(0, self.rows[entries], self.weights[entries])
+        return scores
+
+
+def lexical_index(index: DocumentIndex) -> LexicalIndex:
+    """The :class:`LexicalIndex` of every chunk of ``index``, built once until a document is added."""
+    return index.derived(("lexical",), lambda: LexicalIndex([chunk.text for chunk in index.chunks]))
+
+
+def lexical_feature(
+    index: DocumentIndex, state_text: str, start: int, end: int, selected: Sequence[int]
+) -> torch.Tensor:
+    """f for chunks [start, end) of ``index``: BM25 against ``state_text`` over the best among those not
+    ``selected`` (indices relative to ``start``), in [0, 1]; 0 at the selected chunks, and everywhere when
+    no available chunk shares a word with the state."""
+    feature = lexical_index(index).scores(state_text)[start:end].clone()
+    if selected:
+        feature[list(selected)] = 0.0
+    best = float(feature.max()) if len(feature) else 0.0
+    return feature / best if best > 0 else feature

@@ -1,0 +1,151 @@
+"""The hybrid search score Q + w·f: the lexical feature, its weight as a model setting and search option."""
+
+import json
+import math
+import time
+
+import pytest
+import torch
+
+from qrag_core import QRAGConfig
+from qrag_core.cli.index import build_parser
+from qrag_core.config import field_docs
+from qrag_core.errors import CheckpointError, InvalidInputError
+from qrag_core.index import DocumentIndex
+from qrag_core.lexical import LexicalIndex, lexical_feature, lexical_index
+from qrag_core.model import QRAG
+from qrag_core.search import search
+from qrag_core.search_options import SearchOptions
+from qrag_core.vector_index import faiss_available
+from tests.conftest import make_tiny_model
+
+FILLER = [f"Sentence number {i} talks about {w}." for i, w in enumerate("apples rivers kings ships towers".split())]
+RARE = "The vault code of Ostrava is 7f3a9c."
+CHUNKS = [*FILLER[:3], RARE, *FILLER[3:], "Rain fell all night."]
+QUESTION = "What is the vault code of Ostrava?"
+
+
+@pytest.fixture()
+def index(tiny_model):
+    return DocumentIndex.build(tiny_model, [CHUNKS])
+
+
+def test_bm25_scores_rank_the_chunk_sharing_rare_words_first():
+    scores = LexicalIndex(CHUNKS).scores(QUESTION)
+    assert int(scores.argmax()) == CHUNKS.index(RARE)
+    assert float(scores[CHUNKS.index("Rain fell all night.")]) == 0.0
+    assert torch.equal(LexicalIndex(CHUNKS).scores("zebra"), torch.zeros(len(CHUNKS)))
+
+
+def test_the_feature_is_scaled_per_step_and_zero_at_selected_chunks(index):
+    rare = CHUNKS.index(RARE)
+    feature = lexical_feature(index, QUESTION, 0, len(CHUNKS), [])
+    assert float(feature.max()) == pytest.approx(1.0) and int(feature.argmax()) == rare
+    assert float(feature.min()) >= 0.0
+    after = lexical_feature(index, QUESTION + " And the apples?", 0, len(CHUNKS), [rare])
+    assert float(after[rare]) == 0.0 and int(after.argmax()) == CHUNKS.index(FILLER[0])
+    assert float(after.max()) == pytest.approx(1.0), "the best chunk still available scores 1"
+    assert torch.equal(lexical_feature(index, "zebra", 0, len(CHUNKS), []), torch.zeros(len(CHUNKS)))
+
+
+def test_the_term_weights_are_built_once_per_index_and_kept_next_to_the_action_vectors(tiny_model, index):
+    lexical = lexical_index(index)
+    actions = tiny_model.index_action_vectors(index)
+    assert lexical_index(index) is lexical, "the action vectors did not push the term weights out"
+    assert tiny_model.index_action_vectors(index) is actions, "nor the term weights the action vectors"
+    index.add(index.chunks[:1], index.content[:1], doc_id="more")
+    assert lexical_index(index) is not lexical and lexical_index(index).size == len(CHUNKS) + 1
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_large_weight_puts_the_rare_word_chunk_first(tiny_model, beam, ordered):
+    index = DocumentIndex.build(tiny_model, [CHUNKS], ordered=ordered)
+    result = search(tiny_model, QUESTION, index, k=2, beam=beam, lexical_weight=100.0, order="rank")
+    texts = [s.chunk.text for s in result.chunks]
+    assert texts[0] == RARE if beam == 1 else RARE in texts  # a beam may take it at either step
+    picked = [s.chunk_index for s in result.trace]
+    assert len(set(picked)) == 2, "a selected chunk is never picked again"
+    assert max(s.q_value for s in result.trace) > 99, "the trace holds the hybrid score"
+
+
+def test_weight_zero_is_exactly_todays_search(tiny_model, index):
+    for beam in (1, 2):
+        plain = search(tiny_model, QUESTION, index, k=4, beam=beam)
+        zero = search(tiny_model, QUESTION, index, k=4, beam=beam, lexical_weight=0.0)
+        assert [(s.chunk_index, s.q_value, s.position) for s in zero.trace] == [
+            (s.chunk_index, s.q_value, s.position) for s in plain.trace
+        ]
+
+
+def test_the_hybrid_score_is_q_plus_the_weighted_feature(tiny_model, index):
+    w = 0.3
+    result = search(tiny_model, QUESTION, index, k=1, lexical_weight=w, alternatives=len(CHUNKS) - 1)
+    with torch.no_grad():
+        q = tiny_model.q_row(tiny_model.state_vectors([QUESTION], [[]])[0], tiny_model.index_action_vectors(index), [])
+    hybrid = q + w * lexical_feature(index, QUESTION, 0, len(CHUNKS), [])
+    step = result.trace[0]
+    assert step.chunk_index == int(hybrid.argmax())
+    got = {step.chunk_index: step.q_value, **dict(step.alternatives)}
+    for i, value in got.items():
+        assert value == pytest.approx(float(hybrid[i]), abs=1e-5)
+
+
+def test_the_model_setting_is_the_default_and_the_option_overrides_it(tiny_model, index):
+    tiny_model.config.lexical_weight = 100.0
+    assert search(tiny_model, QUESTION, index, k=1).chunks[0].chunk.text == RARE
+    plain = search(tiny_model, QUESTION, index, k=1, lexical_weight=0.0)
+    tiny_model.config.lexical_weight = 0.0
+    assert plain.trace[0].chunk_index == search(tiny_model, QUESTION, index, k=1).trace[0].chunk_index
+
+
+@pytest.mark.skipif(not faiss_available(), reason="needs faiss")
+def test_a_faiss_passage_index_falls_back_to_the_exact_scorer(tiny_model):
+    index = DocumentIndex.build(tiny_model, [CHUNKS], ordered=False)
+    exact = search(tiny_model, QUESTION, index, k=3, lexical_weight=0.5, vector_index="torch")
+    for kind in ("flat", "hnsw"):
+        got = search(tiny_model, QUESTION, index, k=3, lexical_weight=0.5, vector_index=kind)
+        assert [s.chunk_index for s in got.trace] == [s.chunk_index for s in exact.trace]
+
+
+@pytest.mark.parametrize("value", [-0.1, math.nan, math.inf, "0.5", True])
+def test_bad_weights_are_refused(value):
+    with pytest.raises(InvalidInputError, match="lexical_weight"):
+        SearchOptions(lexical_weight=value)
+    with pytest.raises(InvalidInputError, match="lexical_weight"):
+        QRAGConfig(lexical_weight=value).validate()
+
+
+def test_a_config_saved_before_the_setting_loads_with_weight_zero(minilm_tokenizer, tmp_path):
+    data = QRAGConfig().to_dict()
+    del data["lexical_weight"]
+    assert QRAGConfig.from_dict(data).lexical_weight == 0.0
+    with pytest.raises(CheckpointError, match="lexical_weight"):
+        QRAGConfig.from_dict({**data, "lexical_weight": -1})
+    make_tiny_model(minilm_tokenizer, QRAGConfig(freeze_action_encoder=False)).save_pretrained(tmp_path / "model")
+    config_file = tmp_path / "model" / "config.json"
+    saved = json.loads(config_file.read_text())
+    saved["qrag"]["config"].pop("lexical_weight")
+    config_file.write_text(json.dumps(saved))
+    assert QRAG.from_pretrained(str(tmp_path / "model")).config.lexical_weight == 0.0
+
+
+def test_the_option_reaches_the_cli_and_the_adapters(capsys):
+    from qrag_integrations.langchain import QRAGRetriever
+
+    doc = field_docs(SearchOptions)["lexical_weight"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["search", "--help"])
+    assert doc in " ".join(capsys.readouterr().out.split())
+    args = build_parser().parse_args(["search", "--index", "i", "--question", "q", "--lexical-weight", "0.2"])
+    assert args.lexical_weight == 0.2
+    assert QRAGRetriever.model_fields["lexical_weight"].description == doc
+
+
+def test_a_step_stays_fast_on_fifty_thousand_chunks():
+    texts = [f"chunk {i} mentions item{i % 997} and token{i % 31} in passing" for i in range(50_000)]
+    lexical = LexicalIndex(texts)
+    start = time.perf_counter()
+    for _ in range(10):
+        lexical.scores("which chunk mentions item42 and token7? " * 4)
+    assert (time.perf_counter() - start) / 10 < 0.05
