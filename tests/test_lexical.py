@@ -10,6 +10,7 @@ import torch
 from qrag_core import QRAGConfig
 from qrag_core.cli.index import build_parser
 from qrag_core.config import field_docs
+from qrag_core.data.examples import Example
 from qrag_core.errors import CheckpointError, InvalidInputError
 from qrag_core.index import DocumentIndex
 from qrag_core.lexical import LexicalIndex, lexical_feature, lexical_index
@@ -17,7 +18,7 @@ from qrag_core.model import QRAG
 from qrag_core.search import search
 from qrag_core.search_options import SearchOptions
 from qrag_core.vector_index import faiss_available
-from tests.conftest import make_tiny_model
+from tests.conftest import load_script, make_tiny_model
 
 FILLER = [f"Sentence number {i} talks about {w}." for i, w in enumerate("apples rivers kings ships towers".split())]
 RARE = "The vault code of Ostrava is 7f3a9c."
@@ -149,3 +150,48 @@ def test_a_step_stays_fast_on_fifty_thousand_chunks():
     for _ in range(10):
         lexical.scores("which chunk mentions item42 and token7? " * 4)
     assert (time.perf_counter() - start) / 10 < 0.05
+
+
+@pytest.fixture(scope="module")
+def script():
+    return load_script("benchmarks/lexical_weight.py")
+
+
+def test_the_fit_chooses_the_weight_with_the_best_training_score(script, tiny_model):
+    examples = [Example(id="v", question=QUESTION, chunks=CHUNKS, support=[CHUNKS.index(RARE)])]
+    fitted = script.fit(tiny_model, None, {"vault": examples}, [0.0, 100.0])
+    assert fitted["grid"]["100.0"]["fact_em"] == {"vault": 1.0}
+    best = max(fitted["grid"].values(), key=lambda g: (g["mean_fact_em"], -g["weight"]))
+    assert fitted["chosen"] == best["weight"]
+    assert fitted["compared"] == 100.0, "the hybrid row shows a positive weight even when 0 wins"
+
+
+def test_write_to_saves_only_the_weight_and_refuses_other_directories(script, minilm_tokenizer, tmp_path):
+    model = make_tiny_model(minilm_tokenizer, QRAGConfig(freeze_action_encoder=False))
+    model.save_pretrained(tmp_path / "model")
+    script.write_weight(tmp_path / "model", 0.2)
+    loaded = QRAG.from_pretrained(str(tmp_path / "model"))
+    assert loaded.config.lexical_weight == 0.2
+    assert loaded.state_encoder.fingerprint() == model.state_encoder.fingerprint()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(InvalidInputError, match="not a saved qrag model"):
+        script.write_weight(tmp_path / "other", 0.2)
+    assert script.main(["--write-to", str(tmp_path / "other"), "--weights", "0"]) == 2
+    with pytest.raises(SystemExit) as refused:
+        script.main(["--weights", "-1"])
+    assert refused.value.code == 2
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_the_hybrid_finds_a_uuid_with_the_real_model(real_model):
+    key = "3f2c9a1e-7b4d-4e0a-9c55-1d2e8f6a0b7c"
+    chunks = [f"The special magic number for item {i} is {1000 + 37 * i}." for i in range(40)]
+    chunks[23] = f"The special magic uuid for {key} is 5e8b1c2d."
+    index = DocumentIndex.build(real_model, [chunks])
+    result = search(real_model, f"What is the special magic uuid for {key}?", index, k=1, lexical_weight=1.0)
+    assert result.chunks[0].chunk.index == 23
+    plain = search(real_model, "What is the magic number for item 5?", index, k=2)
+    zero = search(real_model, "What is the magic number for item 5?", index, k=2, lexical_weight=0.0)
+    assert [s.chunk_index for s in plain.trace] == [s.chunk_index for s in zero.trace]
