@@ -128,7 +128,8 @@ def compare(model: QRAG, cache: EmbeddingCache, cells: list[Cell], weight: float
 
 
 def write_weight(directory: Path, weight: float) -> None:
-    """Save ``weight`` as the lexical_weight of the qrag model in ``directory`` (the rest of it as it was)."""
+    """Save ``weight`` as the lexical_weight of the qrag model in ``directory`` through the library's atomic save:
+    weights, training record and storage format (full or fp16 delta) as they were; the model card is regenerated."""
     if not is_model_dir(directory):
         raise InvalidInputError(f"--write-to {directory}: not a saved qrag model (no qrag {CONFIG_FILE})")
     meta = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))["qrag"]
@@ -250,7 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="test cells, suite[:length][:n] as in run_baselines.py (default: " + " ".join(TEST_CELLS) + ")",
     )
     parser.add_argument(
-        "--write-to", type=Path, default=None, help="a saved qrag model directory to write the chosen w into"
+        "--write-to",
+        type=Path,
+        default=None,
+        help="a saved qrag model directory: save the chosen w as its lexical_weight (re-saved atomically in "
+        "its own format; the model card is regenerated, so tables added to it by hand are not kept)",
     )
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
     parser.add_argument("--machine-note", default="", help="what else ran on the machine, recorded with the numbers")
