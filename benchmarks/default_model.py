@@ -220,13 +220,18 @@ def _per_task_table(results: dict[str, Any], suite: str, tasks: tuple[str, ...],
 
 
 def _open_domain_table(results: dict[str, Any]) -> str:
-    header = ["set", "method", "n", "T", "fact EM", "fact F1", "fact recall", "seconds"]
+    header = ["set", "method", "n", "T", "fact EM", "fact F1", "fact recall", "by type: EM / F1 / recall (n)"]
+    header.append("seconds")
     rows = []
     for suite in ("hotpotqa", "musique"):
         for e in _sorted_entries(results, suite):
             row = [suite, e["method"], str(e["n"]), str(_steps(e))]
-            row += [f"{e[k]:.3f}" for k in ("fact_em", "fact_f1", "fact_recall")] + [f"{e['seconds']:.0f}"]
-            rows.append(row)
+            row += [f"{e[k]:.3f}" for k in ("fact_em", "fact_f1", "fact_recall")]
+            by_type = [
+                f"{name} {s['fact_em']:.3f} / {s['fact_f1']:.3f} / {s['fact_recall']:.3f} ({s['n']})"
+                for name, s in e.get("per_type", {}).items()
+            ]
+            rows.append([*row, "; ".join(by_type) or "–", f"{e['seconds']:.0f}"])
     return "\n".join(markdown_table(header, rows))
 
 
