@@ -108,11 +108,17 @@ def build_methods(args: argparse.Namespace) -> dict[str, Callable[[], RetrievalM
         methods[PREVIOUS_MODEL] = lambda: QRAGSearch(
             model("previous", lambda: QRAG.from_pretrained(PREVIOUS_MODEL)), cache, GREEDY, name=PREVIOUS_MODEL
         )
+    for name, path in args.also:
+        methods[name] = lambda name=name, path=path: QRAGSearch(
+            model(name, lambda: QRAG.from_pretrained(path)), cache, GREEDY, name=name
+        )
     if args.full_checkpoint is not None:
         methods["qrag-full"] = lambda: QRAGSearch(
             model("full", lambda: QRAG.from_pretrained(args.full_checkpoint)), cache, GREEDY, name="qrag-full"
         )
-    return {name: methods[name] for name in METHOD_ORDER if name in methods and name in args.methods}
+    order = list(METHOD_ORDER[:3]) + [name for name, _ in args.also] + list(METHOD_ORDER[3:])
+    wanted = set(args.methods) | {name for name, _ in args.also}
+    return {name: methods[name] for name in order if name in methods and name in wanted}
 
 
 # ============================================================================================ results
@@ -170,7 +176,10 @@ def _length_key(entry: dict[str, Any]) -> int:
 
 
 def _method_key(name: str) -> int:
-    return METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER)
+    """Table order: the qrag rows, other models measured with ``--also`` (after them), then the baselines."""
+    if name in METHOD_ORDER:
+        return METHOD_ORDER.index(name) + (name not in METHOD_ORDER[:3]) * len(METHOD_ORDER)
+    return len(METHOD_ORDER)
 
 
 def _steps(entry: dict[str, Any]) -> int:
@@ -211,13 +220,18 @@ def _per_task_table(results: dict[str, Any], suite: str, tasks: tuple[str, ...],
 
 
 def _open_domain_table(results: dict[str, Any]) -> str:
-    header = ["set", "method", "n", "T", "fact EM", "fact F1", "fact recall", "seconds"]
+    header = ["set", "method", "n", "T", "fact EM", "fact F1", "fact recall", "by type: EM / F1 / recall (n)"]
+    header.append("seconds")
     rows = []
     for suite in ("hotpotqa", "musique"):
         for e in _sorted_entries(results, suite):
             row = [suite, e["method"], str(e["n"]), str(_steps(e))]
-            row += [f"{e[k]:.3f}" for k in ("fact_em", "fact_f1", "fact_recall")] + [f"{e['seconds']:.0f}"]
-            rows.append(row)
+            row += [f"{e[k]:.3f}" for k in ("fact_em", "fact_f1", "fact_recall")]
+            by_type = [
+                f"{name} {s['fact_em']:.3f} / {s['fact_f1']:.3f} / {s['fact_recall']:.3f} ({s['n']})"
+                for name, s in e.get("per_type", {}).items()
+            ]
+            rows.append([*row, "; ".join(by_type) or "–", f"{e['seconds']:.0f}"])
     return "\n".join(markdown_table(header, rows))
 
 
@@ -316,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--model", default=DEFAULT_MODEL_NAME, help="the model measured as qrag (default: %(default)s, shipped)"
+    )
+    parser.add_argument(
+        "--also",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "PATH"),
+        help="measure the saved model at PATH too, as method NAME (e.g. the previous version of the default "
+        "model); repeatable",
     )
     parser.add_argument(
         "--full-checkpoint", default=None, help="full-precision checkpoint to compare as qrag-full (default: none)"

@@ -10,7 +10,8 @@ encoded once per machine, whichever benchmark or model needs it.
 
 The result is a plain dict: ``n``, ``fact_em``, ``fact_recall``, ``fact_precision``, ``fact_f1``,
 ``value_recall`` and ``answer_accuracy`` where measured, ``seconds`` (wall time), ``method``,
-``steps`` and ``per_task`` (the same scores per ``task`` field, when the rows carry one).
+``steps``, ``per_task`` (the same scores per ``task`` field, when the rows carry one) and ``per_type``
+(per question type: HotpotQA's ``type``, bridge or comparison; MuSiQue's ``hops``, 2hop to 4hop).
 """
 
 from __future__ import annotations
@@ -106,20 +107,33 @@ def evaluate(
     check_positive_int("steps", steps, allow_none=True)
     start = time.perf_counter()
     rows: list[dict[str, float]] = []
-    tasks: list[str | None] = []
+    groups: dict[str, list[str | None]] = {"per_task": [], "per_type": []}
     for example in tqdm(examples, desc=f"evaluating {method.name}", unit="ex", disable=not show_progress):
         rows.append(score_example(example, method, steps, chunking, tokenizer, reader))
-        task = example.extra.get("task")
-        tasks.append(None if task is None else str(task))
+        for key, value in (("per_task", example.extra.get("task")), ("per_type", question_type(example))):
+            groups[key].append(None if value is None else str(value))
     if not rows:
         raise InvalidInputError("no examples to evaluate")
     result: dict[str, Any] = aggregate(rows)
     result["seconds"] = time.perf_counter() - start
     result["method"] = method.name
     result["steps"] = steps
-    if any(task is not None for task in tasks):
-        names = sorted({task for task in tasks if task is not None})
-        result["per_task"] = {
-            name: aggregate(row for row, task in zip(rows, tasks, strict=True) if task == name) for name in names
-        }
+    for key, labels in groups.items():
+        names = sorted({label for label in labels if label is not None})
+        if names:
+            result[key] = {
+                name: aggregate(row for row, label in zip(rows, labels, strict=True) if label == name) for name in names
+            }
     return result
+
+
+QUESTION_TYPE_FIELDS = ("type", "hops")
+"""Example fields that name a question's type, first found wins (HotpotQA ``type``, MuSiQue ``hops``)."""
+
+
+def question_type(example: Example) -> str | None:
+    """The question's type (e.g. ``bridge``, ``comparison``, ``3hop``), or None when the row names none."""
+    for field in QUESTION_TYPE_FIELDS:
+        if example.extra.get(field) is not None:
+            return str(example.extra[field])
+    return None

@@ -80,3 +80,11 @@ def test_provenance_describes_the_machine_as_the_model_card_does(harness, monkey
     assert described.startswith("Test CPU 9000, 7 cores, ")
     assert f", {threads} torch thread(s), torch {torch.__version__}; other jobs running" in described
     assert ";" not in machine.machine_description()
+
+
+def test_default_model_benchmark_measures_other_saved_models_next_to_the_default() -> None:
+    script = load_script("benchmarks/default_model.py")
+    args = script.build_parser().parse_args(["--also", "old-default", "/some/model", "--methods", "qrag", "dense"])
+    assert list(script.build_methods(args)) == ["qrag", "old-default", "dense"]  # nothing is loaded yet
+    names = ["bm25", "old-default", "qrag-babilong-minilm", "qrag", "qrag-stop"]
+    assert sorted(names, key=script._method_key) == ["qrag", "qrag-stop", "old-default", "qrag-babilong-minilm", "bm25"]

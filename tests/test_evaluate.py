@@ -71,6 +71,20 @@ def test_evaluate_aggregates_overall_and_per_task() -> None:
     assert result["seconds"] >= 0 and result["method"] == "fixed"
 
 
+def test_evaluate_breaks_scores_down_by_question_type() -> None:
+    examples = [
+        _example(0, [0, 4], task="hotpotqa", type="bridge"),
+        _example(1, [2], task="hotpotqa", type="bridge"),
+        _example(2, [4], task="musique", hops="3hop"),
+        _example(3, [0], task="hotpotqa"),  # names no type: counted overall only
+    ]
+    result = evaluate(FixedSelection([0, 4]), examples, steps=2)
+    assert result["n"] == 4 and set(result["per_type"]) == {"bridge", "3hop"}
+    assert result["per_type"]["bridge"]["n"] == 2 and result["per_type"]["bridge"]["fact_em"] == 0.5
+    assert result["per_type"]["3hop"]["fact_em"] == 1.0
+    assert "per_type" not in evaluate(FixedSelection([0]), [_example(0, [0])], steps=1)
+
+
 def test_steps_default_by_task_and_capped_by_chunk_count() -> None:
     assert steps_for(_example(0, [0], task="hotpotqa"), None) == 2
     assert steps_for(_example(0, [0], task="musique"), None) == 4
