@@ -27,6 +27,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +106,11 @@ def fit(model: QRAG, cache: EmbeddingCache, sets: dict[str, list[Example]], weig
     }
 
 
-def compare(model: QRAG, cache: EmbeddingCache, cells: list[Cell], weight: float) -> dict[str, Any]:
-    """Every method of :data:`METHODS` on the same samples of each test cell."""
+def compare(
+    model: QRAG, cache: EmbeddingCache, cells: list[Cell], weight: float
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every method of :data:`METHODS` on the same samples of each test cell: (cell, scores by method), a cell
+    at a time."""
     base = QRAG.from_base(model.config.base_model).eval()
     methods: dict[str, RetrievalMethod] = {
         "qrag": hybrid(model, cache, 0.0, name="qrag"),
@@ -115,16 +119,11 @@ def compare(model: QRAG, cache: EmbeddingCache, cells: list[Cell], weight: float
         "dense": DenseTopK(base, cache),
     }
     haystack = lazy_haystack()
-    results: dict[str, Any] = {}
     for cell in cells:
         examples = cell.examples(haystack)
-        results[cell.spec] = {name: evaluate(method, examples) for name, method in methods.items()}
-        logger.info(
-            "%s: %s",
-            cell.spec,
-            ", ".join(f"{name} {scores['fact_em']:.3f}" for name, scores in results[cell.spec].items()),
-        )
-    return results
+        scores = {name: evaluate(method, examples) for name, method in methods.items()}
+        logger.info("%s: %s", cell.spec, ", ".join(f"{name} {s['fact_em']:.3f}" for name, s in scores.items()))
+        yield cell.spec, scores
 
 
 def write_weight(directory: Path, weight: float) -> None:
@@ -150,15 +149,18 @@ def run(args: argparse.Namespace) -> None:
     if not sets:
         raise InvalidInputError("no training set to fit on: give a positive size to at least one of them")
     fitted = fit(model, cache, sets, sorted(set(args.weights)))
-    entry = {
-        **fitted,
-        "test": compare(model, cache, args.test_cells, fitted["compared"]),
-        "seconds": time.perf_counter() - start,
-        **provenance(args.machine_note),
-    }
-    with STORE.updating() as results:
-        results["models"][args.model] = entry
-        write_markdown(results)
+    entry: dict[str, Any] = {**fitted, "test": {}}
+
+    def save() -> None:  # after the fit and after every test cell: an interrupted run keeps what it measured
+        entry.update(seconds=time.perf_counter() - start, **provenance(args.machine_note))
+        with STORE.updating() as results:
+            results["models"][args.model] = entry
+            write_markdown(results)
+
+    save()
+    for cell, scores in compare(model, cache, args.test_cells, fitted["compared"]):
+        entry["test"][cell] = scores
+        save()
     print(f"chosen lexical_weight for {args.model}: {fitted['chosen']}")
     if args.write_to is not None:
         write_weight(args.write_to, fitted["chosen"])
