@@ -178,18 +178,20 @@ class Retriever:
         ids: Sequence[str | None] | None = None,
         chunking: ChunkingConfig | None = None,
         show_progress: bool | None = None,
+        ordered: bool | None = None,
     ) -> list[str]:
         """Chunk and index one document per text; each chunk carries its document's metadata.
 
         Returns the document ids: the given ones, or where ``ids`` is missing or None, one derived from
         the text and metadata (adding the same document again replaces it instead of duplicating it).
+        ``ordered``: see :meth:`add_sources`.
         """
         texts = _as_list(texts, "texts")
         metadatas = _as_list(metadatas, "metadatas") if metadatas is not None else [None] * len(texts)
         if len(metadatas) != len(texts):
             raise InvalidInputError(f"{len(texts)} texts but {len(metadatas)} metadatas")
         sources = [[Piece(text, 0, meta)] for text, meta in zip(texts, metadatas, strict=True)]
-        return self.add_sources(sources, ids, chunking, show_progress)
+        return self.add_sources(sources, ids, chunking, show_progress, ordered)
 
     def add_sources(
         self,
@@ -197,13 +199,19 @@ class Retriever:
         ids: Sequence[str | None] | None = None,
         chunking: ChunkingConfig | None = None,
         show_progress: bool | None = None,
+        ordered: bool | None = None,
     ) -> list[str]:
         """Index source documents, each given as its splits (:func:`qrag_core.sources.rebuild_source`).
 
         A source whose id is already in the index replaces that document. The batch is all or nothing:
         a refused or failing source leaves the index as it was. ``show_progress``: a progress bar while
-        encoding (None: for adds of at least :data:`PROGRESS_MIN_CHUNKS` chunks). Returns the ids.
+        encoding (None: for adds of at least :data:`PROGRESS_MIN_CHUNKS` chunks). ``ordered``: True for
+        documents whose chunks are read in order (a story, a contract: positions ρ_t), False for
+        independent passages (a FAQ, Wikipedia paragraphs: positions off, docs/method.md §3), None to
+        decide per document: a document of one chunk is a passage, a longer one is ordered. Returns the ids.
         """
+        if ordered is not None and not isinstance(ordered, bool):
+            raise InvalidInputError(f"ordered must be True, False or None, got {ordered!r}")
         sources = _as_list(sources, "sources")
         if not sources:
             raise InvalidInputError("no documents to add")
@@ -229,7 +237,7 @@ class Retriever:
                 else:
                     embeddings = content[first : first + len(chunks)]
                     first += len(chunks)
-                fresh.add(chunks, embeddings, doc_id=doc_id)
+                fresh.add(chunks, embeddings, doc_id=doc_id, ordered=len(chunks) > 1 if ordered is None else ordered)
             replaced = [doc_id for doc_id in unique if doc_id in self.index.doc_ids]
             for doc_id in replaced:
                 self.index.remove(doc_id)

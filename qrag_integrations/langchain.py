@@ -133,19 +133,25 @@ class QRAGRetriever(BaseRetriever, _search_option_fields()):
         metadatas: Sequence[dict[str, Any] | None] | None = None,
         ids: Sequence[str | None] | None = None,
         chunking: ChunkingConfig | None = None,
+        ordered: bool | None = None,
     ) -> list[str]:
-        """Chunk and index one document per text; returns the document ids."""
-        return self.session.add_texts(texts, metadatas, ids, chunking, self.show_progress)
+        """Chunk and index one document per text; returns the document ids. ``ordered``: as in
+        :meth:`add_documents`."""
+        return self.session.add_texts(texts, metadatas, ids, chunking, self.show_progress, ordered)
 
     def add_documents(
         self,
         documents: Sequence[Document],
         ids: Sequence[str | None] | None = None,
         chunking: ChunkingConfig | None = None,
+        ordered: bool | None = None,
     ) -> list[str]:
         """Chunk and index LangChain documents; returns the id each document was added under.
 
         Splits of one source (same ``source``, with ``start_index``) become that one document.
+        ``ordered``: True if each document is text read in order (a book, one file: positions ρ_t), False
+        if the documents are independent passages (positions off), None (default): a document that is a
+        single chunk is a passage, a longer one is ordered.
         """
         documents = list(documents)
         if ids is not None and len(ids) != len(documents):
@@ -163,7 +169,7 @@ class QRAGRetriever(BaseRetriever, _search_option_fields()):
             _group_id([given[i] for i, w in enumerate(which) if w == number], keys[which.index(number)])
             for number in range(len(groups))
         ]
-        added = self.session.add_sources(groups, group_ids, chunking, self.show_progress)
+        added = self.session.add_sources(groups, group_ids, chunking, self.show_progress, ordered)
         return [added[number] for number in which]
 
     async def aadd_documents(
@@ -171,9 +177,10 @@ class QRAGRetriever(BaseRetriever, _search_option_fields()):
         documents: Sequence[Document],
         ids: Sequence[str | None] | None = None,
         chunking: ChunkingConfig | None = None,
+        ordered: bool | None = None,
     ) -> list[str]:
         """:meth:`add_documents` in a worker thread (encoding a long document takes a while)."""
-        return await asyncio.to_thread(self.add_documents, documents, ids, chunking)
+        return await asyncio.to_thread(self.add_documents, documents, ids, chunking, ordered)
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove documents by the ids :meth:`add_documents` returned (all or nothing)."""

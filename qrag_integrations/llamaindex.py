@@ -147,11 +147,13 @@ class QRAGRetriever(BaseRetriever):
         callback_manager: CallbackManager | None = None,
         filters: MetadataFilters | None = None,
         show_progress: bool | None = None,
+        ordered: bool | None = None,
         **options: Any,
     ) -> QRAGRetriever:
         """A retriever over ``nodes`` or ``documents``; ``model`` is a QRAG, a model name/path, or None.
 
-        ``options``: ``k`` (or ``similarity_top_k``), ``beam``, ``expand_k``, ``stop_threshold``, ``order`` …
+        ``ordered``: as in :meth:`insert_documents`. ``options``: ``k`` (or ``similarity_top_k``), ``beam``,
+        ``expand_k``, ``stop_threshold``, ``order`` …
         """
         if (nodes is None) == (documents is None):
             raise InvalidInputError("give exactly one of nodes= or documents=")
@@ -161,9 +163,9 @@ class QRAGRetriever(BaseRetriever):
             session = Retriever.from_pretrained(model, chunking, cache)
         retriever = cls(session, _options(options), callback_manager, filters=filters, show_progress=show_progress)
         if nodes is not None:
-            retriever.insert_nodes(nodes)
+            retriever.insert_nodes(nodes, ordered=ordered)
         else:
-            retriever.insert_documents(documents or [])
+            retriever.insert_documents(documents or [], ordered=ordered)
         return retriever
 
     @classmethod
@@ -200,22 +202,32 @@ class QRAGRetriever(BaseRetriever):
         nodes = "".join(json.dumps(doc_to_json(node), ensure_ascii=False) + "\n" for node in self._nodes.values())
         self.session.save(persist_dir, self.options, extra_files={NODES_FILE: nodes})
 
-    def insert_documents(self, documents: Sequence[Document], show_progress: bool | None = None) -> list[str]:
-        """Chunk and index LlamaIndex documents (one document each, replacing one of the same id)."""
+    def insert_documents(
+        self, documents: Sequence[Document], show_progress: bool | None = None, ordered: bool | None = None
+    ) -> list[str]:
+        """Chunk and index LlamaIndex documents (one document each, replacing one of the same id).
+
+        ``ordered``: True if each document is text read in order (positions ρ_t), False if they are
+        independent passages (positions off), None (default): a single-chunk document is a passage.
+        """
         return self.session.add_sources(
             [[Piece(doc.text, 0, doc.metadata)] for doc in documents],
             [doc.doc_id for doc in documents],
             show_progress=self._progress(show_progress),
+            ordered=ordered,
         )
 
-    def insert_nodes(self, nodes: Sequence[BaseNode], show_progress: bool | None = None) -> list[str]:
-        """Index nodes; nodes sharing a ``ref_doc_id`` form one document. Returns the document ids."""
+    def insert_nodes(
+        self, nodes: Sequence[BaseNode], show_progress: bool | None = None, ordered: bool | None = None
+    ) -> list[str]:
+        """Index nodes; nodes sharing a ``ref_doc_id`` form one document. Returns the document ids.
+        ``ordered``: as in :meth:`insert_documents`."""
         nodes = list(nodes)
         keys = [node.ref_doc_id or node.node_id for node in nodes]
         pieces = [Piece(node.get_content(), node.start_char_idx, node.metadata, node.node_id) for node in nodes]
         groups, which = group_pieces(keys, pieces)
         doc_ids = [keys[which.index(number)] for number in range(len(groups))]
-        added = self.session.add_sources(groups, doc_ids, show_progress=self._progress(show_progress))
+        added = self.session.add_sources(groups, doc_ids, show_progress=self._progress(show_progress), ordered=ordered)
         for doc_id in added:
             self._forget(doc_id)
         self._nodes.update((node.node_id, node) for node in nodes)

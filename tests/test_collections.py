@@ -99,3 +99,34 @@ def test_hotpotqa_paragraphs_are_a_collection_and_train_with_positions_off(tiny_
         actions = tiny_model.action_vectors(tiny_model.encode_chunks(doc.texts))
         q = tiny_model.q_row(state, actions, [], ordered=doc.ordered)
     assert q.tolist() == pytest.approx((actions @ state).tolist(), abs=1e-5)
+
+
+def test_adapters_mark_passages_and_ordered_documents(tiny_model):
+    from langchain_core.documents import Document as LCDocument
+    from llama_index.core.schema import Document as LIDocument
+
+    from qrag_core.retriever import Retriever
+    from qrag_integrations.langchain import QRAGRetriever as LangChainRetriever
+    from qrag_integrations.llamaindex import QRAGRetriever as LlamaIndexRetriever
+
+    story = " ".join(STORY)
+    retriever = Retriever(tiny_model, cache=None)
+    ids = retriever.add_texts([PASSAGES[0], story], ids=["passage", "story"])  # automatic: one chunk = a passage
+    assert dict(zip(ids, retriever.index.ordered, strict=True)) == {"passage": False, "story": True}
+    retriever.add_texts([story], ids=["story"], ordered=False)  # said explicitly, replacing the document
+    assert retriever.index.ordered[retriever.index.doc_ids.index("story")] is False
+    with pytest.raises(InvalidInputError, match="ordered"):
+        retriever.add_texts([story], ordered="yes")
+
+    langchain = LangChainRetriever.from_model(tiny_model, k=2)
+    langchain.add_documents([LCDocument(page_content=p) for p in PASSAGES[:3]] + [LCDocument(page_content=story)])
+    assert langchain.session.index.ordered == [False, False, False, True]
+    langchain.add_texts(PASSAGES[3:], ordered=True)
+    assert langchain.session.index.ordered[-3:] == [True, True, True]
+
+    docs = [LIDocument(text=story, doc_id="s")]
+    llama = LlamaIndexRetriever.from_defaults(documents=docs, model=tiny_model, k=2, ordered=False)
+    assert llama.session.index.ordered == [False]
+    llama.insert_documents([LIDocument(text=PASSAGES[0], doc_id="p")])
+    assert llama.session.index.ordered == [False, False]
+    assert len(llama.retrieve("Where did the cat go?")) == 2
