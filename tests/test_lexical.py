@@ -195,3 +195,23 @@ def test_the_hybrid_finds_a_uuid_with_the_real_model(real_model):
     plain = search(real_model, "What is the magic number for item 5?", index, k=2)
     zero = search(real_model, "What is the magic number for item 5?", index, k=2, lexical_weight=0.0)
     assert [s.chunk_index for s in plain.trace] == [s.chunk_index for s in zero.trace]
+
+
+def test_the_markdown_lists_the_tasks_the_hybrid_changes(script, tmp_path):
+    def scores(qa2: float) -> dict:
+        per_task = {"qa1": {"fact_em": 1.0}, "qa2": {"fact_em": qa2}}
+        return {"n": 2, "fact_em": (1 + qa2) / 2, "seconds": 1.0, "per_task": per_task}
+
+    grid = {str(w): {"weight": w, "fact_em": {"s": em}, "mean_fact_em": em, "seconds": 1.0} for w, em in [(0, 0.5)]}
+    entry = {"sets": {"s": 4}, "grid": grid, "chosen": 0, "compared": 0.2, "seconds": 9.0}
+    entry |= {"machine": "m", "commit": "c", "command": "x"}
+    cells = {
+        "niah:4k:2": {m: scores(1.0) for m in script.METHODS},
+        "babilong:4k:2": {m: scores(0.5) for m in script.METHODS},
+    }
+    cells["babilong:4k:2"]["qrag-hybrid"] = scores(1.0)
+    script.write_markdown({"models": {"m": {**entry, "test": cells}}}, tmp_path / "r.md")
+    text = (tmp_path / "r.md").read_text()
+    assert "| 0 (chosen) | 0.500 | **0.5000** | 1 |" in text and "w = 0 was chosen" in text
+    assert "| babilong:4k:2 | 2 | 0.750 | 1.000 | 0.750 | 0.750 | qa2 0.50 → 1.00 |" in text
+    assert text.index("babilong:4k:2") < text.index("niah:4k:2"), "cells in the harness's suite order"
