@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/lexical_weight.py                 # the default model
     ... --model PATH --weights 0 0.1 0.3 --test-cells hotpotqa:100 babilong:4k:5           # a new model, quicker
-    ... --model PATH --write-to PATH                  # also save the chosen w as that model's lexical_weight
+    ... --model PATH --write-to PATH                  # also save the chosen weights into that model
     ... --render-only                                 # rewrite the markdown from the JSON
 
 The hybrid score (docs/method.md §5) adds w times a chunk's BM25 score against the state text (question +
@@ -10,10 +10,12 @@ chunks selected so far), scaled to [0, 1] per step, to Q. **Fitting** runs greed
 the grid on training-split questions only: the last 60 HotpotQA train questions (those the general recipe,
 recipes/train_general_model.py, holds out of training), BabiLong QA1–QA5 train questions at 4k tokens (data
 seed 8, the recipe's evaluation samples) and RULER NIAH samples of the eight variants at 4k (data seed 8; the
-test samples use seed 0). The chosen w has the highest mean over those sets of the set's mean fact EM (ties:
-the smaller w). **Comparing** then runs, on the same samples of each test cell (harness cells, seed 0), pure
-Q, the hybrid at the chosen w (at the best positive w of the grid when 0 was chosen, to show what it would
-do), BM25 and dense retrieval (:mod:`qrag_core.baselines`), through the one evaluation loop
+test samples use seed 0). One w is chosen for each kind of document: for passage collections (HotpotQA) and
+for ordered documents (BabiLong, NIAH), the w with the highest mean fact EM over that kind's sets (ties: the
+smaller w); they become the model's ``passage_lexical_weight`` and ``lexical_weight``. **Comparing** then
+runs, on the same samples of each test cell (harness cells, seed 0), pure Q, the hybrid at the chosen
+weights (at the best positive w of the grid where 0 was chosen, to show what it would do), BM25 and dense
+retrieval (:mod:`qrag_core.baselines`), through the one evaluation loop
 (:mod:`qrag_core.evaluation`) and the shared embedding cache. The test sets never influence w.
 
 Results go to ``benchmarks/results/lexical_weight.json`` (one entry per model) and
@@ -89,13 +91,26 @@ def training_sets(hotpotqa: int, babilong: int, niah: int) -> dict[str, list[Exa
     return sets
 
 
-def hybrid(model: QRAG, cache: EmbeddingCache, weight: float, name: str = "qrag-hybrid") -> QRAGSearch:
-    """Greedy search with the hybrid score at ``weight`` (0: pure Q)."""
-    return QRAGSearch(model, cache, SearchOptions(beam=1, lexical_weight=weight), name=name)
+KINDS = ("passages", "documents")
+"""The kinds of document with a weight of their own: passage collections and ordered documents."""
+
+
+def set_kind(examples: list[Example]) -> str:
+    """Which weight a training set fits: ``passages`` (a collection, positions off) or ``documents``."""
+    return KINDS[bool(examples[0].ordered)]
+
+
+def hybrid(
+    model: QRAG, cache: EmbeddingCache, weight: float, passage_weight: float | None = None, name: str = "qrag-hybrid"
+) -> QRAGSearch:
+    """Greedy search with the hybrid score at ``weight`` (0: pure Q), ``passage_weight`` in passage collections
+    (None: ``weight``)."""
+    options = SearchOptions(beam=1, lexical_weight=weight, passage_lexical_weight=passage_weight)
+    return QRAGSearch(model, cache, options, name=name)
 
 
 def fit(model: QRAG, cache: EmbeddingCache, sets: dict[str, list[Example]], weights: list[float]) -> dict[str, Any]:
-    """Fact EM of every weight on every training set, and the chosen weight."""
+    """Fact EM of every weight on every training set, and the weight chosen for each kind of document."""
     grid: dict[str, dict[str, Any]] = {}
     for weight in weights:
         scores = {name: evaluate(hybrid(model, cache, weight), examples) for name, examples in sets.items()}
@@ -106,26 +121,41 @@ def fit(model: QRAG, cache: EmbeddingCache, sets: dict[str, list[Example]], weig
             "seconds": sum(s["seconds"] for s in scores.values()),
         }
         logger.info("w = %g: mean training fact EM %.4f", weight, grid[str(weight)]["mean_fact_em"])
-    best = max(grid.values(), key=lambda g: (g["mean_fact_em"], -g["weight"]))
-    positive = [g for g in grid.values() if g["weight"] > 0]
-    best_positive = max(positive, key=lambda g: (g["mean_fact_em"], -g["weight"])) if positive else None
+    kinds = {name: set_kind(examples) for name, examples in sets.items()}
+    chosen, compared = {}, {}
+    for kind in sorted(set(kinds.values())):
+        names = [name for name, k in kinds.items() if k == kind]
+
+        def score(g: dict[str, Any], names: list[str] = names) -> tuple[float, float]:
+            return sum(g["fact_em"][name] for name in names) / len(names), -g["weight"]
+
+        best = max(grid.values(), key=score)
+        positive = [g for g in grid.values() if g["weight"] > 0]
+        chosen[kind] = best["weight"]
+        compared[kind] = best["weight"] if best["weight"] > 0 or not positive else max(positive, key=score)["weight"]
     return {
         "sets": {name: len(examples) for name, examples in sets.items()},
+        "kinds": kinds,
         "grid": grid,
-        "chosen": best["weight"],
-        "compared": best["weight"] if best["weight"] > 0 or best_positive is None else best_positive["weight"],
+        "chosen": chosen,
+        "compared": compared,
     }
 
 
+def kind_weights(weights: dict[str, float]) -> tuple[float, float | None]:
+    """(lexical_weight, passage_lexical_weight) of weights chosen by kind (a kind not fitted: 0 / the other's)."""
+    return weights.get("documents", 0.0), weights.get("passages")
+
+
 def compare(
-    model: QRAG, cache: EmbeddingCache, cells: list[Cell], weight: float
+    model: QRAG, cache: EmbeddingCache, cells: list[Cell], weights: dict[str, float]
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Every method of :data:`METHODS` on the same samples of each test cell: (cell, scores by method), a cell
     at a time."""
     base = QRAG.from_base(model.config.base_model).eval()
     methods: dict[str, RetrievalMethod] = {
         "qrag": hybrid(model, cache, 0.0, name="qrag"),
-        "qrag-hybrid": hybrid(model, cache, weight),
+        "qrag-hybrid": hybrid(model, cache, *kind_weights(weights)),
         "bm25": BM25TopK(),
         "dense": DenseTopK(base, cache),
     }
@@ -137,16 +167,17 @@ def compare(
         yield cell.spec, scores
 
 
-def write_weight(directory: Path, weight: float) -> None:
-    """Save ``weight`` as the lexical_weight of the qrag model in ``directory`` through the library's atomic save:
-    weights, training record and storage format (full or fp16 delta) as they were; the model card is regenerated."""
+def write_weight(directory: Path, weights: dict[str, float]) -> None:
+    """Save the weights chosen by kind as the lexical_weight / passage_lexical_weight of the qrag model in
+    ``directory`` through the library's atomic save: weights, training record and storage format (full or fp16
+    delta) as they were; the model card is regenerated."""
     if not is_model_dir(directory):
         raise InvalidInputError(f"--write-to {directory}: not a saved qrag model (no qrag {CONFIG_FILE})")
     meta = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))["qrag"]
     model = QRAG.from_pretrained(str(directory))
-    model.config.lexical_weight = weight
+    model.config.lexical_weight, model.config.passage_lexical_weight = kind_weights(weights)
     model.save_pretrained(directory, compact=meta.get("state_encoder", {}).get("format") == "fp16-delta")
-    logger.info("wrote lexical_weight = %g into %s", weight, directory)
+    logger.info("wrote lexical weights %s into %s", weights, directory)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -172,7 +203,7 @@ def run(args: argparse.Namespace) -> None:
     for cell, scores in compare(model, cache, args.test_cells, fitted["compared"]):
         entry["test"][cell] = scores
         save()
-    print(f"chosen lexical_weight for {args.model}: {fitted['chosen']}")
+    print(f"chosen lexical weights for {args.model}: {fitted['chosen']}")
     if args.write_to is not None:
         write_weight(args.write_to, fitted["chosen"])
 
@@ -183,8 +214,9 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
         "",
         "Generated by `benchmarks/lexical_weight.py` from `benchmarks/results/lexical_weight.json`. Greedy search",
         "ranks by Q + w·f, f the BM25 score of a chunk against the state text scaled to [0, 1] per step",
-        "(docs/method.md §5). w is fitted on training-split questions only (mean fact EM over the sets); the test",
-        "table then runs pure Q (w = 0), the hybrid, BM25 and dense retrieval on the same samples. Fact EM;",
+        "(docs/method.md §5). w is fitted on training-split questions only, one for passage collections and one",
+        "for ordered documents (mean fact EM over that kind's sets); the test table then runs pure Q (w = 0), the",
+        "hybrid, BM25 and dense retrieval on the same samples. Fact EM;",
         "the tasks whose fact EM differs between pure Q and the hybrid are listed. The first method of a cell also",
         "encodes the chunks not yet in the shared embedding cache, which its seconds include.",
     ]
@@ -193,9 +225,10 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
         out += ["", f"## {model}", "", "Fitting (training splits; questions: "]
         out[-1] += ", ".join(f"{name} {n}" for name, n in entry["sets"].items()) + "):"
         out += [""]
+        chosen = entry["chosen"]
         rows = [
             [
-                f"{g['weight']:g}" + (" (chosen)" if g["weight"] == entry["chosen"] else ""),
+                f"{g['weight']:g}" + "".join(f" (chosen: {kind})" for kind in KINDS if chosen.get(kind) == g["weight"]),
                 *(f"{g['fact_em'][name]:.3f}" for name in names),
                 f"**{g['mean_fact_em']:.4f}**",
                 f"{g['seconds']:.0f}",
@@ -204,8 +237,12 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
         ]
         out += markdown_table(["w", *names, "mean", "seconds"], rows)
         compared = entry["compared"]
-        note = "" if compared == entry["chosen"] else " (w = 0 was chosen: the best positive w of the grid)"
-        out += ["", f"Test sets, hybrid at w = {compared:g}{note}:", ""]
+        shown = ", ".join(
+            f"{kind} w = {compared[kind]:g}" + ("" if compared[kind] == chosen[kind] else " (0 chosen: best positive)")
+            for kind in KINDS
+            if kind in compared
+        )
+        out += ["", f"Test sets, hybrid at {shown}:", ""]
         rows = []
         for cell, methods in sorted(entry["test"].items(), key=lambda item: _cell_order(item[0])):
             first = next(iter(methods.values()))
@@ -287,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--write-to",
         type=Path,
         default=None,
-        help="a saved qrag model directory: save the chosen w as its lexical_weight (re-saved atomically in "
+        help="a saved qrag model directory: save the chosen weights as its lexical_weight (ordered documents) and "
+        "passage_lexical_weight (re-saved atomically in "
         "its own format; the model card is regenerated, so tables added to it by hand are not kept)",
     )
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")

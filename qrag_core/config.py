@@ -103,7 +103,10 @@ class QRAGConfig:
     beam_width: int = 1
     """Default beam width B of the search (1 = greedy)."""
     lexical_weight: float = 0.0
-    """w of the hybrid search score Q + w·f, f the step's BM25 of a chunk against the state text scaled to [0, 1]."""
+    """w of the hybrid search score Q + w·f in ordered documents, f the step's BM25 of a chunk against the state
+    text scaled to [0, 1] (0: pure Q)."""
+    passage_lexical_weight: float | None = None
+    """w of the hybrid score in passage collections (None: lexical_weight)."""
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     """How documents are chunked by default."""
 
@@ -119,8 +122,10 @@ class QRAGConfig:
         for name in ("max_chunk_tokens", "max_steps", "beam_width", "delta", "ell"):
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.lexical_weight < 0:
-            raise InvalidInputError(f"lexical_weight must be >= 0, got {self.lexical_weight}")
+        for name in ("lexical_weight", "passage_lexical_weight"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise InvalidInputError(f"{name} must be >= 0, got {value}")
         if self.rope_theta <= 1:
             raise InvalidInputError(f"rope_theta must be > 1, got {self.rope_theta}")
         return self

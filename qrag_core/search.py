@@ -7,8 +7,9 @@ keeps the B best partial selections by summed Q and expands each by its top-k ac
 always keeps the greedy line, so its best selection never has a lower summed Q than greedy's.
 Search stops after T steps, or earlier when the best Q falls below a threshold (at least one chunk
 is always returned). With a lexical weight w > 0 every ranking, the beam's sums, the trace's values and
-the threshold use the hybrid score Q + w·f instead (:mod:`qrag_core.lexical`); passage collections are
-then scored by the exact torch scorer, never a faiss index.
+the threshold use the hybrid score Q + w·f instead (:mod:`qrag_core.lexical`; one w for ordered documents,
+one for passage collections); passage collections are then scored by the exact torch scorer, never a
+faiss index.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -138,7 +140,8 @@ def search(
     ``k`` search steps, ``beam`` width (1 = greedy), ``expand_k`` top actions each beam is expanded
     by, ``stop_threshold`` below which a line stops, ``document_id``/``document_ids`` to search some
     documents of a multi-document index only, the ``order`` of the result, ``vector_index`` for passage
-    collections and ``lexical_weight`` w of the hybrid score Q + w·f (0: pure Q). Options left at None
+    collections, ``lexical_weight`` w of the hybrid score Q + w·f (0: pure Q) and ``passage_lexical_weight``
+    (the w of passage collections, when it differs). Options left at None
     take the model's defaults. ``alternatives``: runners-up recorded per step in the trace.
     """
     options = (options or SearchOptions()).override(**overrides).resolve(model.config)
@@ -156,13 +159,28 @@ def search(
     return result
 
 
+def _lexical_weights(
+    index: DocumentIndex, offset: int, end: int, ordered: Sequence[bool], options: SearchOptions
+) -> torch.Tensor | None:
+    """w of the hybrid score for each chunk of ``[offset, end)``: ``lexical_weight`` in ordered documents,
+    ``passage_lexical_weight`` in passage collections; None when every one is 0 (pure Q)."""
+    kinds = {True: options.lexical_weight, False: options.passage_lexical_weight}
+    if not any(kinds[flag] for flag in ordered):
+        return None
+    if len(ordered) == 1:
+        return torch.full((end - offset,), float(kinds[ordered[0]]))
+    sizes = (index.doc_starts[1:] - index.doc_starts[:-1]).tolist() + [len(index) - int(index.doc_starts[-1])]
+    per_document = torch.tensor([float(kinds[flag]) for flag in ordered])
+    return torch.repeat_interleave(per_document, torch.tensor(sizes))
+
+
 @torch.inference_mode()
 def _search(
     model: QRAG, question: str, index: DocumentIndex, options: SearchOptions, alternatives: int
 ) -> SearchResult:
     """The search itself, with every option resolved; the chunks come in document order."""
     steps, beam, expand_k, stop_threshold = options.k, options.beam, options.expand_k, options.stop_threshold
-    document_id, weight = options.document_id, options.lexical_weight
+    document_id = options.document_id
 
     actions = model.index_action_vectors(index)
     if document_id is not None:
@@ -179,8 +197,9 @@ def _search(
         warnings.warn(f"{steps} steps asked for but only {n} chunks exist; returning all of them", stacklevel=2)
         steps = n
     norm_max = model.index_action_norm_max(index)
+    weights = _lexical_weights(index, offset, end, ordered, options)
     passages = None
-    if weight == 0 and model.positions_off(ordered):  # faiss cannot add the lexical feature
+    if weights is None and model.positions_off(ordered):  # faiss cannot add the lexical feature
         passages = model.passage_index(index, options.vector_index, offset, end)
 
     beams = [_Beam((), 0.0, [], True)]
@@ -192,9 +211,9 @@ def _search(
         children: dict[frozenset[int], _Beam] = {}
         for row, b in enumerate(beams):
             bonus = None
-            if weight > 0:
+            if weights is not None:
                 state_text = "\n".join([question, *selections[row]])
-                bonus = weight * lexical_feature(index, state_text, offset, end, b.selected).to(actions.device)
+                bonus = (weights * lexical_feature(index, state_text, offset, end, b.selected)).to(actions.device)
             top_q, top_i, top_positions = model.top_k(
                 states[row], actions, b.selected, k, doc_starts, norm_max, ordered, passages, bonus
             )

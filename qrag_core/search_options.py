@@ -48,7 +48,9 @@ class SearchOptions:
     vector_index: str | None = None
     """Passage collections (positions off): torch or flat (exact), ivf or hnsw (approximate); none: flat on a GPU."""
     lexical_weight: float | None = None
-    """w of the hybrid score Q + w·(BM25 of the state text, scaled to [0, 1]); 0 = pure Q (none: the model's)."""
+    """w of the hybrid score Q + w·(BM25 of the state text, in [0, 1]) in every document; 0 = pure Q (none: model's)."""
+    passage_lexical_weight: float | None = None
+    """w of the hybrid score in passage collections only (none: lexical_weight if given, else the model's)."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -64,9 +66,11 @@ class SearchOptions:
         if self.order is not None and self.order not in ORDERS:
             raise InvalidInputError(f"{WHAT} order must be one of {list(ORDERS)}, got {self.order!r}")
         check_kind(self.vector_index, f"{WHAT} vector_index")
-        check_finite(f"{WHAT} lexical_weight", self.lexical_weight, allow_none=True)
-        if self.lexical_weight is not None and self.lexical_weight < 0:
-            raise InvalidInputError(f"{WHAT} lexical_weight must be >= 0, got {self.lexical_weight!r}")
+        for name in ("lexical_weight", "passage_lexical_weight"):
+            value = getattr(self, name)
+            check_finite(f"{WHAT} {name}", value, allow_none=True)
+            if value is not None and value < 0:
+                raise InvalidInputError(f"{WHAT} {name} must be >= 0, got {value!r}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -81,10 +85,17 @@ class SearchOptions:
         return dataclasses.replace(self, **{name: value for name, value in changes.items() if value is not None})
 
     def resolve(self, config: QRAGConfig) -> SearchOptions:
-        """Every option that has a default filled in: the model's T, beam width, threshold and lexical weight,
+        """Every option that has a default filled in: the model's T, beam width, threshold and lexical weights,
         expand_k = the beam width, document order, faiss flat where faiss sees a GPU (a threshold stays None
         when the model has none)."""
         beam = config.beam_width if self.beam is None else self.beam
+        weight = config.lexical_weight if self.lexical_weight is None else self.lexical_weight
+        if self.passage_lexical_weight is not None:
+            passage_weight = self.passage_lexical_weight
+        elif self.lexical_weight is not None or config.passage_lexical_weight is None:
+            passage_weight = weight
+        else:
+            passage_weight = config.passage_lexical_weight
         return dataclasses.replace(
             self,
             k=config.max_steps if self.k is None else self.k,
@@ -93,7 +104,8 @@ class SearchOptions:
             stop_threshold=config.stop_threshold if self.stop_threshold is None else self.stop_threshold,
             order=self.order or ORDERS[0],
             vector_index=self.vector_index or default_kind(),
-            lexical_weight=config.lexical_weight if self.lexical_weight is None else self.lexical_weight,
+            lexical_weight=weight,
+            passage_lexical_weight=passage_weight,
         )
 
     def as_dict(self) -> dict[str, Any]:

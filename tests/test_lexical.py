@@ -1,5 +1,6 @@
 """The hybrid search score Q + w·f: the lexical feature, its weight as a model setting and search option."""
 
+import dataclasses
 import json
 import math
 import time
@@ -159,24 +160,29 @@ def script():
 
 def test_the_fit_chooses_the_weight_with_the_best_training_score(script, tiny_model):
     examples = [Example(id="v", question=QUESTION, chunks=CHUNKS, support=[CHUNKS.index(RARE)])]
-    fitted = script.fit(tiny_model, None, {"vault": examples}, [0.0, 100.0])
-    assert fitted["grid"]["100.0"]["fact_em"] == {"vault": 1.0}
-    best = max(fitted["grid"].values(), key=lambda g: (g["mean_fact_em"], -g["weight"]))
-    assert fitted["chosen"] == best["weight"]
-    assert fitted["compared"] == 100.0, "the hybrid row shows a positive weight even when 0 wins"
+    passages = [dataclasses.replace(examples[0], id="p", ordered=False)]
+    fitted = script.fit(tiny_model, None, {"vault": examples, "vault-passages": passages}, [0.0, 100.0])
+    assert fitted["grid"]["100.0"]["fact_em"] == {"vault": 1.0, "vault-passages": 1.0}
+    assert fitted["kinds"] == {"vault": "documents", "vault-passages": "passages"}
+    for kind, name in (("documents", "vault"), ("passages", "vault-passages")):
+        best = max(fitted["grid"].values(), key=lambda g, name=name: (g["fact_em"][name], -g["weight"]))
+        assert fitted["chosen"][kind] == best["weight"]
+        assert fitted["compared"][kind] == 100.0, "the hybrid row shows a positive weight even when 0 wins"
+    assert script.kind_weights({"documents": 0.0, "passages": 0.3}) == (0.0, 0.3)
+    assert script.kind_weights({"passages": 0.3}) == (0.0, 0.3)
 
 
 def test_write_to_saves_only_the_weight_and_refuses_other_directories(script, minilm_tokenizer, tmp_path):
     model = make_tiny_model(minilm_tokenizer, QRAGConfig(freeze_action_encoder=False))
     model.save_pretrained(tmp_path / "model")
-    script.write_weight(tmp_path / "model", 0.2)
+    script.write_weight(tmp_path / "model", {"documents": 0.0, "passages": 0.2})
     loaded = QRAG.from_pretrained(str(tmp_path / "model"))
-    assert loaded.config.lexical_weight == 0.2
+    assert (loaded.config.lexical_weight, loaded.config.passage_lexical_weight) == (0.0, 0.2)
     assert loaded.state_encoder.fingerprint() == model.state_encoder.fingerprint()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(InvalidInputError, match="not a saved qrag model"):
-        script.write_weight(tmp_path / "other", 0.2)
+        script.write_weight(tmp_path / "other", {"passages": 0.2})
     assert script.main(["--write-to", str(tmp_path / "other"), "--weights", "0"]) == 2
     with pytest.raises(SystemExit) as refused:
         script.main(["--weights", "-1"])
@@ -203,7 +209,8 @@ def test_the_markdown_lists_the_tasks_the_hybrid_changes(script, tmp_path):
         return {"n": 2, "fact_em": (1 + qa2) / 2, "seconds": 1.0, "per_task": per_task}
 
     grid = {str(w): {"weight": w, "fact_em": {"s": em}, "mean_fact_em": em, "seconds": 1.0} for w, em in [(0, 0.5)]}
-    entry = {"sets": {"s": 4}, "grid": grid, "chosen": 0, "compared": 0.2, "seconds": 9.0}
+    entry = {"sets": {"s": 4}, "grid": grid, "chosen": {"documents": 0}, "compared": {"documents": 0.2}}
+    entry["seconds"] = 9.0
     entry |= {"machine": "m", "commit": "c", "command": "x"}
     cells = {
         "niah:4k:2": {m: scores(1.0) for m in script.METHODS},
@@ -212,6 +219,33 @@ def test_the_markdown_lists_the_tasks_the_hybrid_changes(script, tmp_path):
     cells["babilong:4k:2"]["qrag-hybrid"] = scores(1.0)
     script.write_markdown({"models": {"m": {**entry, "test": cells}}}, tmp_path / "r.md")
     text = (tmp_path / "r.md").read_text()
-    assert "| 0 (chosen) | 0.500 | **0.5000** | 1 |" in text and "w = 0 was chosen" in text
+    assert "| 0 (chosen: documents) | 0.500 | **0.5000** | 1 |" in text
+    assert "hybrid at documents w = 0.2 (0 chosen: best positive)" in text
     assert "| babilong:4k:2 | 2 | 0.750 | 1.000 | 0.750 | 0.750 | qa2 0.50 → 1.00 |" in text
     assert text.index("babilong:4k:2") < text.index("niah:4k:2"), "cells in the harness's suite order"
+
+
+def test_passage_collections_and_ordered_documents_have_their_own_weights(tiny_model):
+    config = QRAGConfig(lexical_weight=0.2, passage_lexical_weight=0.5)
+    assert SearchOptions().resolve(config).passage_lexical_weight == 0.5
+    assert SearchOptions(lexical_weight=0.0).resolve(config).passage_lexical_weight == 0.0  # overrides both
+    resolved = SearchOptions(passage_lexical_weight=0.3).resolve(config)
+    assert (resolved.lexical_weight, resolved.passage_lexical_weight) == (0.2, 0.3)
+    with pytest.raises(InvalidInputError, match="passage_lexical_weight"):
+        SearchOptions(passage_lexical_weight=-1.0)
+    with pytest.raises(InvalidInputError, match="passage_lexical_weight"):
+        QRAGConfig(passage_lexical_weight=-1.0).validate()
+
+    # One index: a story (ordered) and a collection of the same chunks. A large passage weight moves
+    # the collection's ranking to the word-matching chunk; the story keeps the pure-Q ranking.
+    index = DocumentIndex.build(tiny_model, [CHUNKS, CHUNKS], doc_ids=["story", "passages"], ordered=[True, False])
+    for doc_id, flag in (("story", True), ("passages", False)):
+        plain = search(tiny_model, QUESTION, index, k=1, document_id=doc_id, lexical_weight=0.0)
+        hybrid = search(tiny_model, QUESTION, index, k=1, document_id=doc_id, passage_lexical_weight=100.0)
+        if flag:
+            assert hybrid.trace == plain.trace
+        else:
+            assert plain.chunks[0].chunk.text != RARE and hybrid.chunks[0].chunk.text == RARE
+    both = search(tiny_model, QUESTION, index, k=2, passage_lexical_weight=100.0, order="rank")
+    first = both.chunks[0].chunk
+    assert (first.doc_id, first.text) == ("passages", RARE)
