@@ -9,8 +9,8 @@ warm start (and optionally soft Q-learning, docs/method.md §4) on a mixture of
 - **passage collections** (positions off, docs/method.md §3): the HotpotQA ``train`` split (100 official
   train questions plus 807 official *dev* questions disjoint from the 297 test questions, see
   :mod:`qrag_core.data.hotpotqa`; every report on this model says so) and the 100 MuSiQue train
-  questions, each :data:`OPEN_DOMAIN_REPEATS` times, minus :data:`HOTPOTQA_VALIDATION` HotpotQA
-  questions held out for the periodic evaluation;
+  questions, each :data:`OPEN_DOMAIN_REPEATS` times, minus :data:`HOTPOTQA_VALIDATION`
+  (``--hotpotqa-held-out``) HotpotQA questions held out for the periodic evaluation;
 - **ordered documents** (ρ_t) to keep what the starting model knows: BabiLong QA1–QA5 training questions
   at 1k tokens (:data:`BABILONG_REPLAY`) and RULER NIAH samples of all eight variants, with data seeds
   the starting model never saw.
@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from train_default_model import stage_config, train_on_files  # the sibling recipe (scripts run from recipes/)
 
-from qrag_core.cli import add_verbose_flag, run_tool
+from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.config import DEFAULT_SENTENCE_SPLITTER
 from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
 from qrag_core.data.examples import Example, write_jsonl
@@ -86,9 +86,9 @@ class Stage:
     """Its training time limit (none)."""
 
 
-def training_examples(haystack: Haystack) -> Iterator[Example]:
+def training_examples(haystack: Haystack, held_out: int = HOTPOTQA_VALIDATION) -> Iterator[Example]:
     """The training mixture (see the module docstring), passage collections first; the trainer shuffles."""
-    hotpot = list(iter_hotpotqa(split="train"))[:-HOTPOTQA_VALIDATION]
+    hotpot = list(iter_hotpotqa(split="train"))[:-held_out]
     musique = list(iter_musique(split="train"))
     for _ in range(OPEN_DOMAIN_REPEATS):
         yield from hotpot
@@ -99,21 +99,20 @@ def training_examples(haystack: Haystack) -> Iterator[Example]:
         yield from iter_niah(task, "1k", NIAH_REPLAY_PER_TASK, DATA_SEED, haystack)
 
 
-def build_data(data_dir: Path) -> tuple[Path, list[Path]]:
+def build_data(data_dir: Path, held_out: int = HOTPOTQA_VALIDATION) -> tuple[Path, list[Path]]:
     """Write the training file and the two evaluation files (each skipped when it exists)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     train_file = data_dir / "train.jsonl"
     hotpot_eval = data_dir / "hotpotqa_heldout.jsonl"
     babilong_eval = data_dir / "babilong_train_4k.jsonl"
     if not hotpot_eval.is_file():
-        held_out = list(iter_hotpotqa(split="train"))[-HOTPOTQA_VALIDATION:]
-        logger.info("wrote %d held-out HotpotQA questions to %s", write_jsonl(held_out, hotpot_eval), hotpot_eval)
+        questions = list(iter_hotpotqa(split="train"))[-held_out:]
+        logger.info("wrote %d held-out HotpotQA questions to %s", write_jsonl(questions, hotpot_eval), hotpot_eval)
     if not (train_file.is_file() and babilong_eval.is_file()):
         haystack = Haystack.load()
         if not train_file.is_file():
-            logger.info(
-                "wrote %d training examples to %s", write_jsonl(training_examples(haystack), train_file), train_file
-            )
+            written = write_jsonl(training_examples(haystack, held_out), train_file)
+            logger.info("wrote %d training examples to %s", written, train_file)
         if not babilong_eval.is_file():
             rows = (
                 ex
@@ -159,7 +158,7 @@ def ship(model_dir: Path, stages: Sequence[Stage], args: argparse.Namespace, arg
         "recipe": (
             f"from {args.start_model}: HotpotQA train split x{OPEN_DOMAIN_REPEATS} (100 official train questions "
             "+ 807 official dev questions disjoint from the 297-question test subset, minus "
-            f"{HOTPOTQA_VALIDATION} held out), MuSiQue 100 train questions x{OPEN_DOMAIN_REPEATS}, as passage "
+            f"{args.hotpotqa_held_out} held out), MuSiQue 100 train questions x{OPEN_DOMAIN_REPEATS}, as passage "
             "collections (positions off); BabiLong "
             + ", ".join(f"{task} {length} x{n}" for (task, length), n in BABILONG_REPLAY.items())
             + f" and RULER NIAH 8 variants 1k x{NIAH_REPLAY_PER_TASK} (data seed {DATA_SEED}) with ρ_t"
@@ -187,10 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-chunk-tokens",
-        type=int,
+        type=positive_int,
         default=None,
         help="tokens embedded per chunk and per state piece (default: the start model's; HotpotQA paragraphs "
         "average 125)",
+    )
+    parser.add_argument(
+        "--hotpotqa-held-out",
+        type=positive_int,
+        default=HOTPOTQA_VALIDATION,
+        help="last HotpotQA train-split questions held out of training for the periodic evaluation "
+        "(default: %(default)s; a work dir keeps the data it was made with)",
     )
     parser.add_argument("--warm-start-steps", type=int, default=700, help="warm-start optimiser steps (default: 700)")
     parser.add_argument("--warm-start-lr", type=float, default=3e-5, help="its peak learning rate (default: 3e-5)")
@@ -210,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
     torch.set_num_threads(args.threads)
-    train_file, eval_files = build_data(args.work_dir / "data")
+    train_file, eval_files = build_data(args.work_dir / "data", args.hotpotqa_held_out)
     stages = recipe_stages(args)
     start = args.start_model
     for stage in stages:
