@@ -223,9 +223,9 @@ def _open_domain_table(results: dict[str, Any]) -> str:
     header = ["set", "method", "n", "T", "fact EM", "fact F1", "fact recall", "by type: EM / F1 / recall (n)"]
     header.append("seconds")
     rows = []
-    for suite in ("hotpotqa", "musique"):
+    for suite in ("hotpotqa", "musique", "qa_hotpotqa"):
         for e in _sorted_entries(results, suite):
-            row = [suite, e["method"], str(e["n"]), str(_steps(e))]
+            row = [suite if e["length"] is None else f"{suite} {e['length']}", e["method"], str(e["n"]), str(_steps(e))]
             row += [f"{e[k]:.3f}" for k in ("fact_em", "fact_f1", "fact_recall")]
             by_type = [
                 f"{name} {s['fact_em']:.3f} / {s['fact_f1']:.3f} / {s['fact_recall']:.3f} ({s['n']})"
@@ -290,12 +290,14 @@ def render(results: dict[str, Any]) -> str:
         "",
         _per_task_table(results, "niah", tuple(NIAH_TASKS), "value_recall", None),
         "",
-        "### HotpotQA and MuSiQue subsets",
+        "### HotpotQA and MuSiQue subsets, and HotpotQA in a haystack",
         "",
         f"Paper: HotpotQA {PAPER['hotpotqa']}; MuSiQue {PAPER['musique']}. `{DEFAULT_MODEL_NAME}` was trained on "
         "the HotpotQA train split of this repository, 100 official train questions plus 807 official *dev* "
         "questions that are disjoint from the 297 test questions (the official train set is not available "
-        "offline), and on the 100 MuSiQue train questions; `qrag-babilong-minilm` saw neither (zero-shot).",
+        "offline), and on the 100 MuSiQue train questions; `qrag-babilong-minilm` saw neither (zero-shot). "
+        "`qa_hotpotqa 32k`: each test question's gold paragraphs hidden among paragraphs of the other test "
+        "questions up to 32k tokens (RULER's qa_2, `qrag-data ruler --task qa_hotpotqa`).",
         "",
         _open_domain_table(results),
     ]

@@ -34,16 +34,23 @@ from qrag_core.data.haystack import Haystack
 from qrag_core.data.hotpotqa import iter_hotpotqa
 from qrag_core.data.musique import iter_musique
 from qrag_core.data.ruler import NIAH_TASKS, iter_niah
+from qrag_core.data.ruler_qa import iter_ruler_qa
 from qrag_core.errors import InvalidInputError, QRAGError
 from qrag_core.evaluation import DEFAULT_STEPS, TASK_STEPS
 from qrag_core.machine import machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-SUITES = ("babilong", "niah", "hotpotqa", "musique")
-LENGTH_SUITES = ("babilong", "niah")
+SUITES = ("babilong", "niah", "hotpotqa", "musique", "qa_hotpotqa")
+LENGTH_SUITES = ("babilong", "niah", "qa_hotpotqa")
 """Suites whose samples are built at a document length (a cell names it)."""
-DEFAULT_SAMPLES: dict[str, int | None] = {"babilong": 100, "niah": 100, "hotpotqa": None, "musique": None}
+DEFAULT_SAMPLES: dict[str, int | None] = {
+    "babilong": 100,
+    "niah": 100,
+    "hotpotqa": None,
+    "musique": None,
+    "qa_hotpotqa": 100,
+}
 """Samples per task when a cell does not say (None: the whole shared subset)."""
 
 
@@ -57,7 +64,8 @@ class CellError(BenchmarkError, InvalidInputError):
 
 
 class Cell(NamedTuple):
-    """One benchmark cell: a suite, a document length (BabiLong and NIAH only) and samples per task."""
+    """One benchmark cell: a suite, a document length (BabiLong, NIAH, HotpotQA in a haystack) and samples per
+    task."""
 
     suite: str
     length: str | None
@@ -90,6 +98,8 @@ class Cell(NamedTuple):
             return [e for task in NIAH_TASKS for e in iter_niah(task, self.length, self.n, 0, haystack())]
         if self.suite == "hotpotqa":
             return list(iter_hotpotqa(self.n))
+        if self.suite == "qa_hotpotqa":
+            return list(iter_ruler_qa("qa_hotpotqa", self.length or "", self.n or 297, 0, haystack=None))
         return list(iter_musique(self.n))
 
 
@@ -108,8 +118,8 @@ def parse_cell(spec: str) -> Cell:
     if not rest:
         return Cell(suite, length, DEFAULT_SAMPLES[suite])
     if rest[0] == "all":
-        if suite == "niah":
-            raise CellError(f"cell {spec!r}: NIAH samples are generated, so give their number, e.g. niah:4k:50")
+        if suite in ("niah", "qa_hotpotqa"):
+            raise CellError(f"cell {spec!r}: {suite} samples are generated, so give their number, e.g. {suite}:4k:50")
         return Cell(suite, length, None)
     try:
         n = int(rest[0])

@@ -26,6 +26,10 @@ def test_cells_parse_with_the_suite_defaults(harness) -> None:
     assert (cell.key, cell.steps, cell.n) == ("hotpotqa", 2, 20)
     assert harness.parse_cell("babilong:32k:5").key == "babilong/32k"
     assert harness.parse_cell("babilong:32k:5").steps == 4
+    cell = harness.parse_cell("qa_hotpotqa:32k:3")
+    assert (cell.key, cell.steps, cell.n) == ("qa_hotpotqa/32k", 2, 3)
+    examples = cell.examples(harness.lazy_haystack())
+    assert len(examples) == 3 and not examples[0].ordered and examples[0].extra["task"] == "qa_hotpotqa"
 
 
 @pytest.mark.parametrize(
@@ -37,6 +41,8 @@ def test_cells_parse_with_the_suite_defaults(harness) -> None:
         ("musique:five", "must be a number"),
         ("musique:0", "must be positive"),
         ("niah:4k:all", "give their number"),
+        ("qa_hotpotqa:32k:all", "give their number"),
+        ("qa_hotpotqa", "needs a length"),
     ],
 )
 def test_badly_written_cells_are_refused_with_the_problem(harness, spec: str, problem: str) -> None:

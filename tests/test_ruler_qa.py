@@ -46,6 +46,7 @@ def test_qa_hotpotqa_length_and_support(length: str) -> None:
     for example, record in zip(examples, records, strict=False):
         _check_sample(example, record, target)
         assert example.extra["length"] == length and example.extra["haystack"] == "paragraphs"
+        assert example.ordered is False  # a collection of paragraphs in random order: positions off
     # the gold paragraphs land at different places from sample to sample
     assert len({tuple(e.support) for e in examples}) == len(examples)
 

@@ -12,9 +12,10 @@ one sentence per chunk, as BabiLong is built) fill the rest, the paragraphs scat
 random places.
 
 Chunks are the paragraphs (``"Title: text"``, as in the HotpotQA rows) and the novel sentences;
-``support`` holds the gold paragraphs' chunk indices. Lengths and token counting are as for BabiLong
-(:mod:`qrag_core.data.babilong`): a sample's tokens, the sum of its chunks' counts, lie within 1 % below
-the target. Rows carry ``task`` (``qa_hotpotqa``), ``length``, ``tokens``, ``haystack``
+``support`` holds the gold paragraphs' chunk indices. A sample is a passage collection (``ordered`` false,
+positions off), as HotpotQA's own rows are: its paragraphs come in random order. Lengths and token
+counting are as for BabiLong (:mod:`qrag_core.data.babilong`): a sample's tokens, the sum of its chunks'
+counts, lie within 1 % below the target. Rows carry ``task`` (``qa_hotpotqa``), ``length``, ``tokens``, ``haystack``
 (``paragraphs`` or ``paragraphs+novel``), ``source_id`` (the HotpotQA ``_id``) and ``type``.
 """
 
@@ -146,6 +147,7 @@ def iter_ruler_qa(
             chunks=chunks,
             support=sorted(support),
             answer=source.answer,
+            ordered=False,
             extra={
                 "task": task,
                 "length": label,
