@@ -82,7 +82,7 @@ def trace_examples(
             chunks = example.to_chunks()
             if not example.has_support:
                 raise InvalidInputError(f"example {example.id} has no support labels")
-            index = DocumentIndex.build(model, [chunks], cache=cache)
+            index = DocumentIndex.build(model, [chunks], cache=cache, ordered=example.ordered)
             result = search(
                 model,
                 example.question,

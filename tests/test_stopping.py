@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -96,3 +97,13 @@ def test_trace_agrees_with_search_and_its_stop_threshold(tiny_model) -> None:
     assert report["auc"] is None or 0.0 <= report["auc"] <= 1.0
     with pytest.raises(InvalidInputError, match="at least 2 steps"):
         trace_examples(tiny_model, examples, steps=1)
+
+
+def test_a_passage_collection_is_traced_with_positions_off(tiny_model) -> None:
+    example = dataclasses.replace(_examples()[0], ordered=False)
+    trace = trace_examples(tiny_model, [example], steps=4)[0]
+    for ordered in (False, True):
+        index = DocumentIndex.build(tiny_model, [example.chunks], ordered=ordered)
+        result = search(tiny_model, example.question, index, k=4, beam=1)
+        same = [s.q_value for s in result.trace] == pytest.approx(trace.q_values)
+        assert same is not ordered  # the collection's Q-values, not those of an ordered document
