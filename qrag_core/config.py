@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from qrag_core.errors import CheckpointError, InvalidInputError
-from qrag_core.validation import check_field_types
+from qrag_core.validation import check_field_types, check_non_negative
 
 PositionMode = Literal["relative", "absolute", "none"]
 POSITION_MODES: tuple[str, ...] = ("relative", "absolute", "none")
@@ -123,9 +123,7 @@ class QRAGConfig:
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("lexical_weight", "passage_lexical_weight"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise InvalidInputError(f"{name} must be >= 0, got {value}")
+            check_non_negative(name, getattr(self, name), allow_none=True)
         if self.rope_theta <= 1:
             raise InvalidInputError(f"rope_theta must be > 1, got {self.rope_theta}")
         return self

@@ -17,6 +17,7 @@ soft values) and :meth:`QRAG.q_taken` (the chosen actions, for the soft-Q loss) 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -153,8 +154,7 @@ class QRAG(nn.Module):
         ``config.max_chunk_tokens`` follows. The action fingerprint names the limit, so indexes and cached
         embeddings made under another limit no longer match this model (they are rebuilt, never mixed).
         """
-        if tokens <= 0:
-            raise InvalidInputError(f"max_chunk_tokens must be positive, got {tokens}")
+        dataclasses.replace(self.config, max_chunk_tokens=tokens).validate()  # the config's own checks
         self.config.max_chunk_tokens = tokens
         self.state_encoder.max_tokens = tokens
         self.action_encoder.max_tokens = tokens

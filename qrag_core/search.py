@@ -169,9 +169,9 @@ def _lexical_weights(
         return None
     if len(ordered) == 1:
         return torch.full((end - offset,), float(kinds[ordered[0]]))
-    sizes = (index.doc_starts[1:] - index.doc_starts[:-1]).tolist() + [len(index) - int(index.doc_starts[-1])]
+    sizes = torch.diff(index.doc_starts, append=torch.tensor([len(index)]))
     per_document = torch.tensor([float(kinds[flag]) for flag in ordered])
-    return torch.repeat_interleave(per_document, torch.tensor(sizes))
+    return torch.repeat_interleave(per_document, sizes)
 
 
 @torch.inference_mode()

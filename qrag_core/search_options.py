@@ -16,7 +16,7 @@ from typing import Any
 
 from qrag_core.config import QRAGConfig
 from qrag_core.errors import InvalidInputError
-from qrag_core.validation import check_finite, check_positive_int
+from qrag_core.validation import check_finite, check_non_negative, check_positive_int
 from qrag_core.vector_index import check_kind, default_kind
 
 ORDERS: tuple[str, ...] = ("document", "rank")
@@ -67,10 +67,7 @@ class SearchOptions:
             raise InvalidInputError(f"{WHAT} order must be one of {list(ORDERS)}, got {self.order!r}")
         check_kind(self.vector_index, f"{WHAT} vector_index")
         for name in ("lexical_weight", "passage_lexical_weight"):
-            value = getattr(self, name)
-            check_finite(f"{WHAT} {name}", value, allow_none=True)
-            if value is not None and value < 0:
-                raise InvalidInputError(f"{WHAT} {name} must be >= 0, got {value!r}")
+            check_non_negative(f"{WHAT} {name}", getattr(self, name), allow_none=True)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

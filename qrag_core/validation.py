@@ -44,6 +44,13 @@ def check_finite(name: str, value: object, allow_none: bool = False) -> None:
         raise InvalidInputError(f"{name} must be a finite number{' or None' if allow_none else ''}, got {value!r}")
 
 
+def check_non_negative(name: str, value: object, allow_none: bool = False) -> None:
+    """``value`` is a finite number ≥ 0 (or None when ``allow_none``)."""
+    check_finite(name, value, allow_none)
+    if value is not None and value < 0:  # type: ignore[operator]
+        raise InvalidInputError(f"{name} must be >= 0, got {value!r}")
+
+
 def check_format_version(meta: Mapping[str, Any], supported: int, path: str | Path) -> None:
     """The ``format_version`` of a saved file's metadata (0 when absent) is one this qrag reads.
 
