@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from harness import ROOT, Cell, ResultsStore, cell_argument, lazy_haystack, length_order, markdown_table
 
+from qrag_core.atomic import write_file
 from qrag_core.baselines import BM25TopK, DenseTopK, QRAGSearch
 from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.data.babilong import BABILONG_TASKS
@@ -130,7 +131,7 @@ def save_results(new_entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
     markdown, and return all results."""
     with STORE.updating() as results:
         results["entries"].update(new_entries)
-    MARKDOWN.write_text(render(results), encoding="utf-8")
+    write_file(MARKDOWN, render(results))
     return results
 
 
@@ -315,7 +316,7 @@ def update_card(results: dict[str, Any], card: Path) -> None:
     text = card.read_text(encoding="utf-8")
     kept = text.split(CARD_SECTION)[0].rstrip()
     tables = render(results).split("\n", 1)[1].replace("\n### ", "\n#### ")
-    card.write_text(f"{kept}\n\n{CARD_SECTION}\n{tables}", encoding="utf-8")
+    write_file(card, f"{kept}\n\n{CARD_SECTION}\n{tables}")
 
 
 # ============================================================================================ CLI
