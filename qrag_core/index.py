@@ -35,7 +35,7 @@ from qrag_core.config import ChunkingConfig
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import CheckpointError, DataFormatError, InvalidInputError
 from qrag_core.text_files import iter_json_lines, read_json_file
-from qrag_core.validation import check_format_version, is_int
+from qrag_core.validation import check_format_version, check_json_metadata, is_int
 
 if TYPE_CHECKING:
     from qrag_core.model import QRAG
@@ -117,6 +117,7 @@ class DocumentIndex:
                 raise InvalidInputError(
                     f"document {i} must be a non-empty string or list of chunk texts, got {type(doc).__name__}"
                 )
+            check_chunk_metadata(chunk_lists[-1], chunk_lists[-1][0].doc_id)  # before the costly encoding
         content = model.encode_chunks(
             [c.text for chunks in chunk_lists for c in chunks], cache, show_progress=show_progress
         )
@@ -173,6 +174,7 @@ class DocumentIndex:
         doc_id = doc_id if doc_id is not None else str(len(self.doc_ids))
         if doc_id in self.doc_ids:
             raise InvalidInputError(f"document id {doc_id!r} is already in the index")
+        check_chunk_metadata(chunks, doc_id)
         self._doc_starts.append(len(self.chunks))
         self.ordered.append(ordered)
         self.doc_ids.append(doc_id)
@@ -279,6 +281,13 @@ def document_chunks(
     return chunk_text(
         text, chunking or model.config.chunking, model.action_encoder.tokenizer, doc_id=doc_id, metadata=metadata
     )
+
+
+def check_chunk_metadata(chunks: Sequence[Chunk], doc_id: str) -> None:
+    """The metadata of every chunk of document ``doc_id`` can be saved (:func:`check_json_metadata`)."""
+    for chunk in chunks:
+        if chunk.metadata:
+            check_json_metadata(chunk.metadata, f"document {doc_id!r}, chunk {chunk.index}")
 
 
 _CHUNK_FIELDS: dict[str, type] = {"text": str, "index": int, "start": int, "end": int, "doc_id": str, "metadata": dict}
