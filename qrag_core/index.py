@@ -140,11 +140,12 @@ class DocumentIndex:
         return self._content
 
     def derived(self, key: tuple[Hashable, ...], compute: Callable[[], Any]) -> Any:
-        """Data derived from this index (a model's action vectors, the lexical term weights), computed once per key.
+        """Data derived from this index (a model's action vectors, the lexical term weights, the copy of some
+        documents a restricted search uses), computed once per key.
 
         The first item of ``key`` names the kind of data; a new key replaces the value of the same kind (e.g.
         the action vectors of an older weight version), values of other kinds stay. All of it is forgotten
-        whenever a document is added.
+        whenever a document is added or removed.
         """
         if key not in self._derived:
             for old in [k for k in self._derived if k[0] == key[0]]:
