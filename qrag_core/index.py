@@ -158,11 +158,18 @@ class DocumentIndex:
         return torch.tensor(self._doc_starts, dtype=torch.long)
 
     def add(
-        self, chunks: Sequence[Chunk], embeddings: torch.Tensor, doc_id: str | None = None, ordered: bool = True
+        self,
+        chunks: Sequence[Chunk],
+        embeddings: torch.Tensor,
+        doc_id: str | None = None,
+        ordered: bool = True,
+        replace: bool = False,
     ) -> str:
         """Append one document's chunks (indices 0..n-1 inside it) and their content embeddings.
 
         ``ordered=False`` marks the chunks as a collection of independent passages (positions off).
+        ``replace=True``: a document already under ``doc_id`` is replaced where it is (keeping its place
+        in document order) instead of refused.
         """
         if not isinstance(ordered, bool):
             raise InvalidInputError(f"ordered must be True or False, got {ordered!r}")
@@ -173,22 +180,41 @@ class DocumentIndex:
                 f"expected embeddings of shape {(len(chunks), self.dim)}, got {tuple(embeddings.shape)}"
             )
         doc_id = doc_id if doc_id is not None else str(len(self.doc_ids))
-        if doc_id in self.doc_ids:
+        if doc_id in self.doc_ids and not replace:
             raise InvalidInputError(f"document id {doc_id!r} is already in the index")
         check_chunk_metadata(chunks, doc_id)
+        embeddings = embeddings.to(torch.float16).cpu()
+        if doc_id in self.doc_ids:
+            self._replace(self.doc_ids.index(doc_id), chunks, embeddings, ordered)
+            return doc_id
         self._doc_starts.append(len(self.chunks))
         self.ordered.append(ordered)
         self.doc_ids.append(doc_id)
         self.chunks.extend(chunks)
-        self._blocks.append(embeddings.to(torch.float16).cpu())
+        self._blocks.append(embeddings)
         self._content = None
         self._derived.clear()
         return doc_id
 
-    def add_from(self, other: DocumentIndex, doc_id: str) -> None:
-        """Append document ``doc_id`` of ``other`` (its chunks, embeddings and ordered flag)."""
+    def _replace(self, pos: int, chunks: Sequence[Chunk], embeddings: torch.Tensor, ordered: bool) -> None:
+        """Put ``chunks`` and their embeddings in place of those of the ``pos``-th document; the documents
+        after it shift by the difference in length (positions ρ_t are per document, so theirs stay)."""
+        start, end = self.document_range(self.doc_ids[pos])
+        content = self.content
+        self._content = torch.cat([content[:start], embeddings, content[end:]])
+        self._blocks = [self._content]
+        self.chunks[start:end] = chunks
+        self.ordered[pos] = ordered
+        shift = len(chunks) - (end - start)
+        self._doc_starts[pos + 1 :] = [s + shift for s in self._doc_starts[pos + 1 :]]
+        self._derived.clear()
+
+    def add_from(self, other: DocumentIndex, doc_id: str, replace: bool = False) -> None:
+        """Append document ``doc_id`` of ``other`` (its chunks, embeddings and ordered flag); ``replace``: as
+        in :meth:`add`."""
         start, end = other.document_range(doc_id)
-        self.add(other.chunks[start:end], other.content[start:end], doc_id, other.ordered[other.doc_ids.index(doc_id)])
+        flag = other.ordered[other.doc_ids.index(doc_id)]
+        self.add(other.chunks[start:end], other.content[start:end], doc_id, flag, replace)
 
     def remove(self, doc_id: str) -> None:
         """Drop one document's chunks and embeddings; the documents after it move up."""

@@ -205,12 +205,13 @@ class Retriever:
     ) -> list[str]:
         """Index source documents, each given as its splits (:func:`qrag_core.sources.rebuild_source`).
 
-        A source whose id is already in the index replaces that document. The batch is all or nothing:
-        a refused or failing source leaves the index as it was. ``show_progress``: a progress bar while
-        encoding (None: for adds of at least :data:`PROGRESS_MIN_CHUNKS` chunks). ``ordered``: True for
-        documents whose chunks are read in order (a story, a contract: positions ρ_t), False for
-        independent passages (a FAQ, Wikipedia paragraphs: positions off, docs/method.md §3), None to
-        decide per document: a document of one chunk is a passage, a longer one is ordered. Returns the ids.
+        A source whose id is already in the index replaces that document where it is (its place in document
+        order is kept). The batch is all or nothing: a refused or failing source leaves the index as it was.
+        ``show_progress``: a progress bar while encoding (None: for adds of at least
+        :data:`PROGRESS_MIN_CHUNKS` chunks). ``ordered``: True for documents whose chunks are read in order
+        (a story, a contract: positions ρ_t), False for independent passages (a FAQ, Wikipedia paragraphs:
+        positions off, docs/method.md §3), None to decide per document: a document of one chunk is a passage,
+        a longer one is ordered. Returns the ids.
         """
         if ordered is not None and not isinstance(ordered, bool):
             raise InvalidInputError(f"ordered must be True, False or None, got {ordered!r}")
@@ -241,10 +242,8 @@ class Retriever:
                     first += len(chunks)
                 fresh.add(chunks, embeddings, doc_id=doc_id, ordered=len(chunks) > 1 if ordered is None else ordered)
             replaced = [doc_id for doc_id in unique if doc_id in self.index.doc_ids]
-            for doc_id in replaced:
-                self.index.remove(doc_id)
-            for doc_id in fresh.doc_ids:
-                self.index.add_from(fresh, doc_id)
+            for doc_id in fresh.doc_ids:  # a replaced document keeps its place in document order
+                self.index.add_from(fresh, doc_id, replace=True)
         logger.info("indexed %d document(s) (%d replaced), %d chunks", len(unique), len(replaced), len(fresh.chunks))
         return doc_ids
 
