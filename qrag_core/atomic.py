@@ -16,7 +16,9 @@ Leftovers of a killed save never block the next one: :func:`recover` (run by eve
 resuming a training run) removes orphan temporary directories and either restores the old copy (a kill
 between the two renames) or removes it (a kill after them). Every loader reads through
 :func:`readable`, which restores that old copy too, so a save killed between its renames never makes
-a model, index or retriever look missing.
+a model, index or retriever look missing. A killed single-file write (:func:`atomic_file`) leaves a
+temporary file named with its host and process id; the next write of that file removes it once that
+process has ended (:func:`remove_stale`, which the ONNX export uses for its work directories too).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -238,10 +241,12 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     synced and renamed over ``path``.
 
     A full disk (in the block or while syncing) raises StorageError and leaves the previous file as it
-    was; the temporary file is removed whatever happens.
+    was; the temporary file is removed whatever happens, and one a killed process left is removed by the
+    next write of ``path`` (:func:`remove_stale`).
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=path.parent)
+    remove_stale(path.parent, f"{TMP_PREFIX}{path.name}-")
+    fd, name = tempfile.mkstemp(prefix=owned_prefix(f"{TMP_PREFIX}{path.name}-"), dir=path.parent)
     os.close(fd)
     try:
         try:
@@ -275,6 +280,43 @@ def save_tensors(
     """
     cpu = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
     write_file(path, safetensors_bytes(cpu, metadata))
+
+
+def owned_prefix(prefix: str) -> str:
+    """``prefix`` followed by this host's name and this process's id, then a dash: the start of the name of
+    a temporary file or directory whose leftovers :func:`remove_stale` can tell from a live writer's."""
+    return f"{prefix}{socket.gethostname()}-{os.getpid()}-"
+
+
+def remove_stale(directory: Path, prefix: str) -> None:
+    """Remove what killed processes left in ``directory``: the temporary files and directories named by
+    ``tempfile`` with :func:`owned_prefix` of ``prefix`` whose process no longer runs.
+
+    Those of a live process (this one included) are kept, and so are those of other hosts sharing the
+    directory, whose processes cannot be checked from here. A process id is reused only after its
+    process ended, so a leftover is at worst kept too long, never removed early. On Windows, where a
+    process cannot be probed without signalling it, nothing is removed.
+    """
+    if os.name == "nt" or not directory.is_dir():
+        return
+    stale = re.compile(re.escape(f"{prefix}{socket.gethostname()}-") + r"(\d{1,10})-" + _RANDOM_PART)
+    for leftover in directory.iterdir():
+        match = stale.fullmatch(leftover.name)
+        if match and not leftover.is_symlink() and not _running(int(match[1])):
+            logger.info("removing %s, left by a process that was killed", leftover)
+            with contextlib.suppress(FileNotFoundError):  # another process removed it first
+                _remove(leftover)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with id ``pid`` runs on this host (signal 0 only checks that it exists)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process; an id no process can have
+        return True
+    return True
 
 
 def remove_leftover_files(directory: Path) -> None:

@@ -35,7 +35,7 @@ from qrag_core.config import ChunkingConfig
 from qrag_core.embedding_cache import EmbeddingCache
 from qrag_core.errors import CheckpointError, DataFormatError, InvalidInputError
 from qrag_core.text_files import iter_json_lines, read_json_file
-from qrag_core.validation import check_format_version, is_int
+from qrag_core.validation import check_format_version, check_json_metadata, is_int
 
 if TYPE_CHECKING:
     from qrag_core.model import QRAG
@@ -117,6 +117,7 @@ class DocumentIndex:
                 raise InvalidInputError(
                     f"document {i} must be a non-empty string or list of chunk texts, got {type(doc).__name__}"
                 )
+            check_chunk_metadata(chunk_lists[-1], chunk_lists[-1][0].doc_id)  # before the costly encoding
         content = model.encode_chunks(
             [c.text for chunks in chunk_lists for c in chunks], cache, show_progress=show_progress
         )
@@ -139,11 +140,12 @@ class DocumentIndex:
         return self._content
 
     def derived(self, key: tuple[Hashable, ...], compute: Callable[[], Any]) -> Any:
-        """Data derived from this index (a model's action vectors, the lexical term weights), computed once per key.
+        """Data derived from this index (a model's action vectors, the lexical term weights, the copy of some
+        documents a restricted search uses), computed once per key.
 
         The first item of ``key`` names the kind of data; a new key replaces the value of the same kind (e.g.
         the action vectors of an older weight version), values of other kinds stay. All of it is forgotten
-        whenever a document is added.
+        whenever a document is added or removed.
         """
         if key not in self._derived:
             for old in [k for k in self._derived if k[0] == key[0]]:
@@ -156,11 +158,18 @@ class DocumentIndex:
         return torch.tensor(self._doc_starts, dtype=torch.long)
 
     def add(
-        self, chunks: Sequence[Chunk], embeddings: torch.Tensor, doc_id: str | None = None, ordered: bool = True
+        self,
+        chunks: Sequence[Chunk],
+        embeddings: torch.Tensor,
+        doc_id: str | None = None,
+        ordered: bool = True,
+        replace: bool = False,
     ) -> str:
         """Append one document's chunks (indices 0..n-1 inside it) and their content embeddings.
 
         ``ordered=False`` marks the chunks as a collection of independent passages (positions off).
+        ``replace=True``: a document already under ``doc_id`` is replaced where it is (keeping its place
+        in document order) instead of refused.
         """
         if not isinstance(ordered, bool):
             raise InvalidInputError(f"ordered must be True or False, got {ordered!r}")
@@ -171,21 +180,41 @@ class DocumentIndex:
                 f"expected embeddings of shape {(len(chunks), self.dim)}, got {tuple(embeddings.shape)}"
             )
         doc_id = doc_id if doc_id is not None else str(len(self.doc_ids))
-        if doc_id in self.doc_ids:
+        if doc_id in self.doc_ids and not replace:
             raise InvalidInputError(f"document id {doc_id!r} is already in the index")
+        check_chunk_metadata(chunks, doc_id)
+        embeddings = embeddings.to(torch.float16).cpu()
+        if doc_id in self.doc_ids:
+            self._replace(self.doc_ids.index(doc_id), chunks, embeddings, ordered)
+            return doc_id
         self._doc_starts.append(len(self.chunks))
         self.ordered.append(ordered)
         self.doc_ids.append(doc_id)
         self.chunks.extend(chunks)
-        self._blocks.append(embeddings.to(torch.float16).cpu())
+        self._blocks.append(embeddings)
         self._content = None
         self._derived.clear()
         return doc_id
 
-    def add_from(self, other: DocumentIndex, doc_id: str) -> None:
-        """Append document ``doc_id`` of ``other`` (its chunks, embeddings and ordered flag)."""
+    def _replace(self, pos: int, chunks: Sequence[Chunk], embeddings: torch.Tensor, ordered: bool) -> None:
+        """Put ``chunks`` and their embeddings in place of those of the ``pos``-th document; the documents
+        after it shift by the difference in length (positions ρ_t are per document, so theirs stay)."""
+        start, end = self.document_range(self.doc_ids[pos])
+        content = self.content
+        self._content = torch.cat([content[:start], embeddings, content[end:]])
+        self._blocks = [self._content]
+        self.chunks[start:end] = chunks
+        self.ordered[pos] = ordered
+        shift = len(chunks) - (end - start)
+        self._doc_starts[pos + 1 :] = [s + shift for s in self._doc_starts[pos + 1 :]]
+        self._derived.clear()
+
+    def add_from(self, other: DocumentIndex, doc_id: str, replace: bool = False) -> None:
+        """Append document ``doc_id`` of ``other`` (its chunks, embeddings and ordered flag); ``replace``: as
+        in :meth:`add`."""
         start, end = other.document_range(doc_id)
-        self.add(other.chunks[start:end], other.content[start:end], doc_id, other.ordered[other.doc_ids.index(doc_id)])
+        flag = other.ordered[other.doc_ids.index(doc_id)]
+        self.add(other.chunks[start:end], other.content[start:end], doc_id, flag, replace)
 
     def remove(self, doc_id: str) -> None:
         """Drop one document's chunks and embeddings; the documents after it move up."""
@@ -279,6 +308,13 @@ def document_chunks(
     return chunk_text(
         text, chunking or model.config.chunking, model.action_encoder.tokenizer, doc_id=doc_id, metadata=metadata
     )
+
+
+def check_chunk_metadata(chunks: Sequence[Chunk], doc_id: str) -> None:
+    """The metadata of every chunk of document ``doc_id`` can be saved (:func:`check_json_metadata`)."""
+    for chunk in chunks:
+        if chunk.metadata:
+            check_json_metadata(chunk.metadata, f"document {doc_id!r}, chunk {chunk.index}")
 
 
 _CHUNK_FIELDS: dict[str, type] = {"text": str, "index": int, "start": int, "end": int, "doc_id": str, "metadata": dict}

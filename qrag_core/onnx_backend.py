@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qrag_core.atomic import atomic_file
+from qrag_core.atomic import atomic_file, owned_prefix, remove_stale
 from qrag_core.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ BACKENDS = ("torch", "onnx", "onnx-int8")
 """``torch``: the model itself; ``onnx``: ONNX Runtime float32; ``onnx-int8``: ONNX Runtime, int8 weights."""
 QUANTISATION = "dynamic-qint8-per-channel"
 """How ``onnx-int8`` quantises (recorded in the fingerprint of what it encodes)."""
+EXPORT_PREFIX = ".tmp-onnx-"
+"""Start of the name of an export's temporary directory, beside the exported file."""
 
 
 def check_backend(backend: str) -> str:
@@ -62,9 +64,17 @@ class _HiddenStates(nn.Module):
 
 def _export(model: nn.Module, target: Path, quantise: bool) -> None:
     """Export ``model`` to ONNX at ``target`` (int8-quantised if asked), atomically (a full disk is a
-    StorageError naming ``target``, and no temporary file is left)."""
+    StorageError naming ``target``, and no temporary file is left).
+
+    The export is written in a temporary directory named with this process's id; those of exports whose
+    process was killed (each a half-written model) are removed first.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(target) as out, tempfile.TemporaryDirectory(dir=target.parent, prefix=".tmp-onnx-") as tmp:
+    remove_stale(target.parent, EXPORT_PREFIX)
+    with (
+        atomic_file(target) as out,
+        tempfile.TemporaryDirectory(dir=target.parent, prefix=owned_prefix(EXPORT_PREFIX)) as tmp,
+    ):
         plain = Path(tmp) / "model.onnx"
         ids = torch.ones((2, 8), dtype=torch.long)
         mask = torch.ones((2, 8), dtype=torch.long)

@@ -45,7 +45,7 @@ from qrag_core.search import SearchResult, SelectedChunk, search
 from qrag_core.search_options import SearchOptions
 from qrag_core.sources import Piece, RebuiltSource, rebuild_source
 from qrag_core.text_files import read_json_file
-from qrag_core.validation import check_format_version
+from qrag_core.validation import check_format_version, check_json_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ def evidence_metadata(selected: SelectedChunk) -> dict[str, Any]:
 
 
 def check_user_metadata(metadata: object, what: str) -> dict[str, Any]:
-    """A copy of a user's metadata dict; refuses keys in qrag's namespace (they would be overwritten)."""
+    """A copy of a user's metadata dict; refuses keys in qrag's namespace (they would be overwritten) and
+    values a save could not write (:func:`~qrag_core.validation.check_json_metadata`)."""
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
@@ -102,6 +103,7 @@ def check_user_metadata(metadata: object, what: str) -> dict[str, Any]:
             f"metadata of {what} has key(s) {clashes}: keys starting with {METADATA_PREFIX!r} are reserved for "
             "qrag's retrieval metadata; rename them"
         )
+    check_json_metadata(metadata, what)
     return dict(metadata)
 
 
@@ -203,12 +205,13 @@ class Retriever:
     ) -> list[str]:
         """Index source documents, each given as its splits (:func:`qrag_core.sources.rebuild_source`).
 
-        A source whose id is already in the index replaces that document. The batch is all or nothing:
-        a refused or failing source leaves the index as it was. ``show_progress``: a progress bar while
-        encoding (None: for adds of at least :data:`PROGRESS_MIN_CHUNKS` chunks). ``ordered``: True for
-        documents whose chunks are read in order (a story, a contract: positions ρ_t), False for
-        independent passages (a FAQ, Wikipedia paragraphs: positions off, docs/method.md §3), None to
-        decide per document: a document of one chunk is a passage, a longer one is ordered. Returns the ids.
+        A source whose id is already in the index replaces that document where it is (its place in document
+        order is kept). The batch is all or nothing: a refused or failing source leaves the index as it was.
+        ``show_progress``: a progress bar while encoding (None: for adds of at least
+        :data:`PROGRESS_MIN_CHUNKS` chunks). ``ordered``: True for documents whose chunks are read in order
+        (a story, a contract: positions ρ_t), False for independent passages (a FAQ, Wikipedia paragraphs:
+        positions off, docs/method.md §3), None to decide per document: a document of one chunk is a passage,
+        a longer one is ordered. Returns the ids.
         """
         if ordered is not None and not isinstance(ordered, bool):
             raise InvalidInputError(f"ordered must be True, False or None, got {ordered!r}")
@@ -219,7 +222,7 @@ class Retriever:
         if len(ids) != len(sources):
             raise InvalidInputError(f"{len(sources)} documents but {len(ids)} ids")
         config = chunking or self.chunking
-        rebuilt = [self._rebuild(pieces, position) for position, pieces in enumerate(sources)]
+        rebuilt = [self._rebuild(pieces, position, ids[position]) for position, pieces in enumerate(sources)]
         doc_ids = _document_ids(ids, rebuilt)
         unique = dict(zip(doc_ids, rebuilt, strict=True))  # an id derived twice is the same document twice
         with self._lock:
@@ -239,21 +242,24 @@ class Retriever:
                     first += len(chunks)
                 fresh.add(chunks, embeddings, doc_id=doc_id, ordered=len(chunks) > 1 if ordered is None else ordered)
             replaced = [doc_id for doc_id in unique if doc_id in self.index.doc_ids]
-            for doc_id in replaced:
-                self.index.remove(doc_id)
-            for doc_id in fresh.doc_ids:
-                self.index.add_from(fresh, doc_id)
+            for doc_id in fresh.doc_ids:  # a replaced document keeps its place in document order
+                self.index.add_from(fresh, doc_id, replace=True)
         logger.info("indexed %d document(s) (%d replaced), %d chunks", len(unique), len(replaced), len(fresh.chunks))
         return doc_ids
 
-    def _rebuild(self, pieces: Sequence[Piece], position: int) -> RebuiltSource:
+    def _rebuild(self, pieces: Sequence[Piece], position: int, doc_id: str | None) -> RebuiltSource:
+        """The source of document ``position`` of a batch (id ``doc_id``, None: derived later), metadata checked."""
         pieces = _as_list(pieces, f"document {position}")
+        name = f"document {position}" if doc_id is None else f"document {position} (id {doc_id!r})"
         for number, piece in enumerate(pieces):
             if not isinstance(piece, Piece):
                 raise InvalidInputError(f"document {position}: split {number} is a {type(piece).__name__}, not a Piece")
         checked = [
-            dataclasses.replace(piece, metadata=check_user_metadata(piece.metadata, f"document {position}"))
-            for piece in pieces
+            dataclasses.replace(
+                piece,
+                metadata=check_user_metadata(piece.metadata, name if len(pieces) == 1 else f"{name}, split {number}"),
+            )
+            for number, piece in enumerate(pieces)
         ]
         return rebuild_source(checked, f"document {position}")
 

@@ -115,14 +115,24 @@ def _validate(question: object, index: DocumentIndex, alternatives: object) -> N
 
 
 def _restricted(index: DocumentIndex, document_ids: tuple[str, ...]) -> DocumentIndex:
-    """An index of some documents only, in index order (for a search restricted to several of them)."""
+    """An index of some documents only, in index order (for a search restricted to several of them).
+
+    It is kept with ``index`` (:meth:`DocumentIndex.derived`, forgotten when a document is added or
+    removed), so repeating the last restriction reuses it, with the action vectors and faiss index a
+    model computed over it, instead of copying the documents and rebuilding those on every search.
+    """
     unknown = [doc_id for doc_id in document_ids if doc_id not in index.doc_ids]
     if unknown:
         raise InvalidInputError(f"no document(s) {unknown} in the index (it has {len(index.doc_ids)} documents)")
-    subset = DocumentIndex(index.fingerprint, index.dim)
-    for doc_id in sorted(document_ids, key=index.doc_ids.index):
-        subset.add_from(index, doc_id)
-    return subset
+    chosen = tuple(sorted(document_ids, key=index.doc_ids.index))
+
+    def subset() -> DocumentIndex:
+        restricted = DocumentIndex(index.fingerprint, index.dim)
+        for doc_id in chosen:
+            restricted.add_from(index, doc_id)
+        return restricted
+
+    return index.derived(("restricted", chosen), subset)
 
 
 def search(

@@ -8,6 +8,7 @@ the rule and the value, so a bad value is reported where it enters instead of cr
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -102,3 +103,36 @@ def check_field_types(obj: Any, error: type[QRAGError] = InvalidInputError, pref
         if not ok:
             wanted = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}[allowed[0]]
             raise error(f"{name} must be {wanted}{' or None' if optional else ''}, got {value!r}")
+
+
+def check_json_metadata(metadata: Mapping[Any, Any], what: str) -> None:
+    """Every value of a document's ``metadata`` can be saved as JSON, as an index save writes it.
+
+    The test is the save's own (:func:`json.dumps` after dataclasses became dicts, as
+    :func:`dataclasses.asdict` turns them), so whatever saves is accepted; anything else (a datetime, a
+    set, an object) raises :class:`InvalidInputError` naming ``what``, the key and the type, here where
+    the document enters instead of at a later save.
+    """
+    culprits: list[object] = []
+
+    def as_json(obj: object) -> object:
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return dataclasses.asdict(obj)
+        culprits.append(obj)
+        raise TypeError(type(obj).__name__)
+
+    for key, value in metadata.items():
+        culprits.clear()
+        try:
+            json.dumps({key: value}, default=as_json)
+        except (TypeError, ValueError) as err:  # ValueError: a value that contains itself
+            if culprits:
+                where = "" if culprits[0] is value else " inside it"
+                problem = f"holds an object of type {type(culprits[0]).__name__}{where}"
+            else:
+                problem = f"cannot be written ({err})"
+            raise InvalidInputError(
+                f"metadata of {what}: key {key!r} {problem}, which cannot be saved as JSON; convert it to a "
+                "str, number, bool, None, list or dict first (e.g. str(value), a date's value.isoformat(), "
+                "a set's sorted(value))"
+            ) from None

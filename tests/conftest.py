@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +25,15 @@ from qrag_core.encoders import TextEncoder  # noqa: E402
 from qrag_core.model_names import base_minilm_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def killed_writer(code: str, *args: str) -> int:
+    """Run Python ``code`` (which ends by killing itself with ``os._exit(9)`` mid-write) in a new process;
+    its process id, now of no running process."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 9, done.stderr
+    return int(done.stdout)
 
 
 def load_script(relative_path: str) -> ModuleType:

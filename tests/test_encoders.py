@@ -2,7 +2,10 @@
 
 import importlib.util
 import json
+import os
 import random
+import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ from transformers import BertConfig, BertModel
 from qrag_core.encoders import TextEncoder, fit_pieces
 from qrag_core.index import DocumentIndex
 from qrag_core.search import search
+from tests.conftest import killed_writer
 
 WORDS = "apple river king ship tower wolf lamp cake road bell star coin rope mask drum".split()
 
@@ -279,6 +283,43 @@ def test_a_full_disk_during_the_onnx_export_is_a_storage_error_and_leaves_nothin
         tiny_model.action_encoder.use_backend("onnx")
         tiny_model.action_encoder.encode(TEXTS)  # the first encoding exports the model
     assert list((tmp_path / "onnx").iterdir()) == []
+
+
+KILLED_EXPORT = """
+import os, socket, sys, tempfile
+work = tempfile.mkdtemp(dir=sys.argv[1], prefix=f".tmp-onnx-{socket.gethostname()}-{os.getpid()}-")
+open(os.path.join(work, "model.onnx"), "wb").write(b"half a graph")
+print(os.getpid(), flush=True)
+os._exit(9)
+"""
+
+
+@onnx_needed
+def test_an_export_removes_the_temporary_directory_a_killed_export_left(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("QRAG_CACHE_DIR", str(tmp_path))
+    cache = tmp_path / "onnx"
+    cache.mkdir()
+    dead = killed_writer(KILLED_EXPORT, str(cache))
+    host = socket.gethostname()
+    (killed,) = cache.iterdir()
+    assert killed.name.startswith(f".tmp-onnx-{host}-{dead}-") and (killed / "model.onnx").is_file()
+    live = cache / f".tmp-onnx-{host}-{os.getpid()}-abcd1234"  # an export running now
+    elsewhere = cache / f".tmp-onnx-other-host-{dead}-abcd1234"  # its process cannot be checked from here
+    for kept in (live, elsewhere):
+        kept.mkdir()
+    export, work = torch.onnx.export, []
+
+    def export_recording_its_directory(module, args, path, **kwargs):
+        work.append(Path(path).parent.name)
+        return export(module, args, path, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", export_recording_its_directory)
+    tiny_model.action_encoder.use_backend("onnx")
+    tiny_model.action_encoder.encode(TEXTS)
+    assert len(work) == 1 and work[0].startswith(f".tmp-onnx-{host}-{os.getpid()}-"), "named for a later clean-up"
+    exported = [p.name for p in cache.glob("*.onnx")]
+    assert len(exported) == 1
+    assert sorted(p.name for p in cache.iterdir()) == sorted([*exported, live.name, elsewhere.name])
 
 
 def test_unknown_backend_is_refused(tiny_model):

@@ -148,3 +148,74 @@ def test_benchmark_measures_flat_as_exact_and_writes_its_table(tmp_path, monkeyp
     bench.write_markdown({"sizes": {"3000": report}}, tmp_path / "f.md")
     text = (tmp_path / "f.md").read_text()
     assert "| flat | fp32 |" in text and "| 1.000 |" in text and "10M passages were not measured" in text
+
+
+@pytest.fixture()
+def three_collections(tiny_model) -> DocumentIndex:
+    return DocumentIndex.build(
+        tiny_model, [PASSAGES[:40], PASSAGES[40:70], PASSAGES[70:]], ["a", "b", "c"], ordered=False
+    )
+
+
+def count_builds(monkeypatch) -> dict[str, int]:
+    """How often restricted indexes, action vectors and faiss indexes are built from now on."""
+    counts = {"copied documents": 0, "faiss indexes": 0}
+    add_from, passage_init = DocumentIndex.add_from, vector_index.PassageIndex.__init__
+
+    def copying(self, other, doc_id):
+        counts["copied documents"] += 1
+        add_from(self, other, doc_id)
+
+    def building(self, vectors, kind):
+        counts["faiss indexes"] += 1
+        passage_init(self, vectors, kind)
+
+    monkeypatch.setattr(DocumentIndex, "add_from", copying)
+    monkeypatch.setattr(vector_index.PassageIndex, "__init__", building)
+    return counts
+
+
+def only(index: DocumentIndex, doc_ids: list[str]) -> DocumentIndex:
+    """A new index of these documents of ``index``, in the order given."""
+    fresh = DocumentIndex(index.fingerprint, index.dim)
+    for doc_id in doc_ids:
+        fresh.add_from(index, doc_id)
+    return fresh
+
+
+def test_a_repeated_restricted_search_reuses_its_index_and_faiss_index(tiny_model, three_collections, monkeypatch):
+    want = [
+        trace(search(tiny_model, q, only(three_collections, ["a", "c"]), k=3, vector_index="flat")) for q in QUESTIONS
+    ]
+    counts = count_builds(monkeypatch)
+    first = trace(
+        search(tiny_model, QUESTIONS[0], three_collections, k=3, document_ids=["c", "a"], vector_index="flat")
+    )
+    assert counts == {"copied documents": 2, "faiss indexes": 1}
+    got = [
+        trace(search(tiny_model, q, three_collections, k=3, document_ids=["a", "c"], vector_index="flat"))
+        for q in QUESTIONS
+    ]
+    assert counts == {"copied documents": 2, "faiss indexes": 1}, "the same documents: nothing rebuilt"
+    assert got[0] == first
+    for g, w in zip(got, want, strict=True):
+        assert_same_chunks_and_q(g, w)
+
+
+def test_adding_or_replacing_a_document_renews_the_restricted_index(tiny_model, three_collections, monkeypatch):
+    search(tiny_model, QUESTIONS[0], three_collections, k=3, document_ids=["a", "c"], vector_index="flat")
+    counts = count_builds(monkeypatch)
+    three_collections.remove("a")
+    new = [f"New passage {i} on towers and kings." for i in range(5)]
+    three_collections.add_from(DocumentIndex.build(tiny_model, [new], ["a"], ordered=False), "a")
+    counts["copied documents"] = 0
+    result = search(tiny_model, QUESTIONS[0], three_collections, k=3, document_ids=["a", "c"], vector_index="flat")
+    assert counts == {"copied documents": 2, "faiss indexes": 1}
+    want = search(tiny_model, QUESTIONS[0], only(three_collections, ["c", "a"]), k=3, vector_index="flat")
+    assert_same_chunks_and_q(trace(result), trace(want))
+    everything = search(tiny_model, QUESTIONS[1], three_collections, k=35, document_ids=["a", "c"], vector_index="flat")
+    assert sorted(s.chunk.text for s in everything.chunks) == sorted(new + PASSAGES[70:])
+    three_collections.add_from(DocumentIndex.build(tiny_model, [PASSAGES[:3]], ["d"], ordered=False), "d")
+    counts["copied documents"] = 0
+    search(tiny_model, QUESTIONS[0], three_collections, k=3, document_ids=["a", "c"], vector_index="flat")
+    assert counts == {"copied documents": 2, "faiss indexes": 3}, "an added document renews it too"

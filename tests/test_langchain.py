@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import subprocess
 import sys
@@ -303,6 +304,18 @@ def test_user_metadata_is_never_overwritten(tiny_model):
         assert doc.metadata["qrag_step"] in (1, 2)
     with pytest.raises(InvalidInputError, match="reserved"):
         retriever.add_documents([Document(page_content=STORY, metadata={"qrag_doc_id": "x"})])
+
+
+def test_metadata_that_cannot_be_saved_is_refused_at_add_documents(tiny_model):
+    retriever = QRAGRetriever.from_model(tiny_model, k=2, cache=None)
+    loaded = Document(page_content=STORY, metadata={"source": "a.pdf", "page": 0, "total_pages": 2}, id="a")
+    dated = Document(page_content=NOTES, metadata={"source": "b.txt", "modified": datetime.date(2024, 5, 1)}, id="b")
+    with pytest.raises(
+        InvalidInputError, match=r"document 1 \(id 'b'\): key 'modified' holds an object of type date, .* convert"
+    ):
+        retriever.add_documents([loaded, dated])
+    assert retriever.session.doc_ids == []
+    assert retriever.add_documents([loaded]) == ["a"]
 
 
 def test_rank_order_and_k_through_configurable_fields(retriever):

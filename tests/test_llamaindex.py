@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 
@@ -240,6 +241,17 @@ def test_inserting_a_document_again_replaces_it_and_its_nodes(tiny_model):
     retriever.insert_nodes(fewer)
     assert retriever.session.doc_ids == ["book"]
     assert set(retriever._nodes) == {n.node_id for n in fewer}
+
+
+def test_metadata_that_cannot_be_saved_is_refused_at_insert(tiny_model):
+    retriever = QRAGRetriever.from_defaults(documents=[Document(text=NOTES, id_="notes")], model=tiny_model, cache=None)
+    node = TextNode(text=STORY, id_="n1", metadata={"tags": {"story"}})
+    node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id="story")
+    with pytest.raises(InvalidInputError, match=r"document 0 \(id 'story'\): key 'tags' holds an object of type set"):
+        retriever.insert_nodes([node])
+    with pytest.raises(InvalidInputError, match=r"id 'dated'\): key 'day' holds an object of type date"):
+        retriever.insert_documents([Document(text=STORY, id_="dated", metadata={"day": datetime.date(2024, 5, 1)})])
+    assert retriever.session.doc_ids == ["notes"] and retriever._nodes == {}
 
 
 def test_show_progress_draws_a_bar(tiny_model, documents, capsys):

@@ -7,6 +7,8 @@ tracebacks, and option mistakes in the CLIs and the Python API ended in tracebac
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import math
 from collections.abc import Callable
@@ -38,9 +40,10 @@ from qrag_core.index import DocumentIndex
 from qrag_core.long_index import check_output
 from qrag_core.metrics import fact_scores, resolve_support
 from qrag_core.model_names import resolve_model_path
-from qrag_core.retriever import saved_options
+from qrag_core.retriever import Retriever, saved_options
 from qrag_core.search import search
 from qrag_core.search_options import SearchOptions
+from qrag_core.sources import Piece
 from qrag_core.training import TrainingConfig
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -459,6 +462,49 @@ def test_doc_ids_and_metadatas_must_match_the_documents(tiny_model: QRAG) -> Non
         DocumentIndex.build(tiny_model, documents, metadatas=[{"page": 1}, "page 2"])
     index = DocumentIndex.build(tiny_model, documents, doc_ids=["a", "b"], metadatas=[{"page": 1}, None])
     assert index.doc_ids == ["a", "b"] and index.chunks[0].metadata == {"page": 1}
+
+
+@dataclasses.dataclass
+class _Page:
+    number: int
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (datetime.datetime(2024, 5, 1), "key 'when' holds an object of type datetime,"),
+        ({"draft", "final"}, "key 'when' holds an object of type set,"),
+        ({"nested": [object()]}, "key 'when' holds an object of type object inside it"),
+        ({("a", 1): "x"}, "key 'when' cannot be written"),
+    ],
+)
+def test_metadata_that_cannot_be_saved_is_refused_where_it_enters(
+    tiny_model: QRAG, tmp_path: Path, value: object, problem: str
+) -> None:
+    metadata = {"source": "story.txt", "when": value}
+    wanted = f"{problem}.*cannot be saved as JSON; convert it to a str, number"
+    with pytest.raises(InvalidInputError, match=rf"document 'story'.*{wanted}"):
+        DocumentIndex.build(tiny_model, ["Mary left."], doc_ids=["story"], metadatas=[metadata])
+    with pytest.raises(InvalidInputError, match=rf"document 'story', chunk 1: {wanted}"):
+        index = DocumentIndex(tiny_model.action_encoder.fingerprint(), tiny_model.action_encoder.dim)
+        chunks = chunks_from_texts(["Mary left.", "John slept."], doc_id="story")
+        chunks[1].metadata = metadata
+        index.add(chunks, torch.zeros(2, index.dim), doc_id="story")
+    retriever = Retriever(tiny_model, cache=None)
+    with pytest.raises(InvalidInputError, match=rf"document 1 \(id 'story'\): {wanted}"):
+        retriever.add_texts(["Sandra ran.", "Mary left."], metadatas=[None, metadata], ids=["other", "story"])
+    assert retriever.doc_ids == []
+    with pytest.raises(InvalidInputError, match=rf"document 0, split 1: {wanted}"):
+        retriever.add_sources([[Piece("Mary left.", 0), Piece("John slept.", 11, metadata)]])
+
+
+def test_metadata_that_saves_today_is_still_accepted(tiny_model: QRAG, tmp_path: Path) -> None:
+    metadata = {"page": 3, "tags": ("a", "b"), "score": math.nan, 7: "int key", "where": _Page(2), "nested": {"x": [1]}}
+    retriever = Retriever(tiny_model, cache=None)
+    retriever.add_texts(["Mary left. John slept."], metadatas=[metadata], ids=["story"])
+    retriever.save(tmp_path / "saved")
+    saved = Retriever.load(tmp_path / "saved", model=tiny_model, cache=None).index.chunks[0].metadata
+    assert saved["tags"] == ["a", "b"] and saved["where"] == {"number": 2} and saved["7"] == "int key"
 
 
 @pytest.mark.parametrize(

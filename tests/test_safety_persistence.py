@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from qrag_core.errors import InvalidInputError, QRAGError, StorageError, UnsafeO
 from qrag_core.index import DocumentIndex
 from qrag_core.model import QRAG
 from qrag_core.retriever import Retriever
-from tests.conftest import make_tiny_model
+from tests.conftest import killed_writer, make_tiny_model
 
 
 @pytest.fixture()
@@ -162,6 +164,31 @@ def test_a_full_disk_in_the_transformers_weights_writer_keeps_the_old_model(load
         make_tiny_model(loadable.action_encoder.tokenizer, loadable.config, seed=5).save_pretrained(target)
     assert {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
     assert no_temporary_left(tmp_path)
+
+
+KILLED_FILE_WRITE = """
+import os, sys
+from qrag_core.atomic import atomic_file
+with atomic_file(sys.argv[1]) as tmp:
+    open(tmp, "wb").write(b"half the data")
+    print(os.getpid(), flush=True)
+    os._exit(9)
+"""
+
+
+def test_a_file_write_removes_what_a_killed_write_of_it_left(tmp_path):
+    target = tmp_path / "metrics.jsonl"
+    dead = killed_writer(KILLED_FILE_WRITE, str(target))
+    host = socket.gethostname()
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(f".tmp-metrics.jsonl-{host}-{dead}-") and left.read_bytes() == b"half the data"
+    live = tmp_path / f".tmp-metrics.jsonl-{host}-{os.getpid()}-abcd1234"  # a write running now
+    elsewhere = tmp_path / f".tmp-metrics.jsonl-other-host-{dead}-abcd1234"  # its process cannot be checked
+    other = tmp_path / f".tmp-other.jsonl-{host}-{dead}-abcd1234"  # another file's: left to that file's writes
+    for kept in (live, elsewhere, other):
+        kept.write_text("kept")
+    atomic.write_file(target, "rows")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, live.name, elsewhere.name, other.name])
 
 
 def test_a_full_disk_in_a_single_file_write_keeps_the_old_file(tmp_path, monkeypatch):

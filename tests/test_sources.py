@@ -67,13 +67,30 @@ def test_splits_of_the_demo_book_give_the_chunks_of_the_whole_book(session, tiny
     assert torch.equal(session.index.content, whole.index.content)
 
 
-def test_adding_an_id_again_replaces_the_document(session):
-    session.add_texts([STORY, "The kettle is broken. Anna fixed it."], ids=["story", "notes"])
-    session.add_texts(["Mary went to the garden. The sun was out."], ids=["story"])
-    assert session.doc_ids == ["notes", "story"]
+def test_adding_an_id_again_replaces_the_document_in_its_place(session, tiny_model):
+    notes, garden = "The kettle is broken. Anna fixed it.", "Mary went to the garden. The sun was out."
+    session.add_texts([STORY, notes, "Anna left. The lab was dark."], ids=["story", "notes", "lab"])
+    session.add_texts([garden], ids=["story"])
+    assert session.doc_ids == ["story", "notes", "lab"]
     start, end = session.index.document_range("story")
     assert [c.text for c in session.index.chunks[start:end]] == ["Mary went to the garden.", "The sun was out."]
-    assert len(session.index) == session.index.content.shape[0] == 4
+    assert len(session.index) == session.index.content.shape[0] == 6
+    session.add_texts(["The kettle is broken."], ids=["notes"], ordered=False)  # shorter, and a passage now
+    assert session.doc_ids == ["story", "notes", "lab"] and session.index.ordered == [True, False, True]
+    fresh = Retriever(tiny_model, cache=None)
+    fresh.add_texts([garden], ids=["story"])
+    fresh.add_texts(["The kettle is broken."], ids=["notes"], ordered=False)
+    fresh.add_texts(["Anna left. The lab was dark."], ids=["lab"])
+    assert session.index.doc_starts.tolist() == fresh.index.doc_starts.tolist() == [0, 2, 3]
+    assert torch.equal(session.index.content, fresh.index.content)
+    for options in (SearchOptions(k=4), SearchOptions(k=3, beam=2), SearchOptions(k=2, document_ids=("lab", "story"))):
+        got, want = session.search(QUESTION, options), fresh.search(QUESTION, options)
+        assert [(s.chunk_index, s.q_value, s.position) for s in got.trace] == [
+            (s.chunk_index, s.q_value, s.position) for s in want.trace
+        ]
+        assert [(c.chunk.doc_id, c.chunk.text) for c in got.chunks] == [
+            (c.chunk.doc_id, c.chunk.text) for c in want.chunks
+        ]
 
 
 def test_documents_without_ids_get_ids_from_their_content(session):
