@@ -1,9 +1,11 @@
 """What every benchmark script shares: cells, their samples, provenance, the results store, tables.
 
 A **cell** is written ``suite[:length][:n]``: ``babilong`` (QA1–QA5 test samples of
-``babilong/test_100_idxs.json``), ``niah`` (the eight RULER variants), ``hotpotqa`` or ``musique``
-(the first ``n`` questions of the shared subsets); ``n`` is the number of samples per task, ``all`` or
-left out for the suite's default (:data:`DEFAULT_SAMPLES`). Samples are built deterministically (seed 0),
+``babilong/test_100_idxs.json``), ``babilong_other`` (the second BabiLong test draw: other bAbI test
+questions at other haystack positions, seed 1), ``niah`` (the eight RULER variants), ``qa_hotpotqa``
+(HotpotQA in a haystack), ``hotpotqa`` or ``musique`` (the first ``n`` questions of the shared subsets);
+``n`` is the number of samples per task, ``all`` or left out for the suite's default
+(:data:`DEFAULT_SAMPLES`). Samples are built deterministically (seed 0 unless the suite says otherwise),
 so every method measured on a cell, in any run, sees the same samples. T, the chunks retrieved per
 question, comes from :mod:`qrag_core.evaluation` (``TASK_STEPS``, ``DEFAULT_STEPS``).
 
@@ -41,11 +43,18 @@ from qrag_core.machine import machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-SUITES = ("babilong", "niah", "hotpotqa", "musique", "qa_hotpotqa")
-LENGTH_SUITES = ("babilong", "niah", "qa_hotpotqa")
+BABILONG_DRAWS = {"babilong": ("official", 0), "babilong_other": ("other", 1)}
+"""The BabiLong suites: their test draw (:mod:`qrag_core.data.babilong`) and seed."""
+BABILONG_OTHER_TITLE = (
+    "BabiLong QA1–QA5, second test draw: other bAbI test questions, other haystack positions (seed 1)"
+)
+"""How tables name the ``babilong_other`` suite."""
+SUITES = ("babilong", "babilong_other", "niah", "hotpotqa", "musique", "qa_hotpotqa")
+LENGTH_SUITES = ("babilong", "babilong_other", "niah", "qa_hotpotqa")
 """Suites whose samples are built at a document length (a cell names it)."""
 DEFAULT_SAMPLES: dict[str, int | None] = {
     "babilong": 100,
+    "babilong_other": 100,
     "niah": 100,
     "hotpotqa": None,
     "musique": None,
@@ -89,10 +98,13 @@ class Cell(NamedTuple):
 
     def examples(self, haystack: Callable[[], Haystack]) -> list[Example]:
         """The cell's samples, built deterministically; ``haystack`` loads the novels when they are needed."""
-        if self.suite == "babilong":
+        if self.suite in BABILONG_DRAWS:
+            draw, seed = BABILONG_DRAWS[self.suite]
             background = haystack() if parse_length(self.length or 0) > 0 else None
             return [
-                e for task in BABILONG_TASKS for e in iter_babilong(task, "test", self.length, self.n, 0, background)
+                e
+                for task in BABILONG_TASKS
+                for e in iter_babilong(task, "test", self.length, self.n, seed, background, draw=draw)
             ]
         if self.suite == "niah":
             return [e for task in NIAH_TASKS for e in iter_niah(task, self.length, self.n, 0, haystack())]

@@ -94,3 +94,85 @@ def test_default_model_benchmark_measures_other_saved_models_next_to_the_default
     assert list(script.build_methods(args)) == ["qrag", "old-default", "dense"]  # nothing is loaded yet
     names = ["bm25", "old-default", "qrag-babilong-minilm", "qrag", "qrag-stop"]
     assert sorted(names, key=script._method_key) == ["qrag", "qrag-stop", "old-default", "qrag-babilong-minilm", "bm25"]
+
+
+def test_the_second_babilong_draw_is_a_length_suite_of_other_questions(harness) -> None:
+    from qrag_core.data.babilong import BABILONG_TASKS, babilong_test_indices, iter_babilong
+
+    cell = harness.parse_cell("babilong_other:32k:10")
+    assert cell == ("babilong_other", "32k", 10) and cell.key == "babilong_other/32k" and cell.steps == 4
+    assert harness.parse_cell("babilong_other:32k") == ("babilong_other", "32k", 100)
+    with pytest.raises(InvalidInputError, match="needs a length"):
+        harness.parse_cell("babilong_other")
+    haystack = harness.lazy_haystack()
+    examples = harness.parse_cell("babilong_other:1k:2").examples(haystack)
+    expected = [e for t in BABILONG_TASKS for e in iter_babilong(t, "test", "1k", 2, 1, haystack(), draw="other")]
+    assert examples == expected and len(examples) == 2 * len(BABILONG_TASKS)
+    for example in examples:
+        task = example.extra["task"]
+        assert example.id.startswith(f"babilong-{task}-test-other-1k-") and example.extra["draw"] == "other"
+        assert int(example.id.rsplit("-", 1)[1]) not in babilong_test_indices(task)
+
+
+def _baselines_cell(suite: str, length: str, fact_em: float) -> dict:
+    scores = {"n": 2, "fact_recall": fact_em, "fact_f1": fact_em, "fact_em": fact_em}
+    result = {
+        **scores,
+        "n": 10,
+        "per_task": {task: scores for task in ("qa1", "qa2", "qa3", "qa4", "qa5")},
+        "seconds": 3.0,
+        "build_seconds": 1.0,
+        "samples_per_task": 2,
+        "machine": "Test CPU",
+        "command": f"benchmarks/run_baselines.py --cells {suite}:{length}:2",
+        "commit": "abc1234",
+    }
+    return {"suite": suite, "length": length, "samples_per_task": 2, "methods": {"dense": result}}
+
+
+def test_run_baselines_renders_the_second_babilong_draw_in_its_own_tables(harness, tmp_path: Path) -> None:
+    script = load_script("benchmarks/run_baselines.py")
+    title = "## BabiLong QA1–QA5, second test draw: other bAbI test questions, other haystack positions (seed 1)"
+    official = {"babilong/1k": _baselines_cell("babilong", "1k", 0.25)}
+    out = tmp_path / "BENCHMARKS.md"
+    script.write_markdown({"cells": official}, out)
+    assert "## BabiLong QA1–QA5: fact EM" in out.read_text() and title not in out.read_text()
+
+    both = {**official, "babilong_other/1k": _baselines_cell("babilong_other", "1k", 0.75)}
+    script.write_markdown({"cells": both}, out)
+    text = out.read_text()
+    official_part, other_part = text.split(f"{title}: fact recall@T", 1)
+    assert f"{title}: fact EM (all support facts retrieved)" in other_part
+    assert "0.750" in other_part.split("## RULER")[0] and "0.750" not in official_part
+    assert "0.250" in official_part and "0.250" not in other_part.split("BabiLong second-draw columns")[0]
+    assert "--cells babilong_other:1k:2" in other_part
+
+
+def _default_model_entry(suite: str, method: str, fact_em: float) -> dict:
+    scores = {"n": 2, "fact_em": fact_em, "fact_f1": fact_em}
+    return {
+        "suite": suite,
+        "length": "32k",
+        "method": method,
+        "steps": None,
+        "n": 10,
+        "fact_em": fact_em,
+        "per_task": {task: scores for task in ("qa1", "qa2", "qa3", "qa4", "qa5")},
+        "seconds": 5.0,
+        "machine": "Test CPU",
+        "command": f"python benchmarks/default_model.py --cells {suite}:32k:2",
+    }
+
+
+def test_default_model_renders_the_second_babilong_draw_once_measured() -> None:
+    script = load_script("benchmarks/default_model.py")
+    title = "### BabiLong QA1–QA5, second test draw: other bAbI test questions, other haystack positions (seed 1)"
+    results = {"entries": {"babilong/32k|qrag": _default_model_entry("babilong", "qrag", 0.25)}}
+    assert "### BabiLong QA1–QA5: fact EM" in script.render(results) and title not in script.render(results)
+
+    results["entries"]["babilong_other/32k|qrag"] = _default_model_entry("babilong_other", "qrag", 0.75)
+    results["entries"]["babilong_other/32k|dense"] = _default_model_entry("babilong_other", "dense", 0.5)
+    official, other = script.render(results).split(f"{title}: fact EM", 1)
+    other = other.split("### RULER NIAH")[0]
+    assert "**0.250**" in official and "0.750" not in official
+    assert "**0.750**" in other and "| 32k | 4 | dense | 2 | 0.50 |" in other and "0.250" not in other

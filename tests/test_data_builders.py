@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from qrag_core.data import paths
 from qrag_core.data.babi import babi_files, parse_babi_file
 from qrag_core.data.babilong import babilong_test_indices, build_babilong, iter_babilong, length_label, parse_length
-from qrag_core.data.examples import read_jsonl, write_jsonl
+from qrag_core.data.examples import Example, read_jsonl, write_jsonl
 from qrag_core.data.haystack import (
     Haystack,
     book_paragraphs,
@@ -243,6 +244,102 @@ def test_babilong_rejects_bad_arguments() -> None:
         build_babilong("qa1", "test", "0k", n=0)
 
 
+# Official test samples as main built them before the other draw existed: (task, length, seed) → per sample
+# (id, start of the first chunk, support, chunk count, sha256 prefix of the whole sample). Embedding caches and
+# measured results depend on these samples, so they must never change.
+OFFICIAL_PINS = {
+    ("qa1", "1k", 0): [
+        (
+            "babilong-qa1-test-1k-1",
+            "I don't believe he would have gone away, if Blucher had not ",
+            [3],
+            46,
+            "b69cbf534b466c65",
+        ),
+        ("babilong-qa1-test-1k-4", '"Do you want to see?', [72], 87, "5bb8478b8fadbd00"),
+    ],
+    ("qa3", "4k", 0): [
+        (
+            "babilong-qa3-test-4k-15",
+            "While this sort of a dog with a human face was mounting guar",
+            [244, 248, 252],
+            254,
+            "d635af1ddf88364c",
+        ),
+        ("babilong-qa3-test-4k-37", "Sandra travelled to the kitchen.", [239, 241, 247], 253, "bc705dba5e6431c4"),
+    ],
+    ("qa5", "1k", 1): [
+        ("babilong-qa5-test-1k-3", "Fred picked up the football there.", [54], 55, "12de18450b81bb89"),
+        ("babilong-qa5-test-1k-13", "To hold my peace was very easy, however.", [43], 60, "46f6fdf9efb057e9"),
+    ],
+}
+
+
+def _digest(example: Example) -> str:
+    fields = [example.id, example.question, example.chunks, example.support, example.answer, example.extra]
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@needs_data
+@pytest.mark.parametrize(("task", "length", "seed"), list(OFFICIAL_PINS))
+def test_babilong_official_draw_is_unchanged(haystack: Haystack, task: str, length: str, seed: int) -> None:
+    examples = build_babilong(task, "test", length, n=2, seed=seed, haystack=haystack)
+    assert examples == build_babilong(task, "test", length, n=2, seed=seed, haystack=haystack, draw="official")
+    got = [(e.id, e.chunks[0][:60], e.support, len(e.chunks), _digest(e)) for e in examples]
+    assert got == OFFICIAL_PINS[(task, length, seed)]
+    assert all("draw" not in e.extra for e in examples)
+
+
+@needs_data
+def test_babilong_other_draw_avoids_the_official_questions(haystack: Haystack) -> None:
+    from qrag_core.data.babi import babi_samples
+
+    for task in ("qa1", "qa3"):
+        official = set(babilong_test_indices(task))
+        indices = [int(e.id.rsplit("-", 1)[1]) for e in build_babilong(task, "test", "0k", draw="other")]
+        # Every other test question once, none of the 100, in a shuffled (not file) order.
+        assert sorted(indices) == sorted(set(range(len(babi_samples(task, "test")))) - official)
+        assert indices != sorted(indices)
+    examples = build_babilong("qa2", "test", "1k", n=3, seed=1, haystack=haystack, draw="other")
+    assert all(e.id.startswith("babilong-qa2-test-other-1k-") and e.extra["draw"] == "other" for e in examples)
+    assert all(e.extra["split"] == "test" and e.extra["tokens"] <= 1024 for e in examples)
+
+
+@needs_data
+def test_babilong_other_draw_is_deterministic_and_seeded(haystack: Haystack) -> None:
+    def draw(seed: int) -> list[Example]:
+        return build_babilong("qa1", "test", "1k", n=3, seed=seed, haystack=haystack, draw="other")
+
+    first = draw(1)
+    assert first == draw(1)
+    assert [e.id for e in first] != [e.id for e in draw(2)]
+    # A longer draw starts with the shorter one.
+    assert build_babilong("qa1", "test", "1k", n=5, seed=1, haystack=haystack, draw="other")[:3] == first
+
+
+@needs_data
+def test_babilong_other_draw_places_a_question_elsewhere_in_the_haystack(
+    haystack: Haystack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asked to draw an official question, the other draw would still put it at other haystack positions."""
+    import qrag_core.data.babilong as babilong
+
+    official = build_babilong("qa1", "test", "1k", n=2, seed=0, haystack=haystack)
+    indices = [int(e.id.rsplit("-", 1)[1]) for e in official]
+    monkeypatch.setattr(babilong, "_question_indices", lambda *args: indices)
+    other = build_babilong("qa1", "test", "1k", n=2, seed=0, haystack=haystack, draw="other")
+    assert [e.id.replace("-other", "") for e in other] == [e.id for e in official]
+    for a, b in zip(official, other, strict=True):
+        assert a.question == b.question and a.chunks != b.chunks
+
+
+def test_babilong_draw_rejects_bad_arguments() -> None:
+    with pytest.raises(InvalidInputError, match="unknown draw"):
+        build_babilong("qa1", "test", "0k", draw="second")
+    with pytest.raises(InvalidInputError, match="train split has a single draw"):
+        build_babilong("qa1", "train", "0k", draw="other")
+
+
 # ----------------------------------------------------------------------------- qrag-data CLI
 @needs_data
 def test_qrag_data_babilong_writes_the_same_file_for_the_same_seed(tmp_path: Path) -> None:
@@ -255,6 +352,24 @@ def test_qrag_data_babilong_writes_the_same_file_for_the_same_seed(tmp_path: Pat
     assert a.read_bytes() == b.read_bytes()
     rows = read_jsonl(a, need_support=True)
     assert [r.extra["task"] for r in rows] == ["qa1", "qa1", "qa2", "qa2"]
+
+
+@needs_data
+def test_qrag_data_babilong_other_draw(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qrag_core.cli.data import main as data_main
+
+    out = tmp_path / "other.jsonl"
+    args = ["babilong", "--task", "qa1", "--length", "0k", "--n", "3", "--draw", "other", "--seed", "1"]
+    assert data_main([*args, "--out", str(out)]) == 0
+    rows = read_jsonl(out, need_support=True)
+    assert [r.id for r in rows] == [e.id for e in build_babilong("qa1", "test", "0k", n=3, seed=1, draw="other")]
+    assert all(r.extra["draw"] == "other" for r in rows)
+    with pytest.raises(SystemExit) as exit_info:
+        data_main(
+            ["babilong", "--task", "qa1", "--length", "0k", "--split", "train", "--draw", "other", "--out", str(out)]
+        )
+    assert exit_info.value.code == 2
+    assert "--draw other needs --split test" in capsys.readouterr().err
 
 
 def test_qrag_data_reports_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

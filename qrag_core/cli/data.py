@@ -20,6 +20,7 @@ from qrag_core.cli import (
     run_reporting_errors,
     setup_logging,
 )
+from qrag_core.data.babilong import DRAWS
 from qrag_core.data.examples import write_jsonl
 from qrag_core.embedding_cache import EmbeddingCache, shared_cache_path
 
@@ -36,7 +37,7 @@ def babilong(args: argparse.Namespace) -> None:
         example
         for task in args.task
         for example in iter_babilong(
-            task, args.split, args.length, args.n, args.seed, haystack, distractors=args.distractors
+            task, args.split, args.length, args.n, args.seed, haystack, distractors=args.distractors, draw=args.draw
         )
     )
     count = write_jsonl(rows, args.out)
@@ -132,10 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", choices=("train", "test"), default="test", help="bAbI split to draw from (default: %(default)s)"
     )
     babi.add_argument(
+        "--draw",
+        choices=DRAWS,
+        default="official",
+        help="test questions to draw (--split test only): official = the 100 per task of "
+        "babilong/test_100_idxs.json, in file order; other = a second, independent test draw: the task's other "
+        "test questions (never one of the 100) in an order picked by --seed, at other haystack positions, with ids "
+        "babilong-<task>-test-other-<length>-<index> (default: %(default)s)",
+    )
+    babi.add_argument(
         "--n",
         type=positive_int,
         default=None,
-        help="samples per task (default: all; the test split has the 100 of babilong/test_100_idxs.json)",
+        help="samples per task (default: all; the official test draw has the 100 of babilong/test_100_idxs.json)",
     )
     babi.add_argument(
         "--distractors",
@@ -231,6 +241,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if getattr(args, "out", None) is not None:
         check_output_file(parser, "--out", args.out)
+    if getattr(args, "draw", "official") != "official" and args.split != "test":
+        parser.error(f"--draw {args.draw} needs --split test: the {args.split} split has a single draw")
     return args
 
 

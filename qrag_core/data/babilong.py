@@ -17,10 +17,15 @@ Lengths: ``"0k"`` is the story alone; otherwise ``k`` = 1024 tokens and ``M`` = 
 (facts + haystack) never exceeds the target and falls short of it by at most 1%: near the end, a
 haystack sentence that would overshoot is passed over for the next one that fits.
 
-Test samples are the 100 per task listed in ``babilong/test_100_idxs.json`` (indices into the test
-file's questions in file order); training samples are drawn from the train split. Every sample has
-its own random generator seeded by (seed, task, split, length, question index), so the same seed
-gives the same file and sample ``i`` does not depend on how many samples are built.
+Test samples come in two draws. The ``"official"`` draw is the 100 per task listed in
+``babilong/test_100_idxs.json`` (indices into the test file's questions in file order). The ``"other"``
+draw is a second, independent check: the task's remaining test questions (never one of the 100), in
+a random order picked by the seed, with ids ``babilong-<task>-test-other-<length>-<index>`` and
+``extra["draw"] == "other"``. Training samples are drawn from the train split (one draw). Every sample
+has its own random generator seeded by (seed, task, split, draw, length, question index), so the same
+seed gives the same file, sample ``i`` does not depend on how many samples are built, and a question
+of the other draw sits at other haystack positions than it would in the official one. The official
+draw's key leaves the draw out, so its samples are the ones built before the other draw existed.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ from qrag_core.text_files import read_json_file
 logger = logging.getLogger(__name__)
 
 BABILONG_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
+DRAWS = ("official", "other")
+"""Test draws: the 100 listed questions per task, or the task's other test questions."""
 STANDARD_LENGTHS = ("0k", "1k", "4k", "16k", "32k", "128k", "1M", "10M")
 LENGTH_TOLERANCE = 0.01
 """A sample's tokens lie in [target · (1 − tolerance), target]."""
@@ -96,12 +103,19 @@ def babilong_test_indices(task: str) -> list[int]:
     return list(table[task])
 
 
-def _question_indices(task: str, split: str, n: int | None, seed: int, available: int) -> list[int]:
-    if split == "test":
+def _question_indices(task: str, split: str, draw: str, n: int | None, seed: int, available: int) -> list[int]:
+    """The question indices of a draw, in sample order (the first ``n`` of them)."""
+    if split == "test" and draw == "official":
         chosen = babilong_test_indices(task)
         return chosen if n is None else chosen[:n]
-    order = list(range(available))
-    random.Random(f"babilong-train-order:{seed}:{task}").shuffle(order)
+    if split == "test":
+        official = set(babilong_test_indices(task))
+        order = [i for i in range(available) if i not in official]
+        key = f"babilong-test-other-order:{seed}:{task}"
+    else:
+        order = list(range(available))
+        key = f"babilong-train-order:{seed}:{task}"
+    random.Random(key).shuffle(order)
     return order if n is None else order[:n]
 
 
@@ -157,15 +171,25 @@ def iter_babilong(
     haystack: Haystack | None = None,
     tokenizer: Tokenizer | None = None,
     distractors: int = 0,
+    draw: str = "official",
 ) -> Iterator[Example]:
     """BabiLong examples one at a time (a 10M-token sample is built as a list of sentences, never a string).
 
     ``n`` limits the count: the first ``n`` of the 100 test samples, or ``n`` random training questions
     (all of them, shuffled, when None). ``haystack`` and ``tokenizer`` default to the novels and the
     base tokenizer. ``distractors`` adds that many hard distractors per sample (see :func:`make_sample`).
+    ``draw="other"`` (test split only) draws ``n`` random test questions outside the 100 instead (all of
+    them when None), the seed picking both the questions and their haystack positions.
     """
     if split not in SPLITS:
         raise InvalidInputError(f"unknown split {split!r}; use one of {SPLITS}")
+    if draw not in DRAWS:
+        raise InvalidInputError(f"unknown draw {draw!r}; use one of {DRAWS}")
+    if draw == "other" and split != "test":
+        raise InvalidInputError(
+            f"the 'other' draw picks test questions outside babilong/test_100_idxs.json; the {split} split has "
+            "a single draw (use draw='official')"
+        )
     if n is not None and n <= 0:
         raise InvalidInputError(f"n must be positive, got {n}")
     if distractors < 0:
@@ -176,11 +200,14 @@ def iter_babilong(
     if target > 0 and haystack is None:
         haystack = Haystack.load(tokenizer)
     skipped = 0
-    for index in _question_indices(task, split, n, seed, len(samples)):
+    # The split and, for the other draw, the draw, as sample ids and random keys write it: the official
+    # draw's keys are those of before the other draw existed, so its samples (and caches of them) stay valid.
+    part = split if draw == "official" else f"{split}-{draw}"
+    for index in _question_indices(task, split, draw, n, seed, len(samples)):
         if not 0 <= index < len(samples):
             raise InvalidInputError(f"{task} {split}: question index {index} outside 0..{len(samples) - 1}")
         sample = samples[index]
-        rng = random.Random(f"babilong:{seed}:{task}:{split}:{target}:{index}")
+        rng = random.Random(f"babilong:{seed}:{task}:{part}:{target}:{index}")
         built = make_sample(sample, target, haystack, rng, tokenizer, distractors)
         if built is None:
             skipped += 1
@@ -189,8 +216,10 @@ def iter_babilong(
         extra = {"task": task, "length": label, "tokens": tokens, "split": split, "source": sample.source}
         if distractors and target > 0:
             extra["distractors"] = distractors
+        if draw != "official":
+            extra["draw"] = draw
         yield Example(
-            id=f"babilong-{task}-{split}-{label}-{index}",
+            id=f"babilong-{task}-{part}-{label}-{index}",
             question=sample.question,
             chunks=chunks,
             support=support,
