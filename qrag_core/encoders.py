@@ -164,7 +164,7 @@ class TextEncoder(nn.Module):
         return described
 
     def use_backend(self, backend: str) -> None:
-        """Compute inference embeddings (``encode``) with ``backend`` (see ``onnx_backend.BACKENDS``).
+        """Compute inference embeddings (``encode``, ``encode_states``) with ``backend`` (``onnx_backend.BACKENDS``).
 
         Embeddings with gradients (``embed``, training) always come from torch. The fingerprint names
         the backend, so an index or cache made by one backend is never mixed with another's vectors.
@@ -177,12 +177,13 @@ class TextEncoder(nn.Module):
 
         Cached content embeddings and indexes are keyed by it.
         """
-        weights = self._weights_fingerprint()
+        weights = self.weights_fingerprint()
         if self.backend == "torch":
             return weights
         return hashlib.sha256(f"{weights};backend={backend_description(self.backend)}".encode()).hexdigest()[:32]
 
-    def _weights_fingerprint(self) -> str:
+    def weights_fingerprint(self) -> str:
+        """A hash of what the encoder computes, whatever the backend (:meth:`fingerprint` without it)."""
         if self._fingerprint is None:
             digest = hashlib.sha256(f"max_tokens={self.max_tokens};".encode())
             pipeline = self._pipeline()
@@ -210,7 +211,7 @@ class TextEncoder(nn.Module):
         """Pooled embeddings; ``fast`` runs the transformer on the inference backend instead of torch."""
         if fast and self.backend != "torch":
             if self._runner is None:
-                self._runner = OnnxRunner(self.model, self.backend, self._weights_fingerprint(), default_cache_dir())
+                self._runner = OnnxRunner(self.model, self.backend, self.weights_fingerprint(), default_cache_dir())
             hidden = self._runner(input_ids, attention_mask).to(input_ids.device)
         else:
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -305,6 +306,13 @@ class TextEncoder(nn.Module):
             bar.update(len(idx))
         bar.close()
         return out
+
+    def encode_states(
+        self, questions: Sequence[str], selections: Sequence[Sequence[str]], batch_size: int = 64
+    ) -> torch.Tensor:
+        """Inference-mode embeddings of states on the chosen backend (search), on the CPU, float32."""
+        ids = [self.state_ids(q, s) for q, s in zip(questions, selections, strict=True)]
+        return self.encode_ids(ids, batch_size, prompt_length=self._prompt_tokens(self.query_prompt))
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> torch.Tensor:
         """Inference-mode embeddings of chunk texts, on the CPU, float32; logs once if any text was cut."""

@@ -344,7 +344,7 @@ class Retriever:
             meta = {
                 "format_version": RETRIEVER_FORMAT_VERSION,
                 "model": model_entry,
-                "state_fingerprint": self.model.state_encoder.fingerprint(),
+                "state_fingerprint": self.model.state_encoder.weights_fingerprint(),
                 "model_config": self.model.config.to_dict(),
                 "chunking": dataclasses.asdict(self.chunking),
                 "options": (options or SearchOptions()).as_dict(),
@@ -380,7 +380,7 @@ class Retriever:
             else:
                 name = model_entry.get("name")
                 model = QRAG.from_pretrained(name, device=device)
-                if model.state_encoder.fingerprint() != expected_state:
+                if model.state_encoder.weights_fingerprint() != expected_state:
                     logger.warning(
                         "%s now resolves to a different model than when this retriever was saved; "
                         "results will differ from before",

@@ -216,7 +216,7 @@ def _search(
     finished: list[_Beam] = []
     for t in range(steps):
         selections = [[index.chunks[offset + i].text for i in sorted(b.selected)] for b in beams]
-        states = model.state_vectors([question] * len(beams), selections)
+        states = model.search_state_vectors([question] * len(beams), selections)
         k = min(max(expand_k, alternatives + 1), n - t)
         children: dict[frozenset[int], _Beam] = {}
         for row, b in enumerate(beams):

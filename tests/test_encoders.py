@@ -1,6 +1,7 @@
 """The text encoders: state text assembly within the position limit, and embeddings."""
 
 import importlib.util
+import json
 import os
 import random
 import socket
@@ -220,6 +221,34 @@ def test_onnx_backends_match_torch_and_have_their_own_fingerprint(tiny_model, tm
 
 
 @onnx_needed
+def test_search_with_the_onnx_state_encoder_selects_as_torch_does(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("QRAG_CACHE_DIR", str(tmp_path))
+    index = DocumentIndex.build(tiny_model, [TEXTS])
+    encoder = tiny_model.state_encoder
+    weights = encoder.weights_fingerprint()
+
+    def run() -> list[list[tuple[int, float]]]:
+        return [
+            [(s.chunk_index, s.q_value) for s in search(tiny_model, question, index, k=3, beam=beam).trace]
+            for question in ("where is the milk?", "who went to the kitchen?")
+            for beam in (1, 3)
+        ]
+
+    reference = run()
+    encoder.use_backend("onnx")
+    fast = run()
+    assert [[i for i, _ in line] for line in fast] == [[i for i, _ in line] for line in reference]
+    assert (
+        max(abs(a - b) for x, y in zip(fast, reference, strict=True) for (_, a), (_, b) in zip(x, y, strict=True))
+        < 1e-4
+    )
+    assert len(list((tmp_path / "onnx").glob("*-onnx.onnx"))) == 1, "the state encoder was exported and used"
+    assert encoder.weights_fingerprint() == weights != encoder.fingerprint()
+    assert tiny_model.state_vectors(["where is the milk?"], [[]]).requires_grad, "training states stay on torch"
+    encoder.use_backend("torch")
+
+
+@onnx_needed
 def test_index_of_another_backend_is_refused(tiny_model, tmp_path, monkeypatch):
     import copy
 
@@ -309,7 +338,13 @@ def test_index_cli_builds_and_searches_with_the_int8_backend(tmp_path, monkeypat
     document.write_text(story, encoding="utf-8")
     common = ["--model", "all-MiniLM-L6-v2", "--backend", "onnx-int8"]
     assert main(["build", *common, "--document", str(document), "--out", str(tmp_path / "index")]) == 0
-    query = ["search", "--index", str(tmp_path / "index"), "--question", "Where is Mary?", "--steps", "2"]
+    capsys.readouterr()
+    query = ["search", "--index", str(tmp_path / "index"), "--question", "Where is Mary?", "--steps", "2", "--json"]
     assert main([*query, *common]) == 0
+    torch_states = json.loads(capsys.readouterr().out)
+    assert main([*query, *common, "--state-backend", "onnx"]) == 0
+    onnx_states = json.loads(capsys.readouterr().out)
+    assert [c["chunk_index"] for c in onnx_states["evidence"]] == [c["chunk_index"] for c in torch_states["evidence"]]
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 2, "the state encoder's copy was exported"
     assert main([*query, "--model", "all-MiniLM-L6-v2"]) != 0, "a torch model refuses the int8 index"
     assert "encoding backend" in capsys.readouterr().err

@@ -20,7 +20,8 @@ ends with one of these exit statuses (:func:`run_reporting_errors`):
 Options share their checked types (:func:`positive_int`, :func:`finite_float`, …) and the flags of a
 config dataclass are generated from its field docstrings (:func:`add_dataclass_flags`), the search
 flags of ``qrag-demo`` and ``qrag-index search`` from :class:`~qrag_core.search_options.SearchOptions`
-(:func:`add_search_flags`, read back by :func:`from_flags`).
+(:func:`add_search_flags`, read back by :func:`from_flags`); the encoding backends of ``qrag-index`` and
+``qrag-eval`` come from :func:`add_backend_flags` and :func:`use_backends`.
 """
 
 from __future__ import annotations
@@ -34,12 +35,16 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qrag_core.config import field_docs
 from qrag_core.errors import QRAGError
+from qrag_core.onnx_backend import BACKENDS
 from qrag_core.search_options import ORDERS, SearchOptions
 from qrag_core.vector_index import VECTOR_INDEXES
+
+if TYPE_CHECKING:
+    from qrag_core.model import QRAG
 
 T = TypeVar("T")
 
@@ -224,3 +229,29 @@ def add_search_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
 def from_flags(cls: type[T], args: argparse.Namespace) -> T:
     """The dataclass ``cls`` made from the flags :func:`add_dataclass_flags` added (those given or defaulted)."""
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
+def add_backend_flags(parser: argparse.ArgumentParser, chunk_note: str) -> None:
+    """``--backend`` (what computes the chunk embeddings; ``chunk_note`` says what that means for the tool)
+    and ``--state-backend`` (what computes the states at search time), applied by :func:`use_backends`."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help=f"what computes the chunk embeddings: torch, or ONNX Runtime float32 / int8 (faster on CPU, needs "
+        f"qrag[onnx]); {chunk_note}",
+    )
+    parser.add_argument(
+        "--state-backend",
+        choices=BACKENDS,
+        default="torch",
+        help="what computes the state embeddings (question + chunks found) at each search step: torch, or an "
+        "ONNX Runtime copy of the state encoder (float32: the same selections, faster on CPU; int8: faster "
+        "still, selections may differ)",
+    )
+
+
+def use_backends(model: QRAG, args: argparse.Namespace) -> None:
+    """Set the encoders of ``model`` to the backends :func:`add_backend_flags` parsed into ``args``."""
+    model.action_encoder.use_backend(args.backend)
+    model.state_encoder.use_backend(args.state_backend)

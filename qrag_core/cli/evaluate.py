@@ -19,17 +19,18 @@ from typing import Any
 
 from qrag_core.baselines import METHODS, make_method
 from qrag_core.cli import (
+    add_backend_flags,
     add_search_flags,
     add_verbose_flag,
     from_flags,
     positive_int,
     run_reporting_errors,
     setup_logging,
+    use_backends,
 )
 from qrag_core.data.examples import read_jsonl
 from qrag_core.embedding_cache import EmbeddingCache, shared_cache_path
 from qrag_core.evaluation import DEFAULT_STEPS, TASK_STEPS, evaluate
-from qrag_core.onnx_backend import BACKENDS
 from qrag_core.search_options import SearchOptions
 
 logger = logging.getLogger(__name__)
@@ -78,13 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="shared embedding cache file (default: $QRAG_CACHE_DIR/embeddings.sqlite, i.e. %(default)s)",
     )
     parser.add_argument("--no-cache", action="store_true", help="encode every document afresh (default: use --cache)")
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="torch",
-        help="what computes the chunk embeddings: torch, or ONNX Runtime float32 / int8 (needs qrag[onnx]); "
-        "scores then describe an index built the same way",
-    )
+    add_backend_flags(parser, "scores then describe an index built the same way")
     parser.add_argument(
         "--json", action="store_true", help="print exactly one JSON object on stdout (default: a table)"
     )
@@ -114,7 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     method = make_method(args.method, args.model, cache, from_flags(SearchOptions, args))
     model = getattr(method, "model", None)
     if model is not None:
-        model.action_encoder.use_backend(args.backend)
+        use_backends(model, args)
     result = evaluate(
         method,
         examples,

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from qrag_core.cli import (
+    add_backend_flags,
     add_search_flags,
     add_verbose_flag,
     from_flags,
@@ -28,6 +29,7 @@ from qrag_core.cli import (
     positive_int,
     run_reporting_errors,
     setup_logging,
+    use_backends,
 )
 from qrag_core.config import DEFAULT_SENTENCE_SPLITTER, SENTENCE_SPLITTERS, ChunkingConfig
 from qrag_core.embedding_cache import shared_cache
@@ -35,7 +37,6 @@ from qrag_core.errors import InvalidInputError, UnsafeOutputError
 from qrag_core.index import DocumentIndex
 from qrag_core.long_index import build_long_index, check_output
 from qrag_core.model import QRAG
-from qrag_core.onnx_backend import BACKENDS
 from qrag_core.ray_index import RayShardEncoder
 from qrag_core.search import search
 from qrag_core.search_options import SearchOptions
@@ -53,13 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default=None, help="model name or path (default: the shipped default model)")
-    common.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="torch",
-        help="what computes the chunk embeddings: torch, or ONNX Runtime float32 / int8 (faster on CPU, needs "
-        "qrag[onnx]); an index is searched with the backend it was built with",
-    )
+    add_backend_flags(common, "an index is searched with the backend it was built with")
     add_verbose_flag(common)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -164,7 +159,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _load_model(args: argparse.Namespace) -> QRAG:
     model = QRAG.from_pretrained(args.model).eval()
-    model.action_encoder.use_backend(args.backend)
+    use_backends(model, args)
     return model
 
 
