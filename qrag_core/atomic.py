@@ -14,7 +14,8 @@ the caller is reading. ``overwrite=False`` also refuses qrag's own earlier outpu
 
 Leftovers of a killed save never block the next one: :func:`recover` (run by every save and by
 resuming a training run) removes orphan temporary directories and either restores the old copy (a kill
-between the two renames) or removes it (a kill after them). Every loader reads through
+between the two renames) or removes it (a kill after them). A save's temporary directory is named with
+its host and process id, so a save running at the same time in another process keeps its own. Every loader reads through
 :func:`readable`, which restores that old copy too, so a save killed between its renames never makes
 a model, index or retriever look missing. A killed single-file write (:func:`atomic_file`) leaves a
 temporary file named with its host and process id; the next write of that file removes it once that
@@ -146,14 +147,17 @@ def check_replaceable(
 
 
 def recover(target: str | os.PathLike[str]) -> None:
-    """Clean up after a killed save of ``target``: remove its orphan temporary directories and files, and
-    restore the previous copy (killed between the two renames) or remove it (killed after them)."""
+    """Clean up after a killed save of ``target``: remove its orphan temporary directories and files (never
+    those of a save still running, :func:`remove_stale`), and restore the previous copy (killed between the
+    two renames) or remove it (killed after them)."""
     path = resolved(target)
     if not path.parent.is_dir():
         return
-    orphan = re.compile(re.escape(f"{TMP_PREFIX}{path.name}-") + _RANDOM_PART)
+    prefix = f"{TMP_PREFIX}{path.name}-"
+    remove_stale(path.parent, prefix)
+    unowned = re.compile(re.escape(prefix) + _RANDOM_PART)  # named without a process id (older qrag versions)
     for leftover in path.parent.iterdir():
-        if orphan.fullmatch(leftover.name) and not leftover.is_symlink():
+        if unowned.fullmatch(leftover.name) and not leftover.is_symlink():
             logger.info("removing %s, left by an interrupted save", leftover)
             _remove(leftover)
     aside = _aside(path)
@@ -215,7 +219,7 @@ def atomic_directory(
     path.parent.mkdir(parents=True, exist_ok=True)
     recover(path)
     check_replaceable(path, layout, overwrite, protect)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=owned_prefix(f"{TMP_PREFIX}{path.name}-"), dir=path.parent))
     try:
         try:
             yield tmp

@@ -223,6 +223,20 @@ def test_leftovers_of_killed_saves_are_removed_or_restored(loadable, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-model-v2-abcd1234", "model"]
 
 
+def test_a_save_keeps_the_temporary_directory_of_a_save_running_in_another_process(loadable, tmp_path):
+    target = tmp_path / "model"
+    loadable.save_pretrained(target)
+    host = socket.gethostname()
+    dead = killed_writer("import os; print(os.getpid(), flush=True); os._exit(9)")
+    running = tmp_path / f".tmp-model-{host}-{os.getppid()}-abcd1234"  # a save under way in a live process
+    killed = tmp_path / f".tmp-model-{host}-{dead}-abcd1234"
+    for leftover in (running, killed):
+        (leftover / "state_encoder").mkdir(parents=True)
+    loadable.save_pretrained(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "model"]
+    assert (running / "state_encoder").is_dir(), "the other save's files are untouched"
+
+
 def killed_between_the_renames(target: Path) -> None:
     """What a save killed between its two renames leaves: the old copy aside and the new one beside it."""
     new = target.with_name(f".tmp-{target.name}-n3wc0py0")
