@@ -109,9 +109,7 @@ def quality(model: QRAG, cell: Cell) -> dict:
         scores[backend] = {
             "fact_em": result["fact_em"],
             "fact_f1": result["fact_f1"],
-            "per_task_fact_em": {  # per question type where the samples have no task (HotpotQA)
-                task: row["fact_em"] for task, row in (result["per_task"] or result.get("per_type", {})).items()
-            },
+            "per_task_fact_em": {task: row["fact_em"] for task, row in _groups(result).items()},
             "seconds": time.perf_counter() - start,
         }
     model.action_encoder.use_backend("torch")
@@ -121,6 +119,12 @@ def quality(model: QRAG, cell: Cell) -> dict:
         "scores": scores,
         "fact_em_difference": scores["onnx-int8"]["fact_em"] - scores["torch"]["fact_em"],
     }
+
+
+def _groups(result: dict) -> dict:
+    """The per-task scores of an evaluation, or its per-question-type ones where the samples share one task."""
+    tasks = result.get("per_task", {})
+    return result["per_type"] if len(tasks) <= 1 and "per_type" in result else tasks
 
 
 def render(result: dict) -> str:
