@@ -103,7 +103,7 @@ class TextEncoder(nn.Module):
         self._source: object | None = None  # the loaded SentenceTransformer (not a submodule), for save()
         self._fingerprint: str | None = None
         self.backend = "torch"
-        self._runner: OnnxRunner | None = None
+        self._runners: dict[tuple[str, int], OnnxRunner] = {}  # ONNX Runtime sessions by (backend, threads)
         self._cut_logged = False
 
     @classmethod
@@ -170,7 +170,6 @@ class TextEncoder(nn.Module):
         the backend, so an index or cache made by one backend is never mixed with another's vectors.
         """
         self.backend = check_backend(backend)
-        self._runner = None
 
     def fingerprint(self) -> str:
         """A hash of the weights, truncation, pooling pipeline and inference backend.
@@ -198,9 +197,9 @@ class TextEncoder(nn.Module):
         return self._fingerprint
 
     def weights_changed(self) -> None:
-        """Forget the cached fingerprint (and exported copy) after the weights were updated (training, loading)."""
+        """Forget the cached fingerprint (and exported sessions) after the weights were updated (training, loading)."""
         self._fingerprint = None
-        self._runner = None
+        self._runners.clear()
 
     def _include_prompt(self) -> bool:
         return all(getattr(m, "include_prompt", True) for m in self.modules_after)
@@ -210,9 +209,14 @@ class TextEncoder(nn.Module):
     ) -> torch.Tensor:
         """Pooled embeddings; ``fast`` runs the transformer on the inference backend instead of torch."""
         if fast and self.backend != "torch":
-            if self._runner is None:
-                self._runner = OnnxRunner(self.model, self.backend, self.weights_fingerprint(), default_cache_dir())
-            hidden = self._runner(input_ids, attention_mask).to(input_ids.device)
+            # One session per backend and thread count, kept until the weights change: switching back and
+            # forth between backends (or torch thread counts) does not reload the exported graph.
+            key = (self.backend, torch.get_num_threads())
+            runner = self._runners.get(key)
+            if runner is None:
+                runner = OnnxRunner(self.model, self.backend, self.weights_fingerprint(), default_cache_dir())
+                self._runners[key] = runner
+            hidden = runner(input_ids, attention_mask).to(input_ids.device)
         else:
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         features = {"input_ids": input_ids, "attention_mask": attention_mask, "token_embeddings": hidden}

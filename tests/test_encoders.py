@@ -249,6 +249,25 @@ def test_search_with_the_onnx_state_encoder_selects_as_torch_does(tiny_model, tm
 
 
 @onnx_needed
+def test_switching_backends_reuses_the_onnx_session_until_the_weights_change(tiny_model, tmp_path, monkeypatch):
+    from qrag_core import encoders
+
+    monkeypatch.setenv("QRAG_CACHE_DIR", str(tmp_path))
+    made = []
+    real = encoders.OnnxRunner
+    monkeypatch.setattr(encoders, "OnnxRunner", lambda *args: made.append(args[1]) or real(*args))
+    encoder = tiny_model.state_encoder
+    for backend in ("onnx", "torch", "onnx", "torch", "onnx"):
+        encoder.use_backend(backend)
+        encoder.encode(TEXTS)
+    assert made == ["onnx"], "one session, made once"
+    encoder.weights_changed()
+    encoder.encode(TEXTS)
+    assert made == ["onnx", "onnx"], "new weights, new session"
+    encoder.use_backend("torch")
+
+
+@onnx_needed
 def test_index_of_another_backend_is_refused(tiny_model, tmp_path, monkeypatch):
     import copy
 
