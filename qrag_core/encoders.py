@@ -103,7 +103,7 @@ class TextEncoder(nn.Module):
         self._source: object | None = None  # the loaded SentenceTransformer (not a submodule), for save()
         self._fingerprint: str | None = None
         self.backend = "torch"
-        self._runners: dict[tuple[str, int], OnnxRunner] = {}  # ONNX Runtime sessions by (backend, threads)
+        self._runners: dict[tuple[str, int, bool], OnnxRunner] = {}  # sessions by (backend, threads, bulk)
         self._cut_logged = False
 
     @classmethod
@@ -205,16 +205,23 @@ class TextEncoder(nn.Module):
         return all(getattr(m, "include_prompt", True) for m in self.modules_after)
 
     def _pool(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int = 0, fast: bool = False
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_length: int = 0,
+        fast: bool = False,
+        bulk: bool = True,
     ) -> torch.Tensor:
-        """Pooled embeddings; ``fast`` runs the transformer on the inference backend instead of torch."""
+        """Pooled embeddings; ``fast`` runs the transformer on the inference backend instead of torch, in a
+        session tuned for ``bulk`` encoding (many batches in a row) or for single runs between torch work."""
         if fast and self.backend != "torch":
-            # One session per backend and thread count, kept until the weights change: switching back and
-            # forth between backends (or torch thread counts) does not reload the exported graph.
-            key = (self.backend, torch.get_num_threads())
+            # One session per backend, thread count and use, kept until the weights change: switching back
+            # and forth between backends (or torch thread counts) does not reload the exported graph.
+            key = (self.backend, torch.get_num_threads(), bulk)
             runner = self._runners.get(key)
             if runner is None:
-                runner = OnnxRunner(self.model, self.backend, self.weights_fingerprint(), default_cache_dir())
+                fingerprint = self.weights_fingerprint()
+                runner = OnnxRunner(self.model, self.backend, fingerprint, default_cache_dir(), spin=bulk)
                 self._runners[key] = runner
             hidden = runner(input_ids, attention_mask).to(input_ids.device)
         else:
@@ -298,15 +305,22 @@ class TextEncoder(nn.Module):
 
     @torch.inference_mode()
     def encode_ids(
-        self, id_lists: Sequence[list[int]], batch_size: int = 64, show_progress: bool = False, prompt_length: int = 0
+        self,
+        id_lists: Sequence[list[int]],
+        batch_size: int = 64,
+        show_progress: bool = False,
+        prompt_length: int = 0,
+        bulk: bool = True,
     ) -> torch.Tensor:
-        """Inference-mode embeddings on the chosen backend, batched by similar length, returned in input order."""
+        """Inference-mode embeddings on the chosen backend, batched by similar length, returned in input order
+        (``bulk``: see :meth:`_pool`)."""
         order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))
         out = torch.empty((len(id_lists), self.dim), dtype=torch.float32)
         bar = tqdm(total=len(order), desc="encoding", unit="chunk", disable=not show_progress)
         for first in range(0, len(order), batch_size):
             idx = order[first : first + batch_size]
-            out[idx] = self._pool(*self._batch([id_lists[i] for i in idx]), prompt_length, fast=True).float().cpu()
+            batch = self._batch([id_lists[i] for i in idx])
+            out[idx] = self._pool(*batch, prompt_length, fast=True, bulk=bulk).float().cpu()
             bar.update(len(idx))
         bar.close()
         return out
@@ -316,7 +330,7 @@ class TextEncoder(nn.Module):
     ) -> torch.Tensor:
         """Inference-mode embeddings of states on the chosen backend (search), on the CPU, float32."""
         ids = [self.state_ids(q, s) for q, s in zip(questions, selections, strict=True)]
-        return self.encode_ids(ids, batch_size, prompt_length=self._prompt_tokens(self.query_prompt))
+        return self.encode_ids(ids, batch_size, prompt_length=self._prompt_tokens(self.query_prompt), bulk=False)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> torch.Tensor:
         """Inference-mode embeddings of chunk texts, on the CPU, float32; logs once if any text was cut."""

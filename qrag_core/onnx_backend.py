@@ -104,7 +104,9 @@ def _export(model: nn.Module, target: Path, quantise: bool) -> None:
 class OnnxRunner:
     """An ONNX Runtime session of one exported transformer; maps (ids, mask) to last hidden states."""
 
-    def __init__(self, model: nn.Module, backend: str, key: str, cache_dir: Path) -> None:
+    def __init__(self, model: nn.Module, backend: str, key: str, cache_dir: Path, spin: bool = True) -> None:
+        """``spin``: let idle threads busy-wait for the next run (faster bulk encoding); off where runs
+        alternate with torch work, as the state encodings of a search do, whose cores spinning would take."""
         import onnxruntime as ort
 
         path = cache_dir / "onnx" / f"{key}-{backend}.onnx"
@@ -117,6 +119,7 @@ class OnnxRunner:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.path = path
 

@@ -255,7 +255,7 @@ def test_switching_backends_reuses_the_onnx_session_until_the_weights_change(tin
     monkeypatch.setenv("QRAG_CACHE_DIR", str(tmp_path))
     made = []
     real = encoders.OnnxRunner
-    monkeypatch.setattr(encoders, "OnnxRunner", lambda *args: made.append(args[1]) or real(*args))
+    monkeypatch.setattr(encoders, "OnnxRunner", lambda *args, **kw: made.append(args[1]) or real(*args, **kw))
     encoder = tiny_model.state_encoder
     for backend in ("onnx", "torch", "onnx", "torch", "onnx"):
         encoder.use_backend(backend)
