@@ -53,6 +53,8 @@ logger = logging.getLogger("run_baselines")
 
 RESULTS = ROOT / "benchmarks" / "results" / "baselines.json"
 MARKDOWN = ROOT / "BENCHMARKS.md"
+GOALS = ROOT / "benchmarks" / "goals.md"
+"""Hand-written summary of the goals met and missed, shown at the top of BENCHMARKS.md."""
 SECTIONS = (
     ("The shipped default model", "benchmarks/default_model.md"),
     ("A question over a novel", "benchmarks/results/novel_trace.md"),
@@ -218,6 +220,8 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
         "needles, bAbI facts and paragraphs are encoded by the first method that meets them, usually `dense`).",
         "",
     ]
+    if GOALS.is_file():  # the summary of the goals comes first; its figures come from the sections below
+        out += [GOALS.read_text(encoding="utf-8").strip(), ""]
     for suite, name, columns in (
         ("babilong", "BabiLong QA1–QA5", "BabiLong columns"),
         ("babilong_other", BABILONG_OTHER_TITLE, "BabiLong second-draw columns"),
