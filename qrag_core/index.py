@@ -124,7 +124,7 @@ class DocumentIndex:
         index = cls(model.action_encoder.fingerprint(), model.action_encoder.dim)
         first = 0
         for chunks, flag in zip(chunk_lists, flags, strict=True):
-            index.add(chunks, content[first : first + len(chunks)], doc_id=chunks[0].doc_id, ordered=flag)
+            index._insert(chunks, content[first : first + len(chunks)], chunks[0].doc_id, flag, metadata_checked=True)
             first += len(chunks)
         return index
 
@@ -171,6 +171,19 @@ class DocumentIndex:
         ``replace=True``: a document already under ``doc_id`` is replaced where it is (keeping its place
         in document order) instead of refused.
         """
+        return self._insert(chunks, embeddings, doc_id, ordered, replace)
+
+    def _insert(
+        self,
+        chunks: Sequence[Chunk],
+        embeddings: torch.Tensor,
+        doc_id: str | None,
+        ordered: bool,
+        replace: bool = False,
+        metadata_checked: bool = False,
+    ) -> str:
+        """:meth:`add`; ``metadata_checked``: the chunks' metadata passed :func:`check_chunk_metadata` already
+        (chunks copied from another index, or checked before encoding), so it is not serialised again."""
         if not isinstance(ordered, bool):
             raise InvalidInputError(f"ordered must be True or False, got {ordered!r}")
         if not chunks:
@@ -182,7 +195,8 @@ class DocumentIndex:
         doc_id = doc_id if doc_id is not None else str(len(self.doc_ids))
         if doc_id in self.doc_ids and not replace:
             raise InvalidInputError(f"document id {doc_id!r} is already in the index")
-        check_chunk_metadata(chunks, doc_id)
+        if not metadata_checked:
+            check_chunk_metadata(chunks, doc_id)
         embeddings = embeddings.to(torch.float16).cpu()
         if doc_id in self.doc_ids:
             self._replace(self.doc_ids.index(doc_id), chunks, embeddings, ordered)
@@ -214,7 +228,7 @@ class DocumentIndex:
         in :meth:`add`."""
         start, end = other.document_range(doc_id)
         flag = other.ordered[other.doc_ids.index(doc_id)]
-        self.add(other.chunks[start:end], other.content[start:end], doc_id, flag, replace)
+        self._insert(other.chunks[start:end], other.content[start:end], doc_id, flag, replace, metadata_checked=True)
 
     def remove(self, doc_id: str) -> None:
         """Drop one document's chunks and embeddings; the documents after it move up."""
