@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from harness import RESULTS_DIR, BenchmarkError, git_commit, markdown_table
 
+from qrag_core.atomic import write_file
 from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.data.babilong import iter_babilong
 from qrag_core.data.examples import write_jsonl
@@ -217,8 +218,8 @@ def run(args: argparse.Namespace) -> None:
             "indexing": indexing(Path(tmp), args.chunks, args.workers),
         }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "distributed.json").write_text(json.dumps(report, indent=1) + "\n")
-    (RESULTS_DIR / "distributed.md").write_text(markdown(report))
+    write_file(RESULTS_DIR / "distributed.json", json.dumps(report, indent=1) + "\n")
+    write_file(RESULTS_DIR / "distributed.md", markdown(report))
     print(markdown(report))
 
 

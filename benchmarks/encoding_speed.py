@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from harness import RESULTS_DIR, Cell, cell_argument, git_commit, lazy_haystack, markdown_table
 
+from qrag_core.atomic import write_file
 from qrag_core.baselines import QRAGSearch
 from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.data.haystack import Haystack
@@ -207,8 +208,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> None:
         "quality": [quality(model, cell) for cell in args.cells],
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "encoding_speed.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (args.out / "encoding_speed.md").write_text(render(result), encoding="utf-8")
+    write_file(args.out / "encoding_speed.json", json.dumps(result, indent=2) + "\n")
+    write_file(args.out / "encoding_speed.md", render(result))
     print(render(result))
 
 

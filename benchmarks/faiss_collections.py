@@ -31,6 +31,7 @@ import torch
 from harness import RESULTS_DIR, ResultsStore, markdown_table, provenance
 from tqdm import tqdm
 
+from qrag_core.atomic import write_file
 from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.config import QRAGConfig
 from qrag_core.data.babilong import length_label, parse_length
@@ -186,7 +187,7 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
     if "10M" not in results["sizes"]:
         out += ["", TEN_MILLION_NOTE]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(out).rstrip() + "\n", encoding="utf-8")
+    write_file(path, "\n".join(out).rstrip() + "\n")
 
 
 def store() -> ResultsStore:

@@ -34,6 +34,7 @@ from harness import (
     provenance,
 )
 
+from qrag_core.atomic import write_file
 from qrag_core.baselines import DenseTopK
 from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.config import QRAGConfig
@@ -145,7 +146,7 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
         commits = ", ".join(dict.fromkeys(r["commit"] for r in runs))
         out += ["", f"Machine: {machines}. Commit {commits}; {commands}."]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(out) + "\n", encoding="utf-8")
+    write_file(path, "\n".join(out) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

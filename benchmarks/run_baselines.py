@@ -41,6 +41,7 @@ from harness import (
     provenance,
 )
 
+from qrag_core.atomic import write_file
 from qrag_core.baselines import BASELINES, METHODS, base_model_of, make_method
 from qrag_core.cli import add_verbose_flag, run_tool
 from qrag_core.data.babilong import BABILONG_TASKS
@@ -277,7 +278,7 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
                 text = text.split("\n", 1)[1].strip().replace("\n## ", "\n### ")
             heading = [] if text.startswith("## ") else [f"## {title}", ""]
             out += [*heading, f"(from `{section}`)", "", text, ""]
-    path.write_text("\n".join(out).rstrip() + "\n")
+    write_file(path, "\n".join(out).rstrip() + "\n")
 
 
 # ============================================================================================ main

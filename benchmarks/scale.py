@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from qrag_core.atomic import write_file
 from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.data.babilong import parse_length
 from qrag_core.data.haystack import Haystack, fill_to_budget
@@ -260,8 +261,8 @@ def run(args: argparse.Namespace) -> None:
             print(json.dumps(report["lengths"][-1]), file=sys.stderr)
     report["wall_s"] = time.perf_counter() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    args.out.with_suffix(".md").write_text(markdown(report))
+    write_file(args.out, json.dumps(report, indent=2))
+    write_file(args.out.with_suffix(".md"), markdown(report))
     print(markdown(report))
 
 

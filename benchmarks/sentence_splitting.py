@@ -37,6 +37,7 @@ from typing import Any
 
 from harness import RESULTS_DIR, markdown_table, provenance
 
+from qrag_core.atomic import write_file
 from qrag_core.chunking import iter_sentence_spans
 from qrag_core.cli import add_verbose_flag, run_tool
 from qrag_core.config import SENTENCE_SPLITTERS
@@ -180,7 +181,7 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
         out.append(f"- **{splitter}**: " + ("; ".join(f"`{e}`" for e in examples) if examples else "none"))
     out += ["", f"Machine: {results['machine']}. Commit {results['commit']}; `{results['command']}`."]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(out) + "\n", encoding="utf-8")
+    write_file(path, "\n".join(out) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,7 +205,7 @@ def run_or_render(args: argparse.Namespace) -> None:
         return
     results = run(args.book, args.splitters)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True), encoding="utf-8")
+    write_file(RESULTS, json.dumps(results, indent=1, sort_keys=True))
     write_markdown(results)
 
 

@@ -33,6 +33,7 @@ from harness import (
     provenance,
 )
 
+from qrag_core.atomic import write_file
 from qrag_core.cli import add_verbose_flag, positive_int, run_tool
 from qrag_core.data.babilong import iter_babilong
 from qrag_core.data.examples import Example
@@ -129,7 +130,7 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
             for name, r in by_set.items()
         ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(out) + "\n", encoding="utf-8")
+    write_file(path, "\n".join(out) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from qrag_core.atomic import write_file
 from qrag_core.cli import add_verbose_flag, run_tool
 from qrag_core.errors import InvalidInputError
 
@@ -98,7 +99,7 @@ def write_outputs(rows: list[dict[str, object]], prefix: Path, title: str) -> No
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    prefix.with_suffix(".md").write_text(markdown_table(rows, title), encoding="utf-8")
+    write_file(prefix.with_suffix(".md"), markdown_table(rows, title))
 
     import matplotlib
 
