@@ -14,7 +14,7 @@ same data); encoding a million real passages on this machine would take hours an
 not the search. Reported per scorer: build time, mean latency per query, recall@k against the torch scorer's
 top-k, the largest |ΔQ| on the chunks both return, and peak RSS.
 
-The scorers run one after the other, each holding only what it needs, so a 10M collection fits in 24 GB:
+The scorers run one after the other, each holding only what it needs, so a 10M collection fits on a 24 GB machine:
 the torch scorer gets the whole collection in float32 (what qrag's action vectors are), answers every
 query, keeps its top-k and the IVF training sample (:func:`qrag_core.vector_index.training_rows`) and frees
 the vectors; each faiss index is then built with :meth:`PassageIndex.from_blocks
@@ -65,11 +65,13 @@ QUERY_NOISE = 0.5
 BLOCK = 65536
 """Passages generated at a time."""
 TEN_MILLION_NOTE = (
-    "At 10M passages the scorers that keep a float32 copy are measured alone: the torch scorer's vectors are 15.4 GB, "
-    "and a flat (or ivf) faiss index is another 15.4 GB, so in qrag, which keeps its float32 action vectors next to "
-    "any faiss index, only the compressed kinds fit on a 24 GB machine: ivf-sq8 (3.9 GB of codes) and ivf-pq "
-    "(0.56 GB). ivf (uncompressed lists) was not run at 10M: it needs the memory of flat and the build time of "
-    "ivf-sq8."
+    "10M passages (10 × 2^20): the exact reference is the torch scorer itself, over the whole collection in float32 "
+    "(15.0 GiB of vectors). Each faiss index was built from the same vectors generated again block by block, after "
+    "the torch scorer's had been freed, so its peak RSS is its own (the index, a 0.3 GiB training sample and "
+    "faiss's growing lists). A flat (or ivf) index is a second float32 copy: qrag keeps its float32 action vectors "
+    "next to any faiss index, so of these only ivf-sq8 (3.8 GiB of codes and ids) and ivf-pq (0.55 GiB) fit beside "
+    "them on a 24 GB machine. ivf (float32 lists) was not run at 10M: it has the memory of flat and the build time "
+    "of ivf-sq8."
 )
 """What the results say about the 10M entry."""
 HNSW_NOTE = (
@@ -128,7 +130,7 @@ def reset_peak_rss() -> None:
 
 
 def peak_rss_gb() -> float:
-    """Peak RSS of this process since :func:`reset_peak_rss` (Linux ``VmHWM``), in GB (2^30 bytes)."""
+    """Peak RSS of this process since :func:`reset_peak_rss` (Linux ``VmHWM``), in GiB."""
     status = Path("/proc/self/status").read_text(encoding="ascii")
     kilobytes = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
     return int(kilobytes) / 1024**2
@@ -237,7 +239,7 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
             "",
             f"{r['passages']:,} passages, d = {r['dim']}, {r['queries']} queries, k = {r['k']}, "
             f"{r['selected']} chunks selected and excluded, {r['threads']} threads"
-            + (f"; peak RSS of the whole run {r['peak_rss_gb']:.1f} GB." if "peak_rss_gb" in r else "."),
+            + (f"; peak RSS of the whole run {r['peak_rss_gb']:.1f} GiB." if "peak_rss_gb" in r else "."),
             "",
         ]
         rows = [
@@ -252,7 +254,7 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
             ]
             for name, s in sorted(r["scorers"].items(), key=lambda item: VECTOR_INDEXES.index(item[0]))
         ]
-        headers = ["scorer", "storage", "build s", "ms / query", f"recall@{r['k']}", "max abs dQ", "peak RSS GB"]
+        headers = ["scorer", "storage", "build s", "ms / query", f"recall@{r['k']}", "max abs dQ", "peak RSS GiB"]
         out += markdown_table(headers, rows)
         out += ["", f"{r['machine']}; commit {r['commit']}; finished {r['finished']}; `{r['command']}`"]
     if "hnsw" not in results["sizes"].get("1M", {}).get("scorers", {"hnsw": None}):

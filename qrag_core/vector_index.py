@@ -10,10 +10,10 @@ at every step, so a fixed vector index answers the top-k:
 - ``ivf``: ``IndexIVFFlat`` with about √N inverted lists, of which ``IVF_NPROBE`` are probed (approximate;
   4d + 8 bytes per vector, a second float32 copy of the vectors);
 - ``ivf-sq8``: ``IndexIVFScalarQuantizer``, the same lists holding each vector's residual to its list
-  centre as d 8-bit codes (d + 8 bytes per vector, a quarter of ``ivf``: 3.9 GB for 10M vectors of
+  centre as d 8-bit codes (d + 8 bytes per vector, about a quarter of ``ivf``: 3.8 GiB for 10M vectors of
   d = 384); approximate in the lists it probes and in Q, which faiss computes from the codes;
 - ``ivf-pq``: ``IndexIVFPQ``, the residuals product-quantised into d/8 bytes (``PQ_DIMS`` dimensions per
-  byte; d/8 + 8 bytes per vector, 0.56 GB for 10M at d = 384); the coarsest: recall and Q are lower;
+  byte; d/8 + 8 bytes per vector, 0.55 GiB for 10M at d = 384); the coarsest: recall and Q are lower;
 - ``hnsw``: ``IndexHNSWFlat`` with ``HNSW_M`` links per vector (approximate, no training);
 - ``torch``: no faiss index, the exact scorer of :mod:`qrag_core.scoring`.
 

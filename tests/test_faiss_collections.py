@@ -141,13 +141,27 @@ def test_default_is_the_torch_scorer_on_a_cpu_and_faiss_flat_where_faiss_sees_a_
 def test_benchmark_measures_flat_as_exact_and_writes_its_table(tmp_path, monkeypatch):
     bench = load_script("benchmarks/faiss_collections.py")
     monkeypatch.setattr(bench, "TOPICS", 16)
-    report = bench.measure_size(3000, ["flat", "ivf"], queries=4, k=5, selected_count=2)
-    flat, ivf = report["scorers"]["flat"], report["scorers"]["ivf"]
+    report = bench.measure_size(3000, ["flat", "ivf", "ivf-sq8"], queries=4, k=5, selected_count=2)
+    flat, ivf, sq8 = (report["scorers"][kind] for kind in ("flat", "ivf", "ivf-sq8"))
     assert flat["recall"] == 1.0 and flat["max_abs_dq"] < 1e-5
     assert 0.0 < ivf["recall"] <= 1.0 and ivf["max_abs_dq"] < 1e-5
+    assert 0.0 < sq8["recall"] <= 1.0 and 0.0 < sq8["max_abs_dq"] < 1e-2 and sq8["storage"] == "int8 (SQ8)"
+    assert all(s["peak_rss_gb"] > 0.05 for s in report["scorers"].values())  # each scorer's own peak
     bench.write_markdown({"sizes": {"3000": report}}, tmp_path / "f.md")
     text = (tmp_path / "f.md").read_text()
-    assert "| flat | fp32 |" in text and "| 1.000 |" in text and "peak RSS GB" in text
+    assert "| flat | fp32 |" in text and "| 1.000 |" in text and "peak RSS GiB" in text
+    assert "10M passages (10 × 2^20)" not in text
+    bench.write_markdown({"sizes": {"10M": report}}, tmp_path / "f.md")
+    assert "10M passages (10 × 2^20)" in (tmp_path / "f.md").read_text()
+
+
+def test_benchmark_blocks_are_the_same_vectors_every_time_and_their_time_is_left_out():
+    bench = load_script("benchmarks/faiss_collections.py")
+    whole, _ = bench.synthetic_collection(70_000, 2)
+    watch = bench.Stopwatch()
+    blocks = list(watch.timed(bench.passage_blocks(70_000, torch.Generator().manual_seed(0))))
+    assert [len(b) for b in blocks] == [bench.BLOCK, 70_000 - bench.BLOCK]
+    assert torch.equal(torch.cat(blocks), whole) and watch.seconds > 0.0
 
 
 @pytest.fixture()
