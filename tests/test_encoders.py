@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import logging
 import os
 import random
 import socket
@@ -196,6 +197,31 @@ def test_shipped_model_keeps_its_fingerprints(real_model):
     shipped = QRAG.from_pretrained()
     assert shipped.action_encoder.fingerprint() == "daa204ee1ce3e63022dd7b05e9fc7dea"
     assert real_model.action_encoder.fingerprint() == "daa204ee1ce3e63022dd7b05e9fc7dea"
+
+
+# ------------------------------------------------------------------ float16 (GPU) backend
+def test_fp16_backend_runs_the_transformer_in_float16_with_its_own_fingerprint(tiny_model, caplog):
+    encoder = tiny_model.state_encoder
+    reference, torch_fp = encoder.encode(TEXTS), encoder.fingerprint()
+    dtypes = []
+    linear = encoder.model.encoder.layer[0].intermediate.dense
+    hook = linear.register_forward_hook(lambda module, inputs, out: dtypes.append(out.dtype))
+    try:
+        with caplog.at_level(logging.WARNING, logger="qrag_core.encoders"):
+            encoder.use_backend("torch-fp16")
+        assert "meant for GPUs" in caplog.text, "on a CPU the user is told float16 is slower there"
+        half = encoder.encode(TEXTS)
+        assert dtypes[-1] == torch.float16, "the transformer ran in float16"
+        assert half.dtype == torch.float32 and torch.all(cosines(half, reference) > 0.999)
+        assert not torch.equal(half, reference), "float16 rounding shows: this is not the float32 path"
+        assert encoder.fingerprint() != torch_fp, "a float16 index is never mixed with a float32 one"
+        dtypes.clear()
+        assert encoder.embed(TEXTS).requires_grad and dtypes == [torch.float32], "training stays float32"
+        encoder.use_backend("torch")
+        assert encoder.fingerprint() == torch_fp and torch.equal(encoder.encode(TEXTS), reference)
+    finally:
+        hook.remove()
+        encoder.use_backend("torch")
 
 
 # ------------------------------------------------------------------ ONNX Runtime backends
