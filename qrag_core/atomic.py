@@ -28,7 +28,9 @@ systems, Windows), everything goes on without the lock.
 
 A killed single-file write (:func:`atomic_file`) leaves a temporary file named with its host and process
 id; the next write of that file removes it once that process has ended (:func:`remove_stale`, which the
-ONNX export uses for its work directories too).
+ONNX export uses for its work directories too). Leftovers of older qrag versions, named without a process
+id, are removed by name (:func:`remove_unnamed`): at once beside a save's target, and from the ONNX
+export cache once nothing in them has changed for a day.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -169,11 +172,7 @@ def recover(target: str | os.PathLike[str]) -> None:
         return
     prefix = f"{TMP_PREFIX}{path.name}-"
     remove_stale(path.parent, prefix)
-    unowned = re.compile(re.escape(prefix) + _RANDOM_PART)  # named without a process id (older qrag versions)
-    for leftover in path.parent.iterdir():
-        if unowned.fullmatch(leftover.name) and not leftover.is_symlink():
-            logger.info("removing %s, left by an interrupted save", leftover)
-            _remove(leftover)
+    remove_unnamed(path.parent, prefix)
     aside = _aside(path)
     if not _real_directory(aside):
         return
@@ -362,6 +361,46 @@ def remove_stale(directory: Path, prefix: str) -> None:
             logger.info("removing %s, left by a process that was killed", leftover)
             with contextlib.suppress(FileNotFoundError):  # another process removed it first
                 _remove(leftover)
+
+
+UNNAMED_IDLE_S = 24 * 3600.0
+"""How long nothing must have changed in an unnamed leftover (:func:`remove_unnamed`) of a shared cache
+before it counts as abandoned rather than the work of an older qrag version running now."""
+
+
+def remove_unnamed(directory: Path, prefix: str, idle_s: float = 0.0) -> None:
+    """Remove what older qrag versions, which named temporary files and directories without a host or
+    process id, left in ``directory``: names of ``prefix`` followed directly by ``tempfile``'s random part.
+
+    No process can be checked for these, so ``idle_s`` says how long nothing in one (the file, or the
+    directory and everything under it) must have changed before it is taken for abandoned: 0 (at once)
+    beside a save's target (:func:`recover`; older versions never kept a concurrent save's directory
+    either), :data:`UNNAMED_IDLE_S` where an older version may be at work at the same time (the ONNX
+    export cache, which environments with other qrag versions share).
+    """
+    if not directory.is_dir():
+        return
+    unnamed = re.compile(re.escape(prefix) + _RANDOM_PART)
+    now = time.time()
+    for leftover in directory.iterdir():
+        if not unnamed.fullmatch(leftover.name) or leftover.is_symlink():
+            continue
+        with contextlib.suppress(FileNotFoundError):  # another process removed it first
+            if idle_s > 0 and now - _last_change(leftover) < idle_s:
+                continue
+            logger.info("removing %s, left by an older qrag version that was interrupted", leftover)
+            _remove(leftover)
+
+
+def _last_change(path: Path) -> float:
+    """The latest modification time of ``path`` and, for a directory, of anything under it."""
+    latest = path.lstat().st_mtime
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                with contextlib.suppress(FileNotFoundError):
+                    latest = max(latest, os.lstat(os.path.join(root, name)).st_mtime)
+    return latest
 
 
 def _running(pid: int) -> bool:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qrag_core.atomic import atomic_file, owned_prefix, remove_stale
+from qrag_core.atomic import UNNAMED_IDLE_S, atomic_file, owned_prefix, remove_stale, remove_unnamed
 from qrag_core.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -73,10 +73,13 @@ def _export(model: nn.Module, target: Path, quantise: bool) -> None:
     StorageError naming ``target``, and no temporary file is left).
 
     The export is written in a temporary directory named with this process's id; those of exports whose
-    process was killed (each a half-written model) are removed first.
+    process was killed (each a half-written model) are removed first, and so are those older qrag versions
+    named without a process id once nothing in them has changed for a day (such a version may be
+    exporting into the shared cache right now).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(target.parent, EXPORT_PREFIX)
+    remove_unnamed(target.parent, EXPORT_PREFIX, idle_s=UNNAMED_IDLE_S)
     with (
         atomic_file(target) as out,
         tempfile.TemporaryDirectory(dir=target.parent, prefix=owned_prefix(EXPORT_PREFIX)) as tmp,

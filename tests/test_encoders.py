@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -350,8 +351,14 @@ def test_an_export_removes_the_temporary_directory_a_killed_export_left(tiny_mod
     assert killed.name.startswith(f".tmp-onnx-{host}-{dead}-") and (killed / "model.onnx").is_file()
     live = cache / f".tmp-onnx-{host}-{os.getpid()}-abcd1234"  # an export running now
     elsewhere = cache / f".tmp-onnx-other-host-{dead}-abcd1234"  # its process cannot be checked from here
-    for kept in (live, elsewhere):
-        kept.mkdir()
+    # named without a process id by older qrag versions: removed once nothing in them changed for a day
+    abandoned, running, writing = (cache / f".tmp-onnx-{name}" for name in ("k1ll3d00", "runn1ng0", "wr1t1ng0"))
+    for leftover in (live, elsewhere, abandoned, running, writing):
+        leftover.mkdir()
+        (leftover / "model.onnx").write_bytes(b"half a graph")
+    two_days_ago = time.time() - 2 * 86400
+    for old in (abandoned, abandoned / "model.onnx", writing):
+        os.utime(old, (two_days_ago, two_days_ago))
     export, work = torch.onnx.export, []
 
     def export_recording_its_directory(module, args, path, **kwargs):
@@ -364,7 +371,8 @@ def test_an_export_removes_the_temporary_directory_a_killed_export_left(tiny_mod
     assert len(work) == 1 and work[0].startswith(f".tmp-onnx-{host}-{os.getpid()}-"), "named for a later clean-up"
     exported = [p.name for p in cache.glob("*.onnx")]
     assert len(exported) == 1
-    assert sorted(p.name for p in cache.iterdir()) == sorted([*exported, live.name, elsewhere.name])
+    kept = [live.name, elsewhere.name, running.name, writing.name]
+    assert sorted(p.name for p in cache.iterdir()) == sorted([*exported, *kept])
 
 
 def test_unknown_backend_is_refused(tiny_model):
