@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from harness import RESULTS_DIR, ResultsStore, markdown_table, provenance
+from harness import RESULTS_DIR, ResultsStore, add_render_only_flag, markdown_table, provenance
 from tqdm import tqdm
 
 from qrag_core.atomic import write_file
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--selected", type=positive_int, default=3, help="chunks already selected, excluded (default: %(default)s)"
     )
-    parser.add_argument("--render-only", action="store_true", help="only rewrite the markdown from the JSON")
+    add_render_only_flag(parser)
     add_verbose_flag(parser)
     return parser
 
