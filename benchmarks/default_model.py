@@ -44,6 +44,7 @@ from harness import (
     ROOT,
     Cell,
     ResultsStore,
+    add_render_only_flag,
     cell_argument,
     lazy_haystack,
     length_order,
@@ -52,7 +53,7 @@ from harness import (
 
 from qrag_core.atomic import write_file
 from qrag_core.baselines import BM25TopK, DenseTopK, QRAGSearch
-from qrag_core.cli import add_verbose_flag, positive_int, run_tool
+from qrag_core.cli import add_machine_note_flag, add_threads_flag, add_verbose_flag, positive_int, run_tool
 from qrag_core.data.babilong import BABILONG_TASKS
 from qrag_core.data.haystack import Haystack
 from qrag_core.data.ruler import NIAH_TASKS
@@ -386,14 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="T for every cell of this run, recorded as cell@T<steps> (default: the evaluation loop's per-task T)",
     )
     parser.add_argument("--force", action="store_true", help="measure pairs already in the results again")
-    parser.add_argument("--render-only", action="store_true", help="measure nothing, only rewrite the markdown")
+    add_render_only_flag(parser, "measure nothing, only rewrite the markdown")
     parser.add_argument(
         "--update-card",
         action="store_true",
         help=f"at the end, write the tables into the card {SHIPPED_MODELS_DIR.name}/{DEFAULT_MODEL_NAME}/README.md",
     )
-    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
-    parser.add_argument("--machine-note", default="", help="recorded with the machine, e.g. other jobs running")
+    add_threads_flag(parser)
+    add_machine_note_flag(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_verbose_flag(parser)
     return parser

@@ -36,7 +36,7 @@ from harness import RESULTS_DIR, Cell, cell_argument, git_commit, lazy_haystack,
 
 from qrag_core.atomic import write_file
 from qrag_core.baselines import QRAGSearch
-from qrag_core.cli import add_verbose_flag, positive_int, run_tool
+from qrag_core.cli import add_machine_note_flag, add_verbose_flag, positive_int, run_tool
 from qrag_core.data.haystack import Haystack
 from qrag_core.embedding_cache import shared_cache
 from qrag_core.evaluation import evaluate
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[cell_argument("babilong:4k:20")],
         help="the quality cells, suite[:length][:n] (default: babilong:4k:20)",
     )
-    parser.add_argument("--machine-note", default="", help="added to the machine description (e.g. other load)")
+    add_machine_note_flag(parser, "added to the machine description (e.g. other load)")
     parser.add_argument(
         "--out",
         type=Path,

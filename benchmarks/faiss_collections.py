@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from harness import RESULTS_DIR, ResultsStore, markdown_table, provenance
+from harness import RESULTS_DIR, ResultsStore, add_render_only_flag, markdown_table, provenance
 from tqdm import tqdm
 
 from qrag_core.atomic import write_file
-from qrag_core.cli import add_verbose_flag, positive_int, run_tool
+from qrag_core.cli import add_machine_note_flag, add_verbose_flag, positive_int, run_tool
 from qrag_core.config import QRAGConfig
 from qrag_core.data.babilong import length_label, parse_length
 from qrag_core.positions import position_intervals, rope_frequencies
@@ -292,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--selected", type=positive_int, default=3, help="chunks already selected, excluded (default: %(default)s)"
     )
-    parser.add_argument("--machine-note", default="", help="recorded with the machine, e.g. other jobs running")
-    parser.add_argument("--render-only", action="store_true", help="only rewrite the markdown from the JSON")
+    add_machine_note_flag(parser)
+    add_render_only_flag(parser)
     add_verbose_flag(parser)
     return parser
 

@@ -40,6 +40,7 @@ from qrag_core.data.ruler_qa import iter_ruler_qa
 from qrag_core.errors import InvalidInputError, QRAGError
 from qrag_core.evaluation import DEFAULT_STEPS, TASK_STEPS
 from qrag_core.machine import machine_description
+from qrag_core.model_names import DEFAULT_MODEL_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -148,6 +149,18 @@ def cell_argument(spec: str) -> Cell:
         return parse_cell(spec)
     except CellError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_render_only_flag(
+    parser: argparse.ArgumentParser, help: str = "only rewrite the markdown from the JSON"
+) -> None:
+    """``--render-only``: measure nothing, only write the report again from the results stored so far."""
+    parser.add_argument("--render-only", action="store_true", help=help)
+
+
+def add_model_flag(parser: argparse.ArgumentParser) -> None:
+    """``--model``: the model measured, a name or a directory (default: the shipped default model)."""
+    parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="model name or path (default: %(default)s)")
 
 
 def lazy_haystack() -> Callable[[], Haystack]:

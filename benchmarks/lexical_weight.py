@@ -39,6 +39,8 @@ from harness import (
     SUITES,
     Cell,
     ResultsStore,
+    add_model_flag,
+    add_render_only_flag,
     cell_argument,
     lazy_haystack,
     length_order,
@@ -49,7 +51,14 @@ from harness import (
 
 from qrag_core.atomic import write_file
 from qrag_core.baselines import BM25TopK, DenseTopK, QRAGSearch
-from qrag_core.cli import add_verbose_flag, finite_float, non_negative_int, positive_int, run_tool
+from qrag_core.cli import (
+    add_machine_note_flag,
+    add_threads_flag,
+    add_verbose_flag,
+    finite_float,
+    non_negative_int,
+    run_tool,
+)
 from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
 from qrag_core.data.examples import Example
 from qrag_core.data.hotpotqa import iter_hotpotqa
@@ -59,7 +68,6 @@ from qrag_core.errors import InvalidInputError
 from qrag_core.evaluation import RetrievalMethod, evaluate
 from qrag_core.model import QRAG
 from qrag_core.model_files import CONFIG_FILE, is_model_dir
-from qrag_core.model_names import DEFAULT_MODEL_NAME
 from qrag_core.search_options import SearchOptions
 
 logger = logging.getLogger("lexical_weight")
@@ -290,7 +298,7 @@ def weight_argument(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="model name or path (default: %(default)s)")
+    add_model_flag(parser)
     parser.add_argument(
         "--weights",
         nargs="+",
@@ -328,9 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
         "passage_lexical_weight (re-saved atomically in "
         "its own format; the model card is regenerated, so tables added to it by hand are not kept)",
     )
-    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
-    parser.add_argument("--machine-note", default="", help="what else ran on the machine, recorded with the numbers")
-    parser.add_argument("--render-only", action="store_true", help="only rewrite the markdown from the JSON")
+    add_threads_flag(parser)
+    add_machine_note_flag(parser, "what else ran on the machine, recorded with the numbers")
+    add_render_only_flag(parser)
     add_verbose_flag(parser)
     return parser
 

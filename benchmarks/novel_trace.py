@@ -23,7 +23,7 @@ from harness import ROOT, markdown_table, provenance
 
 from qrag_core.atomic import atomic_file
 from qrag_core.baselines import DenseTopK
-from qrag_core.cli import add_verbose_flag, positive_int, run_tool
+from qrag_core.cli import add_threads_flag, add_verbose_flag, positive_int, run_tool
 from qrag_core.data.haystack import strip_gutenberg
 from qrag_core.data.paths import data_file
 from qrag_core.model import QRAG
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=positive_int, default=4, help="chunks retrieved per question, T (default: 4)")
     parser.add_argument("--model", default=None, help="model name or directory (default: the shipped default)")
-    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
+    add_threads_flag(parser)
     add_verbose_flag(parser)
     return parser
 

@@ -28,6 +28,7 @@ import numpy as np
 from harness import (
     RESULTS_DIR,
     ResultsStore,
+    add_render_only_flag,
     lazy_haystack,
     markdown_table,
     parse_cell,
@@ -162,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="max_chunk_tokens caps (default: 64 128 220)",
     )
     parser.add_argument("--steps", nargs="+", type=positive_int, default=[2, 4], help="T of dense top-T (default: 2 4)")
-    parser.add_argument("--render-only", action="store_true", help="only rewrite the markdown from the JSON")
+    add_render_only_flag(parser)
     add_verbose_flag(parser)
     return parser
 

@@ -35,6 +35,7 @@ from harness import (
     BenchmarkError,
     Cell,
     ResultsStore,
+    add_render_only_flag,
     cell_argument,
     length_order,
     markdown_table,
@@ -299,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", default=None, help="model for the qrag method (default: the default model)")
     parser.add_argument("--force", action="store_true", help="measure (cell, method) pairs already in the JSON again")
-    parser.add_argument("--render-only", action="store_true", help="only rewrite BENCHMARKS.md from the JSON")
+    add_render_only_flag(parser, "only rewrite BENCHMARKS.md from the JSON")
     parser.add_argument("--results", type=Path, default=RESULTS, help="results JSON (default: %(default)s)")
     parser.add_argument("--markdown", type=Path, default=MARKDOWN, help="markdown to write (default: %(default)s)")
     add_verbose_flag(parser)

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import RESULTS_DIR, markdown_table, provenance
+from harness import RESULTS_DIR, add_render_only_flag, markdown_table, provenance
 
 from qrag_core.atomic import write_file
 from qrag_core.chunking import iter_sentence_spans
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=["regex", "punkt", "pysbd"],
         help="sentence splitters to compare (default: %(default)s)",
     )
-    parser.add_argument("--render-only", action="store_true", help="only rewrite the markdown from the JSON")
+    add_render_only_flag(parser)
     add_verbose_flag(parser)
     return parser
 

@@ -27,6 +27,8 @@ from typing import Any
 from harness import (
     RESULTS_DIR,
     ResultsStore,
+    add_model_flag,
+    add_render_only_flag,
     lazy_haystack,
     markdown_table,
     parse_cell,
@@ -40,7 +42,6 @@ from qrag_core.data.examples import Example
 from qrag_core.data.haystack import Haystack
 from qrag_core.embedding_cache import shared_cache
 from qrag_core.model import QRAG
-from qrag_core.model_names import DEFAULT_MODEL_NAME
 from qrag_core.stopping import analyse_stopping
 
 logger = logging.getLogger("stopping")
@@ -135,7 +136,7 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="model name or path (default: %(default)s)")
+    add_model_flag(parser)
     parser.add_argument(
         "--steps", type=positive_int, default=4, help="T, greedy steps per question (default: %(default)s)"
     )
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--babilong-samples", type=positive_int, default=50, help="BabiLong QA2 samples (default: %(default)s)"
     )
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS), help="sets to analyse (default: all)")
-    parser.add_argument("--render-only", action="store_true", help="only rewrite the markdown from the JSON")
+    add_render_only_flag(parser)
     add_verbose_flag(parser)
     return parser
 

@@ -15,11 +15,22 @@ the caller is reading. ``overwrite=False`` also refuses qrag's own earlier outpu
 Leftovers of a killed save never block the next one: :func:`recover` (run by every save and by
 resuming a training run) removes orphan temporary directories and either restores the old copy (a kill
 between the two renames) or removes it (a kill after them). A save's temporary directory is named with
-its host and process id, so a save running at the same time in another process keeps its own. Every loader reads through
-:func:`readable`, which restores that old copy too, so a save killed between its renames never makes
-a model, index or retriever look missing. A killed single-file write (:func:`atomic_file`) leaves a
-temporary file named with its host and process id; the next write of that file removes it once that
-process has ended (:func:`remove_stale`, which the ONNX export uses for its work directories too).
+its host and process id, so a save running at the same time in another process keeps its own. Every
+loader reads through :func:`readable`, which restores that old copy too, so a save killed between its
+renames never makes a model, index or retriever look missing.
+
+Saves, :func:`recover` and :func:`readable` of targets in one directory take turns on an advisory lock
+of that directory (``flock`` on the directory itself, so no lock file is ever written): a save holds it
+across its renames, and a load or save that finds the old copy aside waits for it before deciding to
+restore that copy, so it never takes a save running in another process for a killed one. The lock dies
+with its process, so a killed save blocks no one; where a directory cannot be locked (some network file
+systems, Windows), everything goes on without the lock.
+
+A killed single-file write (:func:`atomic_file`) leaves a temporary file named with its host and process
+id; the next write of that file removes it once that process has ended (:func:`remove_stale`, which the
+ONNX export uses for its work directories too). Leftovers of older qrag versions, named without a process
+id, are removed by name (:func:`remove_unnamed`): at once beside a save's target, and from the ONNX
+export cache once nothing in them has changed for a day.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -39,6 +51,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save as safetensors_bytes
+
+try:
+    import fcntl
+except ImportError:  # Windows: saves and loads go on without the directory lock
+    fcntl = None  # type: ignore[assignment]
 
 from qrag_core.errors import QRAGError, StorageError, UnsafeOutputError
 
@@ -155,13 +172,13 @@ def recover(target: str | os.PathLike[str]) -> None:
         return
     prefix = f"{TMP_PREFIX}{path.name}-"
     remove_stale(path.parent, prefix)
-    unowned = re.compile(re.escape(prefix) + _RANDOM_PART)  # named without a process id (older qrag versions)
-    for leftover in path.parent.iterdir():
-        if unowned.fullmatch(leftover.name) and not leftover.is_symlink():
-            logger.info("removing %s, left by an interrupted save", leftover)
-            _remove(leftover)
+    remove_unnamed(path.parent, prefix)
     aside = _aside(path)
-    if aside.is_dir() and not aside.is_symlink():
+    if not _real_directory(aside):
+        return
+    with _renames_locked(path.parent):  # a save between its renames finishes them first
+        if not _real_directory(aside):
+            return
         if path.exists():
             logger.info("removing %s, the previous copy of %s left by an interrupted save", aside, path)
             shutil.rmtree(aside)
@@ -185,16 +202,50 @@ def readable(target: str | os.PathLike[str]) -> str | os.PathLike[str]:
     if not path.name or path.exists():
         return target
     aside = _aside(path)
-    if not aside.is_dir() or aside.is_symlink():
+    if not _real_directory(aside):
         return target
-    try:
-        _restore(aside, path)
-    except OSError as err:
-        if path.exists():  # a save running now has just moved its new copy in
+    with _renames_locked(path.parent):  # a save between its renames finishes them first
+        if path.exists() or not _real_directory(aside):
             return target
-        logger.warning("reading %s where it lies: it cannot be moved back to %s (%s)", aside, path, err)
-        return aside
+        try:
+            _restore(aside, path)
+        except OSError as err:
+            if path.exists():  # a save has just moved its new copy in (a directory that cannot be locked)
+                return target
+            logger.warning("reading %s where it lies: it cannot be moved back to %s (%s)", aside, path, err)
+            return aside
     return target
+
+
+def _real_directory(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+@contextlib.contextmanager
+def _renames_locked(directory: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on ``directory`` itself, waiting for whoever holds it.
+
+    Nothing is written: the lock lives on an open descriptor of the directory and is released when it is
+    closed or its process ends. Where the directory cannot be opened or locked (no read permission, some
+    network file systems, no ``fcntl``), the block runs unlocked.
+    """
+    fd = None
+    if fcntl is not None:
+        try:
+            fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException as err:
+            if fd is not None:
+                os.close(fd)
+                fd = None
+            if not isinstance(err, OSError):
+                raise
+            logger.debug("%s cannot be locked (%s); going on without the lock", directory, err)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _restore(aside: Path, path: Path) -> None:
@@ -235,7 +286,7 @@ def atomic_directory(
             raise QRAGError(f"qrag wrote {unlisted} without a marker into a {layout.what}; this is a qrag bug")
         _swap(tmp, path)
     finally:
-        if tmp.exists():
+        if tmp.exists():  # what a failed save wrote, or the old copy once the new one is in place
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -312,6 +363,46 @@ def remove_stale(directory: Path, prefix: str) -> None:
                 _remove(leftover)
 
 
+UNNAMED_IDLE_S = 24 * 3600.0
+"""How long nothing must have changed in an unnamed leftover (:func:`remove_unnamed`) of a shared cache
+before it counts as abandoned rather than the work of an older qrag version running now."""
+
+
+def remove_unnamed(directory: Path, prefix: str, idle_s: float = 0.0) -> None:
+    """Remove what older qrag versions, which named temporary files and directories without a host or
+    process id, left in ``directory``: names of ``prefix`` followed directly by ``tempfile``'s random part.
+
+    No process can be checked for these, so ``idle_s`` says how long nothing in one (the file, or the
+    directory and everything under it) must have changed before it is taken for abandoned: 0 (at once)
+    beside a save's target (:func:`recover`; older versions never kept a concurrent save's directory
+    either), :data:`UNNAMED_IDLE_S` where an older version may be at work at the same time (the ONNX
+    export cache, which environments with other qrag versions share).
+    """
+    if not directory.is_dir():
+        return
+    unnamed = re.compile(re.escape(prefix) + _RANDOM_PART)
+    now = time.time()
+    for leftover in directory.iterdir():
+        if not unnamed.fullmatch(leftover.name) or leftover.is_symlink():
+            continue
+        with contextlib.suppress(FileNotFoundError):  # another process removed it first
+            if idle_s > 0 and now - _last_change(leftover) < idle_s:
+                continue
+            logger.info("removing %s, left by an older qrag version that was interrupted", leftover)
+            _remove(leftover)
+
+
+def _last_change(path: Path) -> float:
+    """The latest modification time of ``path`` and, for a directory, of anything under it."""
+    latest = path.lstat().st_mtime
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                with contextlib.suppress(FileNotFoundError):
+                    latest = max(latest, os.lstat(os.path.join(root, name)).st_mtime)
+    return latest
+
+
 def _running(pid: int) -> bool:
     """Whether a process with id ``pid`` runs on this host (signal 0 only checks that it exists)."""
     try:
@@ -336,19 +427,25 @@ def _aside(path: Path) -> Path:
 
 
 def _swap(tmp: Path, path: Path) -> None:
-    """Move ``path`` aside, ``tmp`` into its place, then remove the old copy."""
+    """Move ``path`` aside, ``tmp`` into its place, then the old copy to ``tmp``'s name, for the caller to
+    remove (a process killed while removing it leaves a directory :func:`remove_stale` knows).
+
+    The directory's lock is held across the renames, so that no other process sees the target missing
+    and the old copy aside, and none has to wait while the old copy is removed.
+    """
     aside = _aside(path)
-    if path.exists():
-        os.replace(path, aside)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        if aside.exists() and not path.exists():
-            os.replace(aside, path)
-        raise
+    with _renames_locked(path.parent):
+        if path.exists():
+            os.replace(path, aside)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if aside.exists() and not path.exists():
+                os.replace(aside, path)
+            raise
+        if aside.exists():
+            os.replace(aside, tmp)
     _sync_directory(path.parent)
-    if aside.exists():
-        shutil.rmtree(aside)
 
 
 def _remove(path: Path) -> None:

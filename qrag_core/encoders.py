@@ -29,7 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qrag_core.embedding_cache import default_cache_dir
 from qrag_core.errors import ModelNotFoundError
-from qrag_core.onnx_backend import OnnxRunner, backend_description, check_backend
+from qrag_core.onnx_backend import ONNX_BACKENDS, OnnxRunner, backend_description, check_backend
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +170,8 @@ class TextEncoder(nn.Module):
         the backend, so an index or cache made by one backend is never mixed with another's vectors.
         """
         self.backend = check_backend(backend)
+        if backend == "torch-fp16" and self.device.type == "cpu":
+            logger.warning("the torch-fp16 backend is meant for GPUs: on this CPU it is slower than float32 torch")
 
     def fingerprint(self) -> str:
         """A hash of the weights, truncation, pooling pipeline and inference backend.
@@ -214,7 +216,7 @@ class TextEncoder(nn.Module):
     ) -> torch.Tensor:
         """Pooled embeddings; ``fast`` runs the transformer on the inference backend instead of torch, in a
         session tuned for ``bulk`` encoding (many batches in a row) or for single runs between torch work."""
-        if fast and self.backend != "torch":
+        if fast and self.backend in ONNX_BACKENDS:
             # One session per backend, thread count and use, kept until the weights change: switching back
             # and forth between backends (or torch thread counts) does not reload the exported graph.
             key = (self.backend, torch.get_num_threads(), bulk)
@@ -224,6 +226,9 @@ class TextEncoder(nn.Module):
                 runner = OnnxRunner(self.model, self.backend, fingerprint, default_cache_dir(), spin=bulk)
                 self._runners[key] = runner
             hidden = runner(input_ids, attention_mask).to(input_ids.device)
+        elif fast and self.backend == "torch-fp16":
+            with torch.autocast(input_ids.device.type, dtype=torch.float16):
+                hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
         else:
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         features = {"input_ids": input_ids, "attention_mask": attention_mask, "token_embeddings": hidden}

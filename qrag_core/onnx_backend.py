@@ -1,4 +1,5 @@
-"""Fast CPU inference of a frozen transformer: an exported ONNX copy run by ONNX Runtime, optionally int8.
+"""Fast inference of a frozen transformer: an exported ONNX copy run by ONNX Runtime (optionally int8) on a
+CPU, or torch in float16 on a GPU.
 
 The action encoder of Q-RAG is frozen by default, so the content embeddings of an index can come
 from an exported copy of its transformer instead of torch. ``onnx`` runs the float32 graph with
@@ -7,7 +8,9 @@ int8 (dynamic quantisation: activations are quantised per batch at run time, no 
 The exported files are cached under ``<cache dir>/onnx`` by the weights' fingerprint, written
 atomically, so each model is exported once. The pooling stays in torch (see ``encoders``).
 
-Needs the ``onnx`` extra (``pip install qrag[onnx]``: onnxruntime and onnx).
+The ONNX backends need the ``onnx`` extra (``pip install qrag[onnx]``: onnxruntime and onnx). ``torch-fp16``
+runs the transformer itself under float16 autocast (the pooling stays in float32): about twice as fast as
+float32 on a CUDA GPU, but slower than float32 on a CPU, which has no fast float16 matrix products.
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from qrag_core.atomic import atomic_file, owned_prefix, remove_stale
+from qrag_core.atomic import UNNAMED_IDLE_S, atomic_file, owned_prefix, remove_stale, remove_unnamed
 from qrag_core.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
-"""``torch``: the model itself; ``onnx``: ONNX Runtime float32; ``onnx-int8``: ONNX Runtime, int8 weights."""
+BACKENDS = ("torch", "torch-fp16", "onnx", "onnx-int8")
+"""``torch``: the model itself; ``torch-fp16``: the model under float16 autocast (for GPUs); ``onnx``: ONNX
+Runtime float32; ``onnx-int8``: ONNX Runtime, int8 weights."""
+ONNX_BACKENDS = ("onnx", "onnx-int8")
+"""The backends that run an exported copy in ONNX Runtime."""
 QUANTISATION = "dynamic-qint8-per-channel"
 """How ``onnx-int8`` quantises (recorded in the fingerprint of what it encodes)."""
 EXPORT_PREFIX = ".tmp-onnx-"
@@ -38,7 +44,7 @@ EXPORT_PREFIX = ".tmp-onnx-"
 def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise InvalidInputError(f"unknown encoding backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    if backend != "torch":
+    if backend in ONNX_BACKENDS:
         try:
             import onnxruntime  # noqa: F401
         except ImportError as err:
@@ -67,10 +73,13 @@ def _export(model: nn.Module, target: Path, quantise: bool) -> None:
     StorageError naming ``target``, and no temporary file is left).
 
     The export is written in a temporary directory named with this process's id; those of exports whose
-    process was killed (each a half-written model) are removed first.
+    process was killed (each a half-written model) are removed first, and so are those older qrag versions
+    named without a process id once nothing in them has changed for a day (such a version may be
+    exporting into the shared cache right now).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(target.parent, EXPORT_PREFIX)
+    remove_unnamed(target.parent, EXPORT_PREFIX, idle_s=UNNAMED_IDLE_S)
     with (
         atomic_file(target) as out,
         tempfile.TemporaryDirectory(dir=target.parent, prefix=owned_prefix(EXPORT_PREFIX)) as tmp,

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from qrag_core.cli import add_verbose_flag, run_tool
+from qrag_core.cli import add_machine_note_flag, add_threads_flag, add_verbose_flag, run_tool
 from qrag_core.config import QRAGConfig
 from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
 from qrag_core.data.examples import Example, read_jsonl, write_jsonl
@@ -311,6 +311,19 @@ def add_stage_arguments(parser: argparse.ArgumentParser, name: str, lr: float, w
     parser.add_argument(f"--{name}-seconds", type=float, default=None, help="its time limit (default: none)")
 
 
+def add_evaluation_arguments(parser: argparse.ArgumentParser, eval_steps: int, eval_every: int) -> None:
+    """``--eval-steps``, ``--eval-every`` (their defaults per recipe), ``--seed`` and ``--threads``, which
+    both training recipes take."""
+    parser.add_argument(
+        "--eval-steps", type=int, default=eval_steps, help=f"T of the periodic evaluation (default: {eval_steps})"
+    )
+    parser.add_argument(
+        "--eval-every", type=int, default=eval_every, help=f"evaluate, checkpoint every N steps (default: {eval_every})"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    add_threads_flag(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=Path(__file__).name,
@@ -362,10 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=5,
         help="T of a warm-start episode; soft-Q episodes take the support size (default: 5)",
     )
-    parser.add_argument("--eval-steps", type=int, default=4, help="T of the periodic evaluation (default: 4)")
-    parser.add_argument("--eval-every", type=int, default=400, help="evaluate, checkpoint every N steps (default: 400)")
-    parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    add_evaluation_arguments(parser, eval_steps=4, eval_every=400)
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -377,9 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="reuse the models of the first N stages, already trained in WORK_DIR (default: 0)",
     )
-    parser.add_argument(
-        "--machine-note", default="", help="free text recorded in the card's hardware line, e.g. other jobs running"
-    )
+    add_machine_note_flag(parser, "free text recorded in the card's hardware line, e.g. other jobs running")
     add_verbose_flag(parser)
     return parser
 

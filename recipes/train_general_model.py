@@ -34,9 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from train_default_model import stage_config, train_on_files  # the sibling recipe (scripts run from recipes/)
+from train_default_model import (  # the sibling recipe (scripts run from recipes/)
+    add_evaluation_arguments,
+    stage_config,
+    train_on_files,
+)
 
-from qrag_core.cli import add_verbose_flag, positive_int, run_tool
+from qrag_core.cli import add_machine_note_flag, add_verbose_flag, positive_int, run_tool
 from qrag_core.config import DEFAULT_SENTENCE_SPLITTER
 from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
 from qrag_core.data.examples import Example, write_jsonl
@@ -204,12 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rl-lr", type=float, default=1e-5, help="soft-Q peak learning rate (default: 1e-5)")
     parser.add_argument("--batch-size", type=int, default=8, help="episodes per optimiser step (default: 8)")
     parser.add_argument("--episode-steps", type=int, default=4, help="T of a warm-start episode (default: 4)")
-    parser.add_argument("--eval-steps", type=int, default=2, help="T of the periodic evaluation (default: 2)")
-    parser.add_argument("--eval-every", type=int, default=100, help="evaluate, checkpoint every N steps (default: 100)")
-    parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    add_evaluation_arguments(parser, eval_steps=2, eval_every=100)
     parser.add_argument("--resume", action="store_true", help="continue the interrupted stages in WORK_DIR")
-    parser.add_argument("--machine-note", default="", help="free text recorded in the card's hardware line")
+    add_machine_note_flag(parser, "free text recorded in the card's hardware line")
     add_verbose_flag(parser)
     return parser
 

@@ -2,9 +2,11 @@
 
 import importlib.util
 import json
+import logging
 import os
 import random
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -198,6 +200,31 @@ def test_shipped_model_keeps_its_fingerprints(real_model):
     assert real_model.action_encoder.fingerprint() == "daa204ee1ce3e63022dd7b05e9fc7dea"
 
 
+# ------------------------------------------------------------------ float16 (GPU) backend
+def test_fp16_backend_runs_the_transformer_in_float16_with_its_own_fingerprint(tiny_model, caplog):
+    encoder = tiny_model.state_encoder
+    reference, torch_fp = encoder.encode(TEXTS), encoder.fingerprint()
+    dtypes = []
+    linear = encoder.model.encoder.layer[0].intermediate.dense
+    hook = linear.register_forward_hook(lambda module, inputs, out: dtypes.append(out.dtype))
+    try:
+        with caplog.at_level(logging.WARNING, logger="qrag_core.encoders"):
+            encoder.use_backend("torch-fp16")
+        assert "meant for GPUs" in caplog.text, "on a CPU the user is told float16 is slower there"
+        half = encoder.encode(TEXTS)
+        assert dtypes[-1] == torch.float16, "the transformer ran in float16"
+        assert half.dtype == torch.float32 and torch.all(cosines(half, reference) > 0.999)
+        assert not torch.equal(half, reference), "float16 rounding shows: this is not the float32 path"
+        assert encoder.fingerprint() != torch_fp, "a float16 index is never mixed with a float32 one"
+        dtypes.clear()
+        assert encoder.embed(TEXTS).requires_grad and dtypes == [torch.float32], "training stays float32"
+        encoder.use_backend("torch")
+        assert encoder.fingerprint() == torch_fp and torch.equal(encoder.encode(TEXTS), reference)
+    finally:
+        hook.remove()
+        encoder.use_backend("torch")
+
+
 # ------------------------------------------------------------------ ONNX Runtime backends
 onnx_needed = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs qrag[onnx]")
 
@@ -324,8 +351,14 @@ def test_an_export_removes_the_temporary_directory_a_killed_export_left(tiny_mod
     assert killed.name.startswith(f".tmp-onnx-{host}-{dead}-") and (killed / "model.onnx").is_file()
     live = cache / f".tmp-onnx-{host}-{os.getpid()}-abcd1234"  # an export running now
     elsewhere = cache / f".tmp-onnx-other-host-{dead}-abcd1234"  # its process cannot be checked from here
-    for kept in (live, elsewhere):
-        kept.mkdir()
+    # named without a process id by older qrag versions: removed once nothing in them changed for a day
+    abandoned, running, writing = (cache / f".tmp-onnx-{name}" for name in ("k1ll3d00", "runn1ng0", "wr1t1ng0"))
+    for leftover in (live, elsewhere, abandoned, running, writing):
+        leftover.mkdir()
+        (leftover / "model.onnx").write_bytes(b"half a graph")
+    two_days_ago = time.time() - 2 * 86400
+    for old in (abandoned, abandoned / "model.onnx", writing):
+        os.utime(old, (two_days_ago, two_days_ago))
     export, work = torch.onnx.export, []
 
     def export_recording_its_directory(module, args, path, **kwargs):
@@ -338,7 +371,8 @@ def test_an_export_removes_the_temporary_directory_a_killed_export_left(tiny_mod
     assert len(work) == 1 and work[0].startswith(f".tmp-onnx-{host}-{os.getpid()}-"), "named for a later clean-up"
     exported = [p.name for p in cache.glob("*.onnx")]
     assert len(exported) == 1
-    assert sorted(p.name for p in cache.iterdir()) == sorted([*exported, live.name, elsewhere.name])
+    kept = [live.name, elsewhere.name, running.name, writing.name]
+    assert sorted(p.name for p in cache.iterdir()) == sorted([*exported, *kept])
 
 
 def test_unknown_backend_is_refused(tiny_model):

@@ -8,6 +8,9 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,7 @@ from qrag_core.errors import InvalidInputError, QRAGError, StorageError, UnsafeO
 from qrag_core.index import DocumentIndex
 from qrag_core.model import QRAG
 from qrag_core.retriever import Retriever
-from tests.conftest import killed_writer, make_tiny_model
+from tests.conftest import REPO, killed_writer, make_tiny_model
 
 
 @pytest.fixture()
@@ -280,6 +283,81 @@ def test_a_killed_save_in_a_read_only_directory_is_read_where_it_lies(tiny_model
     monkeypatch.setattr(atomic.os, "replace", read_only)
     assert DocumentIndex.load(tmp_path / "index").doc_ids == built.doc_ids
     assert not (tmp_path / "index").exists()
+
+
+IN_A_CHILD = """
+import os, sys
+from pathlib import Path
+from qrag_core import atomic
+THING = atomic.Layout("thing", ("thing.json",), ("thing.json",))
+target = sys.argv[1]
+"""
+
+PAUSED_SAVE = (
+    IN_A_CHILD
+    + """
+rename = os.replace
+
+def pausing(source, destination):
+    rename(source, destination)
+    if Path(destination).name == ".tmp-thing.old":  # the old copy is aside, the new one not in place yet
+        print("between", flush=True)
+        sys.stdin.readline()
+
+os.replace = pausing
+with atomic.atomic_directory(target, THING) as tmp:
+    (tmp / "thing.json").write_text("new")
+"""
+)
+
+DURING_THE_RENAMES = {  # what another process does, once told to (a save starts with atomic.recover)
+    "load": "print(open(os.path.join(atomic.readable(target), 'thing.json')).read())",
+    "save": "with atomic.atomic_directory(target, THING) as tmp: (tmp / 'thing.json').write_text('second')",
+}
+
+
+def waits_for_a_lock(pid: int) -> bool:
+    """Whether process ``pid`` is blocked waiting for a file lock (Linux lists waiters with ``->``)."""
+    return any(line.split()[1] == "->" and line.split()[5] == str(pid) for line in open("/proc/locks"))
+
+
+@pytest.mark.skipif(not Path("/proc/locks").is_file(), reason="needs /proc/locks to see a process wait")
+@pytest.mark.parametrize("during", DURING_THE_RENAMES)
+def test_a_load_or_save_during_the_renames_of_a_save_in_another_process_waits_for_it(tmp_path, during):
+    """Another process that loads or saves the same target while a save is between its two renames (the
+    target missing, the old copy aside) waits for that save instead of restoring the old copy under it."""
+    target = tmp_path / "thing"
+    with atomic.atomic_directory(target, atomic.Layout("thing", ("thing.json",), ("thing.json",))) as tmp:
+        (tmp / "thing.json").write_text("old")
+    children = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", IN_A_CHILD + code, str(target)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            text=True,
+        )
+        for name, code in [("saving", PAUSED_SAVE), ("other", "sys.stdin.readline()\n" + DURING_THE_RENAMES[during])]
+    }
+    saving, other = children["saving"], children["other"]
+    assert saving.stdout.readline() == "between\n", saving.communicate()
+    assert not target.exists() and (tmp_path / ".tmp-thing.old").is_dir()
+    other.stdin.write("go\n")
+    other.stdin.flush()
+    deadline = time.monotonic() + 120
+    while other.poll() is None and not waits_for_a_lock(other.pid):  # done already, or waiting for the save
+        assert time.monotonic() < deadline, "the other process neither finished nor waited"
+        time.sleep(0.01)
+    results = {
+        name: child.communicate("go on\n" if child is saving else None, timeout=120) for name, child in children.items()
+    }
+    assert saving.returncode == 0, results["saving"][1]
+    assert other.returncode == 0, results["other"][1]
+    assert (target / "thing.json").read_text() == ("second" if during == "save" else "new")
+    if during == "load":
+        assert results["other"][0] == "new\n", "it read the copy the save moved in"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thing"]
 
 
 def test_a_save_that_writes_what_its_layout_does_not_list_changes_nothing(tmp_path):

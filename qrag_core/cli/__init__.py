@@ -88,6 +88,21 @@ def add_verbose_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) 
     )
 
 
+def add_threads_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: int | None = 1) -> None:
+    """``--threads``: torch's CPU threads, for ``torch.set_num_threads`` (``default`` None: torch's choice)."""
+    shown = "torch's choice" if default is None else default
+    parser.add_argument("--threads", type=positive_int, default=default, help=f"torch CPU threads (default: {shown})")
+
+
+def add_machine_note_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    help: str = "recorded with the machine, e.g. other jobs running",
+) -> None:
+    """``--machine-note``: free text (e.g. other jobs running) that
+    :func:`qrag_core.machine.machine_description` adds to the machine recorded with measured numbers."""
+    parser.add_argument("--machine-note", default="", help=help)
+
+
 def run_reporting_errors(prog: str, command: Callable[[], int | None]) -> int:
     """Run ``command`` and return its exit status (None: :data:`OK`); a QRAGError, OSError, UnicodeError
     or missing optional package becomes one line ``prog: error: message`` on stderr and
@@ -238,8 +253,8 @@ def add_backend_flags(parser: argparse.ArgumentParser, chunk_note: str) -> None:
         "--backend",
         choices=BACKENDS,
         default="torch",
-        help=f"what computes the chunk embeddings: torch, or ONNX Runtime float32 / int8 (faster on CPU, needs "
-        f"qrag[onnx]); {chunk_note}",
+        help=f"what computes the chunk embeddings: torch; torch-fp16 (float16, for CUDA GPUs); or ONNX Runtime "
+        f"float32 / int8 (faster on CPU, needs qrag[onnx]); {chunk_note}",
     )
     parser.add_argument(
         "--state-backend",
@@ -247,7 +262,7 @@ def add_backend_flags(parser: argparse.ArgumentParser, chunk_note: str) -> None:
         default="torch",
         help="what computes the state embeddings (question + chunks found) at each search step: torch, or an "
         "ONNX Runtime copy of the state encoder (float32: the same selections, faster on CPU; int8: faster "
-        "still, selections may differ)",
+        "still, selections may differ), or torch-fp16 on a CUDA GPU",
     )
 
 

@@ -28,13 +28,7 @@ from typing import Any
 
 import torch
 
-from qrag_core.cli import (
-    add_dataclass_flags,
-    add_verbose_flag,
-    positive_int,
-    run_reporting_errors,
-    setup_logging,
-)
+from qrag_core.cli import add_dataclass_flags, add_threads_flag, add_verbose_flag, run_reporting_errors, setup_logging
 from qrag_core.config import POSITION_MODES, QRAGConfig
 from qrag_core.data.examples import read_jsonl
 from qrag_core.embedding_cache import EmbeddingCache, shared_cache_path
@@ -93,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(shared_cache_path()),
         help="shared embedding cache file of content embeddings; 'none' keeps them in memory (default: %(default)s)",
     )
-    run.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_flag(run, default=None)
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_verbose_flag(run)
     model = parser.add_argument_group(
