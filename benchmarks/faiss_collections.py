@@ -34,7 +34,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,9 +152,29 @@ def torch_top_k(vectors: torch.Tensor, query: torch.Tensor, selected: list[int],
 
 
 def measure_size(
-    n: int, kinds: list[str], queries: int, k: int, selected_count: int, machine_note: str = ""
+    n: int,
+    kinds: list[str],
+    queries: int,
+    k: int,
+    selected_count: int,
+    machine_note: str = "",
+    save: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Every scorer over one synthetic collection of ``n`` passages, one after the other (module docstring)."""
+    """Every scorer over one synthetic collection of ``n`` passages, one after the other (module docstring);
+    ``save``, when given, gets the entry so far after each scorer (a run stopped later keeps those)."""
+
+    def entry() -> dict[str, Any]:
+        return {
+            "passages": n,
+            "dim": DIM,
+            "queries": queries,
+            "k": k,
+            "selected": selected_count,
+            "threads": torch.get_num_threads(),
+            "scorers": dict(rows),
+            **provenance(machine_note),
+        }
+
     reset_peak_rss()
     vectors, query_vectors = synthetic_collection(n, queries)
     training = vectors[training_rows(n)] if set(kinds) & set(IVF_KINDS) else None
@@ -174,6 +194,8 @@ def measure_size(
         }
     }
     logger.info("torch: %s", rows["torch"])
+    if save is not None:
+        save(entry())
     del vectors
     gc.collect()
     for kind in kinds:
@@ -201,18 +223,11 @@ def measure_size(
             "peak_rss_gb": peak_rss_gb(),
         }
         logger.info("%s: %s", kind, rows[kind])
+        if save is not None:
+            save(entry())
         del index
         gc.collect()
-    return {
-        "passages": n,
-        "dim": DIM,
-        "queries": queries,
-        "k": k,
-        "selected": selected_count,
-        "threads": torch.get_num_threads(),
-        "scorers": rows,
-        **provenance(machine_note),
-    }
+    return entry()
 
 
 def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
@@ -272,11 +287,12 @@ def store() -> ResultsStore:
 def run(args: argparse.Namespace) -> None:
     if not args.render_only:
         for size in args.sizes:
-            report = measure_size(
-                parse_length(size), args.kinds, args.queries, args.k, args.selected, args.machine_note
-            )
-            with store().updating() as results:
-                results["sizes"][length_label(size)] = report
+
+            def save(entry: dict[str, Any], label: str = length_label(size)) -> None:
+                with store().updating() as results:
+                    results["sizes"][label] = entry
+
+            measure_size(parse_length(size), args.kinds, args.queries, args.k, args.selected, args.machine_note, save)
     write_markdown(store().load())
     print(MARKDOWN.read_text(encoding="utf-8"))
 
