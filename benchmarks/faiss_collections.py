@@ -68,10 +68,10 @@ TEN_MILLION_NOTE = (
     "10M passages (10 × 2^20): the exact reference is the torch scorer itself, over the whole collection in float32 "
     "(15.0 GiB of vectors). Each faiss index was built from the same vectors generated again block by block, after "
     "the torch scorer's had been freed, so its peak RSS is its own (the index, a 0.3 GiB training sample and "
-    "faiss's growing lists). A flat (or ivf) index is a second float32 copy: qrag keeps its float32 action vectors "
-    "next to any faiss index, so of these only ivf-sq8 (3.8 GiB of codes and ids) and ivf-pq (0.55 GiB) fit beside "
-    "them on a 24 GB machine. ivf (float32 lists) was not run at 10M: it has the memory of flat and the build time "
-    "of ivf-sq8."
+    "faiss's growing lists). A flat or ivf index is a second float32 copy, and qrag keeps its float32 action "
+    "vectors next to any faiss index, so only ivf-sq8 (3.8 GiB of codes and ids) and ivf-pq (0.55 GiB) fit beside "
+    "them on a 24 GB machine; only those two were run at 10M (a first attempt with flat alone ran out of memory as "
+    "its storage grew block by block, which a flat index now reserves once)."
 )
 """What the results say about the 10M entry."""
 HNSW_NOTE = (
