@@ -5,8 +5,9 @@ the identity and Q(s, c_i) = ⟨E_s(s), h(e_i)⟩ is a plain inner product with 
 at every step, so a fixed vector index answers the top-k:
 
 - ``flat``: faiss ``IndexFlatIP``, exact (the chunks and Q of the torch scorer, to float32 rounding), the
-  default where faiss sees a GPU; on a CPU it is slower than the torch scorer for one query (385 against
-  261 ms at 1M passages, ``benchmarks/results/faiss_collections.md``), so there the default is ``torch``;
+  default where faiss sees a GPU; on a CPU it is no faster than the torch scorer for one query (251 against
+  307 ms at 1M passages, ``benchmarks/results/faiss_collections.md``, 385 against 261 in an earlier run) and
+  holds a second float32 copy of the vectors, so there the default is ``torch``;
 - ``ivf``: ``IndexIVFFlat`` with about √N inverted lists, of which ``IVF_NPROBE`` are probed (approximate;
   4d + 8 bytes per vector, a second float32 copy of the vectors);
 - ``ivf-sq8``: ``IndexIVFScalarQuantizer``, the same lists holding each vector's residual to its list
