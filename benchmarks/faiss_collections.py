@@ -1,6 +1,7 @@
-"""Passage collections: faiss (flat, IVF, HNSW) against the exact torch scorer, latency and recall@k.
+"""Passage collections: faiss (flat, IVF, IVF-SQ8, IVF-PQ, HNSW) against the exact torch scorer, latency and recall@k.
 
     OMP_NUM_THREADS=2 python benchmarks/faiss_collections.py --sizes 1M
+    OMP_NUM_THREADS=2 python benchmarks/faiss_collections.py --sizes 10M --queries 20 --kinds flat ivf-sq8 ivf-pq
     python benchmarks/faiss_collections.py --render-only
 
 Where every position is 0 (a passage collection, docs/method.md §5) one search step is a top-k by inner
@@ -13,17 +14,27 @@ same data); encoding a million real passages on this machine would take hours an
 not the search. Reported per scorer: build time, mean latency per query, recall@k against the torch scorer's
 top-k, the largest |ΔQ| on the chunks both return, and peak RSS.
 
+The scorers run one after the other, each holding only what it needs, so a 10M collection fits on a 24 GB machine:
+the torch scorer gets the whole collection in float32 (what qrag's action vectors are), answers every
+query, keeps its top-k and the IVF training sample (:func:`qrag_core.vector_index.training_rows`) and frees
+the vectors; each faiss index is then built with :meth:`PassageIndex.from_blocks
+<qrag_core.vector_index.PassageIndex.from_blocks>` from the same seeded vectors generated again block by
+block (the build of ``PassageIndex(vectors, kind)``, without the whole tensor; the time spent generating is
+not counted). Peak RSS is measured per scorer (Linux: ``VmHWM``, reset before each through
+``/proc/self/clear_refs``).
+
 Results go to ``benchmarks/results/faiss_collections.json`` (one entry per size) and ``faiss_collections.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import math
-import resource
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +43,12 @@ from harness import RESULTS_DIR, ResultsStore, add_render_only_flag, markdown_ta
 from tqdm import tqdm
 
 from qrag_core.atomic import write_file
-from qrag_core.cli import add_verbose_flag, positive_int, run_tool
+from qrag_core.cli import add_machine_note_flag, add_verbose_flag, positive_int, run_tool
 from qrag_core.config import QRAGConfig
 from qrag_core.data.babilong import length_label, parse_length
 from qrag_core.positions import position_intervals, rope_frequencies
 from qrag_core.scoring import top_k
-from qrag_core.vector_index import VECTOR_INDEXES, PassageIndex
+from qrag_core.vector_index import IVF_KINDS, VECTOR_INDEXES, PassageIndex, pq_codes, training_rows
 
 logger = logging.getLogger("faiss_collections")
 
@@ -54,12 +65,15 @@ QUERY_NOISE = 0.5
 BLOCK = 65536
 """Passages generated at a time."""
 TEN_MILLION_NOTE = (
-    "10M passages were not measured: 10M × 384 float32 vectors are 16 GB, and each scorer here needs them whole "
-    "(the torch scorer's action vectors, plus a flat or IVF copy inside faiss) on a 24 GB machine shared with other "
-    "jobs. At that size use float16 storage for the torch scorer (8 GB) and a compressed faiss index (IVF with "
-    "SQ8 or PQ codes, which qrag does not build yet); the flat scorers' latency grows linearly with N."
+    "10M passages (10 × 2^20): the exact reference is the torch scorer itself, over the whole collection in float32 "
+    "(15.0 GiB of vectors). Each faiss index was built from the same vectors generated again block by block, after "
+    "the torch scorer's had been freed, so its peak RSS is its own (the index, a 0.3 GiB training sample and "
+    "faiss's growing lists). A flat (or ivf) index is a second float32 copy: qrag keeps its float32 action vectors "
+    "next to any faiss index, so of these only ivf-sq8 (3.8 GiB of codes and ids) and ivf-pq (0.55 GiB) fit beside "
+    "them on a 24 GB machine. ivf (float32 lists) was not run at 10M: it has the memory of flat and the build time "
+    "of ivf-sq8."
 )
-"""What the results say while no 10M entry has been measured."""
+"""What the results say about the 10M entry."""
 HNSW_NOTE = (
     "HNSW at 1M passages: building the index (M = 32, efConstruction 64) had not finished after 11 minutes on this "
     "shared machine (about one core free) and was stopped; HNSW is measured on the smaller collection only."
@@ -76,21 +90,55 @@ def noise(rows: int, norm: float, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(rows, DIM, generator=generator) * (norm / math.sqrt(DIM))
 
 
-def synthetic_collection(n: int, queries: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, DIM) unit passage vectors around TOPICS centres, and ``queries`` unit vectors near random passages."""
-    generator = torch.Generator().manual_seed(seed)
+def passage_blocks(n: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """The n unit passage vectors around TOPICS centres, BLOCK rows at a time, from a ``generator`` seeded by the
+    caller (the same vectors for the same seed); when they are all out, it stands where the queries are drawn."""
     centres = unit(torch.randn(TOPICS, DIM, generator=generator))
-    passages = torch.empty(n, DIM)
     for first in tqdm(range(0, n, BLOCK), desc="synthetic passages", unit="block"):
         rows = min(BLOCK, n - first)
         topic = torch.randint(TOPICS, (rows,), generator=generator)
-        passages[first : first + rows] = unit(centres[topic] + noise(rows, PASSAGE_NOISE, generator))
+        yield unit(centres[topic] + noise(rows, PASSAGE_NOISE, generator))
+
+
+def synthetic_collection(n: int, queries: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, DIM) unit passage vectors around TOPICS centres, and ``queries`` unit vectors near random passages."""
+    generator = torch.Generator().manual_seed(seed)
+    passages = torch.empty(n, DIM)
+    for first, block in zip(range(0, n, BLOCK), passage_blocks(n, generator), strict=True):
+        passages[first : first + len(block)] = block
     picked = torch.randint(n, (queries,), generator=generator)
     return passages, unit(passages[picked] + noise(queries, QUERY_NOISE, generator))
 
 
+class Stopwatch:
+    """Seconds spent inside an iterator (generating blocks), to leave out of the time of what consumes it."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def timed(self, blocks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        start = time.perf_counter()
+        for block in blocks:
+            self.seconds += time.perf_counter() - start
+            yield block
+            start = time.perf_counter()
+
+
+def reset_peak_rss() -> None:
+    """Make the peak RSS of this process its current RSS (Linux)."""
+    Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
+
+
 def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    """Peak RSS of this process since :func:`reset_peak_rss` (Linux ``VmHWM``), in GiB."""
+    status = Path("/proc/self/status").read_text(encoding="ascii")
+    kilobytes = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(kilobytes) / 1024**2
+
+
+def storage(kind: str) -> str:
+    """How a scorer stores a vector."""
+    return {"ivf-sq8": "int8 (SQ8)", "ivf-pq": f"PQ {pq_codes(DIM)} B"}.get(kind, "fp32")
 
 
 def torch_top_k(vectors: torch.Tensor, query: torch.Tensor, selected: list[int], k: int) -> tuple[list[int], list]:
@@ -103,19 +151,38 @@ def torch_top_k(vectors: torch.Tensor, query: torch.Tensor, selected: list[int],
     return indices.tolist(), values.tolist()
 
 
-def measure_size(n: int, kinds: list[str], queries: int, k: int, selected_count: int) -> dict[str, Any]:
-    """Every scorer over one synthetic collection of ``n`` passages."""
+def measure_size(
+    n: int, kinds: list[str], queries: int, k: int, selected_count: int, machine_note: str = ""
+) -> dict[str, Any]:
+    """Every scorer over one synthetic collection of ``n`` passages, one after the other (module docstring)."""
+    reset_peak_rss()
     vectors, query_vectors = synthetic_collection(n, queries)
+    training = vectors[training_rows(n)] if set(kinds) & set(IVF_KINDS) else None
     # The chunks a search has already taken by step selected_count + 1: the torch scorer's best ones.
     selections = [torch_top_k(vectors, q, [], selected_count)[0] for q in query_vectors]
     start = time.perf_counter()
     exact = [torch_top_k(vectors, q, sel, k) for q, sel in zip(query_vectors, selections, strict=True)]
     torch_s = (time.perf_counter() - start) / queries
-    rows = {"torch": {"storage": "fp32", "build_s": 0.0, "latency_s": torch_s, "recall": 1.0, "max_abs_dq": 0.0}}
+    rows = {
+        "torch": {
+            "storage": "fp32",
+            "build_s": 0.0,
+            "latency_s": torch_s,
+            "recall": 1.0,
+            "max_abs_dq": 0.0,
+            "peak_rss_gb": peak_rss_gb(),
+        }
+    }
+    logger.info("torch: %s", rows["torch"])
+    del vectors
+    gc.collect()
     for kind in kinds:
+        reset_peak_rss()
+        generation = Stopwatch()
+        blocks = generation.timed(passage_blocks(n, torch.Generator().manual_seed(0)))
         start = time.perf_counter()
-        index = PassageIndex(vectors, kind)
-        build_s = time.perf_counter() - start
+        index = PassageIndex.from_blocks(kind, n, blocks, training if kind in IVF_KINDS else None)
+        build_s = time.perf_counter() - start - generation.seconds
         found, worst = 0, 0.0
         start = time.perf_counter()
         answers = [index.search(q, k, sel) for q, sel in zip(query_vectors, selections, strict=True)]
@@ -126,14 +193,16 @@ def measure_size(n: int, kinds: list[str], queries: int, k: int, selected_count:
             found += len(shared)
             worst = max([worst, *(abs(v - truth[i]) for i, v in shared)])
         rows[kind] = {
-            "storage": "fp32",
+            "storage": storage(kind),
             "build_s": build_s,
             "latency_s": latency_s,
             "recall": found / (k * queries),
             "max_abs_dq": worst,
+            "peak_rss_gb": peak_rss_gb(),
         }
         logger.info("%s: %s", kind, rows[kind])
         del index
+        gc.collect()
     return {
         "passages": n,
         "dim": DIM,
@@ -142,8 +211,7 @@ def measure_size(n: int, kinds: list[str], queries: int, k: int, selected_count:
         "selected": selected_count,
         "threads": torch.get_num_threads(),
         "scorers": rows,
-        "peak_rss_gb": peak_rss_gb(),
-        **provenance("shared with other jobs"),
+        **provenance(machine_note),
     }
 
 
@@ -155,9 +223,14 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
         "step over a passage collection (positions off, so Q is an inner product): the top-k of Q with the chunks",
         "already selected excluded, by qrag's exact torch scorer and by a faiss index of each kind",
         "(`qrag_core/vector_index.py`: flat = `IndexFlatIP`, exact; ivf = `IndexIVFFlat`, √N lists, 32 probed;",
-        "hnsw = `IndexHNSWFlat`, M = 32, efSearch 128). **Synthetic** unit vectors, d = 384: passages scattered",
-        f"around {TOPICS} random topic centres, each query a noisy copy of one passage. Recall@k: share of the torch",
-        "scorer's top-k that the index returns; |ΔQ|: largest difference of Q on the chunks both return.",
+        "ivf-sq8 = `IndexIVFScalarQuantizer`, the same lists with 8-bit codes, d + 8 bytes per vector; ivf-pq =",
+        f"`IndexIVFPQ`, {pq_codes(DIM)} codes of 8 bits; hnsw = `IndexHNSWFlat`, M = 32, efSearch 128).",
+        f"**Synthetic** unit vectors, d = {DIM}: passages scattered around {TOPICS} random topic centres, each query",
+        "a noisy copy of one passage. Recall@k: share of the torch scorer's top-k that the index returns; |ΔQ|:",
+        "largest difference of Q on the chunks both return (the compressed kinds estimate Q from their codes).",
+        "The scorers run one after the other, each holding only its own vectors or index; peak RSS is per scorer",
+        "(the process, reset before each), except in entries measured before it was (one peak for the whole run,",
+        "shown above the table).",
     ]
     for label, r in sorted(results["sizes"].items(), key=lambda item: parse_length(item[0])):
         out += [
@@ -165,8 +238,8 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
             f"## {label} passages",
             "",
             f"{r['passages']:,} passages, d = {r['dim']}, {r['queries']} queries, k = {r['k']}, "
-            f"{r['selected']} chunks selected and excluded, {r['threads']} threads; "
-            f"peak RSS {r['peak_rss_gb']:.1f} GB.",
+            f"{r['selected']} chunks selected and excluded, {r['threads']} threads"
+            + (f"; peak RSS of the whole run {r['peak_rss_gb']:.1f} GiB." if "peak_rss_gb" in r else "."),
             "",
         ]
         rows = [
@@ -177,14 +250,16 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
                 f"{s['latency_s'] * 1000:.2f}",
                 f"{s['recall']:.3f}",
                 f"{s['max_abs_dq']:.1e}",
+                f"{s['peak_rss_gb']:.1f}" if "peak_rss_gb" in s else "–",
             ]
             for name, s in sorted(r["scorers"].items(), key=lambda item: VECTOR_INDEXES.index(item[0]))
         ]
-        out += markdown_table(["scorer", "storage", "build s", "ms / query", f"recall@{r['k']}", "max abs dQ"], rows)
+        headers = ["scorer", "storage", "build s", "ms / query", f"recall@{r['k']}", "max abs dQ", "peak RSS GiB"]
+        out += markdown_table(headers, rows)
         out += ["", f"{r['machine']}; commit {r['commit']}; finished {r['finished']}; `{r['command']}`"]
     if "hnsw" not in results["sizes"].get("1M", {}).get("scorers", {"hnsw": None}):
         out += ["", HNSW_NOTE]
-    if "10M" not in results["sizes"]:
+    if "10M" in results["sizes"]:
         out += ["", TEN_MILLION_NOTE]
     path.parent.mkdir(parents=True, exist_ok=True)
     write_file(path, "\n".join(out).rstrip() + "\n")
@@ -197,7 +272,9 @@ def store() -> ResultsStore:
 def run(args: argparse.Namespace) -> None:
     if not args.render_only:
         for size in args.sizes:
-            report = measure_size(parse_length(size), args.kinds, args.queries, args.k, args.selected)
+            report = measure_size(
+                parse_length(size), args.kinds, args.queries, args.k, args.selected, args.machine_note
+            )
             with store().updating() as results:
                 results["sizes"][length_label(size)] = report
     write_markdown(store().load())
@@ -215,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--selected", type=positive_int, default=3, help="chunks already selected, excluded (default: %(default)s)"
     )
+    add_machine_note_flag(parser)
     add_render_only_flag(parser)
     add_verbose_flag(parser)
     return parser

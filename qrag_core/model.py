@@ -293,7 +293,7 @@ class QRAG(nn.Module):
         (False: a passage collection, positions off; default all ordered); ``action_norm_max`` is max_i |a_i|
         (computed if not given). Fast even for millions of chunks (:mod:`qrag_core.scoring`). ``passages``, a
         faiss index over exactly these ``actions`` (:meth:`passage_index`), answers instead wherever every
-        position is 0 (a passage collection); exact for ``flat``, approximate for ``ivf`` and ``hnsw``.
+        position is 0 (a passage collection); exact for ``flat``, approximate for the IVF kinds and ``hnsw``.
         ``bonus`` (N,), a per-chunk addition to Q (w·f of the hybrid score, :mod:`qrag_core.lexical`), ranks
         by and returns Q + bonus instead; a faiss index cannot add it, so then the exact torch scorer answers.
         """

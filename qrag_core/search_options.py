@@ -50,7 +50,7 @@ class SearchOptions:
     order: str | None = None
     """Order of the results: document (source order, the default) or rank (the order the search picked them)."""
     vector_index: str | None = None
-    """Passage collections (positions off): torch or flat (exact), ivf or hnsw (approximate); none: flat on a GPU."""
+    """Passage collections: torch or flat (exact); ivf, ivf-sq8, ivf-pq or hnsw (approximate); none: flat on a GPU."""
     lexical_weight: float | None = None
     """w of the hybrid score Q + w·(BM25 of the state text, in [0, 1]) in every document; 0 = pure Q (none: model's)."""
     passage_lexical_weight: float | None = None
