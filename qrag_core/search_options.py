@@ -89,8 +89,8 @@ class SearchOptions:
 
     def resolve(self, config: QRAGConfig) -> SearchOptions:
         """Every option that has a default filled in: the model's T, beam width, threshold and lexical weights,
-        expand_k = the beam width, beams ranked by estimated return, document order, faiss flat where faiss sees a GPU (a threshold stays None
-        when the model has none)."""
+        expand_k = the beam width, beams ranked by estimated return, document order, faiss flat where faiss sees
+        a GPU (a threshold stays None when the model has none)."""
         beam = config.beam_width if self.beam is None else self.beam
         weight = config.lexical_weight if self.lexical_weight is None else self.lexical_weight
         if self.passage_lexical_weight is not None:
