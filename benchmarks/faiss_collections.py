@@ -34,7 +34,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +68,10 @@ TEN_MILLION_NOTE = (
     "10M passages (10 × 2^20): the exact reference is the torch scorer itself, over the whole collection in float32 "
     "(15.0 GiB of vectors). Each faiss index was built from the same vectors generated again block by block, after "
     "the torch scorer's had been freed, so its peak RSS is its own (the index, a 0.3 GiB training sample and "
-    "faiss's growing lists). A flat (or ivf) index is a second float32 copy: qrag keeps its float32 action vectors "
-    "next to any faiss index, so of these only ivf-sq8 (3.8 GiB of codes and ids) and ivf-pq (0.55 GiB) fit beside "
-    "them on a 24 GB machine. ivf (float32 lists) was not run at 10M: it has the memory of flat and the build time "
-    "of ivf-sq8."
+    "faiss's growing lists). A flat or ivf index is a second float32 copy, and qrag keeps its float32 action "
+    "vectors next to any faiss index, so only ivf-sq8 (3.8 GiB of codes and ids) and ivf-pq (0.55 GiB) fit beside "
+    "them on a 24 GB machine; only those two were run at 10M (a first attempt with flat alone ran out of memory as "
+    "its storage grew block by block, which a flat index now reserves once)."
 )
 """What the results say about the 10M entry."""
 HNSW_NOTE = (
@@ -152,9 +152,29 @@ def torch_top_k(vectors: torch.Tensor, query: torch.Tensor, selected: list[int],
 
 
 def measure_size(
-    n: int, kinds: list[str], queries: int, k: int, selected_count: int, machine_note: str = ""
+    n: int,
+    kinds: list[str],
+    queries: int,
+    k: int,
+    selected_count: int,
+    machine_note: str = "",
+    save: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Every scorer over one synthetic collection of ``n`` passages, one after the other (module docstring)."""
+    """Every scorer over one synthetic collection of ``n`` passages, one after the other (module docstring);
+    ``save``, when given, gets the entry so far after each scorer (a run stopped later keeps those)."""
+
+    def entry() -> dict[str, Any]:
+        return {
+            "passages": n,
+            "dim": DIM,
+            "queries": queries,
+            "k": k,
+            "selected": selected_count,
+            "threads": torch.get_num_threads(),
+            "scorers": dict(rows),
+            **provenance(machine_note),
+        }
+
     reset_peak_rss()
     vectors, query_vectors = synthetic_collection(n, queries)
     training = vectors[training_rows(n)] if set(kinds) & set(IVF_KINDS) else None
@@ -174,6 +194,8 @@ def measure_size(
         }
     }
     logger.info("torch: %s", rows["torch"])
+    if save is not None:
+        save(entry())
     del vectors
     gc.collect()
     for kind in kinds:
@@ -201,18 +223,11 @@ def measure_size(
             "peak_rss_gb": peak_rss_gb(),
         }
         logger.info("%s: %s", kind, rows[kind])
+        if save is not None:
+            save(entry())
         del index
         gc.collect()
-    return {
-        "passages": n,
-        "dim": DIM,
-        "queries": queries,
-        "k": k,
-        "selected": selected_count,
-        "threads": torch.get_num_threads(),
-        "scorers": rows,
-        **provenance(machine_note),
-    }
+    return entry()
 
 
 def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
@@ -272,11 +287,12 @@ def store() -> ResultsStore:
 def run(args: argparse.Namespace) -> None:
     if not args.render_only:
         for size in args.sizes:
-            report = measure_size(
-                parse_length(size), args.kinds, args.queries, args.k, args.selected, args.machine_note
-            )
-            with store().updating() as results:
-                results["sizes"][length_label(size)] = report
+
+            def save(entry: dict[str, Any], label: str = length_label(size)) -> None:
+                with store().updating() as results:
+                    results["sizes"][label] = entry
+
+            measure_size(parse_length(size), args.kinds, args.queries, args.k, args.selected, args.machine_note, save)
     write_markdown(store().load())
     print(MARKDOWN.read_text(encoding="utf-8"))
 
