@@ -51,12 +51,13 @@ from qrag_core.cli import (
     positive_int,
     run_tool,
 )
-from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
+from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong, parse_length
 from qrag_core.data.examples import Example
 from qrag_core.data.hotpotqa import iter_hotpotqa
 from qrag_core.embedding_cache import shared_cache
 from qrag_core.evaluation import evaluate
 from qrag_core.model import QRAG
+from qrag_core.model_names import DEFAULT_MODEL_NAME
 from qrag_core.search_options import BEAM_SCORES, SearchOptions
 
 logger = logging.getLogger("beam_search")
@@ -91,6 +92,22 @@ def method_names(widths: list[int]) -> list[tuple[str, SearchOptions]]:
     ]
 
 
+def method_order(name: str) -> tuple[int, int]:
+    """Greedy first, then by width, each width's rankings in :data:`BEAM_SCORES` order (the JSON sorts keys)."""
+    if name == "greedy":
+        return (1, 0)
+    width, score = name.removeprefix("B=").split()
+    return (int(width), BEAM_SCORES.index(score))
+
+
+def set_order(name: str) -> tuple[int, int, str]:
+    """BabiLong sets by length, then task; HotpotQA last."""
+    if not name.startswith("babilong"):
+        return (1, 0, name)
+    _, task, length = name.split()
+    return (0, parse_length(length), task)
+
+
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -123,10 +140,10 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
         "recipe holds out (T = 2; that split is the 100 official train questions plus official dev questions",
         "disjoint from the 297-question test subset). No test question was read.",
     ]
-    for model, entry in results["models"].items():
-        methods = list(next(iter(entry["scores"].values())))
+    for model, entry in sorted(results["models"].items(), key=lambda item: item[0] != DEFAULT_MODEL_NAME):
+        methods = sorted({m for by_method in entry["scores"].values() for m in by_method}, key=method_order)
         rows = []
-        for name, by_method in entry["scores"].items():
+        for name, by_method in sorted(entry["scores"].items(), key=lambda item: set_order(item[0])):
             best = max(s["fact_em"] for s in by_method.values())
             cells = []
             for method in methods:

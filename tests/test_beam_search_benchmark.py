@@ -58,8 +58,17 @@ def test_the_report_marks_the_best_method_of_each_set(script, tmp_path: Path):
     def s(em: float) -> dict:
         return {"fact_em": em, "fact_recall": em, "seconds": 1.0}
 
-    entry = {"sets": {"qa3": 40}, "scores": {"qa3": {"greedy": s(0.975), "B=4 return": s(0.975), "B=4 sum": s(0.775)}}}
+    qa3, hotpotqa = "babilong-train qa3 32k", "hotpotqa-train-heldout"
+    scores = {"B=4 sum": s(0.775), "B=10 return": s(0.9), "B=4 return": s(0.975), "greedy": s(0.975)}
+    entry = {"sets": {hotpotqa: 60, qa3: 40}, "scores": {hotpotqa: {"greedy": s(0.75)}, qa3: scores}}
     entry |= {"seconds": 3.0, "machine": "m", "commit": "c", "command": "x"}
-    script.write_markdown({"models": {"qrag-minilm": entry}}, tmp_path / "r.md")
+    script.write_markdown({"models": {"another": entry, "qrag-minilm": entry}}, tmp_path / "r.md")
     text = (tmp_path / "r.md").read_text()
-    assert "| qa3 (40) | **0.975 (0.975)** | **0.975 (0.975)** | 0.775 (0.775) |" in text
+    assert "| questions (n) | greedy | B=4 return | B=4 sum | B=10 return |" in text, "columns in a fixed order"
+    assert (
+        "| babilong-train qa3 32k (40) | **0.975 (0.975)** | **0.975 (0.975)** | 0.775 (0.775) | 0.900 (0.900) |"
+        in text
+    )
+    assert "| hotpotqa-train-heldout (60) | **0.750 (0.750)** | — | — | — |" in text
+    assert text.index(qa3) < text.index(hotpotqa), "BabiLong first, HotpotQA last"
+    assert text.index("## qrag-minilm") < text.index("## another"), "the default model first"
