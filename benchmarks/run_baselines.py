@@ -68,6 +68,7 @@ SECTIONS = (
     ("Passage length: what truncating paragraph chunks costs", "benchmarks/results/passage_length.md"),
     ("Sentence splitting", "benchmarks/results/sentence_splitting.md"),
     ("Stopping by Q-value", "benchmarks/results/stopping.md"),
+    ("Beam search against greedy", "benchmarks/results/beam_search.md"),
     ("Hybrid lexical + Q score", "benchmarks/results/lexical_weight.md"),
 )
 """Sections written by other benchmark scripts, appended to BENCHMARKS.md at every render."""

@@ -3,10 +3,16 @@
 Each step encodes the current states (question + selected chunks, in document order) once, then
 scores every available chunk with one rotation-and-dot-product pass over the cached action vectors
 at the positions ρ_t of that state. Greedy search takes the argmax; beam search ("Plan Q-RAG")
-keeps the B best partial selections by summed Q and expands each by its top-k actions. The beam
-always keeps the greedy line, so its best selection never has a lower summed Q than greedy's.
+keeps the B best partial selections and expands each by its top-k actions. Lines are ranked by
+their estimated return (``beam_score="return"``, the default): the Q of the first pick, then for
+each later pick its Q minus γ times the best Q of the state it was picked in, which telescopes the
+Bellman equation Q(s_t, a_t) = r_t + γ·V(s_{t+1}) into the sum of the rewards the line is expected to
+collect. ``beam_score="sum"`` ranks by summed Q, as the paper does; with a reward paid once, when the
+last support chunk is found (docs/method.md §4), a sum counts that expected reward again at every
+step and favours lines that find it late or never (docs/method.md §5 has the measurements). The beam
+always keeps the greedy line, so its best selection never scores lower than greedy's.
 Search stops after T steps, or earlier when the best Q falls below a threshold (at least one chunk
-is always returned). With a lexical weight w > 0 every ranking, the beam's sums, the trace's values and
+is always returned). With a lexical weight w > 0 every ranking, the beam's scores, the trace's values and
 the threshold use the hybrid score Q + w·f instead (:mod:`qrag_core.lexical`; one w for ordered documents,
 one for passage collections); passage collections are then scored by the exact torch scorer, never a
 faiss index.
@@ -70,6 +76,8 @@ class SearchResult:
     chunks: list[SelectedChunk]
     trace: list[SearchStep]
     stopped_early: bool = False
+    score: float = 0.0
+    """What the search ranked its selection by: the estimated return, or the summed Q (``beam_score``)."""
 
     @property
     def texts(self) -> list[str]:
@@ -95,12 +103,26 @@ class SearchResult:
         return "\n".join(lines)
 
 
+RETURN_DISCOUNT = 0.99
+"""γ of the estimated return that ranks beam lines: the discount soft Q-learning trains with (docs/method.md §4)."""
+
+
 @dataclass
 class _Beam:
     selected: tuple[int, ...]
-    q_sum: float
+    score: float
     steps: list[SearchStep]
     greedy: bool
+
+
+def _child_score(parent: _Beam, q: float, best_q: float, beam_score: str) -> float:
+    """The score of ``parent`` extended by a pick of value ``q`` in a state whose best value is ``best_q``."""
+    if beam_score == "sum":
+        return parent.score + q
+    if not parent.steps:
+        return q  # Q(s_0, a_0): the return expected from the start
+    # r̂ = Q(s_t, a_t) − γ·V(s_t) replaces the γ·V(s_t) the parent's last pick was valued with (Bellman).
+    return parent.score - RETURN_DISCOUNT * best_q + q
 
 
 def _validate(question: object, index: DocumentIndex, alternatives: object) -> None:
@@ -240,11 +262,12 @@ def _search(
                     cand_positions[rank],
                     [(offset + j, v) for j, v in cand if j != i][:alternatives],
                 )
-                child = _Beam((*b.selected, i), b.q_sum + qv, [*b.steps, step], b.greedy and rank == 0)
+                score = _child_score(b, qv, cand[0][1], options.beam_score)
+                child = _Beam((*b.selected, i), score, [*b.steps, step], b.greedy and rank == 0)
                 key = frozenset(child.selected)
-                if key not in children or children[key].q_sum < child.q_sum or child.greedy:
+                if key not in children or children[key].score < child.score or child.greedy:
                     children[key] = child
-        ranked = sorted(children.values(), key=lambda c: c.q_sum, reverse=True)
+        ranked = sorted(children.values(), key=lambda c: c.score, reverse=True)
         kept = ranked[:beam]
         greedy_child = next((c for c in ranked if c.greedy), None)
         if greedy_child is not None and greedy_child not in kept:
@@ -253,10 +276,10 @@ def _search(
         if not beams:
             break
     finished.extend(beams)
-    best = max(finished, key=lambda b: b.q_sum)
+    best = max(finished, key=lambda b: b.score)
     # Global index order is document order (documents are appended whole), which the reader wants.
     selected = [
         SelectedChunk(index.chunks[s.chunk_index], s.step, s.q_value, s.position)
         for s in sorted(best.steps, key=lambda s: s.chunk_index)
     ]
-    return SearchResult(question, selected, best.steps, stopped_early=len(best.steps) < steps)
+    return SearchResult(question, selected, best.steps, stopped_early=len(best.steps) < steps, score=best.score)

@@ -20,6 +20,8 @@ from qrag_core.validation import check_finite, check_non_negative, check_positiv
 from qrag_core.vector_index import check_kind, default_kind
 
 ORDERS: tuple[str, ...] = ("document", "rank")
+BEAM_SCORES: tuple[str, ...] = ("return", "sum")
+"""How beam lines are ranked: ``return`` (estimated return, the default) or ``sum`` (summed Q, the paper's)."""
 """Result orders: ``document`` (source order, what a reader wants) or ``rank`` (the order of selection)."""
 WHAT = "retrieval option"
 """How an error names an option."""
@@ -37,6 +39,8 @@ class SearchOptions:
     """Beam width B, 1 = greedy (none: the model's beam_width)."""
     expand_k: int | None = field(default=None, metadata=POSITIVE)
     """Top actions each beam is expanded by (none: the beam width)."""
+    beam_score: str | None = None
+    """How beam lines are ranked: return (estimated return, the default) or sum (summed Q, as in the paper)."""
     stop_threshold: float | None = None
     """Stop early when the best Q falls below this (none: the model's stop_threshold)."""
     document_id: str | None = None
@@ -65,6 +69,8 @@ class SearchOptions:
             object.__setattr__(self, "document_ids", tuple(self.document_ids))
         if self.order is not None and self.order not in ORDERS:
             raise InvalidInputError(f"{WHAT} order must be one of {list(ORDERS)}, got {self.order!r}")
+        if self.beam_score is not None and self.beam_score not in BEAM_SCORES:
+            raise InvalidInputError(f"{WHAT} beam_score must be one of {list(BEAM_SCORES)}, got {self.beam_score!r}")
         check_kind(self.vector_index, f"{WHAT} vector_index")
         for name in ("lexical_weight", "passage_lexical_weight"):
             check_non_negative(f"{WHAT} {name}", getattr(self, name), allow_none=True)
@@ -83,8 +89,8 @@ class SearchOptions:
 
     def resolve(self, config: QRAGConfig) -> SearchOptions:
         """Every option that has a default filled in: the model's T, beam width, threshold and lexical weights,
-        expand_k = the beam width, document order, faiss flat where faiss sees a GPU (a threshold stays None
-        when the model has none)."""
+        expand_k = the beam width, beams ranked by estimated return, document order, faiss flat where faiss sees
+        a GPU (a threshold stays None when the model has none)."""
         beam = config.beam_width if self.beam is None else self.beam
         weight = config.lexical_weight if self.lexical_weight is None else self.lexical_weight
         if self.passage_lexical_weight is not None:
@@ -98,6 +104,7 @@ class SearchOptions:
             k=config.max_steps if self.k is None else self.k,
             beam=beam,
             expand_k=beam if self.expand_k is None else self.expand_k,
+            beam_score=self.beam_score or BEAM_SCORES[0],
             stop_threshold=config.stop_threshold if self.stop_threshold is None else self.stop_threshold,
             order=self.order or ORDERS[0],
             vector_index=self.vector_index or default_kind(),

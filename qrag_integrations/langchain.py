@@ -21,7 +21,7 @@ splitter's ``add_start_index=True`` makes them) are indexed as that one source, 
 it; other documents stay separate. Adding a document under an id already present replaces it; a
 document without id gets one derived from its text and metadata (a split source: its ``source``).
 
-The search options (``k``, ``beam``, ``expand_k``, ``stop_threshold``, ``document_id``,
+The search options (``k``, ``beam``, ``expand_k``, ``beam_score``, ``stop_threshold``, ``document_id``,
 ``document_ids``, ``order``, ``vector_index``, ``lexical_weight``, ``passage_lexical_weight``) are the
 fields of :class:`qrag_core.search_options.SearchOptions`, one retriever field each (same name, type and
 documentation); each can be overridden per call. ``add_documents(..., ordered=False)`` marks the documents

@@ -105,7 +105,7 @@ class QRAGRetriever(BaseRetriever):
         show_progress: bool | None = None,
     ) -> None:
         """``session``: the core retriever. ``options``: the search options (:class:`SearchOptions`: k chunks
-        per query, beam, expand_k, stop_threshold, document_id(s), order). ``filters``: search only the
+        per query, beam, expand_k, beam_score, stop_threshold, document_id(s), order). ``filters``: search only the
         documents whose metadata match. ``show_progress``: a progress bar while encoding inserted
         documents (None: for large inserts only)."""
         super().__init__(callback_manager=callback_manager, verbose=verbose)

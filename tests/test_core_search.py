@@ -5,7 +5,7 @@ import pytest
 from qrag_core import QRAGConfig
 from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
-from qrag_core.search import search
+from qrag_core.search import RETURN_DISCOUNT, _Beam, _child_score, search
 from qrag_core.search_options import SearchOptions
 from qrag_core.vector_index import default_kind
 from tests.conftest import make_tiny_model
@@ -47,18 +47,44 @@ def test_beam_width_one_equals_greedy(minilm_tokenizer, mode):
     greedy = search(model, "towers and bells", index, k=4)
     beam = search(model, "towers and bells", index, k=4, beam=1)
     assert [s.chunk_index for s in beam.trace] == [s.chunk_index for s in greedy.trace]
-    assert beam.total_q == pytest.approx(greedy.total_q)
+    assert beam.total_q == pytest.approx(greedy.total_q) and beam.score == pytest.approx(greedy.score)
 
 
+def test_a_greedy_line_scores_its_telescoped_return_or_its_summed_q(tiny_model, index):
+    result = search(tiny_model, "apples", index, k=3)
+    q = [s.q_value for s in result.trace]
+    assert result.score == pytest.approx(q[0] + (1 - RETURN_DISCOUNT) * sum(q[1:]), abs=1e-6)
+    summed = search(tiny_model, "apples", index, k=3, beam_score="sum")
+    assert summed.score == pytest.approx(summed.total_q, abs=1e-6)
+
+
+def test_the_return_does_not_reward_a_line_for_putting_off_its_find():
+    """A sum counts the reward the model expects once per step: a line that finds the last fact at once
+    (then Q ≈ 0: nothing left to find) loses to one that wanders first. The estimated return does not."""
+    root = _Beam((), 0.0, [], True)
+
+    def line(picks: list[tuple[float, float]], beam_score: str) -> float:
+        beam = root
+        for q, best in picks:
+            beam = _Beam((), _child_score(beam, q, best, beam_score), [*beam.steps, None], False)
+        return beam.score
+
+    finds_at_once = [(0.9, 0.9), (0.0, 0.02), (0.0, 0.01)]  # the find, then nothing left to find
+    wanders = [(0.85, 0.9), (0.85, 0.86), (0.2, 0.88)]  # a filler, another, then a poor last pick
+    assert line(wanders, "sum") > line(finds_at_once, "sum")
+    assert line(finds_at_once, "return") > line(wanders, "return")
+
+
+@pytest.mark.parametrize("beam_score", ["return", "sum"])
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("width", [2, 3])
-def test_beam_never_scores_lower_than_greedy(minilm_tokenizer, seed, width):
+def test_beam_never_scores_lower_than_greedy(minilm_tokenizer, seed, width, beam_score):
     model = make_tiny_model(minilm_tokenizer, seed=seed)
     index = DocumentIndex.build(model, [SENTENCES])
     question = f"question {seed} about masks and drums"
-    greedy = search(model, question, index, k=4)
-    beam = search(model, question, index, k=4, beam=width, expand_k=width + 1)
-    assert beam.total_q >= greedy.total_q - 1e-6
+    greedy = search(model, question, index, k=4, beam_score=beam_score)
+    beam = search(model, question, index, k=4, beam=width, expand_k=width + 1, beam_score=beam_score)
+    assert beam.score >= greedy.score - 1e-6
 
 
 def test_stop_threshold_stops_early_but_returns_at_least_one(tiny_model, index):
@@ -96,7 +122,7 @@ def test_search_restricted_to_several_documents_names_the_unknown_ones(tiny_mode
 
 def test_options_left_out_take_the_models_defaults(minilm_tokenizer):
     config = QRAGConfig(max_steps=3, beam_width=2, stop_threshold=0.25, lexical_weight=0.1)
-    resolved = {"order": "document", "vector_index": default_kind(), "lexical_weight": 0.1}
+    resolved = {"order": "document", "vector_index": default_kind(), "lexical_weight": 0.1, "beam_score": "return"}
     resolved["passage_lexical_weight"] = 0.1  # the model sets no separate one
     assert SearchOptions().resolve(config) == SearchOptions(k=3, beam=2, expand_k=2, stop_threshold=0.25, **resolved)
     assert SearchOptions(k=5, expand_k=4).resolve(config) == SearchOptions(
@@ -122,6 +148,7 @@ def test_an_options_object_and_keywords_are_the_same_search(tiny_model, index):
         (42, {}, "must be a string"),
         ("ok", {"k": 0}, "positive"),
         ("ok", {"beam": 0}, "positive"),
+        ("ok", {"beam_score": "mean"}, "beam_score must be one of"),
     ],
 )
 def test_bad_search_inputs(tiny_model, index, question, options, message):
@@ -142,4 +169,4 @@ def test_real_minilm_multi_step_finds_both_facts(real_model, story):
     texts = " ".join(result.texts)
     assert "Mary moved to the bathroom." in texts and "Mary went back to the kitchen." in texts
     beam = search(real_model, "Where is Mary?", index, k=2, beam=3)
-    assert beam.total_q >= result.total_q - 1e-6
+    assert beam.score >= result.score - 1e-6

@@ -33,6 +33,7 @@ def test_the_saved_layout_and_option_names_are_those_earlier_versions_wrote_and_
         "k": 2,
         "beam": None,
         "expand_k": None,
+        "beam_score": None,  # added later as well
         "stop_threshold": None,
         "document_id": None,
         "document_ids": ["story"],
