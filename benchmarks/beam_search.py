@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> None:
         entry.update(seconds=time.perf_counter() - start, **provenance(args.machine_note))
         with STORE.updating() as results:  # after every set: an interrupted run keeps what it measured
             results["models"][args.model] = entry
-            write_markdown(results)
+            write_markdown(results, MARKDOWN)
 
 
 def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:

@@ -20,9 +20,11 @@ from qrag_core.validation import check_finite, check_non_negative, check_positiv
 from qrag_core.vector_index import check_kind, default_kind
 
 ORDERS: tuple[str, ...] = ("document", "rank")
+"""Result orders: ``document`` (source order, what a reader wants) or ``rank`` (the order of selection)."""
 BEAM_SCORES: tuple[str, ...] = ("return", "sum")
 """How beam lines are ranked: ``return`` (estimated return, the default) or ``sum`` (summed Q, the paper's)."""
-"""Result orders: ``document`` (source order, what a reader wants) or ``rank`` (the order of selection)."""
+CHOICES: dict[str, tuple[str, ...]] = {"order": ORDERS, "beam_score": BEAM_SCORES}
+"""The options that take one of a fixed set of names (``vector_index`` has its own check, :func:`check_kind`)."""
 WHAT = "retrieval option"
 """How an error names an option."""
 POSITIVE = {"positive": True}
@@ -67,10 +69,10 @@ class SearchOptions:
             if isinstance(self.document_ids, str) or not all(isinstance(i, str) for i in self.document_ids):
                 raise InvalidInputError(f"{WHAT} document_ids must be a list of strings, got {self.document_ids!r}")
             object.__setattr__(self, "document_ids", tuple(self.document_ids))
-        if self.order is not None and self.order not in ORDERS:
-            raise InvalidInputError(f"{WHAT} order must be one of {list(ORDERS)}, got {self.order!r}")
-        if self.beam_score is not None and self.beam_score not in BEAM_SCORES:
-            raise InvalidInputError(f"{WHAT} beam_score must be one of {list(BEAM_SCORES)}, got {self.beam_score!r}")
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise InvalidInputError(f"{WHAT} {name} must be one of {list(allowed)}, got {value!r}")
         check_kind(self.vector_index, f"{WHAT} vector_index")
         for name in ("lexical_weight", "passage_lexical_weight"):
             check_non_negative(f"{WHAT} {name}", getattr(self, name), allow_none=True)

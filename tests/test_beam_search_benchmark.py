@@ -41,7 +41,6 @@ def test_a_run_scores_every_method_on_the_same_questions_and_reports_them(
     monkeypatch.setattr(script, "training_sets", lambda b4, b32: {"toy": examples, "toy-again": examples})
     monkeypatch.setattr(script, "STORE", script.ResultsStore(tmp_path / "r.json", lambda: {"models": {}}))
     monkeypatch.setattr(script, "MARKDOWN", tmp_path / "r.md")
-    monkeypatch.setattr(script.write_markdown, "__defaults__", (tmp_path / "r.md",))
     assert script.main(["--model", str(tmp_path / "model"), "--widths", "2", "--machine-note", "test"]) == 0
     entry = json.loads((tmp_path / "r.json").read_text())["models"][str(tmp_path / "model")]
     assert entry["sets"] == {"toy": 1, "toy-again": 1}

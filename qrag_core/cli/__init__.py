@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from qrag_core.config import field_docs
 from qrag_core.errors import QRAGError
 from qrag_core.onnx_backend import BACKENDS
-from qrag_core.search_options import BEAM_SCORES, ORDERS, SearchOptions
+from qrag_core.search_options import CHOICES, SearchOptions
 from qrag_core.vector_index import VECTOR_INDEXES
 
 if TYPE_CHECKING:
@@ -237,7 +237,7 @@ def add_search_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
         SearchOptions,
         suppress_defaults=False,
         skip=skip,
-        choices={"order": ORDERS, "vector_index": VECTOR_INDEXES, "beam_score": BEAM_SCORES},
+        choices={**CHOICES, "vector_index": VECTOR_INDEXES},
     )
 
 
