@@ -17,6 +17,7 @@ same selection always gives the same state text, in training and in search alike
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from qrag_core import onnx_backend
 from qrag_core.embedding_cache import default_cache_dir
 from qrag_core.errors import ModelNotFoundError
 from qrag_core.onnx_backend import ONNX_BACKENDS, OnnxRunner, backend_description, check_backend
@@ -104,6 +106,7 @@ class TextEncoder(nn.Module):
         self._fingerprint: str | None = None
         self.backend = "torch"
         self._runners: dict[tuple[str, int, bool], OnnxRunner] = {}  # sessions by (backend, threads, bulk)
+        self._bfloat16: dict[torch.device, nn.Module] = {}  # the torch-bf16 copy by device (not a submodule)
         self._cut_logged = False
 
     @classmethod
@@ -172,6 +175,8 @@ class TextEncoder(nn.Module):
         self.backend = check_backend(backend)
         if backend == "torch-fp16" and self.device.type == "cpu":
             logger.warning("the torch-fp16 backend is meant for GPUs: on this CPU it is slower than float32 torch")
+        if backend == "torch-bf16" and self.device.type == "cpu" and not onnx_backend.cpu_has_bfloat16():
+            logger.warning("this CPU has no bfloat16 instructions: the torch-bf16 backend is slower than float32 torch")
 
     def fingerprint(self) -> str:
         """A hash of the weights, truncation, pooling pipeline and inference backend.
@@ -202,6 +207,7 @@ class TextEncoder(nn.Module):
         """Forget the cached fingerprint (and exported sessions) after the weights were updated (training, loading)."""
         self._fingerprint = None
         self._runners.clear()
+        self._bfloat16.clear()
 
     def _include_prompt(self) -> bool:
         return all(getattr(m, "include_prompt", True) for m in self.modules_after)
@@ -226,6 +232,8 @@ class TextEncoder(nn.Module):
                 runner = OnnxRunner(self.model, self.backend, fingerprint, default_cache_dir(), spin=bulk)
                 self._runners[key] = runner
             hidden = runner(input_ids, attention_mask).to(input_ids.device)
+        elif fast and self.backend == "torch-bf16":
+            hidden = self._bfloat16_copy()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
         elif fast and self.backend == "torch-fp16":
             with torch.autocast(input_ids.device.type, dtype=torch.float16):
                 hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
@@ -237,6 +245,15 @@ class TextEncoder(nn.Module):
         for module in self.modules_after:
             features = module(features)
         return features["sentence_embedding"]
+
+    def _bfloat16_copy(self) -> nn.Module:
+        """The transformer cast to bfloat16 (made once per device until the weights change): casting the
+        weights once is faster than autocast, which casts them again at every batch."""
+        copy_ = self._bfloat16.get(self.device)
+        if copy_ is None:
+            copy_ = copy.deepcopy(self.model).to(torch.bfloat16).eval().requires_grad_(False)
+            self._bfloat16[self.device] = copy_
+        return copy_
 
     @property
     def max_positions(self) -> int:

@@ -1,5 +1,5 @@
 """Fast inference of a frozen transformer: an exported ONNX copy run by ONNX Runtime (optionally int8) on a
-CPU, or torch in float16 on a GPU.
+CPU, torch in bfloat16 on a CPU with bfloat16 matrix units, or torch in float16 on a GPU.
 
 The action encoder of Q-RAG is frozen by default, so the content embeddings of an index can come
 from an exported copy of its transformer instead of torch. ``onnx`` runs the float32 graph with
@@ -8,9 +8,15 @@ int8 (dynamic quantisation: activations are quantised per batch at run time, no 
 The exported files are cached under ``<cache dir>/onnx`` by the weights' fingerprint, written
 atomically, so each model is exported once. The pooling stays in torch (see ``encoders``).
 
-The ONNX backends need the ``onnx`` extra (``pip install qrag[onnx]``: onnxruntime and onnx). ``torch-fp16``
-runs the transformer itself under float16 autocast (the pooling stays in float32): about twice as fast as
-float32 on a CUDA GPU, but slower than float32 on a CPU, which has no fast float16 matrix products.
+The ONNX backends need the ``onnx`` extra (``pip install qrag[onnx]``: onnxruntime and onnx). The torch
+backends need nothing more:
+
+- ``torch-fp16`` runs the transformer under float16 autocast (the pooling stays in float32): about twice as
+  fast as float32 on a CUDA GPU, but slower than float32 on a CPU, which has no fast float16 matrix products;
+- ``torch-bf16`` runs a bfloat16 copy of the transformer (weights cast once; the pooling stays in float32):
+  on a CPU with AMX or AVX-512 bfloat16 instructions (Intel Sapphire Rapids and later, AMD Zen 4 and later)
+  it is the fastest backend at almost float32 accuracy (benchmarks/encoding.md); without them it is slower
+  than float32, and says so.
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ from qrag_core.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "torch-fp16", "onnx", "onnx-int8")
-"""``torch``: the model itself; ``torch-fp16``: the model under float16 autocast (for GPUs); ``onnx``: ONNX
-Runtime float32; ``onnx-int8``: ONNX Runtime, int8 weights."""
+BACKENDS = ("torch", "torch-fp16", "torch-bf16", "onnx", "onnx-int8")
+"""``torch``: the model itself; ``torch-fp16``: the model under float16 autocast (for GPUs); ``torch-bf16``: a
+bfloat16 copy of the model (for CPUs with bfloat16 units); ``onnx``: ONNX Runtime float32; ``onnx-int8``: ONNX Runtime,
+int8 weights."""
 ONNX_BACKENDS = ("onnx", "onnx-int8")
 """The backends that run an exported copy in ONNX Runtime."""
 QUANTISATION = "dynamic-qint8-per-channel"
@@ -50,6 +57,11 @@ def check_backend(backend: str) -> str:
         except ImportError as err:
             raise InvalidInputError(f"the {backend!r} backend needs ONNX Runtime: pip install 'qrag[onnx]'") from err
     return backend
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (AVX-512 BF16 or AMX), which make ``torch-bf16`` fast."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def backend_description(backend: str) -> str:

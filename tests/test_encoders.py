@@ -200,7 +200,7 @@ def test_shipped_model_keeps_its_fingerprints(real_model):
     assert real_model.action_encoder.fingerprint() == "daa204ee1ce3e63022dd7b05e9fc7dea"
 
 
-# ------------------------------------------------------------------ float16 (GPU) backend
+# ------------------------------------------------------------------ float16 (GPU) and bfloat16 backends
 def test_fp16_backend_runs_the_transformer_in_float16_with_its_own_fingerprint(tiny_model, caplog):
     encoder = tiny_model.state_encoder
     reference, torch_fp = encoder.encode(TEXTS), encoder.fingerprint()
@@ -222,6 +222,35 @@ def test_fp16_backend_runs_the_transformer_in_float16_with_its_own_fingerprint(t
         assert encoder.fingerprint() == torch_fp and torch.equal(encoder.encode(TEXTS), reference)
     finally:
         hook.remove()
+        encoder.use_backend("torch")
+
+
+def test_bf16_backend_runs_a_bfloat16_copy_that_follows_the_weights(tiny_model, caplog, monkeypatch):
+    from qrag_core import onnx_backend
+
+    encoder = tiny_model.state_encoder
+    reference, torch_fp = encoder.encode(TEXTS), encoder.fingerprint()
+    tensors = len(encoder.state_dict())
+    try:
+        encoder.use_backend("torch-bf16")
+        half = encoder.encode(TEXTS)
+        assert half.dtype == torch.float32 and torch.all(cosines(half, reference) > 0.99)
+        assert not torch.equal(half, reference), "bfloat16 rounding shows: this is not the float32 path"
+        (copy_,) = encoder._bfloat16.values()
+        assert next(copy_.parameters()).dtype == torch.bfloat16
+        assert encoder.fingerprint() not in (torch_fp, tiny_model.action_encoder.fingerprint())
+        assert len(encoder.state_dict()) == tensors, "the copy is not a submodule: it is never saved"
+        assert encoder.embed(TEXTS).requires_grad, "training stays float32 torch"
+        with torch.no_grad():
+            encoder.model.embeddings.word_embeddings.weight.mul_(-1.0)
+        tiny_model.weights_changed()
+        changed = encoder.encode(TEXTS)
+        assert not torch.allclose(changed, half, atol=1e-2), "new weights, new bfloat16 copy"
+        monkeypatch.setattr(onnx_backend, "cpu_has_bfloat16", lambda: False)
+        with caplog.at_level(logging.WARNING, logger="qrag_core.encoders"):
+            encoder.use_backend("torch-bf16")
+        assert "no bfloat16 instructions" in caplog.text
+    finally:
         encoder.use_backend("torch")
 
 

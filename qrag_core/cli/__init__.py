@@ -253,8 +253,9 @@ def add_backend_flags(parser: argparse.ArgumentParser, chunk_note: str) -> None:
         "--backend",
         choices=BACKENDS,
         default="torch",
-        help=f"what computes the chunk embeddings: torch; torch-fp16 (float16, for CUDA GPUs); or ONNX Runtime "
-        f"float32 / int8 (faster on CPU, needs qrag[onnx]); {chunk_note}",
+        help=f"what computes the chunk embeddings: torch; torch-fp16 (float16, for CUDA GPUs); torch-bf16 (bfloat16, "
+        f"fastest on CPUs with AMX or AVX-512 BF16); or ONNX Runtime float32 / int8 (faster on other CPUs, needs "
+        f"qrag[onnx]); {chunk_note}",
     )
     parser.add_argument(
         "--state-backend",
@@ -262,7 +263,7 @@ def add_backend_flags(parser: argparse.ArgumentParser, chunk_note: str) -> None:
         default="torch",
         help="what computes the state embeddings (question + chunks found) at each search step: torch, or an "
         "ONNX Runtime copy of the state encoder (float32: the same selections, faster on CPU; int8: faster "
-        "still, selections may differ), or torch-fp16 on a CUDA GPU",
+        "still, selections may differ), torch-bf16 on a CPU with AMX or AVX-512 BF16, or torch-fp16 on a CUDA GPU",
     )
 
 
