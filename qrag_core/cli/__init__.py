@@ -68,6 +68,17 @@ class _QuietThirdParty(logging.Filter):
         return record.levelno >= logging.WARNING or record.name.split(".")[0] not in CHATTY_LOGGERS
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: …)" to a flag's help only where it says something: not when the help already names
+    its default, nor for a default of None or False (a required flag, a switch, "not given")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action) or text
+
+
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     """Log to stderr: INFO by default; only warnings with ``quiet``; DEBUG, third-party chatter included,
     with ``verbose``."""
@@ -213,10 +224,9 @@ def add_dataclass_flags(
             continue
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         shown = str(f.default).replace("%", "%%") if suppress_defaults else "%(default)s"
-        kwargs: dict[str, Any] = {
-            "dest": f.name,
-            "help": f"{docs.get(f.name, '').replace('%', '%%')} (default: {shown})",
-        }
+        text = docs.get(f.name, "").replace("%", "%%")
+        # a None default is explained by the field's docstring ("none: …"), not by "(default: None)"
+        kwargs: dict[str, Any] = {"dest": f.name, "help": text if f.default is None else f"{text} (default: {shown})"}
         kwargs["default"] = argparse.SUPPRESS if suppress_defaults else f.default
         if hints[f.name] is bool:
             kwargs["action"] = argparse.BooleanOptionalAction

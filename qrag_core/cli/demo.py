@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from qrag_core.chunking import chunk_text
 from qrag_core.cli import (
+    DefaultsHelpFormatter,
     add_search_flags,
     add_verbose_flag,
     from_flags,
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--length or --sample it uses the document shipped with qrag; with them, a BabiLong sample "
             "built from the benchmark data ($QRAG_DATA_DIR)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--model", default=None, help="model name or path (default: the shipped default model)")
     parser.add_argument(

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from qrag_core.cli import (
+    DefaultsHelpFormatter,
     add_backend_flags,
     add_search_flags,
     add_verbose_flag,
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qrag-index",
         description="Build a persistent index of a long document, or search one.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default=None, help="model name or path (default: the shipped default model)")
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     build = commands.add_parser(
         "build",
         help="chunk and encode a text file into an index directory (resumable)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         parents=[common],
     )
     build.add_argument("--document", type=Path, required=True, help="UTF-8 text file to index")
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser(
         "search",
         help="multi-step retrieval over a saved index",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         parents=[common],
     )
     search.add_argument("--index", type=Path, required=True, help="index directory written by 'build'")
