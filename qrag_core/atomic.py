@@ -172,7 +172,7 @@ def recover(target: str | os.PathLike[str]) -> None:
         return
     prefix = f"{TMP_PREFIX}{path.name}-"
     remove_stale(path.parent, prefix)
-    remove_unnamed(path.parent, prefix)
+    remove_unnamed(path.parent, prefix)  # only once idle for a day: an older version may be saving it now
     aside = _aside(path)
     if not _real_directory(aside):
         return
@@ -368,15 +368,14 @@ UNNAMED_IDLE_S = 24 * 3600.0
 before it counts as abandoned rather than the work of an older qrag version running now."""
 
 
-def remove_unnamed(directory: Path, prefix: str, idle_s: float = 0.0) -> None:
+def remove_unnamed(directory: Path, prefix: str, idle_s: float = UNNAMED_IDLE_S) -> None:
     """Remove what older qrag versions, which named temporary files and directories without a host or
     process id, left in ``directory``: names of ``prefix`` followed directly by ``tempfile``'s random part.
 
     No process can be checked for these, so ``idle_s`` says how long nothing in one (the file, or the
-    directory and everything under it) must have changed before it is taken for abandoned: 0 (at once)
-    beside a save's target (:func:`recover`; older versions never kept a concurrent save's directory
-    either), :data:`UNNAMED_IDLE_S` where an older version may be at work at the same time (the ONNX
-    export cache, which environments with other qrag versions share).
+    directory and everything under it) must have changed before it is taken for abandoned (default
+    :data:`UNNAMED_IDLE_S`, a day): an older version may be writing it at this moment, beside a save's
+    target as in the ONNX export cache that environments with other qrag versions share.
     """
     if not directory.is_dir():
         return

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qrag_core.atomic import UNNAMED_IDLE_S, atomic_file, owned_prefix, remove_stale, remove_unnamed
+from qrag_core.atomic import atomic_file, owned_prefix, remove_stale, remove_unnamed
 from qrag_core.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def _export(model: nn.Module, target: Path, quantise: bool) -> None:
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(target.parent, EXPORT_PREFIX)
-    remove_unnamed(target.parent, EXPORT_PREFIX, idle_s=UNNAMED_IDLE_S)
+    remove_unnamed(target.parent, EXPORT_PREFIX)
     with (
         atomic_file(target) as out,
         tempfile.TemporaryDirectory(dir=target.parent, prefix=owned_prefix(EXPORT_PREFIX)) as tmp,
