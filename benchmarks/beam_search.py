@@ -53,7 +53,7 @@ from qrag_core.cli import (
 )
 from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong, parse_length
 from qrag_core.data.examples import Example
-from qrag_core.data.hotpotqa import iter_hotpotqa
+from qrag_core.data.hotpotqa import train_and_held_out
 from qrag_core.embedding_cache import shared_cache
 from qrag_core.evaluation import evaluate
 from qrag_core.model import QRAG
@@ -65,8 +65,6 @@ logger = logging.getLogger("beam_search")
 RESULTS = RESULTS_DIR / "beam_search.json"
 MARKDOWN = RESULTS_DIR / "beam_search.md"
 STORE = ResultsStore(RESULTS, lambda: {"models": {}})
-HOTPOTQA_HELD_OUT = 60
-"""The HotpotQA train-split questions (the last ones) the general recipe holds out of training."""
 LONG_TASKS = ("qa2", "qa3")
 """The BabiLong tasks also measured at 32k tokens."""
 
@@ -80,7 +78,7 @@ def training_sets(babilong_4k: int, babilong_32k: int) -> dict[str, list[Example
             sets[f"babilong-train {task} {length}"] = list(
                 iter_babilong(task, "train", length, n, TRAIN_SEED, haystack())
             )
-    sets["hotpotqa-train-heldout"] = list(iter_hotpotqa(split="train"))[-HOTPOTQA_HELD_OUT:]
+    sets["hotpotqa-train-heldout"] = train_and_held_out()[1]
     return sets
 
 

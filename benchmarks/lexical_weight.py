@@ -61,7 +61,7 @@ from qrag_core.cli import (
 )
 from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
 from qrag_core.data.examples import Example
-from qrag_core.data.hotpotqa import iter_hotpotqa
+from qrag_core.data.hotpotqa import HELD_OUT, train_and_held_out
 from qrag_core.data.ruler import NIAH_TASKS, iter_niah
 from qrag_core.embedding_cache import EmbeddingCache, shared_cache
 from qrag_core.errors import InvalidInputError
@@ -89,7 +89,7 @@ def training_sets(hotpotqa: int, babilong: int, niah: int) -> dict[str, list[Exa
     haystack = lazy_haystack()
     sets: dict[str, list[Example]] = {}
     if hotpotqa:
-        sets["hotpotqa-train-heldout"] = list(iter_hotpotqa(split="train"))[-hotpotqa:]
+        sets["hotpotqa-train-heldout"] = train_and_held_out(hotpotqa)[1]
     if babilong:
         sets["babilong-train/4k"] = [
             e for task in BABILONG_TASKS for e in iter_babilong(task, "train", "4k", babilong, TRAIN_SEED, haystack())
@@ -309,8 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--hotpotqa-train",
         type=non_negative_int,
-        default=60,
-        help="last HotpotQA train questions to fit on, those the general recipe holds out (0: none; default: 60)",
+        default=HELD_OUT,
+        help="last HotpotQA train questions to fit on, those the general recipe holds out (0: none; default: "
+        "%(default)s)",
     )
     parser.add_argument(
         "--babilong-train",

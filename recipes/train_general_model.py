@@ -45,7 +45,7 @@ from qrag_core.config import DEFAULT_SENTENCE_SPLITTER
 from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
 from qrag_core.data.examples import Example, write_jsonl
 from qrag_core.data.haystack import Haystack
-from qrag_core.data.hotpotqa import iter_hotpotqa
+from qrag_core.data.hotpotqa import HELD_OUT, train_and_held_out
 from qrag_core.data.musique import iter_musique
 from qrag_core.data.ruler import NIAH_TASKS, iter_niah
 from qrag_core.machine import machine_description
@@ -60,7 +60,7 @@ START_MODEL = "qrag-babilong-minilm"
 """The model the recipe continues from (a shipped name or a directory)."""
 OPEN_DOMAIN_REPEATS = 2
 """How often each HotpotQA and MuSiQue training question appears in the training file."""
-HOTPOTQA_VALIDATION = 60
+HOTPOTQA_VALIDATION = HELD_OUT
 """HotpotQA train-split questions (the last ones) held out of training for the periodic evaluation."""
 BABILONG_REPLAY: dict[tuple[str, str], int] = {
     ("qa1", "1k"): 200,
@@ -92,7 +92,7 @@ class Stage:
 
 def training_examples(haystack: Haystack, held_out: int = HOTPOTQA_VALIDATION) -> Iterator[Example]:
     """The training mixture (see the module docstring), passage collections first; the trainer shuffles."""
-    hotpot = list(iter_hotpotqa(split="train"))[:-held_out]
+    hotpot = train_and_held_out(held_out)[0]
     musique = list(iter_musique(split="train"))
     for _ in range(OPEN_DOMAIN_REPEATS):
         yield from hotpot
@@ -110,7 +110,7 @@ def build_data(data_dir: Path, held_out: int = HOTPOTQA_VALIDATION) -> tuple[Pat
     hotpot_eval = data_dir / "hotpotqa_heldout.jsonl"
     babilong_eval = data_dir / "babilong_train_4k.jsonl"
     if not hotpot_eval.is_file():
-        questions = list(iter_hotpotqa(split="train"))[-held_out:]
+        questions = train_and_held_out(held_out)[1]
         logger.info("wrote %d held-out HotpotQA questions to %s", write_jsonl(questions, hotpot_eval), hotpot_eval)
     if not (train_file.is_file() and babilong_eval.is_file()):
         haystack = Haystack.load()

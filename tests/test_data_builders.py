@@ -560,3 +560,14 @@ def test_haystack_token_counts_are_cached_under_the_cache_dir(
     (cached,) = (tmp_path / "cache" / "haystack-token-counts").iterdir()
     assert cached.name.startswith("novel-") and list(np.load(cached)) == list(haystack.counts[0])
     assert list(haystack.counts[0]) == count_tokens(haystack.sentences[0], minilm_tokenizer)
+
+
+def test_the_held_out_hotpotqa_questions_are_the_last_of_the_train_split() -> None:
+    from qrag_core.data.hotpotqa import HELD_OUT, iter_hotpotqa, train_and_held_out
+
+    trained, held_out = train_and_held_out()
+    assert len(held_out) == HELD_OUT
+    assert [e.id for e in trained + held_out] == [e.id for e in iter_hotpotqa(split="train")]
+    assert {e.id for e in train_and_held_out(150)[1]} > {e.id for e in held_out}
+    with pytest.raises(InvalidInputError):
+        train_and_held_out(0)

@@ -40,6 +40,19 @@ HOTPOTQA_SPLITS: dict[str, tuple[tuple[str, str, str], ...]] = {
 """Per split, its files in order: (folder, file name, official split of the file's questions)."""
 
 
+HELD_OUT = 60
+"""How many questions of the ``train`` split, the last ones, the general model's recipe holds out of training
+(for its periodic evaluation; the benchmarks' training-split checks use them too)."""
+
+
+def train_and_held_out(held_out: int = HELD_OUT) -> tuple[list[Example], list[Example]]:
+    """The ``train`` split cut in two: the questions trained on, then the last ``held_out`` ones."""
+    if held_out <= 0:
+        raise InvalidInputError(f"held_out must be positive, got {held_out}")
+    questions = list(iter_hotpotqa(split="train"))
+    return questions[:-held_out], questions[-held_out:]
+
+
 def hotpot_example(record: dict[str, Any], where: str, extra: dict[str, Any] | None = None) -> Example:
     """One HotpotQA record as an example; DataFormatError (naming ``where``) when it is malformed.
 
