@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -96,3 +97,10 @@ STORY = (
 @pytest.fixture()
 def story() -> str:
     return STORY
+
+
+def age(path: Path, seconds: float) -> None:
+    """Make ``path`` and everything under it look last changed ``seconds`` ago."""
+    then = time.time() - seconds
+    for each in [path, *path.rglob("*")]:
+        os.utime(each, (then, then))

@@ -22,7 +22,7 @@ from qrag_core.errors import InvalidInputError, QRAGError, StorageError, UnsafeO
 from qrag_core.index import DocumentIndex
 from qrag_core.model import QRAG
 from qrag_core.retriever import Retriever
-from tests.conftest import REPO, killed_writer, make_tiny_model
+from tests.conftest import REPO, age, killed_writer, make_tiny_model
 
 
 @pytest.fixture()
@@ -218,9 +218,7 @@ def test_leftovers_of_killed_saves_are_removed_or_restored(loadable, tmp_path):
     for leftover in (orphan, recent):
         (leftover / "state_encoder").mkdir(parents=True)
         (leftover / "state_encoder" / "model.safetensors").write_bytes(b"\0" * 100_000)
-    long_ago = time.time() - 2 * 24 * 3600
-    for path in (orphan, orphan / "state_encoder", orphan / "state_encoder" / "model.safetensors"):
-        os.utime(path, (long_ago, long_ago))
+    age(orphan, 2 * 24 * 3600)
     sibling = tmp_path / ".tmp-model-v2-abcd1234"  # another target's temporary directory is not touched
     sibling.mkdir()
     target.rename(tmp_path / ".tmp-model.old")  # killed between the two renames: only the old copy is left

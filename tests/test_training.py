@@ -35,7 +35,7 @@ from qrag_core.training.updates import (
     soft_value,
     step_reward,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, age
 
 PERSONS = "john mary sandra daniel bill fred julie emily jeff tom anna lucy".split()
 ITEMS = "apple football milk ball box key book pen".split()
@@ -423,6 +423,7 @@ def test_leftovers_of_killed_checkpoint_writes_never_block_resume(tiny_base, tmp
     for orphan in (".tmp-checkpoint-abcd1234", ".tmp-model-x1y2z3w4"):
         (out / orphan / "model").mkdir(parents=True)
         (out / orphan / "model" / "weights.bin").write_bytes(b"\0" * 100_000)
+        age(out / orphan, 2 * 24 * 3600)  # named as older qrag versions named them: removed once idle for a day
     (out / "checkpoint.old").mkdir()  # what earlier qrag versions left after a kill: it blocked every save
     (out / "checkpoint.old" / "trainer_state.pt").write_bytes(b"stale")
     with open(out / "metrics.csv", "a") as f:
