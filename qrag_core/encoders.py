@@ -183,10 +183,18 @@ class TextEncoder(nn.Module):
 
         Cached content embeddings and indexes are keyed by it.
         """
+        return self.fingerprint_for(self.backend)
+
+    def fingerprint_for(self, backend: str) -> str:
+        """The :meth:`fingerprint` this encoder has with ``backend`` (one of ``onnx_backend.BACKENDS``)."""
         weights = self.weights_fingerprint()
-        if self.backend == "torch":
+        if backend == "torch":
             return weights
-        return hashlib.sha256(f"{weights};backend={backend_description(self.backend)}".encode()).hexdigest()[:32]
+        return hashlib.sha256(f"{weights};backend={backend_description(backend)}".encode()).hexdigest()[:32]
+
+    def backend_of(self, fingerprint: str) -> str | None:
+        """The backend with which this encoder has ``fingerprint`` (e.g. an index's), or None if none has it."""
+        return next((b for b in onnx_backend.BACKENDS if self.fingerprint_for(b) == fingerprint), None)
 
     def weights_fingerprint(self) -> str:
         """A hash of what the encoder computes, whatever the backend (:meth:`fingerprint` without it)."""

@@ -63,6 +63,15 @@ def _read_manifest(path: Path) -> dict | None:
         return None
 
 
+def partial_fingerprint(directory: str | os.PathLike[str]) -> str | None:
+    """The action-encoder fingerprint of the unfinished build of an index at ``directory`` (so that a resumed
+    build can encode with the same backend), or None when there is none."""
+    directory = Path(directory)
+    previous = _read_manifest(directory.with_name(directory.name + ".partial") / MANIFEST)
+    fingerprint = previous.get("fingerprint") if isinstance(previous, dict) else None
+    return fingerprint if isinstance(fingerprint, str) else None
+
+
 def _read_shard(path: Path, key: str, rows: int, dim: int) -> torch.Tensor | None:
     """The embeddings of a finished shard, or None when it is missing, damaged or from other work."""
     if not path.is_file():

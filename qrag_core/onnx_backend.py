@@ -64,6 +64,12 @@ def cpu_has_bfloat16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def default_index_backend(device: torch.device) -> str:
+    """What ``auto`` builds indexes with: ``torch-bf16`` on a CPU with bfloat16 instructions (about 3× as fast as
+    float32 there, with the same fact EM: benchmarks/encoding.md), otherwise ``torch``."""
+    return "torch-bf16" if device.type == "cpu" and cpu_has_bfloat16() else "torch"
+
+
 def backend_description(backend: str) -> str:
     """What decides the numbers a backend produces, for fingerprints: the backend and its quantisation."""
     return f"{backend}:{QUANTISATION}" if backend == "onnx-int8" else backend

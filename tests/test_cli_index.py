@@ -117,3 +117,25 @@ def test_bad_search_flags_are_refused_before_anything_loads(tmp_path, capsys, fl
     with pytest.raises(SystemExit) as exit_info:
         main(["search", "--index", str(tmp_path / "missing"), "--question", "q", *flags])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("has_bfloat16, expected", [(True, "torch-bf16"), (False, "torch")])
+def test_auto_builds_with_the_fastest_exact_backend_and_searches_with_the_one_that_built(
+    tmp_path, story, capsys, monkeypatch, has_bfloat16, expected
+):
+    from qrag_core import QRAG, onnx_backend
+
+    monkeypatch.setenv("QRAG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(onnx_backend, "cpu_has_bfloat16", lambda: has_bfloat16)
+    (tmp_path / "story.txt").write_text(story)
+    assert main(["build", "--document", str(tmp_path / "story.txt"), "--out", str(tmp_path / "idx")]) == 0
+    built = DocumentIndex.load(tmp_path / "idx").fingerprint
+    assert built == QRAG.from_pretrained().action_encoder.fingerprint_for(expected)
+    monkeypatch.setattr(onnx_backend, "cpu_has_bfloat16", lambda: not has_bfloat16)  # searched on another machine
+    capsys.readouterr()
+    assert main(["search", "--index", str(tmp_path / "idx"), "--question", "Where is Mary?", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["evidence"], "the index's own backend was chosen, so it searches"
+    argv = ["search", "--index", str(tmp_path / "idx"), "--question", "Where is Mary?"]
+    other = "torch" if expected == "torch-bf16" else "torch-bf16"
+    assert main([*argv, "--backend", other]) == 2, "an explicit other backend is still refused"
+    assert "different action encoder" in capsys.readouterr().err

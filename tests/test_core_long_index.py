@@ -98,3 +98,13 @@ def test_an_existing_index_is_replaced_only_if_asked(tiny_model, tmp_path):
     (tmp_path / "book" / "book.txt").write_text(document)
     with pytest.raises(UnsafeOutputError, match="refusing to replace"):
         build_long_index(tiny_model, document, tmp_path, protect=[tmp_path / "book" / "book.txt"], show_progress=False)
+
+
+def test_the_fingerprint_of_an_unfinished_build_is_read_back(tiny_model, tmp_path, monkeypatch):
+    from qrag_core.long_index import partial_fingerprint
+
+    assert partial_fingerprint(tmp_path / "idx") is None, "nothing begun"
+    killed_after_two_shards(tiny_model, tmp_path / "idx", monkeypatch)
+    assert partial_fingerprint(tmp_path / "idx") == tiny_model.action_encoder.fingerprint()
+    (tmp_path / "idx.partial" / "manifest.json").write_text("{")  # damaged: as if nothing had begun
+    assert partial_fingerprint(tmp_path / "idx") is None

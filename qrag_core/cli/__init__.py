@@ -39,13 +39,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from qrag_core.config import field_docs
 from qrag_core.errors import QRAGError
-from qrag_core.onnx_backend import BACKENDS
+from qrag_core.onnx_backend import BACKENDS, default_index_backend
 from qrag_core.search_options import CHOICES, SearchOptions
 from qrag_core.vector_index import VECTOR_INDEXES
 
 if TYPE_CHECKING:
     from qrag_core.model import QRAG
 
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OK = 0
@@ -256,16 +257,28 @@ def from_flags(cls: type[T], args: argparse.Namespace) -> T:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
 
 
-def add_backend_flags(parser: argparse.ArgumentParser, chunk_note: str) -> None:
+AUTO_BACKEND = "auto"
+"""``--backend`` of the index tool: build with :func:`~qrag_core.onnx_backend.default_index_backend`, search with
+the backend the index was built with."""
+
+
+def add_backend_flags(parser: argparse.ArgumentParser, chunk_note: str, auto: bool = False) -> None:
     """``--backend`` (what computes the chunk embeddings; ``chunk_note`` says what that means for the tool)
-    and ``--state-backend`` (what computes the states at search time), applied by :func:`use_backends`."""
+    and ``--state-backend`` (what computes the states at search time), applied by :func:`use_backends`.
+    ``auto``: offer :data:`AUTO_BACKEND`, and make it the default."""
+    note = (
+        f"; {AUTO_BACKEND} (the default): torch-bf16 where the CPU has bfloat16 instructions, else torch, and for "
+        "a search the backend that built the index"
+        if auto
+        else ""
+    )
     parser.add_argument(
         "--backend",
-        choices=BACKENDS,
-        default="torch",
+        choices=(AUTO_BACKEND, *BACKENDS) if auto else BACKENDS,
+        default=AUTO_BACKEND if auto else "torch",
         help=f"what computes the chunk embeddings: torch; torch-fp16 (float16, for CUDA GPUs); torch-bf16 (bfloat16, "
         f"fastest on CPUs with AMX or AVX-512 BF16); or ONNX Runtime float32 / int8 (faster on other CPUs, needs "
-        f"qrag[onnx]); {chunk_note}",
+        f"qrag[onnx]){note}; {chunk_note}",
     )
     parser.add_argument(
         "--state-backend",
@@ -277,7 +290,19 @@ def add_backend_flags(parser: argparse.ArgumentParser, chunk_note: str) -> None:
     )
 
 
-def use_backends(model: QRAG, args: argparse.Namespace) -> None:
-    """Set the encoders of ``model`` to the backends :func:`add_backend_flags` parsed into ``args``."""
-    model.action_encoder.use_backend(args.backend)
+def use_backends(model: QRAG, args: argparse.Namespace, index_fingerprint: str | None = None) -> None:
+    """Set the encoders of ``model`` to the backends :func:`add_backend_flags` parsed into ``args``.
+
+    :data:`AUTO_BACKEND` resolves to the backend whose vectors have ``index_fingerprint`` (the index searched, or
+    the unfinished build resumed; torch if none has it, so the search reports the mismatch), or, for a new index,
+    to the fastest backend with float32's fact EM on this machine."""
+    backend = args.backend
+    if backend == AUTO_BACKEND:
+        encoder = model.action_encoder
+        if index_fingerprint is None:
+            backend = default_index_backend(encoder.device)
+        else:
+            backend = encoder.backend_of(index_fingerprint) or "torch"
+        logger.info("encoding backend: %s", backend)
+    model.action_encoder.use_backend(backend)
     model.state_encoder.use_backend(args.state_backend)

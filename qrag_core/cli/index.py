@@ -36,7 +36,7 @@ from qrag_core.config import DEFAULT_SENTENCE_SPLITTER, SENTENCE_SPLITTERS, Chun
 from qrag_core.embedding_cache import shared_cache
 from qrag_core.errors import InvalidInputError, UnsafeOutputError
 from qrag_core.index import DocumentIndex
-from qrag_core.long_index import build_long_index, check_output
+from qrag_core.long_index import build_long_index, check_output, partial_fingerprint
 from qrag_core.model import QRAG
 from qrag_core.ray_index import RayShardEncoder
 from qrag_core.search import search
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default=None, help="model name or path (default: the shipped default model)")
-    add_backend_flags(common, "an index is searched with the backend it was built with")
+    add_backend_flags(common, "an index is searched with the backend it was built with", auto=True)
     add_verbose_flag(common)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -158,15 +158,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _load_model(args: argparse.Namespace) -> QRAG:
+def _load_model(args: argparse.Namespace, index_fingerprint: str | None = None) -> QRAG:
+    """The model of ``--model`` on the backends of the flags; ``index_fingerprint``: that of the index searched
+    or of the unfinished build resumed (what ``--backend auto`` follows)."""
     model = QRAG.from_pretrained(args.model).eval()
-    use_backends(model, args)
+    use_backends(model, args, index_fingerprint)
     return model
 
 
 def run_build(args: argparse.Namespace) -> int:
     document = read_text_file(args.document)
-    model = _load_model(args)
+    model = _load_model(args, partial_fingerprint(args.out))  # a resumed build keeps the backend it began with
     chunking = _chunking(args)
     on_ray = args.engine == "ray"
     cache = None if args.no_cache or on_ray else shared_cache()
@@ -197,7 +199,7 @@ def run_search(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     index = DocumentIndex.load(args.index)
     load_s = time.perf_counter() - start
-    model = _load_model(args)
+    model = _load_model(args, index.fingerprint)
     start = time.perf_counter()
     result = search(model, args.question, index, from_flags(SearchOptions, args))
     search_s = time.perf_counter() - start
