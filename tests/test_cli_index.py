@@ -120,7 +120,7 @@ def test_bad_search_flags_are_refused_before_anything_loads(tmp_path, capsys, fl
 
 
 @pytest.mark.parametrize("has_bfloat16, expected", [(True, "torch-bf16"), (False, "torch")])
-def test_auto_builds_with_the_fastest_exact_backend_and_searches_with_the_one_that_built(
+def test_auto_builds_with_the_fastest_exact_backend_and_searches_with_the_one_that_built_it(
     tmp_path, story, capsys, monkeypatch, has_bfloat16, expected
 ):
     from qrag_core import QRAG, onnx_backend
@@ -128,14 +128,15 @@ def test_auto_builds_with_the_fastest_exact_backend_and_searches_with_the_one_th
     monkeypatch.setenv("QRAG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(onnx_backend, "cpu_has_bfloat16", lambda: has_bfloat16)
     (tmp_path / "story.txt").write_text(story)
-    assert main(["build", "--document", str(tmp_path / "story.txt"), "--out", str(tmp_path / "idx")]) == 0
+    build = ["build", "--document", str(tmp_path / "story.txt"), "--out", str(tmp_path / "idx"), "--backend", "auto"]
+    assert main(build) == 0
     built = DocumentIndex.load(tmp_path / "idx").fingerprint
     assert built == QRAG.from_pretrained().action_encoder.fingerprint_for(expected)
     monkeypatch.setattr(onnx_backend, "cpu_has_bfloat16", lambda: not has_bfloat16)  # searched on another machine
     capsys.readouterr()
-    assert main(["search", "--index", str(tmp_path / "idx"), "--question", "Where is Mary?", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["evidence"], "the index's own backend was chosen, so it searches"
     argv = ["search", "--index", str(tmp_path / "idx"), "--question", "Where is Mary?"]
+    assert main([*argv, "--json", "--backend", "auto"]) == 0
+    assert json.loads(capsys.readouterr().out)["evidence"], "the index's own backend was chosen, so it searches"
     other = "torch" if expected == "torch-bf16" else "torch-bf16"
     assert main([*argv, "--backend", other]) == 2, "an explicit other backend is still refused"
     assert "different action encoder" in capsys.readouterr().err

@@ -265,17 +265,17 @@ the backend the index was built with."""
 def add_backend_flags(parser: argparse.ArgumentParser, chunk_note: str, auto: bool = False) -> None:
     """``--backend`` (what computes the chunk embeddings; ``chunk_note`` says what that means for the tool)
     and ``--state-backend`` (what computes the states at search time), applied by :func:`use_backends`.
-    ``auto``: offer :data:`AUTO_BACKEND`, and make it the default."""
+    ``auto``: offer :data:`AUTO_BACKEND` too."""
     note = (
-        f"; {AUTO_BACKEND} (the default): torch-bf16 where the CPU has bfloat16 instructions, else torch, and for "
-        "a search the backend that built the index"
+        f"; {AUTO_BACKEND}: torch-bf16 where the CPU has bfloat16 instructions, else torch, and for a search or a "
+        "resumed build the backend the index was begun with"
         if auto
         else ""
     )
     parser.add_argument(
         "--backend",
         choices=(AUTO_BACKEND, *BACKENDS) if auto else BACKENDS,
-        default=AUTO_BACKEND if auto else "torch",
+        default="torch",
         help=f"what computes the chunk embeddings: torch; torch-fp16 (float16, for CUDA GPUs); torch-bf16 (bfloat16, "
         f"fastest on CPUs with AMX or AVX-512 BF16); or ONNX Runtime float32 / int8 (faster on other CPUs, needs "
         f"qrag[onnx]){note}; {chunk_note}",
