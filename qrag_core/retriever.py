@@ -211,7 +211,8 @@ class Retriever:
         :data:`PROGRESS_MIN_CHUNKS` chunks). ``ordered``: True for documents whose chunks are read in order
         (a story, a contract: positions ρ_t), False for independent passages (a FAQ, Wikipedia paragraphs:
         positions off, docs/method.md §3), None to decide per document: a document of one chunk is a passage,
-        a longer one is ordered. Returns the ids.
+        a longer one is ordered. Returns the ids. Once the index holds documents, the model must still encode with
+        the backend that built it (InvalidInputError otherwise: vectors of two backends are never mixed).
         """
         if ordered is not None and not isinstance(ordered, bool):
             raise InvalidInputError(f"ordered must be True, False or None, got {ordered!r}")
@@ -226,6 +227,11 @@ class Retriever:
         doc_ids = _document_ids(ids, rebuilt)
         unique = dict(zip(doc_ids, rebuilt, strict=True))  # an id derived twice is the same document twice
         with self._lock:
+            # the model's encoding backend may have changed since the index was opened: an empty index takes the
+            # new one, a filled one refuses it (its vectors are never mixed with another backend's)
+            if len(self.index) == 0:
+                self.index = DocumentIndex(self.model.action_encoder.fingerprint(), self.index.dim)
+            self.model.check_index(self.index)
             fresh = DocumentIndex(self.index.fingerprint, self.index.dim)
             chunk_lists = {doc_id: self._chunk(source, doc_id, config) for doc_id, source in unique.items()}
             long = {doc_id for doc_id, source in unique.items() if len(source.text) > self.long_text_chars}

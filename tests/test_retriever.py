@@ -1,10 +1,13 @@
-"""Saved retrievers (qrag_core.retriever): what a saved retriever brings back, in which files."""
+"""Retrievers (qrag_core.retriever): what a saved retriever brings back, in which files, and what adding refuses."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
+
+from qrag_core.errors import InvalidInputError
 from qrag_core.retriever import RETRIEVER_FILE, Retriever, saved_options
 from qrag_core.search_options import SearchOptions
 
@@ -43,3 +46,17 @@ def test_the_saved_layout_and_option_names_are_those_earlier_versions_wrote_and_
         "passage_lexical_weight": None,  # and this one
     }
     assert saved_options(tmp_path / "saved") == SearchOptions(k=2, document_ids=("story",), order="rank")
+
+
+def test_adding_after_the_encoding_backend_changed_never_mixes_vectors(tiny_model, story):
+    retriever = Retriever(tiny_model, cache=None)
+    tiny_model.action_encoder.use_backend("torch-bf16")  # before anything is indexed: the index follows
+    try:
+        retriever.add_texts([story], ids=["story"])
+        assert retriever.index.fingerprint == tiny_model.action_encoder.fingerprint_for("torch-bf16")
+        tiny_model.action_encoder.use_backend("torch")  # now the index holds bfloat16 vectors
+        with pytest.raises(InvalidInputError, match="different action encoder"):
+            retriever.add_texts(["Mary went to the hallway."], ids=["more"])
+        assert retriever.index.doc_ids == ["story"], "nothing was added"
+    finally:
+        tiny_model.action_encoder.use_backend("torch")
