@@ -63,11 +63,15 @@ def _read_manifest(path: Path) -> dict | None:
         return None
 
 
+def _work_directory(directory: Path) -> Path:
+    """Where the unfinished build of an index at ``directory`` lives: ``<directory>.partial``."""
+    return directory.with_name(directory.name + ".partial")
+
+
 def partial_fingerprint(directory: str | os.PathLike[str]) -> str | None:
     """The action-encoder fingerprint of the unfinished build of an index at ``directory`` (so that a resumed
     build can encode with the same backend), or None when there is none."""
-    directory = Path(directory)
-    previous = _read_manifest(directory.with_name(directory.name + ".partial") / MANIFEST)
+    previous = _read_manifest(_work_directory(Path(directory)) / MANIFEST)
     fingerprint = previous.get("fingerprint") if isinstance(previous, dict) else None
     return fingerprint if isinstance(fingerprint, str) else None
 
@@ -97,7 +101,7 @@ def check_output(
     before any work (UnsafeOutputError saying why one may not be written); returns the work directory."""
     directory = Path(directory)
     check_replaceable(directory, INDEX_LAYOUT, overwrite, protect)
-    work = directory.with_name(directory.name + ".partial")
+    work = _work_directory(directory)
     check_replaceable(work, PARTIAL_LAYOUT, overwrite=True, protect=protect)
     return work
 
