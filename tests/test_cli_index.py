@@ -48,6 +48,10 @@ def test_help_explains_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--document", "--out", "--chunking", "--max-tokens", "--shard-size", "--batch-size", "--no-cache"):
         assert flag in text
+    flat = " ".join(text.split())
+    assert "(default: 64)" in flat and "(default: sentences)" in flat, "real defaults are shown"
+    assert "(default: None)" not in flat and "(default: False)" not in flat, "not where the help says what none is"
+    assert "(default: the shipped default model) (default" not in flat, "a default the help names is not repeated"
 
 
 def exit_status(argv: list[str]) -> int:
