@@ -106,7 +106,7 @@ class TextEncoder(nn.Module):
         self._fingerprint: str | None = None
         self.backend = "torch"
         self._runners: dict[tuple[str, int, bool], OnnxRunner] = {}  # sessions by (backend, threads, bulk)
-        self._bfloat16: dict[torch.device, nn.Module] = {}  # the torch-bf16 copy by device (not a submodule)
+        self._bfloat16: dict[torch.device, _SharedCopy] = {}  # the torch-bf16 copy by device (not a submodule)
         self._cut_logged = False
 
     @classmethod
@@ -227,22 +227,25 @@ class TextEncoder(nn.Module):
         prompt_length: int = 0,
         fast: bool = False,
         bulk: bool = True,
+        backend: str | None = None,
     ) -> torch.Tensor:
-        """Pooled embeddings; ``fast`` runs the transformer on the inference backend instead of torch, in a
-        session tuned for ``bulk`` encoding (many batches in a row) or for single runs between torch work."""
-        if fast and self.backend in ONNX_BACKENDS:
+        """Pooled embeddings; ``fast`` runs the transformer on the inference backend (``backend``, None: the
+        encoder's own) instead of torch, in a session tuned for ``bulk`` encoding (many batches in a row) or for
+        single runs between torch work."""
+        backend = self.backend if backend is None else backend
+        if fast and backend in ONNX_BACKENDS:
             # One session per backend, thread count and use, kept until the weights change: switching back
             # and forth between backends (or torch thread counts) does not reload the exported graph.
-            key = (self.backend, torch.get_num_threads(), bulk)
+            key = (backend, torch.get_num_threads(), bulk)
             runner = self._runners.get(key)
             if runner is None:
                 fingerprint = self.weights_fingerprint()
-                runner = OnnxRunner(self.model, self.backend, fingerprint, default_cache_dir(), spin=bulk)
+                runner = OnnxRunner(self.model, backend, fingerprint, default_cache_dir(), spin=bulk)
                 self._runners[key] = runner
             hidden = runner(input_ids, attention_mask).to(input_ids.device)
-        elif fast and self.backend == "torch-bf16":
+        elif fast and backend == "torch-bf16":
             hidden = self._bfloat16_copy()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
-        elif fast and self.backend == "torch-fp16":
+        elif fast and backend == "torch-fp16":
             with torch.autocast(input_ids.device.type, dtype=torch.float16):
                 hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
         else:
@@ -257,11 +260,11 @@ class TextEncoder(nn.Module):
     def _bfloat16_copy(self) -> nn.Module:
         """The transformer cast to bfloat16 (made once per device until the weights change): casting the
         weights once is faster than autocast, which casts them again at every batch."""
-        copy_ = self._bfloat16.get(self.device)
-        if copy_ is None:
-            copy_ = copy.deepcopy(self.model).to(torch.bfloat16).eval().requires_grad_(False)
-            self._bfloat16[self.device] = copy_
-        return copy_
+        shared = self._bfloat16.get(self.device)
+        if shared is None:
+            shared = _SharedCopy(copy.deepcopy(self.model).to(torch.bfloat16).eval().requires_grad_(False))
+            self._bfloat16[self.device] = shared
+        return shared.module
 
     @property
     def max_positions(self) -> int:
@@ -341,16 +344,18 @@ class TextEncoder(nn.Module):
         show_progress: bool = False,
         prompt_length: int = 0,
         bulk: bool = True,
+        backend: str | None = None,
     ) -> torch.Tensor:
-        """Inference-mode embeddings on the chosen backend, batched by similar length, returned in input order
-        (``bulk``: see :meth:`_pool`)."""
+        """Inference-mode embeddings on ``backend`` (None: the chosen one), batched by similar length, returned in
+        input order (``bulk``: see :meth:`_pool`)."""
+        backend = self.backend if backend is None else check_backend(backend)
         order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))
         out = torch.empty((len(id_lists), self.dim), dtype=torch.float32)
         bar = tqdm(total=len(order), desc="encoding", unit="chunk", disable=not show_progress)
         for first in range(0, len(order), batch_size):
             idx = order[first : first + batch_size]
             batch = self._batch([id_lists[i] for i in idx])
-            out[idx] = self._pool(*batch, prompt_length, fast=True, bulk=bulk).float().cpu()
+            out[idx] = self._pool(*batch, prompt_length, fast=True, bulk=bulk, backend=backend).float().cpu()
             bar.update(len(idx))
         bar.close()
         return out
@@ -362,8 +367,11 @@ class TextEncoder(nn.Module):
         ids = [self.state_ids(q, s) for q, s in zip(questions, selections, strict=True)]
         return self.encode_ids(ids, batch_size, prompt_length=self._prompt_tokens(self.query_prompt), bulk=False)
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> torch.Tensor:
-        """Inference-mode embeddings of chunk texts, on the CPU, float32; logs once if any text was cut."""
+    def encode(
+        self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False, backend: str | None = None
+    ) -> torch.Tensor:
+        """Inference-mode embeddings of chunk texts on ``backend`` (None: the chosen one, :meth:`use_backend`), on
+        the CPU, float32; logs once if any text was cut."""
         ids, cut = self._piece_ids(texts, self.document_prompt)
         if cut:
             # Once per index (an encode call): a WARNING the first time, DEBUG after (evaluations build many).
@@ -378,7 +386,9 @@ class TextEncoder(nn.Module):
                 self.chunk_token_limit(),
                 self.chunk_token_limit(),
             )
-        return self.encode_ids(ids, batch_size, show_progress, self._prompt_tokens(self.document_prompt))
+        return self.encode_ids(
+            ids, batch_size, show_progress, self._prompt_tokens(self.document_prompt), backend=backend
+        )
 
     def save(self, directory: str) -> None:
         """Write a sentence-transformers directory (weights, tokenizer, pooling, prompts) that loads back as is."""
@@ -387,6 +397,17 @@ class TextEncoder(nn.Module):
         else:
             self.model.save_pretrained(directory, safe_serialization=True)
             self.tokenizer.save_pretrained(directory)
+
+
+class _SharedCopy:
+    """A read-only cast copy of a transformer, which deep copies of its encoder (e.g. a target network) share
+    instead of copying it again, as they share ONNX Runtime sessions; each copy drops it when its weights change."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __deepcopy__(self, memo: dict) -> _SharedCopy:
+        return self
 
 
 def _special_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:

@@ -119,6 +119,7 @@ def build_long_index(
     overwrite: bool = True,
     protect: Iterable[str | os.PathLike[str]] = (),
     encode_shards: ShardEncoder | None = None,
+    backend: str | None = None,
 ) -> DocumentIndex:
     """Chunk and encode ``document`` into an index saved at ``directory``; resumes an interrupted run.
 
@@ -126,13 +127,15 @@ def build_long_index(
     before any work: it may be replaced only if it is absent, empty or (with ``overwrite``) a qrag
     index, and never if it is or contains a ``protect`` path (e.g. the document's file).
     ``encode_shards`` encodes the unfinished shards elsewhere (e.g. :class:`qrag_core.ray_index.RayShardEncoder`);
-    by default ``model`` encodes them here, one after the other, through ``cache``.
+    by default ``model`` encodes them here, one after the other, through ``cache``, with ``backend`` (None: its
+    action encoder's own; the index records it, so ``encode_shards`` must encode with it too).
     """
     directory = Path(directory)
     work = check_output(directory, overwrite, protect)
     chunking = chunking or model.config.chunking
     chunks = document_chunks(model, document, doc_id, chunking)
-    fingerprint = model.action_encoder.fingerprint()
+    backend = model.action_encoder.backend if backend is None else backend
+    fingerprint = model.action_encoder.fingerprint_for(backend)
     manifest = _manifest(fingerprint, document, chunking, len(chunks), shard_size)
     key = hashlib.blake2b(json.dumps(manifest, sort_keys=True).encode("utf-8"), digest_size=16).hexdigest()
     work.mkdir(parents=True, exist_ok=True)
@@ -150,7 +153,7 @@ def build_long_index(
     todo = [(number, shards[number]) for number, block in enumerate(blocks) if block is None]
     bar = tqdm(total=len(chunks), desc="indexing", unit="chunk", disable=not show_progress)
     bar.update(len(chunks) - sum(len(texts) for _, texts in todo))
-    for number, content in (encode_shards or _encoder_here(model, cache, batch_size))(todo):
+    for number, content in (encode_shards or _encoder_here(model, cache, batch_size, backend))(todo):
         save_tensors({"content": content}, paths[number], metadata={"work": key})
         blocks[number] = content
         bar.update(len(shards[number]))
@@ -163,11 +166,12 @@ def build_long_index(
     return index
 
 
-def _encoder_here(model: QRAG, cache: EmbeddingCache | None, batch_size: int) -> ShardEncoder:
-    """The local :data:`ShardEncoder`: ``model`` encodes the shards in order, through ``cache``."""
+def _encoder_here(model: QRAG, cache: EmbeddingCache | None, batch_size: int, backend: str) -> ShardEncoder:
+    """The local :data:`ShardEncoder`: ``model`` encodes the shards in order on ``backend``, through ``cache``."""
 
     def encode(shards: Sequence[tuple[int, list[str]]]) -> Iterator[tuple[int, torch.Tensor]]:
         for number, texts in shards:
-            yield number, model.encode_chunks(texts, cache, batch_size=batch_size).to(torch.float16)
+            content = model.encode_chunks(texts, cache, batch_size=batch_size, backend=backend)
+            yield number, content.to(torch.float16)
 
     return encode

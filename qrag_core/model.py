@@ -166,23 +166,39 @@ class QRAG(nn.Module):
         cache: EmbeddingCache | None = None,
         show_progress: bool = False,
         batch_size: int = 64,
+        backend: str | None = None,
     ) -> torch.Tensor:
-        """Content embeddings e_i of chunk texts (no gradient), reusing ``cache`` where possible."""
+        """Content embeddings e_i of chunk texts (no gradient), reusing ``cache`` where possible; computed with
+        ``backend`` (None: the action encoder's own), e.g. the one of the index they are added to."""
         encoder = self.action_encoder
+        backend = encoder.backend if backend is None else backend
         return encode_with_cache(
             texts,
-            encoder.fingerprint(),
-            lambda todo: encoder.encode(todo, batch_size=batch_size, show_progress=show_progress),
+            encoder.fingerprint_for(backend),
+            lambda todo: encoder.encode(todo, batch_size=batch_size, show_progress=show_progress, backend=backend),
             cache,
         )
 
-    def check_index(self, index: DocumentIndex) -> None:
-        """InvalidInputError unless ``index`` holds content embeddings of this model's action encoder."""
-        if index.fingerprint != self.action_encoder.fingerprint():
+    def index_backend(self, index: DocumentIndex) -> str:
+        """The encoding backend whose content embeddings ``index`` holds; InvalidInputError unless it holds this
+        model's action encoder's, on any backend.
+
+        The action transformer is frozen, so every model fine-tuned from one base reads the same index, whichever
+        backend built it: search only reads the stored vectors, and chunks added later are encoded with this
+        backend (:meth:`encode_chunks`), so one index never mixes two backends' vectors.
+        """
+        backend = self.action_encoder.backend_of(index.fingerprint)
+        if backend is None:
             raise InvalidInputError(
-                "this index was built with a different action encoder; rebuild it with this model and encoding backend "
+                "this index was built with a different action encoder; rebuild it with this model "
                 f"(index fingerprint {index.fingerprint}, model {self.action_encoder.fingerprint()})"
             )
+        return backend
+
+    def check_index(self, index: DocumentIndex) -> None:
+        """InvalidInputError unless ``index`` holds content embeddings of this model's action encoder
+        (:meth:`index_backend`)."""
+        self.index_backend(index)
 
     def action_vectors(self, content: torch.Tensor) -> torch.Tensor:
         """h(e_i), normalised if configured: the vectors that get rotated at ρ_t(i)."""

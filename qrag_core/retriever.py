@@ -211,8 +211,9 @@ class Retriever:
         :data:`PROGRESS_MIN_CHUNKS` chunks). ``ordered``: True for documents whose chunks are read in order
         (a story, a contract: positions ρ_t), False for independent passages (a FAQ, Wikipedia paragraphs:
         positions off, docs/method.md §3), None to decide per document: a document of one chunk is a passage,
-        a longer one is ordered. Returns the ids. Once the index holds documents, the model must still encode with
-        the backend that built it (InvalidInputError otherwise: vectors of two backends are never mixed).
+        a longer one is ordered. Returns the ids. The chunks are encoded with the backend that built the index
+        (:meth:`QRAG.index_backend`), whatever the model's own is now, so its vectors never mix two backends;
+        an empty index takes the model's current backend.
         """
         if ordered is not None and not isinstance(ordered, bool):
             raise InvalidInputError(f"ordered must be True, False or None, got {ordered!r}")
@@ -227,22 +228,24 @@ class Retriever:
         doc_ids = _document_ids(ids, rebuilt)
         unique = dict(zip(doc_ids, rebuilt, strict=True))  # an id derived twice is the same document twice
         with self._lock:
-            # the model's encoding backend may have changed since the index was opened: an empty index takes the
-            # new one, a filled one refuses it (its vectors are never mixed with another backend's)
-            if len(self.index) == 0:
+            if len(self.index) == 0:  # the model's backend may have changed since the index was opened
                 self.index = DocumentIndex(self.model.action_encoder.fingerprint(), self.index.dim)
-            self.model.check_index(self.index)
+            backend = self.model.index_backend(self.index)
             fresh = DocumentIndex(self.index.fingerprint, self.index.dim)
             chunk_lists = {doc_id: self._chunk(source, doc_id, config) for doc_id, source in unique.items()}
             long = {doc_id for doc_id, source in unique.items() if len(source.text) > self.long_text_chars}
             texts = [c.text for doc_id, chunks in chunk_lists.items() if doc_id not in long for c in chunks]
             if show_progress is None:
                 show_progress = len(texts) >= PROGRESS_MIN_CHUNKS
-            content = self.model.encode_chunks(texts, self.cache, show_progress=show_progress) if texts else None
+            content = (
+                self.model.encode_chunks(texts, self.cache, show_progress=show_progress, backend=backend)
+                if texts
+                else None
+            )
             first = 0
             for doc_id, chunks in chunk_lists.items():
                 if doc_id in long:
-                    embeddings = self._encode_long(unique[doc_id], doc_id, config, show_progress)
+                    embeddings = self._encode_long(unique[doc_id], doc_id, config, show_progress, backend)
                 else:
                     embeddings = content[first : first + len(chunks)]
                     first += len(chunks)
@@ -282,18 +285,26 @@ class Retriever:
         return chunks
 
     def _encode_long(
-        self, source: RebuiltSource, doc_id: str, config: ChunkingConfig, show_progress: bool
+        self, source: RebuiltSource, doc_id: str, config: ChunkingConfig, show_progress: bool, backend: str
     ) -> torch.Tensor:
-        """Embeddings of a very long text through the resumable sharded builder (its work dir is kept
-        under the cache directory until the text is encoded, so an interrupted add resumes)."""
+        """Embeddings of a very long text on ``backend`` through the resumable sharded builder (its work dir is
+        kept under the cache directory until the text is encoded, so an interrupted add resumes)."""
+        fingerprint = self.model.action_encoder.fingerprint_for(backend)
         key = hashlib.blake2b(
-            f"{self.model.action_encoder.fingerprint()}|{config}|{doc_id}".encode() + source.text.encode("utf-8"),
+            f"{fingerprint}|{config}|{doc_id}".encode() + source.text.encode("utf-8"),
             digest_size=12,
         ).hexdigest()
         directory = default_cache_dir() / "long-index" / key
         logger.info("%s: %d characters; encoding it in resumable shards (%s)", doc_id, len(source.text), directory)
         built = build_long_index(
-            self.model, source.text, directory, doc_id, config, cache=self.cache, show_progress=show_progress
+            self.model,
+            source.text,
+            directory,
+            doc_id,
+            config,
+            cache=self.cache,
+            show_progress=show_progress,
+            backend=backend,
         )
         content = built.content
         shutil.rmtree(directory, ignore_errors=True)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
+import torch
 
-from qrag_core.errors import InvalidInputError
 from qrag_core.retriever import RETRIEVER_FILE, Retriever, saved_options
 from qrag_core.search_options import SearchOptions
 
@@ -48,15 +47,22 @@ def test_the_saved_layout_and_option_names_are_those_earlier_versions_wrote_and_
     assert saved_options(tmp_path / "saved") == SearchOptions(k=2, document_ids=("story",), order="rank")
 
 
-def test_adding_after_the_encoding_backend_changed_never_mixes_vectors(tiny_model, story):
+def test_chunks_added_later_are_encoded_with_the_backend_that_built_the_index(tiny_model, story):
     retriever = Retriever(tiny_model, cache=None)
     tiny_model.action_encoder.use_backend("torch-bf16")  # before anything is indexed: the index follows
     try:
         retriever.add_texts([story], ids=["story"])
-        assert retriever.index.fingerprint == tiny_model.action_encoder.fingerprint_for("torch-bf16")
-        tiny_model.action_encoder.use_backend("torch")  # now the index holds bfloat16 vectors
-        with pytest.raises(InvalidInputError, match="different action encoder"):
-            retriever.add_texts(["Mary went to the hallway."], ids=["more"])
-        assert retriever.index.doc_ids == ["story"], "nothing was added"
+        bf16 = tiny_model.action_encoder.fingerprint_for("torch-bf16")
+        assert retriever.index.fingerprint == bf16
+        tiny_model.action_encoder.use_backend("torch")  # e.g. another retriever's choice on the shared model
+        more = "Mary went to the hallway."
+        retriever.add_texts([more], ids=["more"])
+        assert retriever.index.fingerprint == bf16 and retriever.index.doc_ids == ["story", "more"]
+        added = retriever.index.content[-1]
+        expected = tiny_model.action_encoder.encode([more], backend="torch-bf16")[0].half()
+        assert torch.equal(added, expected), "the index's own backend encoded it"
+        float32 = tiny_model.action_encoder.encode([more])[0].half()
+        assert not torch.equal(added, float32), "not the model's current (float32) one"
+        assert tiny_model.action_encoder.backend == "torch", "the shared model's backend is left as it was"
     finally:
         tiny_model.action_encoder.use_backend("torch")

@@ -258,28 +258,30 @@ def from_flags(cls: type[T], args: argparse.Namespace) -> T:
 
 
 AUTO_BACKEND = "auto"
-"""``--backend`` of the index tool: build with :func:`~qrag_core.onnx_backend.default_index_backend`, search with
-the backend the index was built with."""
+"""``--backend`` of the index tool's build (its default): :func:`~qrag_core.onnx_backend.default_index_backend`
+for a new index, the backend it was begun with for a resumed one."""
 
 
-def add_backend_flags(parser: argparse.ArgumentParser, chunk_note: str, auto: bool = False) -> None:
-    """``--backend`` (what computes the chunk embeddings; ``chunk_note`` says what that means for the tool)
-    and ``--state-backend`` (what computes the states at search time), applied by :func:`use_backends`.
-    ``auto``: offer :data:`AUTO_BACKEND` too."""
-    note = (
-        f"; {AUTO_BACKEND}: torch-bf16 where the CPU has bfloat16 instructions, else torch, and for a search or a "
-        "resumed build the backend the index was begun with"
-        if auto
-        else ""
-    )
-    parser.add_argument(
-        "--backend",
-        choices=(AUTO_BACKEND, *BACKENDS) if auto else BACKENDS,
-        default="torch",
-        help=f"what computes the chunk embeddings: torch; torch-fp16 (float16, for CUDA GPUs); torch-bf16 (bfloat16, "
-        f"fastest on CPUs with AMX or AVX-512 BF16); or ONNX Runtime float32 / int8 (faster on other CPUs, needs "
-        f"qrag[onnx]){note}; {chunk_note}",
-    )
+def add_backend_flags(parser: argparse.ArgumentParser, chunk_note: str | None, auto: bool = False) -> None:
+    """``--backend`` (what computes the chunk embeddings; ``chunk_note`` says what that means for the tool; None:
+    no such flag, for a tool that only reads stored chunk vectors) and ``--state-backend`` (what computes the
+    states at search time), applied by :func:`use_backends`. ``auto``: offer :data:`AUTO_BACKEND`, the default."""
+    if chunk_note is not None:
+        note = (
+            f"; {AUTO_BACKEND}: the fastest within 0.01 fact EM of float32 on this CPU, i.e. torch-bf16 with AMX, else "
+            "onnx-int8 where ONNX Runtime is installed, else torch-bf16 with AVX-512 BF16, else torch (a resumed "
+            "build keeps the backend it began with)"
+            if auto
+            else ""
+        )
+        parser.add_argument(
+            "--backend",
+            choices=(AUTO_BACKEND, *BACKENDS) if auto else BACKENDS,
+            default=AUTO_BACKEND if auto else "torch",
+            help=f"what computes the chunk embeddings: torch; torch-fp16 (float16, for CUDA GPUs); torch-bf16 "
+            f"(bfloat16, fastest on CPUs with AMX or AVX-512 BF16); or ONNX Runtime float32 / int8 (faster on other "
+            f"CPUs, needs qrag[onnx]){note}; {chunk_note}",
+        )
     parser.add_argument(
         "--state-backend",
         choices=BACKENDS,
@@ -290,19 +292,18 @@ def add_backend_flags(parser: argparse.ArgumentParser, chunk_note: str, auto: bo
     )
 
 
-def use_backends(model: QRAG, args: argparse.Namespace, index_fingerprint: str | None = None) -> None:
-    """Set the encoders of ``model`` to the backends :func:`add_backend_flags` parsed into ``args``.
+def use_backends(model: QRAG, args: argparse.Namespace, partial_fingerprint: str | None = None) -> None:
+    """Set the encoders of ``model`` to the backends :func:`add_backend_flags` parsed into ``args`` (a tool without
+    ``--backend`` leaves the action encoder's).
 
-    :data:`AUTO_BACKEND` resolves to the backend whose vectors have ``index_fingerprint`` (the index searched, or
-    the unfinished build resumed; torch if none has it, so the search reports the mismatch), or, for a new index,
-    to the fastest backend with float32's fact EM on this machine."""
-    backend = args.backend
+    :data:`AUTO_BACKEND` resolves to the backend whose vectors have ``partial_fingerprint`` (an unfinished build
+    being resumed), or, for a new index, to the fastest backend with float32's fact EM on this machine."""
+    backend = getattr(args, "backend", None)
     if backend == AUTO_BACKEND:
         encoder = model.action_encoder
-        if index_fingerprint is None:
-            backend = default_index_backend(encoder.device)
-        else:
-            backend = encoder.backend_of(index_fingerprint) or "torch"
+        resumed = None if partial_fingerprint is None else encoder.backend_of(partial_fingerprint)
+        backend = resumed or default_index_backend(encoder.device)
         logger.info("encoding backend: %s", backend)
-    model.action_encoder.use_backend(backend)
+    if backend is not None:
+        model.action_encoder.use_backend(backend)
     model.state_encoder.use_backend(args.state_backend)

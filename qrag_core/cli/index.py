@@ -55,7 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default=None, help="model name or path (default: the shipped default model)")
-    add_backend_flags(common, "an index is searched with the backend it was built with", auto=True)
     add_verbose_flag(common)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -64,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="chunk and encode a text file into an index directory (resumable)",
         formatter_class=DefaultsHelpFormatter,
         parents=[common],
+    )
+    add_backend_flags(
+        build,
+        "the index records it; searching reads its vectors whatever the backend, so any machine can search it",
+        auto=True,
     )
     build.add_argument("--document", type=Path, required=True, help="UTF-8 text file to index")
     build.add_argument(
@@ -119,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=DefaultsHelpFormatter,
         parents=[common],
     )
+    add_backend_flags(search, None)
     search.add_argument("--index", type=Path, required=True, help="index directory written by 'build'")
     search.add_argument("--question", required=True, help="the question")
     add_search_flags(search, skip=SEARCH_FLAGS_SKIPPED)
@@ -158,11 +163,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _load_model(args: argparse.Namespace, index_fingerprint: str | None = None) -> QRAG:
-    """The model of ``--model`` on the backends of the flags; ``index_fingerprint``: that of the index searched
-    or of the unfinished build resumed (what ``--backend auto`` follows)."""
+def _load_model(args: argparse.Namespace, partial_fingerprint: str | None = None) -> QRAG:
+    """The model of ``--model`` on the backends of the flags; ``partial_fingerprint``: that of the unfinished
+    build resumed (what ``--backend auto`` follows)."""
     model = QRAG.from_pretrained(args.model).eval()
-    use_backends(model, args, index_fingerprint)
+    use_backends(model, args, partial_fingerprint)
     return model
 
 
@@ -199,7 +204,7 @@ def run_search(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     index = DocumentIndex.load(args.index)
     load_s = time.perf_counter() - start
-    model = _load_model(args, index.fingerprint)
+    model = _load_model(args)
     start = time.perf_counter()
     result = search(model, args.question, index, from_flags(SearchOptions, args))
     search_s = time.perf_counter() - start
