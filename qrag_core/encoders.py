@@ -225,15 +225,13 @@ class TextEncoder(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         prompt_length: int = 0,
-        fast: bool = False,
+        backend: str = "torch",
         bulk: bool = True,
-        backend: str | None = None,
     ) -> torch.Tensor:
-        """Pooled embeddings; ``fast`` runs the transformer on the inference backend (``backend``, None: the
-        encoder's own) instead of torch, in a session tuned for ``bulk`` encoding (many batches in a row) or for
-        single runs between torch work."""
-        backend = self.backend if backend is None else backend
-        if fast and backend in ONNX_BACKENDS:
+        """Pooled embeddings, the transformer run on ``backend`` (``torch``: the model itself, with gradients where
+        enabled; any other runs a copy for inference), in a session tuned for ``bulk`` encoding (many batches in a
+        row) or for single runs between torch work."""
+        if backend in ONNX_BACKENDS:
             # One session per backend, thread count and use, kept until the weights change: switching back
             # and forth between backends (or torch thread counts) does not reload the exported graph.
             key = (backend, torch.get_num_threads(), bulk)
@@ -243,9 +241,9 @@ class TextEncoder(nn.Module):
                 runner = OnnxRunner(self.model, backend, fingerprint, default_cache_dir(), spin=bulk)
                 self._runners[key] = runner
             hidden = runner(input_ids, attention_mask).to(input_ids.device)
-        elif fast and backend == "torch-bf16":
+        elif backend == "torch-bf16":
             hidden = self._bfloat16_copy()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
-        elif fast and backend == "torch-fp16":
+        elif backend == "torch-fp16":
             with torch.autocast(input_ids.device.type, dtype=torch.float16):
                 hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
         else:
@@ -355,7 +353,7 @@ class TextEncoder(nn.Module):
         for first in range(0, len(order), batch_size):
             idx = order[first : first + batch_size]
             batch = self._batch([id_lists[i] for i in idx])
-            out[idx] = self._pool(*batch, prompt_length, fast=True, bulk=bulk, backend=backend).float().cpu()
+            out[idx] = self._pool(*batch, prompt_length, backend, bulk).float().cpu()
             bar.update(len(idx))
         bar.close()
         return out

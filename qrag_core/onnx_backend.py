@@ -14,9 +14,9 @@ backends need nothing more:
 - ``torch-fp16`` runs the transformer under float16 autocast (the pooling stays in float32): about twice as
   fast as float32 on a CUDA GPU, but slower than float32 on a CPU, which has no fast float16 matrix products;
 - ``torch-bf16`` runs a bfloat16 copy of the transformer (weights cast once; the pooling stays in float32):
-  on a CPU with AMX or AVX-512 bfloat16 instructions (Intel Sapphire Rapids and later, AMD Zen 4 and later)
-  it is the fastest backend at almost float32 accuracy (benchmarks/encoding.md); without them it is slower
-  than float32, and says so.
+  on a CPU with AMX (Intel Sapphire Rapids and later) it is the fastest backend at float32's fact EM; with
+  AVX-512 bfloat16 instructions but no AMX (AMD Zen 4) it is faster than float32 but slower than ``onnx-int8``
+  (benchmarks/encoding.md); without either it is slower than float32, and says so.
 """
 
 from __future__ import annotations
@@ -62,8 +62,10 @@ def cpu_has_bfloat16() -> bool:
 
 
 def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tile units (Intel Sapphire Rapids and later), where ``torch-bf16`` is fastest."""
-    return bool(torch.cpu._is_amx_tile_supported())
+    """Whether this CPU has AMX tile units (Intel Sapphire Rapids and later), where ``torch-bf16`` is fastest
+    (False with a torch too old to tell)."""
+    supported = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(supported()) if supported is not None else False
 
 
 def onnx_runtime_installed() -> bool:
