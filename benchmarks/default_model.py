@@ -169,8 +169,12 @@ def run_cell(
         logger.info("%s: %s on %d examples", cell, name, len(examples))
         scores = evaluate(method, examples, steps=args.steps, show_progress=not args.quiet)
         model = getattr(method, "model", None)
-        if model is not None:  # which weights were measured (the shipped model may be retrained later)
+        if model is not None:  # which weights and hybrid weights were measured (the model may change later)
             scores["state_encoder_fingerprint"] = model.state_encoder.fingerprint()
+            scores["lexical_weights"] = {
+                "documents": model.config.lexical_weight,
+                "passages": model.config.passage_lexical_weight,
+            }
         scores |= {
             "cell": cell,
             "suite": suite,

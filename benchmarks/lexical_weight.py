@@ -8,11 +8,13 @@
 The hybrid score (docs/method.md §5) adds w times a chunk's BM25 score against the state text (question +
 chunks selected so far), scaled to [0, 1] per step, to Q. **Fitting** runs greedy search at every weight of
 the grid on training-split questions only: the last 60 HotpotQA train questions (those the general recipe,
-recipes/train_general_model.py, holds out of training), BabiLong QA1–QA5 train questions at 4k tokens (data
-seed 8, the recipe's evaluation samples) and RULER NIAH samples of the eight variants at 4k (data seed 8; the
-test samples use seed 0). One w is chosen for each kind of document: for passage collections (HotpotQA) and
-for ordered documents (BabiLong, NIAH), the w with the highest mean fact EM over that kind's sets (ties: the
-smaller w); they become the model's ``passage_lexical_weight`` and ``lexical_weight``. **Comparing** then
+recipes/train_general_model.py, holds out of training), BabiLong QA1–QA5 train questions (data seed 8, the
+recipe's evaluation samples) and RULER NIAH samples of the eight variants (data seed 8; the test samples use
+seed 0), each at every length of ``--train-lengths`` (4k and 128k: at 4k every ordered-document question is
+already found by pure Q, so only the long documents tell the weights apart). One w is chosen for each kind of
+document: for passage collections (HotpotQA) and for ordered documents (BabiLong, NIAH), the w with the
+highest mean fact EM over that kind's sets (ties: the smaller w); they become the model's
+``passage_lexical_weight`` and ``lexical_weight``. **Comparing** then
 runs, on the same samples of each test cell (harness cells, seed 0), pure Q, the hybrid at the chosen
 weights (at the best positive w of the grid where 0 was chosen, to show what it would do), BM25 and dense
 retrieval (:mod:`qrag_core.baselines`), through the one evaluation loop
@@ -29,7 +31,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +61,7 @@ from qrag_core.cli import (
     non_negative_int,
     run_tool,
 )
-from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
+from qrag_core.data.babilong import BABILONG_TASKS, STANDARD_LENGTHS, iter_babilong
 from qrag_core.data.examples import Example
 from qrag_core.data.hotpotqa import HELD_OUT, train_and_held_out
 from qrag_core.data.ruler import NIAH_TASKS, iter_niah
@@ -79,23 +81,33 @@ WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 """The default grid of w."""
 TRAIN_SEED = 8
 """Data seed of the BabiLong and NIAH training samples (the test cells use seed 0)."""
+TRAIN_LENGTHS = ("4k", "128k")
+"""The default document lengths of the BabiLong and NIAH training sets."""
 TEST_CELLS = ("hotpotqa", "musique", "babilong:4k:5", "niah:4k:3")
 """The default test cells (harness notation)."""
 METHODS = ("qrag", "qrag-hybrid", "bm25", "dense")
 
 
-def training_sets(hotpotqa: int, babilong: int, niah: int) -> dict[str, list[Example]]:
-    """The training-split question sets w is fitted on (sizes per set, per task, per variant; 0 leaves one out)."""
+def training_sets(
+    hotpotqa: int, babilong: int, niah: int, lengths: Sequence[str] = TRAIN_LENGTHS
+) -> dict[str, list[Example]]:
+    """The training-split question sets w is fitted on (sizes per set, per task, per variant, BabiLong and NIAH
+    at each of ``lengths``; a size of 0 leaves that set out)."""
     haystack = lazy_haystack()
     sets: dict[str, list[Example]] = {}
     if hotpotqa:
         sets["hotpotqa-train-heldout"] = train_and_held_out(hotpotqa)[1]
-    if babilong:
-        sets["babilong-train/4k"] = [
-            e for task in BABILONG_TASKS for e in iter_babilong(task, "train", "4k", babilong, TRAIN_SEED, haystack())
-        ]
-    if niah:
-        sets["niah-train/4k"] = [e for task in NIAH_TASKS for e in iter_niah(task, "4k", niah, TRAIN_SEED, haystack())]
+    for length in lengths:
+        if babilong:
+            sets[f"babilong-train/{length}"] = [
+                e
+                for task in BABILONG_TASKS
+                for e in iter_babilong(task, "train", length, babilong, TRAIN_SEED, haystack())
+            ]
+        if niah:
+            sets[f"niah-train/{length}"] = [
+                e for task in NIAH_TASKS for e in iter_niah(task, length, niah, TRAIN_SEED, haystack())
+            ]
     return sets
 
 
@@ -195,7 +207,7 @@ def run(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     model = QRAG.from_pretrained(args.model).eval()
     cache = shared_cache()
-    sets = training_sets(args.hotpotqa_train, args.babilong_train, args.niah_train)
+    sets = training_sets(args.hotpotqa_train, args.babilong_train, args.niah_train, args.train_lengths)
     if not sets:
         raise InvalidInputError("no training set to fit on: give a positive size to at least one of them")
     fitted = fit(model, cache, sets, sorted(set(args.weights)))
@@ -316,11 +328,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--babilong-train",
         type=non_negative_int,
-        default=10,
-        help="BabiLong 4k train questions per task QA1-5 (default: 10)",
+        default=20,
+        help="BabiLong train questions per task QA1-5 at each training length (0: none; default: 20)",
     )
     parser.add_argument(
-        "--niah-train", type=non_negative_int, default=2, help="NIAH 4k samples per variant, seed 8 (default: 2)"
+        "--niah-train",
+        type=non_negative_int,
+        default=25,
+        help="NIAH samples per variant, data seed 8, at each training length (0: none; default: 25)",
+    )
+    parser.add_argument(
+        "--train-lengths",
+        nargs="+",
+        choices=STANDARD_LENGTHS,
+        default=list(TRAIN_LENGTHS),
+        help="document lengths of the BabiLong and NIAH training sets (default: " + " ".join(TRAIN_LENGTHS) + ")",
     )
     parser.add_argument(
         "--test-cells",

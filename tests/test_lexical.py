@@ -249,3 +249,15 @@ def test_passage_collections_and_ordered_documents_have_their_own_weights(tiny_m
     both = search(tiny_model, QUESTION, index, k=2, passage_lexical_weight=100.0, order="rank")
     first = both.chunks[0].chunk
     assert (first.doc_id, first.text) == ("passages", RARE)
+
+
+def test_ordered_training_sets_are_built_at_every_training_length(script):
+    sets = script.training_sets(hotpotqa=0, babilong=1, niah=1, lengths=["1k", "4k"])
+    assert list(sets) == ["babilong-train/1k", "niah-train/1k", "babilong-train/4k", "niah-train/4k"]
+    assert [len(examples) for examples in sets.values()] == [5, 8, 5, 8]
+    assert {script.set_kind(examples) for examples in sets.values()} == {"documents"}
+    short, long = sets["babilong-train/1k"][0], sets["babilong-train/4k"][0]
+    assert len(" ".join(long.chunks)) > 2 * len(" ".join(short.chunks))
+    assert script.build_parser().parse_args([]).train_lengths == ["4k", "128k"]
+    with pytest.raises(SystemExit):
+        script.build_parser().parse_args(["--train-lengths", "5k"])
