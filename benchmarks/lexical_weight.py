@@ -10,11 +10,11 @@ chunks selected so far), scaled to [0, 1] per step, to Q. **Fitting** runs greed
 the grid on training-split questions only: the last 60 HotpotQA train questions (those the general recipe,
 recipes/train_general_model.py, holds out of training), BabiLong QA1–QA5 train questions (data seed 8, the
 recipe's evaluation samples) and RULER NIAH samples of the eight variants (data seed 8; the test samples use
-seed 0), each at every length of ``--train-lengths`` (4k and 128k: at 4k every ordered-document question is
-already found by pure Q, so only the long documents tell the weights apart). One w is chosen for each kind of
-document: for passage collections (HotpotQA) and for ordered documents (BabiLong, NIAH), the w with the
-highest mean fact EM over that kind's sets (ties: the smaller w); they become the model's
-``passage_lexical_weight`` and ``lexical_weight``. **Comparing** then
+seed 0), each at every length of ``--train-lengths`` (4k and 128k: at 4k the shipped models already find
+every ordered-document answer by pure Q, so only the long documents tell the weights apart). One w is chosen
+for each kind of document: for passage collections (HotpotQA) and for ordered documents (BabiLong, NIAH), the
+w with the highest mean fact EM over that kind's sets (ties: the smaller w); ``--write-to`` saves them as a
+model's ``passage_lexical_weight`` and ``lexical_weight``. **Comparing** then
 runs, on the same samples of each test cell (harness cells, seed 0), pure Q, the hybrid at the chosen
 weights (at the best positive w of the grid where 0 was chosen, to show what it would do), BM25 and dense
 retrieval (:mod:`qrag_core.baselines`), through the one evaluation loop
