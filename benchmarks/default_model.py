@@ -174,6 +174,7 @@ def run_cell(
             scores["lexical_weights"] = {
                 "documents": model.config.lexical_weight,
                 "passages": model.config.passage_lexical_weight,
+                "identifiers": model.config.identifier_weight,
             }
         scores |= {
             "cell": cell,

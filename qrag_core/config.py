@@ -107,6 +107,9 @@ class QRAGConfig:
     text scaled to [0, 1] (0: pure Q)."""
     passage_lexical_weight: float | None = None
     """w of the hybrid score in passage collections (None: lexical_weight)."""
+    identifier_weight: float = 0.0
+    """Weight of the identifier feature added to the score in ordered documents: the step's BM25 over the state
+    text's words holding a digit (numbers, ids, uuids), scaled to [0, 1] (0: none)."""
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     """How documents are chunked by default."""
 
@@ -122,7 +125,7 @@ class QRAGConfig:
         for name in ("max_chunk_tokens", "max_steps", "beam_width", "delta", "ell"):
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("lexical_weight", "passage_lexical_weight"):
+        for name in ("lexical_weight", "passage_lexical_weight", "identifier_weight"):
             check_non_negative(name, getattr(self, name), allow_none=True)
         if self.rope_theta <= 1:
             raise InvalidInputError(f"rope_theta must be > 1, got {self.rope_theta}")

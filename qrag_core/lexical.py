@@ -11,6 +11,11 @@ in its derived values (:func:`lexical_index`); scoring a state is one sparse mat
 entries of the state's words summed into their chunks), so a step costs milliseconds even at ~50k
 chunks (a 1M-token index). Words are lowercased runs of letters and digits;
 there is no stop-word list, BM25's inverse document frequency gives words found everywhere ~0 weight.
+
+The *identifier* feature (ordered documents only) is the same score over the state's identifier words
+(:func:`identifier_text`: words holding a digit, such as numbers, dates, codes and the parts of a uuid). Prose
+names few of them, so it matches keys and ids without the pull of a repeated name or place that the all-words
+feature has in a story.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ B = 0.75
 def words(text: str) -> list[str]:
     """The words of ``text`` as BM25 counts them."""
     return WORD.findall(text.lower())
+
+
+def identifier_text(text: str) -> str:
+    """The identifier words of ``text`` (those holding a digit), space-separated; empty when it has none."""
+    return " ".join(word for word in words(text) if any(ch.isdigit() for ch in word))
 
 
 class LexicalIndex:

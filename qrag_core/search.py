@@ -12,10 +12,10 @@ last support chunk is found (docs/method.md §4), a sum counts that expected rew
 step and favours lines that find it late or never (docs/method.md §5 has the measurements). The beam
 always keeps the greedy line, so its best selection never scores lower than greedy's.
 Search stops after T steps, or earlier when the best Q falls below a threshold (at least one chunk
-is always returned). With a lexical weight w > 0 every ranking, the beam's scores, the trace's values and
-the threshold use the hybrid score Q + w·f instead (:mod:`qrag_core.lexical`; one w for ordered documents,
-one for passage collections); passage collections are then scored by the exact torch scorer, never a
-faiss index.
+is always returned). With a lexical weight w > 0 or an identifier weight > 0 every ranking, the beam's
+scores, the trace's values and the threshold use the hybrid score Q + w·f (+ the identifier term of ordered
+documents) instead (:mod:`qrag_core.lexical`; one w for ordered documents, one for passage collections);
+passage collections are then scored by the exact torch scorer, never a faiss index.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 from qrag_core.chunking import Chunk, validate_text
 from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
-from qrag_core.lexical import lexical_feature
+from qrag_core.lexical import identifier_text, lexical_feature
 from qrag_core.search_options import SearchOptions
 from qrag_core.validation import is_int
 
@@ -172,8 +172,9 @@ def search(
     ``k`` search steps, ``beam`` width (1 = greedy), ``expand_k`` top actions each beam is expanded
     by, ``stop_threshold`` below which a line stops, ``document_id``/``document_ids`` to search some
     documents of a multi-document index only, the ``order`` of the result, ``vector_index`` for passage
-    collections, ``lexical_weight`` w of the hybrid score Q + w·f (0: pure Q) and ``passage_lexical_weight``
-    (the w of passage collections, when it differs). Options left at None
+    collections, ``lexical_weight`` w of the hybrid score Q + w·f (0: pure Q), ``passage_lexical_weight``
+    (the w of passage collections, when it differs) and ``identifier_weight`` (the weight, in ordered documents,
+    of the same feature over the state's words holding a digit). Options left at None
     take the model's defaults. ``alternatives``: runners-up recorded per step in the trace.
     """
     options = (options or SearchOptions()).override(**overrides).resolve(model.config)
@@ -191,12 +192,12 @@ def search(
     return result
 
 
-def _lexical_weights(
-    index: DocumentIndex, offset: int, end: int, ordered: Sequence[bool], options: SearchOptions
+def _kind_weights(
+    index: DocumentIndex, offset: int, end: int, ordered: Sequence[bool], in_ordered: float, in_passages: float
 ) -> torch.Tensor | None:
-    """w of the hybrid score for each chunk of ``[offset, end)``: ``lexical_weight`` in ordered documents,
-    ``passage_lexical_weight`` in passage collections; None when every one is 0 (pure Q)."""
-    kinds = {True: options.lexical_weight, False: options.passage_lexical_weight}
+    """A weight of the hybrid score for each chunk of ``[offset, end)``: ``in_ordered`` in ordered documents,
+    ``in_passages`` in passage collections; None when every one is 0."""
+    kinds = {True: in_ordered, False: in_passages}
     if not any(kinds[flag] for flag in ordered):
         return None
     if len(ordered) == 1:
@@ -204,6 +205,25 @@ def _lexical_weights(
     sizes = torch.diff(index.doc_starts, append=torch.tensor([len(index)]))
     per_document = torch.tensor([float(kinds[flag]) for flag in ordered])
     return torch.repeat_interleave(per_document, sizes)
+
+
+def _lexical_bonus(
+    index: DocumentIndex,
+    state_text: str,
+    offset: int,
+    end: int,
+    selected: Sequence[int],
+    weights: torch.Tensor | None,
+    identifier_weights: torch.Tensor | None,
+) -> torch.Tensor:
+    """What the hybrid score adds to Q at every chunk of ``[offset, end)`` for one state (docs/method.md Eq. M10):
+    w·f over all the state's words plus w_id times f over its identifier words (each weight per chunk)."""
+    bonus = torch.zeros(end - offset)
+    if weights is not None:
+        bonus += weights * lexical_feature(index, state_text, offset, end, selected)
+    if identifier_weights is not None:
+        bonus += identifier_weights * lexical_feature(index, identifier_text(state_text), offset, end, selected)
+    return bonus
 
 
 @torch.inference_mode()
@@ -229,9 +249,11 @@ def _search(
         warnings.warn(f"{steps} steps asked for but only {n} chunks exist; returning all of them", stacklevel=2)
         steps = n
     norm_max = model.index_action_norm_max(index)
-    weights = _lexical_weights(index, offset, end, ordered, options)
+    weights = _kind_weights(index, offset, end, ordered, options.lexical_weight, options.passage_lexical_weight)
+    identifier_weights = _kind_weights(index, offset, end, ordered, options.identifier_weight, 0.0)
+    lexical = weights is not None or identifier_weights is not None
     passages = None
-    if weights is None and model.positions_off(ordered):  # faiss cannot add the lexical feature
+    if not lexical and model.positions_off(ordered):  # faiss cannot add the lexical features
         passages = model.passage_index(index, options.vector_index, offset, end)
 
     beams = [_Beam((), 0.0, [], True)]
@@ -243,9 +265,10 @@ def _search(
         children: dict[frozenset[int], _Beam] = {}
         for row, b in enumerate(beams):
             bonus = None
-            if weights is not None:
+            if lexical:
                 state_text = "\n".join([question, *selections[row]])
-                bonus = (weights * lexical_feature(index, state_text, offset, end, b.selected)).to(actions.device)
+                bonus = _lexical_bonus(index, state_text, offset, end, b.selected, weights, identifier_weights)
+                bonus = bonus.to(actions.device)
             top_q, top_i, top_positions = model.top_k(
                 states[row], actions, b.selected, k, doc_starts, norm_max, ordered, passages, bonus
             )

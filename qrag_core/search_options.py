@@ -57,6 +57,8 @@ class SearchOptions:
     """w of the hybrid score Q + w·(BM25 of the state text, in [0, 1]) in every document; 0 = pure Q (none: model's)."""
     passage_lexical_weight: float | None = None
     """w of the hybrid score in passage collections only (none: lexical_weight if given, else the model's)."""
+    identifier_weight: float | None = None
+    """Weight in ordered documents of BM25 over the state's words holding a digit (ids, numbers) (none: model's)."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -74,7 +76,7 @@ class SearchOptions:
             if value is not None and value not in allowed:
                 raise InvalidInputError(f"{WHAT} {name} must be one of {list(allowed)}, got {value!r}")
         check_kind(self.vector_index, f"{WHAT} vector_index")
-        for name in ("lexical_weight", "passage_lexical_weight"):
+        for name in ("lexical_weight", "passage_lexical_weight", "identifier_weight"):
             check_non_negative(f"{WHAT} {name}", getattr(self, name), allow_none=True)
 
     @classmethod
@@ -90,9 +92,9 @@ class SearchOptions:
         return dataclasses.replace(self, **{name: value for name, value in changes.items() if value is not None})
 
     def resolve(self, config: QRAGConfig) -> SearchOptions:
-        """Every option that has a default filled in: the model's T, beam width, threshold and lexical weights,
-        expand_k = the beam width, beams ranked by estimated return, document order, faiss flat where faiss sees
-        a GPU (a threshold stays None when the model has none)."""
+        """Every option that has a default filled in: the model's T, beam width, threshold, lexical and identifier
+        weights, expand_k = the beam width, beams ranked by estimated return, document order, faiss flat where faiss
+        sees a GPU (a threshold stays None when the model has none)."""
         beam = config.beam_width if self.beam is None else self.beam
         weight = config.lexical_weight if self.lexical_weight is None else self.lexical_weight
         if self.passage_lexical_weight is not None:
@@ -112,6 +114,7 @@ class SearchOptions:
             vector_index=self.vector_index or default_kind(),
             lexical_weight=weight,
             passage_lexical_weight=passage_weight,
+            identifier_weight=config.identifier_weight if self.identifier_weight is None else self.identifier_weight,
         )
 
     def as_dict(self) -> dict[str, Any]:

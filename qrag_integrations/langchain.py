@@ -22,10 +22,11 @@ it; other documents stay separate. Adding a document under an id already present
 document without id gets one derived from its text and metadata (a split source: its ``source``).
 
 The search options (``k``, ``beam``, ``expand_k``, ``beam_score``, ``stop_threshold``, ``document_id``,
-``document_ids``, ``order``, ``vector_index``, ``lexical_weight``, ``passage_lexical_weight``) are the
-fields of :class:`qrag_core.search_options.SearchOptions`, one retriever field each (same name, type and
-documentation); each can be overridden per call. ``add_documents(..., ordered=False)`` marks the documents
-as independent passages (positions off); by default a document that is a single chunk is one.
+``document_ids``, ``order``, ``vector_index``, ``lexical_weight``, ``passage_lexical_weight``,
+``identifier_weight``) are the fields of :class:`qrag_core.search_options.SearchOptions`, one retriever field
+each (same name, type and documentation); each can be overridden per call. ``add_documents(...,
+ordered=False)`` marks the documents as independent passages (positions off); by default a document that is
+a single chunk is one.
 
 ``ainvoke`` runs the search in a worker thread, so it never blocks the event loop; the core
 retriever's lock makes concurrent calls (and additions) safe.

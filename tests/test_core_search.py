@@ -121,9 +121,10 @@ def test_search_restricted_to_several_documents_names_the_unknown_ones(tiny_mode
 
 
 def test_options_left_out_take_the_models_defaults(minilm_tokenizer):
-    config = QRAGConfig(max_steps=3, beam_width=2, stop_threshold=0.25, lexical_weight=0.1)
+    config = QRAGConfig(max_steps=3, beam_width=2, stop_threshold=0.25, lexical_weight=0.1, identifier_weight=0.2)
     resolved = {"order": "document", "vector_index": default_kind(), "lexical_weight": 0.1, "beam_score": "return"}
     resolved["passage_lexical_weight"] = 0.1  # the model sets no separate one
+    resolved["identifier_weight"] = 0.2
     assert SearchOptions().resolve(config) == SearchOptions(k=3, beam=2, expand_k=2, stop_threshold=0.25, **resolved)
     assert SearchOptions(k=5, expand_k=4).resolve(config) == SearchOptions(
         k=5, beam=2, expand_k=4, stop_threshold=0.25, **resolved

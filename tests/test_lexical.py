@@ -14,7 +14,7 @@ from qrag_core.config import field_docs
 from qrag_core.data.examples import Example
 from qrag_core.errors import CheckpointError, InvalidInputError
 from qrag_core.index import DocumentIndex
-from qrag_core.lexical import LexicalIndex, lexical_feature, lexical_index
+from qrag_core.lexical import LexicalIndex, identifier_text, lexical_feature, lexical_index
 from qrag_core.model import QRAG
 from qrag_core.search import search
 from qrag_core.search_options import SearchOptions
@@ -110,18 +110,75 @@ def test_a_faiss_passage_index_falls_back_to_the_exact_scorer(tiny_model):
         assert [s.chunk_index for s in got.trace] == [s.chunk_index for s in exact.trace]
 
 
+@pytest.mark.parametrize("name", ["lexical_weight", "identifier_weight"])
 @pytest.mark.parametrize("value", [-0.1, math.nan, math.inf, "0.5", True])
-def test_bad_weights_are_refused(value):
-    with pytest.raises(InvalidInputError, match="lexical_weight"):
-        SearchOptions(lexical_weight=value)
-    with pytest.raises(InvalidInputError, match="lexical_weight"):
-        QRAGConfig(lexical_weight=value).validate()
+def test_bad_weights_are_refused(name, value):
+    with pytest.raises(InvalidInputError, match=name):
+        SearchOptions(**{name: value})
+    with pytest.raises(InvalidInputError, match=name):
+        QRAGConfig(**{name: value}).validate()
+
+
+def test_identifier_words_are_the_words_holding_a_digit():
+    assert identifier_text("Room 12B, code 7f3a9c-0de1: ask Mary on 3 May 2021.") == "12b 7f3a9c 0de1 3 2021"
+    assert identifier_text("Where is Mary? In the kitchen.") == ""
+
+
+# The name and the vault words point at one chunk, the ticket number at another.
+NAMED = ["Ostrava keeps the vault of Ostrava; the vault code is secret.", "Ticket 4411 was filed on Monday.", *FILLER]
+NAMED_QUESTION = "Which vault code of Ostrava is on ticket 4411?"
+
+
+def test_the_identifier_term_matches_only_words_holding_a_digit(tiny_model):
+    index = DocumentIndex.build(tiny_model, [NAMED])
+    by_words = search(tiny_model, NAMED_QUESTION, index, k=1, lexical_weight=100.0)
+    by_ids = search(tiny_model, NAMED_QUESTION, index, k=1, identifier_weight=100.0)
+    assert (by_words.trace[0].chunk_index, by_ids.trace[0].chunk_index) == (0, 1)
+    everything = len(NAMED) - 1
+    q_only = search(tiny_model, NAMED_QUESTION, index, k=3, alternatives=everything)
+    zero = search(tiny_model, NAMED_QUESTION, index, k=3, alternatives=everything, identifier_weight=0.0)
+    assert zero.trace == q_only.trace, "weight 0 is exactly the plain search"
+    no_ids = search(tiny_model, QUESTION, index, k=3, alternatives=everything, identifier_weight=100.0)
+    assert no_ids.trace == search(tiny_model, QUESTION, index, k=3, alternatives=everything).trace, (
+        "a question without identifiers is not changed"
+    )
+
+
+def test_the_identifier_term_leaves_passage_collections_to_the_passage_weight(tiny_model):
+    index = DocumentIndex.build(tiny_model, [NAMED, NAMED], doc_ids=["story", "passages"], ordered=[True, False])
+    everything = 2 * len(NAMED) - 1
+    plain = search(tiny_model, NAMED_QUESTION, index, k=1, document_id="passages", alternatives=everything)
+    by_ids = search(
+        tiny_model, NAMED_QUESTION, index, k=1, document_id="passages", alternatives=everything, identifier_weight=100.0
+    )
+    assert by_ids.trace == plain.trace
+    both = search(tiny_model, NAMED_QUESTION, index, k=1, identifier_weight=100.0)
+    first = both.chunks[0].chunk
+    assert (first.doc_id, first.text) == ("story", NAMED[1]), "the story's ticket chunk, not the collection's"
+
+
+def test_the_identifier_term_adds_its_weighted_feature_to_the_hybrid_score(tiny_model):
+    index = DocumentIndex.build(tiny_model, [NAMED])
+    w, w_id, n = 0.2, 0.3, len(NAMED)
+    tiny_model.config.identifier_weight = w_id  # the model's setting is the default
+    result = search(tiny_model, NAMED_QUESTION, index, k=1, lexical_weight=w, alternatives=n - 1)
+    tiny_model.config.identifier_weight = 0.0
+    with torch.no_grad():
+        q = tiny_model.q_row(
+            tiny_model.state_vectors([NAMED_QUESTION], [[]])[0], tiny_model.index_action_vectors(index), []
+        )
+    expected = q + w * lexical_feature(index, NAMED_QUESTION, 0, n, [])
+    expected += w_id * lexical_feature(index, identifier_text(NAMED_QUESTION), 0, n, [])
+    step = result.trace[0]
+    assert step.chunk_index == int(expected.argmax())
+    for i, value in {step.chunk_index: step.q_value, **dict(step.alternatives)}.items():
+        assert value == pytest.approx(float(expected[i]), abs=1e-5)
 
 
 def test_a_config_saved_before_the_setting_loads_with_weight_zero(minilm_tokenizer, tmp_path):
     data = QRAGConfig().to_dict()
-    del data["lexical_weight"]
-    assert QRAGConfig.from_dict(data).lexical_weight == 0.0
+    del data["lexical_weight"], data["identifier_weight"]
+    assert (QRAGConfig.from_dict(data).lexical_weight, QRAGConfig.from_dict(data).identifier_weight) == (0.0, 0.0)
     with pytest.raises(CheckpointError, match="lexical_weight"):
         QRAGConfig.from_dict({**data, "lexical_weight": -1})
     make_tiny_model(minilm_tokenizer, QRAGConfig(freeze_action_encoder=False)).save_pretrained(tmp_path / "model")
@@ -132,16 +189,18 @@ def test_a_config_saved_before_the_setting_loads_with_weight_zero(minilm_tokeniz
     assert QRAG.from_pretrained(str(tmp_path / "model")).config.lexical_weight == 0.0
 
 
-def test_the_option_reaches_the_cli_and_the_adapters(capsys):
+@pytest.mark.parametrize("name", ["lexical_weight", "identifier_weight"])
+def test_the_option_reaches_the_cli_and_the_adapters(capsys, name):
     from qrag_integrations.langchain import QRAGRetriever
 
-    doc = field_docs(SearchOptions)["lexical_weight"]
+    doc = field_docs(SearchOptions)[name]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["search", "--help"])
     assert doc in " ".join(capsys.readouterr().out.split())
-    args = build_parser().parse_args(["search", "--index", "i", "--question", "q", "--lexical-weight", "0.2"])
-    assert args.lexical_weight == 0.2
-    assert QRAGRetriever.model_fields["lexical_weight"].description == doc
+    flag = "--" + name.replace("_", "-")
+    args = build_parser().parse_args(["search", "--index", "i", "--question", "q", flag, "0.2"])
+    assert getattr(args, name) == 0.2
+    assert QRAGRetriever.model_fields[name].description == doc
 
 
 def test_a_step_stays_fast_on_fifty_thousand_chunks():
@@ -172,12 +231,35 @@ def test_the_fit_chooses_the_weight_with_the_best_training_score(script, tiny_mo
     assert script.kind_weights({"passages": 0.3}) == (0.0, 0.3)
 
 
+def test_the_identifier_fit_runs_at_the_models_own_lexical_weights(script, tiny_model):
+    examples = [Example(id="t", question=NAMED_QUESTION, chunks=NAMED, support=[1])]
+    chunks = examples[0].to_chunks()
+    tiny_model.config.lexical_weight = 100.0  # alone, it picks chunk 0: only the identifier term can win
+    try:
+        fitted = script.fit_identifier(tiny_model, None, {"ticket": examples}, [0.0, 1000.0])
+        first = {
+            w: script.hybrid(tiny_model, None, None, identifier_weight=w).select(NAMED_QUESTION, chunks, 1)
+            for w in (0.0, 1000.0)
+        }
+    finally:
+        tiny_model.config.lexical_weight = 0.0
+    assert first == {0.0: [0], 1000.0: [1]}
+    assert {g["weight"] for g in fitted["grid"].values()} == {0.0, 1000.0}
+    best = max(fitted["grid"].values(), key=lambda g: (g["mean_fact_em"], -g["weight"]))
+    assert fitted["chosen"] == best["weight"] and fitted["compared"] == 1000.0
+    assert fitted["lexical_weights"] == {"documents": 100.0, "passages": None}
+
+
 def test_write_to_saves_only_the_weight_and_refuses_other_directories(script, minilm_tokenizer, tmp_path):
     model = make_tiny_model(minilm_tokenizer, QRAGConfig(freeze_action_encoder=False))
     model.save_pretrained(tmp_path / "model")
     script.write_weight(tmp_path / "model", {"documents": 0.0, "passages": 0.2})
     loaded = QRAG.from_pretrained(str(tmp_path / "model"))
     assert (loaded.config.lexical_weight, loaded.config.passage_lexical_weight) == (0.0, 0.2)
+    script.write_weight(tmp_path / "model", None, identifier_weight=0.1)  # --keep-lexical-weights
+    loaded = QRAG.from_pretrained(str(tmp_path / "model"))
+    assert (loaded.config.lexical_weight, loaded.config.passage_lexical_weight) == (0.0, 0.2)
+    assert loaded.config.identifier_weight == 0.1
     assert loaded.state_encoder.fingerprint() == model.state_encoder.fingerprint()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
@@ -196,8 +278,9 @@ def test_the_hybrid_finds_a_uuid_with_the_real_model(real_model):
     chunks = [f"The special magic number for item {i} is {1000 + 37 * i}." for i in range(40)]
     chunks[23] = f"The special magic uuid for {key} is 5e8b1c2d."
     index = DocumentIndex.build(real_model, [chunks])
-    result = search(real_model, f"What is the special magic uuid for {key}?", index, k=1, lexical_weight=1.0)
-    assert result.chunks[0].chunk.index == 23
+    for weights in ({"lexical_weight": 1.0}, {"identifier_weight": 1.0}):
+        result = search(real_model, f"What is the special magic uuid for {key}?", index, k=1, **weights)
+        assert result.chunks[0].chunk.index == 23, weights
     plain = search(real_model, "What is the magic number for item 5?", index, k=2)
     zero = search(real_model, "What is the magic number for item 5?", index, k=2, lexical_weight=0.0)
     assert [s.chunk_index for s in plain.trace] == [s.chunk_index for s in zero.trace]
@@ -210,6 +293,9 @@ def test_the_markdown_lists_the_tasks_the_hybrid_changes(script, tmp_path):
 
     grid = {str(w): {"weight": w, "fact_em": {"s": em}, "mean_fact_em": em, "seconds": 1.0} for w, em in [(0, 0.5)]}
     entry = {"sets": {"s": 4}, "grid": grid, "chosen": {"documents": 0}, "compared": {"documents": 0.2}}
+    identifier_grid = {str(w): {**grid["0"], "weight": w, "mean_fact_em": em} for w, em in [(0, 0.5), (0.3, 0.75)]}
+    weights = {"documents": 0.0, "passages": 0.3}
+    entry["identifier"] = {"lexical_weights": weights, "grid": identifier_grid, "chosen": 0.3, "compared": 0.3}
     entry["seconds"] = 9.0
     entry |= {"machine": "m", "commit": "c", "command": "x"}
     cells = {
@@ -220,8 +306,10 @@ def test_the_markdown_lists_the_tasks_the_hybrid_changes(script, tmp_path):
     script.write_markdown({"models": {"m": {**entry, "test": cells}}}, tmp_path / "r.md")
     text = (tmp_path / "r.md").read_text()
     assert "| 0 (chosen: documents) | 0.500 | **0.5000** | 1 |" in text
-    assert "hybrid at documents w = 0.2 (0 chosen: best positive)" in text
-    assert "| babilong:4k:2 | 2 | 0.750 | 1.000 | 0.750 | 0.750 | qa2 0.50 → 1.00 |" in text
+    assert "hybrid at documents w = 0.2 (0 chosen: best positive); identifier weight 0.3" in text
+    assert "at the model's lexical weights (documents 0, passages 0.3)" in text
+    assert "| 0.3 (chosen) | 0.500 | **0.7500** | 1 |" in text
+    assert "| babilong:4k:2 | 2 | 0.750 | 1.000 | 0.750 | 0.750 | 0.750 | qa2 0.50 → 1.00 | — |" in text
     assert text.index("babilong:4k:2") < text.index("niah:4k:2"), "cells in the harness's suite order"
 
 

@@ -43,6 +43,7 @@ def test_the_saved_layout_and_option_names_are_those_earlier_versions_wrote_and_
         "vector_index": None,  # added later; a file without it loads with the default
         "lexical_weight": None,  # added later too
         "passage_lexical_weight": None,  # and this one
+        "identifier_weight": None,  # and this one
     }
     assert saved_options(tmp_path / "saved") == SearchOptions(k=2, document_ids=("story",), order="rank")
 
