@@ -144,6 +144,15 @@ def test_the_identifier_term_matches_only_words_holding_a_digit(tiny_model):
     )
 
 
+def test_states_without_identifiers_never_build_the_lexical_index(tiny_model):
+    story = ["Mary went to the kitchen.", "John took the apple there.", "Sandra moved to the garden.", "Ships sail."]
+    index = DocumentIndex.build(tiny_model, [story])
+    search(tiny_model, "Where is the apple?", index, k=4, identifier_weight=1.0)
+    assert not [key for key in index._derived if key[0] == "lexical"], "no identifier word, no lexical index"
+    search(tiny_model, "Where was the apple on day 3?", index, k=1, identifier_weight=1.0)
+    assert [key for key in index._derived if key[0] == "lexical"], "an identifier word builds it"
+
+
 def test_the_identifier_term_leaves_passage_collections_to_the_passage_weight(tiny_model):
     index = DocumentIndex.build(tiny_model, [NAMED, NAMED], doc_ids=["story", "passages"], ordered=[True, False])
     everything = 2 * len(NAMED) - 1
