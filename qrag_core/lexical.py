@@ -104,7 +104,12 @@ def lexical_feature(
 ) -> torch.Tensor:
     """f for chunks [start, end) of ``index``: BM25 against ``state_text`` over the best among those not
     ``selected`` (indices relative to ``start``), in [0, 1]; 0 at the selected chunks, and everywhere when
-    no available chunk shares a word with the state."""
+    no available chunk shares a word with the state.
+
+    A state text without any word (e.g. the identifier words of a bAbI story: none) is 0 everywhere without
+    building the index's lexical index (about 0.5 s and 65 MB per million words)."""
+    if not WORD.search(state_text):
+        return torch.zeros(end - start)
     feature = lexical_index(index).scores(state_text)[start:end].clone()
     if selected:
         feature[list(selected)] = 0.0
