@@ -77,6 +77,7 @@ SECTIONS = (
     ("Stopping by Q-value", "benchmarks/results/stopping.md"),
     ("Beam search against greedy", "benchmarks/results/beam_search.md"),
     ("Hybrid lexical + Q score", "benchmarks/results/lexical_weight.md"),
+    ("Lexical indexes: build cost on long documents", "benchmarks/results/lexical_index.md"),
 )
 """Sections written by other benchmark scripts, appended to BENCHMARKS.md at every render."""
 

@@ -15,7 +15,8 @@ there is no stop-word list, BM25's inverse document frequency gives words found 
 The *identifier* feature (ordered documents only) is the same score over the state's identifier words
 (:func:`identifier_text`: words holding a digit, such as numbers, dates, codes and the parts of a uuid). Prose
 names few of them, so it matches keys and ids without the pull of a repeated name or place that the all-words
-feature has in a story.
+feature has in a story. It has an index of its own that keeps only those words (a few per thousand in a
+novel): the same scores for identifier words, built 2-3x faster in a few per cent of the memory.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 WORD = re.compile(r"\w+")
 """A word: a run of letters, digits or underscores (lowercased first)."""
+IDENTIFIER = re.compile(r"\b\w*\d\w*")
+"""An identifier word: a word holding a decimal digit."""
 K1 = 1.5
 """BM25 k1: how quickly repeated occurrences of a word in a chunk stop adding to its score."""
 B = 0.75
@@ -44,21 +47,27 @@ def words(text: str) -> list[str]:
 
 def identifier_text(text: str) -> str:
     """The identifier words of ``text`` (those holding a digit), space-separated; empty when it has none."""
-    return " ".join(word for word in words(text) if any(ch.isdigit() for ch in word))
+    return " ".join(IDENTIFIER.findall(text.lower()))
 
 
 class LexicalIndex:
-    """BM25 term weights of a list of chunk texts: a sparse (chunks × vocabulary) matrix, stored by word."""
+    """BM25 term weights of a list of chunk texts: a sparse (chunks × vocabulary) matrix, stored by word.
 
-    def __init__(self, texts: Sequence[str]) -> None:
+    ``identifiers_only`` keeps the identifier words only; chunk lengths still count every word, so an
+    identifier word scores exactly as in the full index."""
+
+    def __init__(self, texts: Sequence[str], identifiers_only: bool = False) -> None:
         self.vocabulary: dict[str, int] = {}
         rows: list[int] = []
         columns: list[int] = []
         counts: list[float] = []
         lengths: list[int] = []
         for row, text in enumerate(texts):
-            tokens = words(text)
+            lowered = text.lower()
+            tokens = WORD.findall(lowered)
             lengths.append(len(tokens))
+            if identifiers_only:
+                tokens = IDENTIFIER.findall(lowered)
             frequencies: dict[int, int] = {}
             for token in tokens:
                 column = self.vocabulary.setdefault(token, len(self.vocabulary))
@@ -94,23 +103,32 @@ class LexicalIndex:
         return scores
 
 
-def lexical_index(index: DocumentIndex) -> LexicalIndex:
-    """The :class:`LexicalIndex` of every chunk of ``index``, built once until a document is added."""
-    return index.derived(("lexical",), lambda: LexicalIndex([chunk.text for chunk in index.chunks]))
+def lexical_index(index: DocumentIndex, identifiers_only: bool = False) -> LexicalIndex:
+    """The :class:`LexicalIndex` of every chunk of ``index`` (of its identifier words only, if so asked),
+    built once until a document is added."""
+    kind = "lexical-identifiers" if identifiers_only else "lexical"
+    return index.derived((kind,), lambda: LexicalIndex([chunk.text for chunk in index.chunks], identifiers_only))
 
 
 def lexical_feature(
-    index: DocumentIndex, state_text: str, start: int, end: int, selected: Sequence[int]
+    index: DocumentIndex,
+    state_text: str,
+    start: int,
+    end: int,
+    selected: Sequence[int],
+    identifiers_only: bool = False,
 ) -> torch.Tensor:
     """f for chunks [start, end) of ``index``: BM25 against ``state_text`` over the best among those not
     ``selected`` (indices relative to ``start``), in [0, 1]; 0 at the selected chunks, and everywhere when
-    no available chunk shares a word with the state.
+    no available chunk shares a word with the state. ``identifiers_only``: ``state_text`` holds identifier
+    words only (:func:`identifier_text`), scored by the smaller index of those words.
 
     A state text without any word (e.g. the identifier words of a bAbI story: none) is 0 everywhere without
-    building the index's lexical index (about 0.5 s and 65 MB per million words)."""
+    building a lexical index (about 1 s and 100 MB per million words of a novel; its identifier-word index
+    about 0.4 s and 10 MB)."""
     if not WORD.search(state_text):
         return torch.zeros(end - start)
-    feature = lexical_index(index).scores(state_text)[start:end].clone()
+    feature = lexical_index(index, identifiers_only).scores(state_text)[start:end].clone()
     if selected:
         feature[list(selected)] = 0.0
     best = float(feature.max()) if len(feature) else 0.0

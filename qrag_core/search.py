@@ -222,7 +222,8 @@ def _lexical_bonus(
     if weights is not None:
         bonus += weights * lexical_feature(index, state_text, offset, end, selected)
     if identifier_weights is not None:
-        bonus += identifier_weights * lexical_feature(index, identifier_text(state_text), offset, end, selected)
+        identifiers = identifier_text(state_text)
+        bonus += identifier_weights * lexical_feature(index, identifiers, offset, end, selected, identifiers_only=True)
     return bonus
 
 

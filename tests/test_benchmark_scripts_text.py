@@ -76,3 +76,33 @@ def test_measure_reports_abbreviation_ends(sentence_splitting) -> None:
     assert (regex["chunks"], regex["abbreviation_end_count"]) == (4, 2)
     assert (punkt["chunks"], punkt["abbreviation_end_count"]) == (2, 0)
     assert punkt["exact_offsets"] and punkt["all_text_kept"]
+
+
+@pytest.fixture(scope="module")
+def lexical_index_script():
+    return load_script("benchmarks/lexical_index.py")
+
+
+def test_the_lexical_index_document_takes_consecutive_sentences_around_the_books(lexical_index_script) -> None:
+    import numpy as np
+
+    from qrag_core.data.haystack import Haystack
+
+    books = Haystack([("a", "b"), ("c",)], [np.array([3, 4]), np.array([5])], ["one", "two"])
+    assert lexical_index_script.document(books, 7) == ["a", "b"]
+    assert lexical_index_script.document(books, 13) == ["a", "b", "c", "a"], "around again after the last book"
+
+
+def test_the_lexical_index_measurement_and_table(lexical_index_script, tmp_path: Path) -> None:
+    chunks = ["Gate 12 opened at 0740.", "Mary went home.", "Flight LX318 was late."] * 50
+    identifiers = lexical_index_script.measure(chunks, identifiers_only=True)
+    everything = lexical_index_script.measure(chunks, identifiers_only=False)
+    assert (identifiers["vocabulary"], everything["vocabulary"]) == (3, 12)
+    assert identifiers["seconds"] > 0 and everything["peak_mb"] >= 0
+    entry = {"chunks": 150, "words": 650, "kinds": {"all words": everything, "identifier words": identifiers}}
+    entry |= {"machine": "M", "commit": "c", "command": "benchmarks/lexical_index.py"}
+    out = tmp_path / "lexical_index.md"
+    lexical_index_script.write_markdown({"lengths": {"10M": entry, "1M": entry}}, out)
+    text = out.read_text()
+    assert text.index("| 1M | 150 | 650 | all words | 12 |") < text.index("| 10M |"), "lengths in order"
+    assert "| 1M | 150 | 650 | identifier words | 3 |" in text and "- 10M: M; commit c" in text

@@ -148,9 +148,20 @@ def test_states_without_identifiers_never_build_the_lexical_index(tiny_model):
     story = ["Mary went to the kitchen.", "John took the apple there.", "Sandra moved to the garden.", "Ships sail."]
     index = DocumentIndex.build(tiny_model, [story])
     search(tiny_model, "Where is the apple?", index, k=4, identifier_weight=1.0)
-    assert not [key for key in index._derived if key[0] == "lexical"], "no identifier word, no lexical index"
+    assert not [key for key in index._derived if key[0].startswith("lexical")], "no identifier word, no index"
     search(tiny_model, "Where was the apple on day 3?", index, k=1, identifier_weight=1.0)
-    assert [key for key in index._derived if key[0] == "lexical"], "an identifier word builds it"
+    assert [key[0] for key in index._derived if key[0].startswith("lexical")] == ["lexical-identifiers"], (
+        "an identifier word builds the identifier words' index only"
+    )
+
+
+def test_the_identifier_index_scores_identifier_words_as_the_full_index_does():
+    texts = [*NAMED, "Flight LX318 left gate B12 at 0740 on 3 May.", "Gate 12 is closed; flight 318 is late."]
+    full, identifiers = LexicalIndex(texts), LexicalIndex(texts, identifiers_only=True)
+    assert set(identifiers.vocabulary) == {"0", "1", "2", "3", "4", "4411", "lx318", "b12", "0740", "12", "318"}
+    for question in (NAMED_QUESTION, "Did LX318 leave from B12 at 0740?", "Is gate 12 open?"):
+        query = identifier_text(question)
+        assert torch.allclose(identifiers.scores(query), full.scores(query)) and identifiers.scores(query).any()
 
 
 def test_the_identifier_term_leaves_passage_collections_to_the_passage_weight(tiny_model):
