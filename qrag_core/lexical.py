@@ -16,7 +16,8 @@ The *identifier* feature (ordered documents only) is the same score over the sta
 (:func:`identifier_text`: words holding a digit, such as numbers, dates, codes and the parts of a uuid). Prose
 names few of them, so it matches keys and ids without the pull of a repeated name or place that the all-words
 feature has in a story. It has an index of its own that keeps only those words (a few per thousand in a
-novel): the same scores for identifier words, built 2-3x faster in a few per cent of the memory.
+novel): the same scores for identifier words, built about twice as fast in a few per cent of the memory
+(benchmarks/lexical_index.py).
 """
 
 from __future__ import annotations
@@ -124,8 +125,8 @@ def lexical_feature(
     words only (:func:`identifier_text`), scored by the smaller index of those words.
 
     A state text without any word (e.g. the identifier words of a bAbI story: none) is 0 everywhere without
-    building a lexical index (about 1 s and 100 MB per million words of a novel; its identifier-word index
-    about 0.4 s and 10 MB)."""
+    building a lexical index (under 1 s and about 90 MB per million words of a novel; its identifier-word
+    index about 0.4 s and 10 MB)."""
     if not WORD.search(state_text):
         return torch.zeros(end - start)
     feature = lexical_index(index, identifiers_only).scores(state_text)[start:end].clone()
