@@ -121,12 +121,14 @@ def lexical_feature(
 ) -> torch.Tensor:
     """f for chunks [start, end) of ``index``: BM25 against ``state_text`` over the best among those not
     ``selected`` (indices relative to ``start``), in [0, 1]; 0 at the selected chunks, and everywhere when
-    no available chunk shares a word with the state. ``identifiers_only``: ``state_text`` holds identifier
-    words only (:func:`identifier_text`), scored by the smaller index of those words.
+    no available chunk shares a word with the state. ``identifiers_only``: only the state's identifier words
+    count (:func:`identifier_text`), scored by the smaller index of those words.
 
-    A state text without any word (e.g. the identifier words of a bAbI story: none) is 0 everywhere without
-    building a lexical index (under 1 s and about 90 MB per million words of a novel; its identifier-word
-    index about 0.4 s and 10 MB)."""
+    A state without any word that counts (e.g. a bAbI story's, for the identifier words: it has none) is 0
+    everywhere without building a lexical index (under 1 s and about 90 MB per million words of a novel;
+    its identifier-word index about 0.4 s and 10 MB)."""
+    if identifiers_only:
+        state_text = identifier_text(state_text)
     if not WORD.search(state_text):
         return torch.zeros(end - start)
     feature = lexical_index(index, identifiers_only).scores(state_text)[start:end].clone()

@@ -32,7 +32,7 @@ import torch
 from qrag_core.chunking import Chunk, validate_text
 from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
-from qrag_core.lexical import identifier_text, lexical_feature
+from qrag_core.lexical import lexical_feature
 from qrag_core.search_options import SearchOptions
 from qrag_core.validation import is_int
 
@@ -222,8 +222,7 @@ def _lexical_bonus(
     if weights is not None:
         bonus += weights * lexical_feature(index, state_text, offset, end, selected)
     if identifier_weights is not None:
-        identifiers = identifier_text(state_text)
-        bonus += identifier_weights * lexical_feature(index, identifiers, offset, end, selected, identifiers_only=True)
+        bonus += identifier_weights * lexical_feature(index, state_text, offset, end, selected, identifiers_only=True)
     return bonus
 
 
