@@ -1,9 +1,16 @@
-"""The exceptions qrag raises, so callers can catch one family and still get a precise message.
+"""The exceptions qrag raises, so callers can catch one family and still get a precise message; and its warnings.
 
-Every error says what was wrong and, where it can, what to do about it.
+Every error says what was wrong and, where it can, what to do about it. A warning names the caller's line,
+not one inside qrag (:func:`warn_caller`).
 """
 
 from __future__ import annotations
+
+import sys
+import warnings
+
+LIBRARY_MODULES = ("qrag_core", "qrag_integrations", "torch")
+"""Modules whose frames a warning skips: qrag itself and the torch wrappers around its inference code."""
 
 
 class QRAGError(Exception):
@@ -47,3 +54,11 @@ class TrainingError(QRAGError):
 
 class DivergedError(TrainingError):
     """An optimiser step with a non-finite loss (refused before it) or one that made the weights non-finite."""
+
+
+def warn_caller(message: str) -> None:
+    """A UserWarning attributed to the first caller outside :data:`LIBRARY_MODULES` (the user's own line)."""
+    level, frame = 2, sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").split(".")[0] in LIBRARY_MODULES:
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, UserWarning, stacklevel=level)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from qrag_core.chunking import Chunk, validate_text
-from qrag_core.errors import InvalidInputError
+from qrag_core.errors import InvalidInputError, warn_caller
 from qrag_core.index import DocumentIndex
 from qrag_core.lexical import lexical_feature
 from qrag_core.search_options import SearchOptions
@@ -246,7 +245,7 @@ def _search(
     actions = actions[offset:end]
     n = end - offset
     if steps > n:
-        warnings.warn(f"{steps} steps asked for but only {n} chunks exist; returning all of them", stacklevel=2)
+        warn_caller(f"{steps} steps asked for but only {n} chunks exist; returning all of them")
         steps = n
     norm_max = model.index_action_norm_max(index)
     weights = _kind_weights(index, offset, end, ordered, options.lexical_weight, options.passage_lexical_weight)

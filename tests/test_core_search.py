@@ -1,10 +1,13 @@
 """Greedy and beam search on a tiny random model and on the real MiniLM."""
 
+import inspect
+
 import pytest
 
 from qrag_core import QRAGConfig
 from qrag_core.errors import InvalidInputError
 from qrag_core.index import DocumentIndex
+from qrag_core.retriever import Retriever
 from qrag_core.search import RETURN_DISCOUNT, _Beam, _child_score, search
 from qrag_core.search_options import SearchOptions
 from qrag_core.vector_index import default_kind
@@ -94,9 +97,18 @@ def test_stop_threshold_stops_early_but_returns_at_least_one(tiny_model, index):
 
 def test_more_steps_than_chunks_returns_all_with_warning(tiny_model):
     index = DocumentIndex.build(tiny_model, [SENTENCES[:3]])
-    with pytest.warns(UserWarning, match="only 3 chunks"):
+    with pytest.warns(UserWarning, match="only 3 chunks") as caught:
         result = search(tiny_model, "anything", index, k=8)
     assert sorted(s.chunk.index for s in result.chunks) == [0, 1, 2]
+    assert caught[0].filename == __file__, "the warning names the caller's line, not one inside qrag or torch"
+
+
+def test_the_too_many_steps_warning_names_the_line_that_called_the_retriever(tiny_model):
+    retriever = Retriever(tiny_model, cache=None)
+    retriever.add_texts([" ".join(SENTENCES[:3])])
+    with pytest.warns(UserWarning, match="only 3 chunks") as caught:
+        retriever.search("anything", k=8)
+    assert (caught[0].filename, caught[0].lineno) == (__file__, inspect.currentframe().f_lineno - 1)
 
 
 def test_search_restricted_to_one_document(tiny_model):
