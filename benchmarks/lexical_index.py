@@ -125,8 +125,9 @@ def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
         "document, the first time a search needs it: over all words (the all-words feature) or over the",
         "identifier words only (the identifier term of ordered documents, on by default). Words: as BM25",
         "counts them (runs of letters and digits, `qrag_core.lexical.words`). Peak: the most resident memory",
-        "the build added; kept: what the built index holds afterwards (median seconds and largest memory of",
-        "the builds, the two kinds alternating).",
+        "the build added; kept: the resident memory still added once the build's garbage is freed and the heap",
+        "trimmed, so what the allocator keeps counts too (a few MB either way). Median seconds and largest",
+        "memory of the builds, the two kinds alternating.",
         "",
     ]
     rows = []
