@@ -39,7 +39,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from harness import RESULTS_DIR, ResultsStore, add_render_only_flag, markdown_table, provenance
+from harness import (
+    RESULTS_DIR,
+    ResultsStore,
+    add_render_only_flag,
+    markdown_table,
+    memory_kb,
+    provenance,
+    reset_peak_rss,
+)
 from tqdm import tqdm
 
 from qrag_core.atomic import write_file
@@ -124,16 +132,9 @@ class Stopwatch:
             start = time.perf_counter()
 
 
-def reset_peak_rss() -> None:
-    """Make the peak RSS of this process its current RSS (Linux)."""
-    Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
-
-
 def peak_rss_gb() -> float:
-    """Peak RSS of this process since :func:`reset_peak_rss` (Linux ``VmHWM``), in GiB."""
-    status = Path("/proc/self/status").read_text(encoding="ascii")
-    kilobytes = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
-    return int(kilobytes) / 1024**2
+    """Peak RSS of this process since :func:`~harness.reset_peak_rss` (Linux ``VmHWM``), in GiB."""
+    return memory_kb("VmHWM") / 1024**2
 
 
 def storage(kind: str) -> str:

@@ -1,4 +1,4 @@
-"""What every benchmark script shares: cells, their samples, provenance, the results store, tables.
+"""What every benchmark script shares: cells, their samples, provenance, the results store, tables, memory.
 
 A **cell** is written ``suite[:length][:n]``: ``babilong`` (QA1–QA5 test samples of
 ``babilong/test_100_idxs.json``), ``babilong_other`` (the second BabiLong test draw: other bAbI test
@@ -24,6 +24,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -220,6 +221,21 @@ class ResultsStore:
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text(json.dumps(results, indent=1, sort_keys=True), encoding="utf-8")
             os.replace(tmp, self.path)
+
+
+# ============================================================================================ memory
+def memory_kb(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (``VmRSS``, ``VmHWM``), in kB."""
+    status = Path("/proc/self/status").read_text(encoding="ascii")
+    match = re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"/proc/self/status has no {field} line: Linux is needed to measure memory")
+    return int(match.group(1))
+
+
+def reset_peak_rss() -> None:
+    """Make the peak resident memory of this process (Linux ``VmHWM``) its current resident memory."""
+    Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
 
 
 # ============================================================================================ tables

@@ -20,14 +20,22 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import re
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from harness import RESULTS_DIR, ResultsStore, add_render_only_flag, length_order, markdown_table, provenance
+from harness import (
+    RESULTS_DIR,
+    ResultsStore,
+    add_render_only_flag,
+    length_order,
+    markdown_table,
+    memory_kb,
+    provenance,
+    reset_peak_rss,
+)
 
 from qrag_core.atomic import write_file
 from qrag_core.cli import add_machine_note_flag, add_verbose_flag, positive_int, run_tool
@@ -37,18 +45,10 @@ from qrag_core.lexical import LexicalIndex, words
 
 RESULTS = RESULTS_DIR / "lexical_index.json"
 MARKDOWN = RESULTS_DIR / "lexical_index.md"
+STORE = ResultsStore(RESULTS, lambda: {"lengths": {}})
 KINDS = {"identifier words": True, "all words": False}
 """The two indexes, by name: whether each keeps the identifier words only."""
 LIBC = ctypes.CDLL(None)
-
-
-def memory_kb(field: str) -> int:
-    """A memory figure of this process from /proc/self/status (``VmRSS``, ``VmHWM``), in kB."""
-    status = Path("/proc/self/status").read_text()
-    match = re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"/proc/self/status has no {field} line: Linux is needed to measure memory")
-    return int(match.group(1))
 
 
 def document(haystack: Haystack, tokens: int) -> list[str]:
@@ -74,7 +74,7 @@ def settle() -> None:
 def measure(chunks: list[str], identifiers_only: bool) -> dict[str, Any]:
     """Seconds, peak extra and kept memory (MB) of building one lexical index of ``chunks``."""
     settle()
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident size
+    reset_peak_rss()
     before = memory_kb("VmRSS")
     start = time.perf_counter()
     index = LexicalIndex(chunks, identifiers_only)
@@ -104,7 +104,6 @@ def measure_alternately(chunks: list[str], repeats: int) -> dict[str, dict[str, 
 
 def run(lengths: list[str], repeats: int, note: str) -> None:
     haystack = Haystack.load()
-    store = ResultsStore(RESULTS, lambda: {"lengths": {}})
     for length in lengths:
         chunks = document(haystack, parse_length(length))
         entry = {
@@ -113,9 +112,9 @@ def run(lengths: list[str], repeats: int, note: str) -> None:
             "kinds": measure_alternately(chunks, repeats),
             **provenance(note),
         }
-        with store.updating() as results:
+        with STORE.updating() as results:
             results["lengths"][length] = entry
-        write_markdown(store.load())
+        write_markdown(STORE.load())
 
 
 def write_markdown(results: dict[str, Any], path: Path = MARKDOWN) -> None:
@@ -169,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_or_render(args: argparse.Namespace) -> None:
     if args.render_only:
-        write_markdown(ResultsStore(RESULTS, lambda: {"lengths": {}}).load())
+        write_markdown(STORE.load())
     else:
         for length in args.lengths:
             parse_length(length)  # a bad length fails before the novels are read
