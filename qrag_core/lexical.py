@@ -15,9 +15,9 @@ there is no stop-word list, BM25's inverse document frequency gives words found 
 The *identifier* feature (ordered documents only) is the same score over the state's identifier words
 (:func:`identifier_text`: words holding a digit, such as numbers, dates, codes and the parts of a uuid). Prose
 names few of them, so it matches keys and ids without the pull of a repeated name or place that the all-words
-feature has in a story. It has an index of its own that keeps only those words (a few per thousand in a
-novel): the same scores for identifier words, built about twice as fast in a few per cent of the memory
-(benchmarks/lexical_index.py).
+feature has in a story. It has an index of its own that keeps only those words (under one in a thousand in a
+novel): the same scores for identifier words, built faster (about 2x at 10M tokens of a novel) in a small
+fraction of the memory (14 MB against 835 MB at peak there; benchmarks/lexical_index.py).
 """
 
 from __future__ import annotations
@@ -125,8 +125,8 @@ def lexical_feature(
     count (:func:`identifier_text`), scored by the smaller index of those words.
 
     A state without any word that counts (e.g. a bAbI story's, for the identifier words: it has none) is 0
-    everywhere without building a lexical index (under 1 s and about 90 MB per million words of a novel;
-    its identifier-word index about 0.5 s and 12 MB)."""
+    everywhere without building a lexical index (at a million tokens of a novel, about 0.7 s and 96 MB at
+    peak; its identifier-word index about 0.5 s and 12 MB)."""
     if identifiers_only:
         state_text = identifier_text(state_text)
     if not WORD.search(state_text):
