@@ -76,7 +76,11 @@ class QRAGConfig:
     base_model: str = "all-MiniLM-L6-v2"
     """Name or path of the sentence-transformers/transformers model both encoders start from."""
     max_chunk_tokens: int = 64
-    """Each piece of the state text (question, each selected chunk) and each chunk is truncated to this."""
+    """Each chunk is truncated to this for its content embedding (and each state piece, unless max_state_tokens
+    is set)."""
+    max_state_tokens: int | None = None
+    """Each piece of the state text (question, each selected chunk) is truncated to this (None:
+    max_chunk_tokens). The state encoder alone reads it, so an index serves models that differ only here."""
     normalize: bool = True
     """L2-normalise state and action embeddings, so Q lies in [-1, 1] like the rewards."""
     position_mode: str = "relative"
@@ -125,11 +129,18 @@ class QRAGConfig:
         for name in ("max_chunk_tokens", "max_steps", "beam_width", "delta", "ell"):
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_state_tokens is not None and self.max_state_tokens <= 0:
+            raise InvalidInputError(f"max_state_tokens must be positive, got {self.max_state_tokens}")
         for name in ("lexical_weight", "passage_lexical_weight", "identifier_weight"):
             check_non_negative(name, getattr(self, name), allow_none=True)
         if self.rope_theta <= 1:
             raise InvalidInputError(f"rope_theta must be > 1, got {self.rope_theta}")
         return self
+
+    @property
+    def state_piece_tokens(self) -> int:
+        """Tokens of each state piece the state encoder reads: max_state_tokens, else max_chunk_tokens."""
+        return self.max_chunk_tokens if self.max_state_tokens is None else self.max_state_tokens
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -36,7 +36,13 @@ from qrag_core.encoders import TextEncoder, default_device
 from qrag_core.errors import CheckpointError, InvalidInputError
 from qrag_core.index import DocumentIndex
 from qrag_core.model_files import is_model_dir, load_encoder, read_model, write_model
-from qrag_core.model_names import DEFAULT_MODEL_NAME, check_encoder_dir, resolve_model_path, shipped_model_names
+from qrag_core.model_names import (
+    BASE_MODEL_ALIASES,
+    DEFAULT_MODEL_NAME,
+    check_encoder_dir,
+    resolve_model_path,
+    shipped_model_names,
+)
 from qrag_core.positions import chunk_positions, position_intervals, rope_frequencies, rotary_scores
 from qrag_core.vector_index import PassageIndex, faiss_available
 
@@ -103,7 +109,7 @@ class QRAG(nn.Module):
         if is_model_dir(path):
             raise InvalidInputError(f"{path} is a trained qrag model; use QRAG.from_pretrained to load it")
         check_encoder_dir(path)
-        state = load_encoder(path, config.max_chunk_tokens, "state encoder")
+        state = load_encoder(path, config.state_piece_tokens, "state encoder")
         action = load_encoder(path, config.max_chunk_tokens, "action encoder")
         return cls(config, state, action).to(device or default_device())
 
@@ -123,7 +129,8 @@ class QRAG(nn.Module):
         path = resolve_model_path(readable(name_or_path))
         if not is_model_dir(path):
             logger.info("%s is not a saved qrag model; building an untrained model on it as base", name_or_path)
-            return cls.from_base(path, device=device)
+            # A known base name is recorded as such: a model saved later names no path of this machine.
+            return cls.from_base(name_or_path if name_or_path in BASE_MODEL_ALIASES else path, device=device)
         return cls(*read_model(Path(path))).to(device or default_device())
 
     def save_pretrained(self, directory: str | os.PathLike[str], compact: bool = False, overwrite: bool = True) -> None:
@@ -149,15 +156,28 @@ class QRAG(nn.Module):
         self.action_version += 1
 
     def set_max_chunk_tokens(self, tokens: int) -> None:
-        """Embed up to ``tokens`` tokens of each chunk and of each state piece from now on.
+        """Embed up to ``tokens`` tokens of each chunk (and of each state piece, unless ``max_state_tokens`` is
+        set) from now on.
 
         ``config.max_chunk_tokens`` follows. The action fingerprint names the limit, so indexes and cached
         embeddings made under another limit no longer match this model (they are rebuilt, never mixed).
         """
         dataclasses.replace(self.config, max_chunk_tokens=tokens).validate()  # the config's own checks
         self.config.max_chunk_tokens = tokens
-        self.state_encoder.max_tokens = tokens
+        self.state_encoder.max_tokens = self.config.state_piece_tokens
         self.action_encoder.max_tokens = tokens
+        self.weights_changed()
+
+    def set_max_state_tokens(self, tokens: int | None) -> None:
+        """Read up to ``tokens`` tokens of each state piece (question, each selected chunk) from now on (None: as
+        many as of a chunk, ``max_chunk_tokens``).
+
+        ``config.max_state_tokens`` follows. Chunks are embedded as before, so indexes and cached content
+        embeddings still match this model.
+        """
+        dataclasses.replace(self.config, max_state_tokens=tokens).validate()
+        self.config.max_state_tokens = tokens
+        self.state_encoder.max_tokens = self.config.state_piece_tokens
         self.weights_changed()
 
     def encode_chunks(

@@ -97,13 +97,16 @@ def load_encoder(path: str, max_tokens: int, what: str) -> TextEncoder:
         raise CheckpointError(f"cannot load the {what} from {path}: {err}") from err
 
 
-def _load_base_encoder(config: QRAGConfig, expected_fingerprint: str | None, cfg_path: Path, what: str) -> TextEncoder:
-    """The base model named in ``config``, checked against the fingerprint recorded at save time."""
+def _load_base_encoder(
+    config: QRAGConfig, max_tokens: int, expected_fingerprint: str | None, cfg_path: Path, what: str
+) -> TextEncoder:
+    """The base model named in ``config`` reading ``max_tokens`` per piece, checked against the fingerprint
+    recorded at save time."""
     try:
         base = resolve_model_path(config.base_model)
     except ModelNotFoundError as err:
         raise CheckpointError(f"{cfg_path}: its base model is not available: {err}") from err
-    encoder = load_encoder(base, config.max_chunk_tokens, what)
+    encoder = load_encoder(base, max_tokens, what)
     if expected_fingerprint and encoder.fingerprint() != expected_fingerprint:
         raise CheckpointError(
             f"{cfg_path}: the base model {config.base_model!r} found at {base} is not the one this model "
@@ -131,12 +134,16 @@ def read_model(path: Path) -> ModelParts:
         if not (path / needed).exists():
             raise CheckpointError(f"{path / needed} is missing; the model directory is incomplete")
     if compact:
-        state = _load_base_encoder(config, meta["state_encoder"].get("base_fingerprint"), cfg_path, "state encoder")
+        base_fingerprint = meta["state_encoder"].get("base_fingerprint")
+        state = _load_base_encoder(config, config.state_piece_tokens, base_fingerprint, cfg_path, "state encoder")
         _apply_delta(state, path / STATE_DELTA_FILE)
     else:
-        state = load_encoder(str(path / STATE_DIR), config.max_chunk_tokens, "state encoder")
+        state = load_encoder(str(path / STATE_DIR), config.state_piece_tokens, "state encoder")
     if config.freeze_action_encoder:
-        action = _load_base_encoder(config, meta.get("action_fingerprint"), cfg_path, "frozen action encoder")
+        action_fingerprint = meta.get("action_fingerprint")
+        action = _load_base_encoder(
+            config, config.max_chunk_tokens, action_fingerprint, cfg_path, "frozen action encoder"
+        )
     else:
         action = load_encoder(str(path / ACTION_DIR), config.max_chunk_tokens, "action encoder")
     head = None
@@ -179,7 +186,7 @@ def write_model(model: QRAG, directory: str | os.PathLike[str], compact: bool, o
 
 
 def _write_state_delta(model: QRAG, file: Path) -> dict[str, Any]:
-    base = load_encoder(resolve_model_path(model.config.base_model), model.config.max_chunk_tokens, "base model")
+    base = load_encoder(resolve_model_path(model.config.base_model), model.config.state_piece_tokens, "base model")
     base_weights = base.model.state_dict()
     changed = {
         name: tensor.detach().to("cpu", torch.float16).contiguous()

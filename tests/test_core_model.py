@@ -153,6 +153,7 @@ def test_embeddings_are_computed_once_per_text(tiny_model, tmp_path):
 
 @pytest.mark.slow
 def test_real_minilm_round_trip(real_model, tmp_path, story):
+    assert real_model.config.base_model == "all-MiniLM-L6-v2"  # the name, not this machine's path to it
     real_model.save_pretrained(tmp_path / "real")
     loaded = QRAG.from_pretrained(str(tmp_path / "real"))
     index = DocumentIndex.build(real_model, story)
@@ -210,3 +211,31 @@ def test_longer_chunk_limit_embeds_more_text_and_survives_save(minilm_tokenizer,
     loaded = QRAG.from_pretrained(str(tmp_path / "m"))
     assert loaded.config.max_chunk_tokens == 160
     assert torch.allclose(loaded.encode_chunks([long_text]), after, atol=1e-6)
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_longer_state_pieces_keep_the_chunk_embeddings_and_survive_save(minilm_tokenizer, tmp_path, compact):
+    model = make_tiny_model(minilm_tokenizer, QRAGConfig())
+    long_text = " ".join(f"word{i}" for i in range(200))
+    chunks, fingerprint = model.encode_chunks([long_text]), model.action_encoder.fingerprint()
+    state_tokens = len(model.state_encoder.state_ids("q?", [long_text]))
+    with pytest.raises(InvalidInputError, match="max_state_tokens"):
+        model.set_max_state_tokens(0)
+    model.set_max_state_tokens(160)
+    assert (model.config.max_state_tokens, model.config.max_chunk_tokens) == (160, 64)
+    assert model.action_encoder.fingerprint() == fingerprint  # indexes and cached content embeddings still match
+    assert torch.equal(model.encode_chunks([long_text]), chunks)
+    assert len(model.state_encoder.state_ids("q?", [long_text])) > 160 > state_tokens
+    model.set_max_chunk_tokens(32)
+    assert (model.state_encoder.max_tokens, model.action_encoder.max_tokens) == (160, 32)
+    model.set_max_chunk_tokens(64)
+    states = model.state_encoder.encode_states(["q?"], [[long_text]])
+    model.action_encoder.save(str(tmp_path / "tiny-base"))  # the frozen action encoder is the base
+    model.config.base_model = str(tmp_path / "tiny-base")
+    model.save_pretrained(tmp_path / "m", compact=compact)
+    loaded = QRAG.from_pretrained(str(tmp_path / "m"))
+    assert (loaded.state_encoder.max_tokens, loaded.action_encoder.max_tokens) == (160, 64)
+    assert loaded.action_encoder.fingerprint() == fingerprint
+    assert torch.allclose(loaded.state_encoder.encode_states(["q?"], [[long_text]]), states, atol=1e-3)
+    loaded.set_max_state_tokens(None)  # back to the chunk limit
+    assert loaded.state_encoder.max_tokens == 64 and loaded.config.state_piece_tokens == 64
