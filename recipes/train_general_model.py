@@ -2,23 +2,33 @@
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python recipes/train_general_model.py
 
-It continues from ``qrag-babilong-minilm`` (itself reproduced by ``recipes/train_default_model.py``), which
-is excellent on BabiLong and NIAH but loses to plain dense retrieval on real multi-hop questions, with a
-warm start (and optionally soft Q-learning, docs/method.md §4) on a mixture of
+It trains from the base encoder all-MiniLM-L6-v2 (action transformer frozen, state encoder's word embeddings
+frozen), with a warm start (and optionally soft Q-learning, docs/method.md §4) on a mixture of
 
 - **passage collections** (positions off, docs/method.md §3): the HotpotQA ``train`` split (100 official
   train questions plus 807 official *dev* questions disjoint from the 297 test questions, see
   :mod:`qrag_core.data.hotpotqa`; every report on this model says so) and the 100 MuSiQue train
   questions, each :data:`OPEN_DOMAIN_REPEATS` times, minus :data:`HOTPOTQA_VALIDATION`
   (``--hotpotqa-held-out``) HotpotQA questions held out for the periodic evaluation;
-- **ordered documents** (ρ_t) to keep what the starting model knows: BabiLong QA1–QA5 training questions
-  at 1k tokens (:data:`BABILONG_REPLAY`) and RULER NIAH samples of all eight variants, with data seeds
-  the starting model never saw.
+- **ordered documents** (ρ_t), for the long-document skills of ``qrag-babilong-minilm``
+  (``recipes/train_default_model.py``): BabiLong QA1–QA5 training questions at 1k tokens
+  (:data:`BABILONG_REPLAY`) and RULER NIAH samples of all eight variants, with data seeds that model's
+  recipe did not use,
+
+then a second warm start (``hard_distractors``) from the first on the same mixture plus BabiLong QA1–QA5
+training questions at 1k tokens that also hold hard distractors (novel sentences mentioning the question's
+words, :data:`HARD_DISTRACTORS`), which long documents are full of.
+
+State pieces (the question, each chunk found) are read up to :data:`STATE_TOKENS` tokens, so the state sees
+a whole HotpotQA paragraph (125 tokens on average) and the bridge entity its later sentences name; chunks are
+embedded at the base's 64 tokens as before, so indexes and cached content embeddings of the other MiniLM
+models still serve this one.
 
 The periodic evaluation uses only training-split data: the held-out HotpotQA train questions and BabiLong
 *train* questions at 4k tokens. No test question is read. Each stage resumes after a kill (``--resume``);
 the model is saved with ``save_pretrained(compact=True)`` into ``qrag_core/models/qrag-minilm``, chunking
-users' texts with the library's sentence splitter (Punkt; the training data comes as ready-made chunks).
+users' texts with the library's sentence splitter (Punkt; the training data comes as ready-made chunks) and
+searching with the hybrid-score weights :data:`SHIPPED_WEIGHTS`.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from train_default_model import (  # the sibling recipe (scripts run from recipe
 )
 
 from qrag_core.cli import add_machine_note_flag, add_verbose_flag, positive_int, run_tool
-from qrag_core.config import DEFAULT_SENTENCE_SPLITTER
+from qrag_core.config import DEFAULT_SENTENCE_SPLITTER, QRAGConfig
 from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
 from qrag_core.data.examples import Example, write_jsonl
 from qrag_core.data.haystack import Haystack
@@ -50,14 +60,19 @@ from qrag_core.data.musique import iter_musique
 from qrag_core.data.ruler import NIAH_TASKS, iter_niah
 from qrag_core.machine import machine_description
 from qrag_core.model import QRAG
-from qrag_core.model_names import SHIPPED_MODELS_DIR
+from qrag_core.model_files import is_model_dir
+from qrag_core.model_names import SHIPPED_MODELS_DIR, resolve_model_path
 from qrag_core.training.checkpoint import MODEL_DIR
 
 logger = logging.getLogger("train_general_model")
 
 GENERAL_MODEL_NAME = "qrag-minilm"
-START_MODEL = "qrag-babilong-minilm"
-"""The model the recipe continues from (a shipped name or a directory)."""
+START_MODEL = "all-MiniLM-L6-v2"
+"""What the recipe trains from: a base encoder (name or directory) or a saved qrag model."""
+START_CONFIG = QRAGConfig(freeze_state_embeddings=True)
+"""The model settings when starting from a base encoder (a saved model keeps its own)."""
+STATE_TOKENS = 128
+"""Tokens read of each state piece (``max_state_tokens``; chunks keep the base's 64)."""
 OPEN_DOMAIN_REPEATS = 2
 """How often each HotpotQA and MuSiQue training question appears in the training file."""
 HOTPOTQA_VALIDATION = HELD_OUT
@@ -76,6 +91,13 @@ DATA_SEED = 7
 """Seed of the replayed BabiLong/NIAH samples (the starting model's recipe used seeds 0–3)."""
 EVAL_BABILONG_PER_TASK = 10
 """BabiLong *train* questions per task at 4k tokens in the periodic evaluation."""
+SHIPPED_WEIGHTS = {"lexical_weight": 0.0, "passage_lexical_weight": 0.3, "identifier_weight": 0.1}
+"""The hybrid-score weights the shipped model searches with (docs/method.md §5), those
+``benchmarks/lexical_weight.py`` fitted on training-split questions for the previous version; ordered documents
+keep w = 0 (the all-words term lowered BabiLong there)."""
+HARD_DISTRACTORS = (300, 6, DATA_SEED + 3)
+"""BabiLong QA1–QA5 1k training questions of the second stage: per task, hard distractors per question, data
+seed (not the evaluation's DATA_SEED + 1, whose first questions would be among them)."""
 
 
 @dataclass
@@ -86,6 +108,8 @@ class Stage:
     """Its run folder under WORK_DIR."""
     phase: dict[str, Any]
     """Its TrainingConfig settings on top of the recipe's common ones."""
+    data: str = "train.jsonl"
+    """Its training file in WORK_DIR/data."""
     seconds: float | None = None
     """Its training time limit (none)."""
 
@@ -103,20 +127,31 @@ def training_examples(haystack: Haystack, held_out: int = HOTPOTQA_VALIDATION) -
         yield from iter_niah(task, "1k", NIAH_REPLAY_PER_TASK, DATA_SEED, haystack)
 
 
+def hard_distractor_examples(haystack: Haystack, held_out: int = HOTPOTQA_VALIDATION) -> Iterator[Example]:
+    """The second stage's data: the mixture, then BabiLong 1k questions with hard distractors."""
+    yield from training_examples(haystack, held_out)
+    n, distractors, seed = HARD_DISTRACTORS
+    for task in BABILONG_TASKS:
+        yield from iter_babilong(task, "train", "1k", n, seed=seed, haystack=haystack, distractors=distractors)
+
+
 def build_data(data_dir: Path, held_out: int = HOTPOTQA_VALIDATION) -> tuple[Path, list[Path]]:
-    """Write the training file and the two evaluation files (each skipped when it exists)."""
+    """Write the training files of the stages and the two evaluation files (each skipped when it exists);
+    returns the first stage's training file and the evaluation files."""
     data_dir.mkdir(parents=True, exist_ok=True)
     train_file = data_dir / "train.jsonl"
+    hard_file = data_dir / "train_hard_distractors.jsonl"
     hotpot_eval = data_dir / "hotpotqa_heldout.jsonl"
     babilong_eval = data_dir / "babilong_train_4k.jsonl"
     if not hotpot_eval.is_file():
         questions = train_and_held_out(held_out)[1]
         logger.info("wrote %d held-out HotpotQA questions to %s", write_jsonl(questions, hotpot_eval), hotpot_eval)
-    if not (train_file.is_file() and babilong_eval.is_file()):
+    if not (train_file.is_file() and hard_file.is_file() and babilong_eval.is_file()):
         haystack = Haystack.load()
-        if not train_file.is_file():
-            written = write_jsonl(training_examples(haystack, held_out), train_file)
-            logger.info("wrote %d training examples to %s", written, train_file)
+        for file, examples in ((train_file, training_examples), (hard_file, hard_distractor_examples)):
+            if not file.is_file():
+                written = write_jsonl(examples(haystack, held_out), file)
+                logger.info("wrote %d training examples to %s", written, file)
         if not babilong_eval.is_file():
             rows = (
                 ex
@@ -130,23 +165,35 @@ def build_data(data_dir: Path, held_out: int = HOTPOTQA_VALIDATION) -> tuple[Pat
 
 
 def recipe_stages(args: argparse.Namespace) -> list[Stage]:
-    """The warm start from START_MODEL, then optional soft Q-learning from it."""
+    """The warm start from START_MODEL, the hard-distractor warm start from it, then optional soft Q-learning."""
     stages = [Stage("warm_start", {"warm_start_steps": args.warm_start_steps, "warm_start_lr": args.warm_start_lr})]
+    if args.hard_distractor_steps:
+        phase = {"warm_start_steps": args.hard_distractor_steps, "warm_start_lr": args.hard_distractor_lr}
+        stages.append(Stage("hard_distractors", phase, data="train_hard_distractors.jsonl"))
     if args.rl_steps:
         stages.append(Stage("soft_q", {"warm_start_steps": 0, "rl_steps": args.rl_steps, "lr": args.rl_lr}))
     return stages
 
 
-def run_stage(args: argparse.Namespace, stage: Stage, start: str, train_file: Path, eval_files: Sequence[Path]) -> Path:
+def start_model(start: str) -> QRAG:
+    """The model at ``start``: a saved qrag model as saved, a base encoder with START_CONFIG."""
+    if is_model_dir(resolve_model_path(start)):
+        return QRAG.from_pretrained(start)
+    return QRAG.from_base(start, dataclasses.replace(START_CONFIG))
+
+
+def run_stage(args: argparse.Namespace, stage: Stage, start: str, eval_files: Sequence[Path]) -> Path:
     """Train one stage from the model at ``start`` into WORK_DIR/<stage>; returns its model directory."""
     out = args.work_dir / stage.name
     logger.info("stage %s from %s", stage.name, start)
-    model = QRAG.from_pretrained(start)
+    model = start_model(start)
     if args.max_chunk_tokens is not None and args.max_chunk_tokens != model.config.max_chunk_tokens:
-        logger.info(
-            "chunks and state pieces: %d tokens instead of %d", args.max_chunk_tokens, model.config.max_chunk_tokens
-        )
+        logger.info("chunks: %d tokens instead of %d", args.max_chunk_tokens, model.config.max_chunk_tokens)
         model.set_max_chunk_tokens(args.max_chunk_tokens)
+    if args.max_state_tokens != model.config.state_piece_tokens:
+        logger.info("state pieces: %d tokens instead of %d", args.max_state_tokens, model.config.state_piece_tokens)
+        model.set_max_state_tokens(args.max_state_tokens)
+    train_file = args.work_dir / "data" / stage.data
     train_on_files(model, stage_config(args, stage), train_file, eval_files, out, args.resume, {"init_from": start})
     return out / MODEL_DIR
 
@@ -156,16 +203,25 @@ def ship(model_dir: Path, stages: Sequence[Stage], args: argparse.Namespace, arg
     model = QRAG.from_pretrained(str(model_dir))
     # Training documents come as ready-made chunks; users' texts get the library's sentence splitter.
     model.config.chunking = dataclasses.replace(model.config.chunking, sentence_splitter=DEFAULT_SENTENCE_SPLITTER)
+    for setting, weight in SHIPPED_WEIGHTS.items():
+        setattr(model.config, setting, weight)
     model.training_info |= {
         "name": GENERAL_MODEL_NAME,
         "init_from": args.start_model,
         "recipe": (
-            f"from {args.start_model}: HotpotQA train split x{OPEN_DOMAIN_REPEATS} (100 official train questions "
+            f"from {args.start_model}, state pieces of {args.max_state_tokens} tokens: HotpotQA train split "
+            f"x{OPEN_DOMAIN_REPEATS} (100 official train questions "
             "+ 807 official dev questions disjoint from the 297-question test subset, minus "
             f"{args.hotpotqa_held_out} held out), MuSiQue 100 train questions x{OPEN_DOMAIN_REPEATS}, as passage "
             "collections (positions off); BabiLong "
             + ", ".join(f"{task} {length} x{n}" for (task, length), n in BABILONG_REPLAY.items())
             + f" and RULER NIAH 8 variants 1k x{NIAH_REPLAY_PER_TASK} (data seed {DATA_SEED}) with ρ_t"
+            + (
+                f"; then BabiLong qa1-qa5 1k x{HARD_DISTRACTORS[0]} with {HARD_DISTRACTORS[1]} hard distractors "
+                f"(data seed {HARD_DISTRACTORS[2]}) added"
+                if args.hard_distractor_steps
+                else ""
+            )
         ),
         "stages": [stage.name for stage in stages],
         "script": shlex.join(["python", "recipes/train_general_model.py", *(a for a in argv if a != "--resume")]),
@@ -180,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
     parser.add_argument("--work-dir", type=Path, default=Path("runs/general_model"), help="data and run folder")
     parser.add_argument(
-        "--start-model", default=START_MODEL, help="the model to continue from, a name or a directory (%(default)s)"
+        "--start-model",
+        default=START_MODEL,
+        help="what to train from: a base encoder or a saved qrag model, a name or a directory (%(default)s)",
     )
     parser.add_argument(
         "--ship-to",
@@ -192,8 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-chunk-tokens",
         type=positive_int,
         default=None,
-        help="tokens embedded per chunk and per state piece (default: the start model's; HotpotQA paragraphs "
-        "average 125)",
+        help="tokens embedded per chunk (default: the start model's, 64 for the base; another limit gives the "
+        "model indexes of its own)",
+    )
+    parser.add_argument(
+        "--max-state-tokens",
+        type=positive_int,
+        default=STATE_TOKENS,
+        help="tokens read of each state piece: the question and each chunk found (default: %(default)s; HotpotQA "
+        "paragraphs average 125)",
     )
     parser.add_argument(
         "--hotpotqa-held-out",
@@ -202,13 +267,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="last HotpotQA train-split questions held out of training for the periodic evaluation "
         "(default: %(default)s; a work dir keeps the data it was made with)",
     )
-    parser.add_argument("--warm-start-steps", type=int, default=700, help="warm-start optimiser steps (default: 700)")
-    parser.add_argument("--warm-start-lr", type=float, default=3e-5, help="its peak learning rate (default: 3e-5)")
+    parser.add_argument(
+        "--warm-start-steps", type=int, default=1500, help="warm-start optimiser steps (default: %(default)s)"
+    )
+    parser.add_argument("--warm-start-lr", type=float, default=1e-4, help="its peak learning rate (default: 1e-4)")
+    parser.add_argument(
+        "--hard-distractor-steps",
+        type=int,
+        default=800,
+        help="steps of the second warm start, with hard-distractor BabiLong documents; 0 skips it (default: 800)",
+    )
+    parser.add_argument("--hard-distractor-lr", type=float, default=3e-5, help="its peak learning rate (default: 3e-5)")
     parser.add_argument("--rl-steps", type=int, default=0, help="soft-Q steps after the warm start; 0 skips them")
     parser.add_argument("--rl-lr", type=float, default=1e-5, help="soft-Q peak learning rate (default: 1e-5)")
     parser.add_argument("--batch-size", type=int, default=8, help="episodes per optimiser step (default: 8)")
     parser.add_argument("--episode-steps", type=int, default=4, help="T of a warm-start episode (default: 4)")
-    add_evaluation_arguments(parser, eval_steps=2, eval_every=100)
+    add_evaluation_arguments(parser, eval_steps=2, eval_every=250)
     parser.add_argument("--resume", action="store_true", help="continue the interrupted stages in WORK_DIR")
     add_machine_note_flag(parser, "free text recorded in the card's hardware line")
     add_verbose_flag(parser)
@@ -217,11 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
     torch.set_num_threads(args.threads)
-    train_file, eval_files = build_data(args.work_dir / "data", args.hotpotqa_held_out)
+    eval_files = build_data(args.work_dir / "data", args.hotpotqa_held_out)[1]
     stages = recipe_stages(args)
     start = args.start_model
     for stage in stages:
-        start = str(run_stage(args, stage, start, train_file, eval_files))
+        start = str(run_stage(args, stage, start, eval_files))
     if str(args.ship_to).lower() != "none":
         ship(Path(start), stages, args, argv)
 

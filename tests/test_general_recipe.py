@@ -17,14 +17,31 @@ def recipe():
     return load_script("recipes/train_general_model.py")
 
 
-def test_stages_are_a_warm_start_then_optional_soft_q(recipe) -> None:
-    args = recipe.build_parser().parse_args(["--warm-start-steps", "7", "--rl-steps", "3"])
+def test_stages_are_two_warm_starts_then_optional_soft_q(recipe) -> None:
+    argv = ["--warm-start-steps", "7", "--hard-distractor-steps", "5", "--rl-steps", "3"]
+    args = recipe.build_parser().parse_args(argv)
     stages = recipe.recipe_stages(args)
-    assert [s.name for s in stages] == ["warm_start", "soft_q"]
-    warm, soft = (recipe.stage_config(args, s) for s in stages)
-    assert (warm.warm_start_steps, warm.rl_steps) == (7, 0)
+    assert [s.name for s in stages] == ["warm_start", "hard_distractors", "soft_q"]
+    assert [s.data for s in stages] == ["train.jsonl", "train_hard_distractors.jsonl", "train.jsonl"]
+    warm, hard, soft = (recipe.stage_config(args, s) for s in stages)
+    assert (warm.warm_start_steps, warm.warm_start_lr, warm.rl_steps) == (7, args.warm_start_lr, 0)
+    assert (hard.warm_start_steps, hard.warm_start_lr, hard.rl_steps) == (5, args.hard_distractor_lr, 0)
     assert (soft.warm_start_steps, soft.rl_steps, soft.lr) == (0, 3, args.rl_lr)
-    assert [s.name for s in recipe.recipe_stages(recipe.build_parser().parse_args([]))] == ["warm_start"]
+    defaults = recipe.build_parser().parse_args([])
+    assert [s.name for s in recipe.recipe_stages(defaults)] == ["warm_start", "hard_distractors"]
+    no_second = recipe.build_parser().parse_args(["--hard-distractor-steps", "0"])
+    assert [s.name for s in recipe.recipe_stages(no_second)] == ["warm_start"]
+
+
+def test_a_base_start_gets_the_recipe_settings_and_a_saved_model_keeps_its_own(recipe, tmp_path: Path) -> None:
+    base = recipe.start_model(recipe.START_MODEL)
+    assert base.config.base_model == "all-MiniLM-L6-v2" and base.config.freeze_state_embeddings
+    base.set_max_state_tokens(128)
+    base.config.freeze_state_embeddings = False
+    base.save_pretrained(tmp_path / "saved")
+    saved = recipe.start_model(str(tmp_path / "saved"))
+    assert saved.config.max_state_tokens == 128 and not saved.config.freeze_state_embeddings
+    assert recipe.START_CONFIG.max_state_tokens is None  # never changed by a start
 
 
 @pytest.mark.slow
@@ -35,8 +52,18 @@ def test_mixture_holds_collections_and_documents_and_no_test_or_held_out_questio
     monkeypatch.setattr(recipe, "BABILONG_REPLAY", {("qa1", "1k"): 2, ("qa2", "1k"): 2})
     monkeypatch.setattr(recipe, "NIAH_REPLAY_PER_TASK", 1)
     monkeypatch.setattr(recipe, "EVAL_BABILONG_PER_TASK", 1)
+    monkeypatch.setattr(recipe, "HARD_DISTRACTORS", (1, 2, 10))
     train_file, (held_out_file, babilong_file) = recipe.build_data(tmp_path)
     train, held_out = read_jsonl(train_file, need_support=True), read_jsonl(held_out_file, need_support=True)
+    hard = read_jsonl(tmp_path / "train_hard_distractors.jsonl", need_support=True)
+    assert [ex.id for ex in hard[: len(train)]] == [ex.id for ex in train]
+    added = hard[len(train) :]
+    assert len(added) == 5 and all(ex.ordered and ex.extra["distractors"] == 2 for ex in added)
+
+    def questions(examples):  # (task, bAbI question index): the same question at any length
+        return {(ex.extra["task"], ex.id.rsplit("-", 1)[1]) for ex in examples}
+
+    assert not questions(added) & questions(read_jsonl(babilong_file))  # no evaluation question trained on
     test_ids = {ex.id for ex in iter_hotpotqa(split="test")}
     hotpot = [ex for ex in train if ex.extra.get("task") == "hotpotqa"]
     assert len(held_out) == recipe.HOTPOTQA_VALIDATION
