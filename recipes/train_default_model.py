@@ -270,15 +270,21 @@ def recorded_script(argv: Sequence[str]) -> str:
     return "python recipes/train_default_model.py " + shlex.join(kept)
 
 
-def ship(stages: Sequence[Stage], target: Path, args: argparse.Namespace, script_argv: Sequence[str]) -> None:
-    """Save the trained model compactly into the package, recording how it was made."""
-    models = {stage.name: QRAG.from_pretrained(str(args.work_dir / stage.name / MODEL_DIR)) for stage in stages}
-    model = models[stages[-1].name]
+def stage_records(stages: Sequence[Any], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Per stage of a recipe (trained into ``args.work_dir``): its steps, examples seen, seconds and the
+    settings it chose, as the card records them."""
     done = {}
     for stage in stages:
-        info = models[stage.name].training_info
+        info = QRAG.from_pretrained(str(args.work_dir / stage.name / MODEL_DIR)).training_info
         done[stage.name] = {k: info[k] for k in ("steps", "examples_seen", "seconds")}
         done[stage.name]["settings"] = changed_settings(stage_config(args, stage))
+    return done
+
+
+def ship(stages: Sequence[Stage], target: Path, args: argparse.Namespace, script_argv: Sequence[str]) -> None:
+    """Save the trained model compactly into the package, recording how it was made."""
+    model = QRAG.from_pretrained(str(args.work_dir / stages[-1].name / MODEL_DIR))
+    done = stage_records(stages, args)
     model.training_info |= {
         "name": BABILONG_MODEL_NAME,
         "recipe": (

@@ -47,6 +47,7 @@ import torch
 from train_default_model import (  # the sibling recipe (scripts run from recipes/)
     add_evaluation_arguments,
     stage_config,
+    stage_records,
     train_on_files,
 )
 
@@ -205,6 +206,7 @@ def ship(model_dir: Path, stages: Sequence[Stage], args: argparse.Namespace, arg
     model.config.chunking = dataclasses.replace(model.config.chunking, sentence_splitter=DEFAULT_SENTENCE_SPLITTER)
     for setting, weight in SHIPPED_WEIGHTS.items():
         setattr(model.config, setting, weight)
+    done = stage_records(stages, args)
     model.training_info |= {
         "name": GENERAL_MODEL_NAME,
         "init_from": args.start_model,
@@ -223,7 +225,8 @@ def ship(model_dir: Path, stages: Sequence[Stage], args: argparse.Namespace, arg
                 else ""
             )
         ),
-        "stages": [stage.name for stage in stages],
+        "stages": done,
+        "total_seconds": round(sum(record["seconds"] for record in done.values()), 1),
         "script": shlex.join(["python", "recipes/train_general_model.py", *(a for a in argv if a != "--resume")]),
         "hardware": machine_description(args.machine_note),
     }

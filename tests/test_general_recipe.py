@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from qrag_core import QRAG
 from qrag_core.data.examples import read_jsonl
 from qrag_core.data.hotpotqa import iter_hotpotqa
-from tests.conftest import load_script
+from tests.conftest import load_script, make_tiny_model
 from tests.test_data_builders import needs_data
 
 
@@ -42,6 +43,27 @@ def test_a_base_start_gets_the_recipe_settings_and_a_saved_model_keeps_its_own(r
     saved = recipe.start_model(str(tmp_path / "saved"))
     assert saved.config.max_state_tokens == 128 and not saved.config.freeze_state_embeddings
     assert recipe.START_CONFIG.max_state_tokens is None  # never changed by a start
+
+
+def test_ship_records_every_stage_and_sets_the_search_weights(recipe, minilm_tokenizer, tmp_path: Path) -> None:
+    args = recipe.build_parser().parse_args(["--work-dir", str(tmp_path / "work"), "--ship-to", str(tmp_path / "out")])
+    stages = recipe.recipe_stages(args)
+    model = make_tiny_model(minilm_tokenizer)
+    model.action_encoder.save(str(tmp_path / "tiny-base"))
+    model.config.base_model = str(tmp_path / "tiny-base")
+    for number, stage in enumerate(stages, 1):
+        model.training_info = {"steps": 10 * number, "examples_seen": 80 * number, "seconds": 1.5 * number}
+        model.save_pretrained(args.work_dir / stage.name / "model")
+    recipe.ship(args.work_dir / stages[-1].name / "model", stages, args, ["--threads", "2"])
+    shipped = QRAG.from_pretrained(str(tmp_path / "out"))
+    assert {k: getattr(shipped.config, k) for k in recipe.SHIPPED_WEIGHTS} == recipe.SHIPPED_WEIGHTS
+    assert shipped.config.chunking.sentence_splitter == "punkt"
+    info = shipped.training_info
+    assert list(info["stages"]) == ["warm_start", "hard_distractors"]
+    assert info["stages"]["hard_distractors"]["steps"] == 20 and info["total_seconds"] == 4.5
+    assert info["stages"]["hard_distractors"]["settings"]["warm_start_steps"] == args.hard_distractor_steps
+    assert info["init_from"] == "all-MiniLM-L6-v2" and info["script"].endswith("--threads 2")
+    assert "hard distractors" in info["recipe"] and "807 official dev questions" in info["recipe"]
 
 
 @pytest.mark.slow
