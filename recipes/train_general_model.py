@@ -2,27 +2,25 @@
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python recipes/train_general_model.py
 
-It trains from the base encoder all-MiniLM-L6-v2 (action transformer frozen, state encoder's word embeddings
-frozen), with a warm start (and optionally soft Q-learning, docs/method.md §4) on a mixture of
+It continues from ``qrag-babilong-minilm`` (itself reproduced by ``recipes/train_default_model.py``), which
+is excellent on BabiLong and NIAH but loses to plain dense retrieval on real multi-hop questions, with a
+warm start (and optionally soft Q-learning, docs/method.md §4) on a mixture of
 
 - **passage collections** (positions off, docs/method.md §3): the HotpotQA ``train`` split (100 official
   train questions plus 807 official *dev* questions disjoint from the 297 test questions, see
   :mod:`qrag_core.data.hotpotqa`; every report on this model says so) and the 100 MuSiQue train
   questions, each :data:`OPEN_DOMAIN_REPEATS` times, minus :data:`HOTPOTQA_VALIDATION`
   (``--hotpotqa-held-out``) HotpotQA questions held out for the periodic evaluation;
-- **ordered documents** (ρ_t), for the long-document skills of ``qrag-babilong-minilm``
-  (``recipes/train_default_model.py``): BabiLong QA1–QA5 training questions at 1k tokens
-  (:data:`BABILONG_REPLAY`) and RULER NIAH samples of all eight variants, with data seeds that model's
-  recipe did not use,
+- **ordered documents** (ρ_t) to keep what the starting model knows: BabiLong QA1–QA5 training questions
+  at 1k tokens (:data:`BABILONG_REPLAY`) and RULER NIAH samples of all eight variants, with data seeds
+  the starting model never saw.
 
-then a second warm start (``hard_distractors``) from the first on the same mixture plus BabiLong QA1–QA5
-training questions at 1k tokens that also hold hard distractors (novel sentences mentioning the question's
-words, :data:`HARD_DISTRACTORS`), which long documents are full of.
-
-State pieces (the question, each chunk found) are read up to :data:`STATE_TOKENS` tokens, so the state sees
-a whole HotpotQA paragraph (125 tokens on average) and the bridge entity its later sentences name; chunks are
-embedded at the base's 64 tokens as before, so indexes and cached content embeddings of the other MiniLM
-models still serve this one.
+Optional: a second warm start (``--hard-distractor-steps``) from the first on the same mixture plus BabiLong
+QA1–QA5 training questions at 1k tokens that also hold hard distractors (novel sentences mentioning the
+question's words, :data:`HARD_DISTRACTORS`); longer state pieces than chunks (``--max-state-tokens``: the state
+then sees a whole HotpotQA paragraph, 125 tokens on average, while chunks keep their embeddings and index); and
+a base encoder as the start (``--start-model all-MiniLM-L6-v2``, with :data:`START_CONFIG`). Together they make
+the version-2 candidate of benchmarks/training.md (HotpotQA up, BabiLong QA3 down; not shipped).
 
 The periodic evaluation uses only training-split data: the held-out HotpotQA train questions and BabiLong
 *train* questions at 4k tokens. No test question is read. Each stage resumes after a kill (``--resume``);
@@ -68,12 +66,10 @@ from qrag_core.training.checkpoint import MODEL_DIR
 logger = logging.getLogger("train_general_model")
 
 GENERAL_MODEL_NAME = "qrag-minilm"
-START_MODEL = "all-MiniLM-L6-v2"
-"""What the recipe trains from: a base encoder (name or directory) or a saved qrag model."""
+START_MODEL = "qrag-babilong-minilm"
+"""What the recipe trains from: a saved qrag model or a base encoder (name or directory)."""
 START_CONFIG = QRAGConfig(freeze_state_embeddings=True)
 """The model settings when starting from a base encoder (a saved model keeps its own)."""
-STATE_TOKENS = 128
-"""Tokens read of each state piece (``max_state_tokens``; chunks keep the base's 64)."""
 OPEN_DOMAIN_REPEATS = 2
 """How often each HotpotQA and MuSiQue training question appears in the training file."""
 HOTPOTQA_VALIDATION = HELD_OUT
@@ -136,9 +132,11 @@ def hard_distractor_examples(haystack: Haystack, held_out: int = HOTPOTQA_VALIDA
         yield from iter_babilong(task, "train", "1k", n, seed=seed, haystack=haystack, distractors=distractors)
 
 
-def build_data(data_dir: Path, held_out: int = HOTPOTQA_VALIDATION) -> tuple[Path, list[Path]]:
-    """Write the training files of the stages and the two evaluation files (each skipped when it exists);
-    returns the first stage's training file and the evaluation files."""
+def build_data(
+    data_dir: Path, held_out: int = HOTPOTQA_VALIDATION, hard_distractors: bool = True
+) -> tuple[Path, list[Path]]:
+    """Write the training files of the stages (the hard-distractor stage's if asked) and the two evaluation
+    files, each skipped when it exists; returns the first stage's training file and the evaluation files."""
     data_dir.mkdir(parents=True, exist_ok=True)
     train_file = data_dir / "train.jsonl"
     hard_file = data_dir / "train_hard_distractors.jsonl"
@@ -147,9 +145,12 @@ def build_data(data_dir: Path, held_out: int = HOTPOTQA_VALIDATION) -> tuple[Pat
     if not hotpot_eval.is_file():
         questions = train_and_held_out(held_out)[1]
         logger.info("wrote %d held-out HotpotQA questions to %s", write_jsonl(questions, hotpot_eval), hotpot_eval)
-    if not (train_file.is_file() and hard_file.is_file() and babilong_eval.is_file()):
+    files = [(train_file, training_examples)]
+    if hard_distractors:
+        files.append((hard_file, hard_distractor_examples))
+    if not all(file.is_file() for file, _ in files) or not babilong_eval.is_file():
         haystack = Haystack.load()
-        for file, examples in ((train_file, training_examples), (hard_file, hard_distractor_examples)):
+        for file, examples in files:
             if not file.is_file():
                 written = write_jsonl(examples(haystack, held_out), file)
                 logger.info("wrote %d training examples to %s", written, file)
@@ -166,7 +167,7 @@ def build_data(data_dir: Path, held_out: int = HOTPOTQA_VALIDATION) -> tuple[Pat
 
 
 def recipe_stages(args: argparse.Namespace) -> list[Stage]:
-    """The warm start from START_MODEL, the hard-distractor warm start from it, then optional soft Q-learning."""
+    """The warm start from START_MODEL, then the optional hard-distractor warm start and soft Q-learning."""
     stages = [Stage("warm_start", {"warm_start_steps": args.warm_start_steps, "warm_start_lr": args.warm_start_lr})]
     if args.hard_distractor_steps:
         phase = {"warm_start_steps": args.hard_distractor_steps, "warm_start_lr": args.hard_distractor_lr}
@@ -191,7 +192,7 @@ def run_stage(args: argparse.Namespace, stage: Stage, start: str, eval_files: Se
     if args.max_chunk_tokens is not None and args.max_chunk_tokens != model.config.max_chunk_tokens:
         logger.info("chunks: %d tokens instead of %d", args.max_chunk_tokens, model.config.max_chunk_tokens)
         model.set_max_chunk_tokens(args.max_chunk_tokens)
-    if args.max_state_tokens != model.config.state_piece_tokens:
+    if args.max_state_tokens is not None and args.max_state_tokens != model.config.state_piece_tokens:
         logger.info("state pieces: %d tokens instead of %d", args.max_state_tokens, model.config.state_piece_tokens)
         model.set_max_state_tokens(args.max_state_tokens)
     train_file = args.work_dir / "data" / stage.data
@@ -211,8 +212,9 @@ def ship(model_dir: Path, stages: Sequence[Stage], args: argparse.Namespace, arg
         "name": GENERAL_MODEL_NAME,
         "init_from": args.start_model,
         "recipe": (
-            f"from {args.start_model}, state pieces of {args.max_state_tokens} tokens: HotpotQA train split "
-            f"x{OPEN_DOMAIN_REPEATS} (100 official train questions "
+            f"from {args.start_model}"
+            + (f", state pieces of {args.max_state_tokens} tokens" if args.max_state_tokens else "")
+            + f": HotpotQA train split x{OPEN_DOMAIN_REPEATS} (100 official train questions "
             "+ 807 official dev questions disjoint from the 297-question test subset, minus "
             f"{args.hotpotqa_held_out} held out), MuSiQue 100 train questions x{OPEN_DOMAIN_REPEATS}, as passage "
             "collections (positions off); BabiLong "
@@ -259,9 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-state-tokens",
         type=positive_int,
-        default=STATE_TOKENS,
-        help="tokens read of each state piece: the question and each chunk found (default: %(default)s; HotpotQA "
-        "paragraphs average 125)",
+        default=None,
+        help="tokens read of each state piece: the question and each chunk found (default: the start model's; "
+        "HotpotQA paragraphs average 125)",
     )
     parser.add_argument(
         "--hotpotqa-held-out",
@@ -270,22 +272,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="last HotpotQA train-split questions held out of training for the periodic evaluation "
         "(default: %(default)s; a work dir keeps the data it was made with)",
     )
-    parser.add_argument(
-        "--warm-start-steps", type=int, default=1500, help="warm-start optimiser steps (default: %(default)s)"
-    )
-    parser.add_argument("--warm-start-lr", type=float, default=1e-4, help="its peak learning rate (default: 1e-4)")
+    parser.add_argument("--warm-start-steps", type=int, default=700, help="warm-start optimiser steps (default: 700)")
+    parser.add_argument("--warm-start-lr", type=float, default=3e-5, help="its peak learning rate (default: 3e-5)")
     parser.add_argument(
         "--hard-distractor-steps",
         type=int,
-        default=800,
-        help="steps of the second warm start, with hard-distractor BabiLong documents; 0 skips it (default: 800)",
+        default=0,
+        help="steps of a second warm start, with hard-distractor BabiLong documents; 0 skips it (default: 0)",
     )
     parser.add_argument("--hard-distractor-lr", type=float, default=3e-5, help="its peak learning rate (default: 3e-5)")
     parser.add_argument("--rl-steps", type=int, default=0, help="soft-Q steps after the warm start; 0 skips them")
     parser.add_argument("--rl-lr", type=float, default=1e-5, help="soft-Q peak learning rate (default: 1e-5)")
     parser.add_argument("--batch-size", type=int, default=8, help="episodes per optimiser step (default: 8)")
     parser.add_argument("--episode-steps", type=int, default=4, help="T of a warm-start episode (default: 4)")
-    add_evaluation_arguments(parser, eval_steps=2, eval_every=250)
+    add_evaluation_arguments(parser, eval_steps=2, eval_every=100)
     parser.add_argument("--resume", action="store_true", help="continue the interrupted stages in WORK_DIR")
     add_machine_note_flag(parser, "free text recorded in the card's hardware line")
     add_verbose_flag(parser)
@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
     torch.set_num_threads(args.threads)
-    eval_files = build_data(args.work_dir / "data", args.hotpotqa_held_out)[1]
+    eval_files = build_data(args.work_dir / "data", args.hotpotqa_held_out, args.hard_distractor_steps > 0)[1]
     stages = recipe_stages(args)
     start = args.start_model
     for stage in stages:

@@ -29,13 +29,11 @@ def test_stages_are_two_warm_starts_then_optional_soft_q(recipe) -> None:
     assert (hard.warm_start_steps, hard.warm_start_lr, hard.rl_steps) == (5, args.hard_distractor_lr, 0)
     assert (soft.warm_start_steps, soft.rl_steps, soft.lr) == (0, 3, args.rl_lr)
     defaults = recipe.build_parser().parse_args([])
-    assert [s.name for s in recipe.recipe_stages(defaults)] == ["warm_start", "hard_distractors"]
-    no_second = recipe.build_parser().parse_args(["--hard-distractor-steps", "0"])
-    assert [s.name for s in recipe.recipe_stages(no_second)] == ["warm_start"]
+    assert [s.name for s in recipe.recipe_stages(defaults)] == ["warm_start"]
 
 
 def test_a_base_start_gets_the_recipe_settings_and_a_saved_model_keeps_its_own(recipe, tmp_path: Path) -> None:
-    base = recipe.start_model(recipe.START_MODEL)
+    base = recipe.start_model("all-MiniLM-L6-v2")
     assert base.config.base_model == "all-MiniLM-L6-v2" and base.config.freeze_state_embeddings
     base.set_max_state_tokens(128)
     base.config.freeze_state_embeddings = False
@@ -46,7 +44,8 @@ def test_a_base_start_gets_the_recipe_settings_and_a_saved_model_keeps_its_own(r
 
 
 def test_ship_records_every_stage_and_sets_the_search_weights(recipe, minilm_tokenizer, tmp_path: Path) -> None:
-    args = recipe.build_parser().parse_args(["--work-dir", str(tmp_path / "work"), "--ship-to", str(tmp_path / "out")])
+    argv = ["--work-dir", str(tmp_path / "work"), "--ship-to", str(tmp_path / "out"), "--hard-distractor-steps", "9"]
+    args = recipe.build_parser().parse_args(argv)
     stages = recipe.recipe_stages(args)
     model = make_tiny_model(minilm_tokenizer)
     model.action_encoder.save(str(tmp_path / "tiny-base"))
@@ -62,7 +61,7 @@ def test_ship_records_every_stage_and_sets_the_search_weights(recipe, minilm_tok
     assert list(info["stages"]) == ["warm_start", "hard_distractors"]
     assert info["stages"]["hard_distractors"]["steps"] == 20 and info["total_seconds"] == 4.5
     assert info["stages"]["hard_distractors"]["settings"]["warm_start_steps"] == args.hard_distractor_steps
-    assert info["init_from"] == "all-MiniLM-L6-v2" and info["script"].endswith("--threads 2")
+    assert info["init_from"] == recipe.START_MODEL and info["script"].endswith("--threads 2")
     assert "hard distractors" in info["recipe"] and "807 official dev questions" in info["recipe"]
 
 
