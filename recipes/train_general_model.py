@@ -12,8 +12,8 @@ warm start (and optionally soft Q-learning, docs/method.md §4) on a mixture of
   questions, each :data:`OPEN_DOMAIN_REPEATS` times, minus :data:`HOTPOTQA_VALIDATION`
   (``--hotpotqa-held-out``) HotpotQA questions held out for the periodic evaluation;
 - **ordered documents** (ρ_t) to keep what the starting model knows: BabiLong QA1–QA5 training questions
-  at 1k tokens (:data:`BABILONG_REPLAY`) and RULER NIAH samples of all eight variants, with data seeds
-  the starting model never saw.
+  at 1k tokens (:data:`BABILONG_REPLAY`, changed by ``--replay``) and RULER NIAH samples of all eight
+  variants, with data seeds the starting model never saw.
 
 Optional: a second warm start (``--hard-distractor-steps``) from the first on the same mixture plus BabiLong
 QA1–QA5 training questions at 1k tokens that also hold hard distractors (novel sentences mentioning the
@@ -51,12 +51,13 @@ from train_default_model import (  # the sibling recipe (scripts run from recipe
 
 from qrag_core.cli import add_machine_note_flag, add_verbose_flag, positive_int, run_tool
 from qrag_core.config import DEFAULT_SENTENCE_SPLITTER, QRAGConfig
-from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong
+from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong, parse_length
 from qrag_core.data.examples import Example, write_jsonl
 from qrag_core.data.haystack import Haystack
 from qrag_core.data.hotpotqa import HELD_OUT, train_and_held_out
 from qrag_core.data.musique import iter_musique
 from qrag_core.data.ruler import NIAH_TASKS, iter_niah
+from qrag_core.errors import InvalidInputError
 from qrag_core.machine import machine_description
 from qrag_core.model import QRAG
 from qrag_core.model_files import is_model_dir
@@ -111,32 +112,66 @@ class Stage:
     """Its training time limit (none)."""
 
 
-def training_examples(haystack: Haystack, held_out: int = HOTPOTQA_VALIDATION) -> Iterator[Example]:
-    """The training mixture (see the module docstring), passage collections first; the trainer shuffles."""
+def replay_spec(spec: str) -> tuple[tuple[str, str], int]:
+    """``TASK:LENGTH=N`` (e.g. ``qa3:4k=300``) as a BABILONG_REPLAY entry; argparse's error for a bad one."""
+    try:
+        where, n = spec.split("=")
+        task, length = where.split(":")
+        parse_length(length)
+        count = int(n)
+    except (ValueError, InvalidInputError):
+        raise argparse.ArgumentTypeError(f"bad replay {spec!r}: use TASK:LENGTH=N, e.g. qa3:4k=300") from None
+    if task not in BABILONG_TASKS or count < 0:
+        raise argparse.ArgumentTypeError(f"bad replay {spec!r}: task one of {', '.join(BABILONG_TASKS)}, N >= 0")
+    return (task, length), count
+
+
+def replay_counts(args: argparse.Namespace) -> dict[tuple[str, str], int]:
+    """BABILONG_REPLAY with the ``--replay`` entries added or changed (a count of 0 drops one)."""
+    counts = BABILONG_REPLAY | dict(args.replay)
+    return {key: n for key, n in counts.items() if n}
+
+
+def training_examples(
+    haystack: Haystack,
+    held_out: int = HOTPOTQA_VALIDATION,
+    replay: dict[tuple[str, str], int] | None = None,
+) -> Iterator[Example]:
+    """The training mixture (see the module docstring), passage collections first; the trainer shuffles.
+
+    ``replay``: (task, length) → BabiLong training questions (None: BABILONG_REPLAY)."""
     hotpot = train_and_held_out(held_out)[0]
     musique = list(iter_musique(split="train"))
     for _ in range(OPEN_DOMAIN_REPEATS):
         yield from hotpot
         yield from musique
-    for (task, length), n in BABILONG_REPLAY.items():
+    for (task, length), n in (BABILONG_REPLAY if replay is None else replay).items():
         yield from iter_babilong(task, "train", length, n, seed=DATA_SEED, haystack=haystack)
     for task in NIAH_TASKS:
         yield from iter_niah(task, "1k", NIAH_REPLAY_PER_TASK, DATA_SEED, haystack)
 
 
-def hard_distractor_examples(haystack: Haystack, held_out: int = HOTPOTQA_VALIDATION) -> Iterator[Example]:
+def hard_distractor_examples(
+    haystack: Haystack,
+    held_out: int = HOTPOTQA_VALIDATION,
+    replay: dict[tuple[str, str], int] | None = None,
+) -> Iterator[Example]:
     """The second stage's data: the mixture, then BabiLong 1k questions with hard distractors."""
-    yield from training_examples(haystack, held_out)
+    yield from training_examples(haystack, held_out, replay)
     n, distractors, seed = HARD_DISTRACTORS
     for task in BABILONG_TASKS:
         yield from iter_babilong(task, "train", "1k", n, seed=seed, haystack=haystack, distractors=distractors)
 
 
 def build_data(
-    data_dir: Path, held_out: int = HOTPOTQA_VALIDATION, hard_distractors: bool = True
+    data_dir: Path,
+    held_out: int = HOTPOTQA_VALIDATION,
+    hard_distractors: bool = True,
+    replay: dict[tuple[str, str], int] | None = None,
 ) -> tuple[Path, list[Path]]:
     """Write the training files of the stages (the hard-distractor stage's if asked) and the two evaluation
-    files, each skipped when it exists; returns the first stage's training file and the evaluation files."""
+    files, each skipped when it exists; returns the first stage's training file and the evaluation files.
+    ``replay`` as in :func:`training_examples`."""
     data_dir.mkdir(parents=True, exist_ok=True)
     train_file = data_dir / "train.jsonl"
     hard_file = data_dir / "train_hard_distractors.jsonl"
@@ -152,7 +187,7 @@ def build_data(
         haystack = Haystack.load()
         for file, examples in files:
             if not file.is_file():
-                written = write_jsonl(examples(haystack, held_out), file)
+                written = write_jsonl(examples(haystack, held_out, replay), file)
                 logger.info("wrote %d training examples to %s", written, file)
         if not babilong_eval.is_file():
             rows = (
@@ -218,7 +253,7 @@ def ship(model_dir: Path, stages: Sequence[Stage], args: argparse.Namespace, arg
             "+ 807 official dev questions disjoint from the 297-question test subset, minus "
             f"{args.hotpotqa_held_out} held out), MuSiQue 100 train questions x{OPEN_DOMAIN_REPEATS}, as passage "
             "collections (positions off); BabiLong "
-            + ", ".join(f"{task} {length} x{n}" for (task, length), n in BABILONG_REPLAY.items())
+            + ", ".join(f"{task} {length} x{n}" for (task, length), n in replay_counts(args).items())
             + f" and RULER NIAH 8 variants 1k x{NIAH_REPLAY_PER_TASK} (data seed {DATA_SEED}) with ρ_t"
             + (
                 f"; then BabiLong qa1-qa5 1k x{HARD_DISTRACTORS[0]} with {HARD_DISTRACTORS[1]} hard distractors "
@@ -285,6 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rl-lr", type=float, default=1e-5, help="soft-Q peak learning rate (default: 1e-5)")
     parser.add_argument("--batch-size", type=int, default=8, help="episodes per optimiser step (default: 8)")
     parser.add_argument("--episode-steps", type=int, default=4, help="T of a warm-start episode (default: 4)")
+    parser.add_argument(
+        "--replay",
+        type=replay_spec,
+        action="append",
+        default=[],
+        metavar="TASK:LENGTH=N",
+        help="add or change a BabiLong replay of the mixture, e.g. qa3:4k=300 (repeatable; N = 0 drops one; "
+        "default: " + ", ".join(f"{t}:{length}={n}" for (t, length), n in BABILONG_REPLAY.items()) + ")",
+    )
     add_evaluation_arguments(parser, eval_steps=2, eval_every=100)
     parser.add_argument("--resume", action="store_true", help="continue the interrupted stages in WORK_DIR")
     add_machine_note_flag(parser, "free text recorded in the card's hardware line")
@@ -294,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
     torch.set_num_threads(args.threads)
-    eval_files = build_data(args.work_dir / "data", args.hotpotqa_held_out, args.hard_distractor_steps > 0)[1]
+    data_dir = args.work_dir / "data"
+    eval_files = build_data(data_dir, args.hotpotqa_held_out, args.hard_distractor_steps > 0, replay_counts(args))[1]
     stages = recipe_stages(args)
     start = args.start_model
     for stage in stages:

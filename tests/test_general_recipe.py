@@ -32,6 +32,18 @@ def test_stages_are_two_warm_starts_then_optional_soft_q(recipe) -> None:
     assert [s.name for s in recipe.recipe_stages(defaults)] == ["warm_start"]
 
 
+def test_replay_adds_changes_or_drops_babilong_entries_and_rejects_bad_ones(recipe, capsys) -> None:
+    argv = ["--replay", "qa3:4k=300", "--replay", "qa1:1k=0", "--replay", "qa2:1k=5"]
+    counts = recipe.replay_counts(recipe.build_parser().parse_args(argv))
+    assert counts[("qa3", "4k")] == 300 and counts[("qa2", "1k")] == 5 and ("qa1", "1k") not in counts
+    assert counts[("qa3", "1k")] == recipe.BABILONG_REPLAY[("qa3", "1k")]
+    assert recipe.replay_counts(recipe.build_parser().parse_args([])) == recipe.BABILONG_REPLAY
+    for bad in ("qa9:4k=3", "qa3:4kk=3", "qa3=3", "qa3:4k=-1", "qa3:4k=many"):
+        with pytest.raises(SystemExit):
+            recipe.build_parser().parse_args(["--replay", bad])
+        assert f"bad replay {bad!r}" in capsys.readouterr().err
+
+
 def test_a_base_start_gets_the_recipe_settings_and_a_saved_model_keeps_its_own(recipe, tmp_path: Path) -> None:
     base = recipe.start_model("all-MiniLM-L6-v2")
     assert base.config.base_model == "all-MiniLM-L6-v2" and base.config.freeze_state_embeddings
@@ -45,6 +57,7 @@ def test_a_base_start_gets_the_recipe_settings_and_a_saved_model_keeps_its_own(r
 
 def test_ship_records_every_stage_and_sets_the_search_weights(recipe, minilm_tokenizer, tmp_path: Path) -> None:
     argv = ["--work-dir", str(tmp_path / "work"), "--ship-to", str(tmp_path / "out"), "--hard-distractor-steps", "9"]
+    argv += ["--replay", "qa3:4k=7"]
     args = recipe.build_parser().parse_args(argv)
     stages = recipe.recipe_stages(args)
     model = make_tiny_model(minilm_tokenizer)
@@ -63,6 +76,7 @@ def test_ship_records_every_stage_and_sets_the_search_weights(recipe, minilm_tok
     assert info["stages"]["hard_distractors"]["settings"]["warm_start_steps"] == args.hard_distractor_steps
     assert info["init_from"] == recipe.START_MODEL and info["script"].endswith("--threads 2")
     assert "hard distractors" in info["recipe"] and "807 official dev questions" in info["recipe"]
+    assert "qa3 1k x400, qa4 1k x200, qa5 1k x300, qa3 4k x7 and RULER" in info["recipe"]
 
 
 @pytest.mark.slow
