@@ -326,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="TASK:LENGTH=N",
-        help="add or change a BabiLong replay of the mixture, e.g. qa3:4k=300 (repeatable; N = 0 drops one; "
+        help="add or change a BabiLong replay of the mixture, e.g. qa3:4k=300 (repeatable; N = 0 drops one; the "
+        "data seed draws the same questions at every length; "
         "default: " + ", ".join(f"{t}:{length}={n}" for (t, length), n in BABILONG_REPLAY.items()) + ")",
     )
     add_evaluation_arguments(parser, eval_steps=2, eval_every=100)
