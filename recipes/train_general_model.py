@@ -51,7 +51,7 @@ from train_default_model import (  # the sibling recipe (scripts run from recipe
 
 from qrag_core.cli import add_machine_note_flag, add_verbose_flag, positive_int, run_tool
 from qrag_core.config import DEFAULT_SENTENCE_SPLITTER, QRAGConfig
-from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong, parse_length
+from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong, length_label
 from qrag_core.data.examples import Example, write_jsonl
 from qrag_core.data.haystack import Haystack
 from qrag_core.data.hotpotqa import HELD_OUT, train_and_held_out
@@ -113,11 +113,12 @@ class Stage:
 
 
 def replay_spec(spec: str) -> tuple[tuple[str, str], int]:
-    """``TASK:LENGTH=N`` (e.g. ``qa3:4k=300``) as a BABILONG_REPLAY entry; argparse's error for a bad one."""
+    """``TASK:LENGTH=N`` (e.g. ``qa3:4k=300``) as a BABILONG_REPLAY entry, the length as its label (``4096`` is
+    ``4k``, so both name one entry); argparse's error for a bad one."""
     try:
         where, n = spec.split("=")
         task, length = where.split(":")
-        parse_length(length)
+        length = length_label(length)
         count = int(n)
     except (ValueError, InvalidInputError):
         raise argparse.ArgumentTypeError(f"bad replay {spec!r}: use TASK:LENGTH=N, e.g. qa3:4k=300") from None

@@ -33,7 +33,7 @@ def test_stages_are_two_warm_starts_then_optional_soft_q(recipe) -> None:
 
 
 def test_replay_adds_changes_or_drops_babilong_entries_and_rejects_bad_ones(recipe, capsys) -> None:
-    argv = ["--replay", "qa3:4k=300", "--replay", "qa1:1k=0", "--replay", "qa2:1k=5"]
+    argv = ["--replay", "qa3:4k=300", "--replay", "qa1:1k=0", "--replay", "qa2:1024=5"]
     counts = recipe.replay_counts(recipe.build_parser().parse_args(argv))
     assert counts[("qa3", "4k")] == 300 and counts[("qa2", "1k")] == 5 and ("qa1", "1k") not in counts
     assert counts[("qa3", "1k")] == recipe.BABILONG_REPLAY[("qa3", "1k")]
