@@ -20,7 +20,9 @@ QA1–QA5 training questions at 1k tokens that also hold hard distractors (novel
 question's words, :data:`HARD_DISTRACTORS`); longer state pieces than chunks (``--max-state-tokens``: the state
 then sees a whole HotpotQA paragraph, 125 tokens on average, while chunks keep their embeddings and index); and
 a base encoder as the start (``--start-model all-MiniLM-L6-v2``, with :data:`START_CONFIG`). Together they make
-the version-2 candidate of benchmarks/training.md (HotpotQA up, BabiLong QA3 down; not shipped).
+the version-2 candidate of benchmarks/training.md (HotpotQA up, BabiLong QA3 down; not shipped). Last, the
+shipped weights can be interpolated with another model's (``--interpolate-with``, WiSE-FT:
+:mod:`qrag_core.training.interpolation`), e.g. a run of this recipe on another mixture.
 
 The periodic evaluation uses only training-split data: the held-out HotpotQA train questions and BabiLong
 *train* questions at 4k tokens. No test question is read. Each stage resumes after a kill (``--resume``);
@@ -49,7 +51,7 @@ from train_default_model import (  # the sibling recipe (scripts run from recipe
     train_on_files,
 )
 
-from qrag_core.cli import add_machine_note_flag, add_verbose_flag, positive_int, run_tool
+from qrag_core.cli import add_machine_note_flag, add_verbose_flag, positive_int, run_tool, unit_fraction
 from qrag_core.config import DEFAULT_SENTENCE_SPLITTER, QRAGConfig
 from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong, length_label
 from qrag_core.data.examples import Example, write_jsonl
@@ -63,6 +65,7 @@ from qrag_core.model import QRAG
 from qrag_core.model_files import is_model_dir
 from qrag_core.model_names import SHIPPED_MODELS_DIR, resolve_model_path
 from qrag_core.training.checkpoint import MODEL_DIR
+from qrag_core.training.interpolation import interpolate_weights
 
 logger = logging.getLogger("train_general_model")
 
@@ -239,6 +242,18 @@ def run_stage(args: argparse.Namespace, stage: Stage, start: str, eval_files: Se
 def ship(model_dir: Path, stages: Sequence[Stage], args: argparse.Namespace, argv: Sequence[str]) -> None:
     """Save the trained model compactly into ``--ship-to``, recording its data, stages and machine."""
     model = QRAG.from_pretrained(str(model_dir))
+    partner: dict[str, Any] = {}
+    if args.interpolate_with is not None:
+        logger.info("weights: %s + %g x (trained - it)", args.interpolate_with, args.interpolation_weight)
+        other = QRAG.from_pretrained(args.interpolate_with)
+        interpolate_weights(other, model, args.interpolation_weight)
+        partner = {
+            "interpolated_with": {
+                "weight_of_this_run": args.interpolation_weight,
+                "model": args.interpolate_with,
+                **{key: other.training_info[key] for key in ("recipe", "script") if key in other.training_info},
+            }
+        }
     # Training documents come as ready-made chunks; users' texts get the library's sentence splitter.
     model.config.chunking = dataclasses.replace(model.config.chunking, sentence_splitter=DEFAULT_SENTENCE_SPLITTER)
     for setting, weight in SHIPPED_WEIGHTS.items():
@@ -262,12 +277,18 @@ def ship(model_dir: Path, stages: Sequence[Stage], args: argparse.Namespace, arg
                 if args.hard_distractor_steps
                 else ""
             )
+            + (
+                f"; weights interpolated, {args.interpolation_weight:g} of this run's and the rest of another "
+                "model's (interpolated_with)"
+                if args.interpolate_with is not None
+                else ""
+            )
         ),
         "stages": done,
         "total_seconds": round(sum(record["seconds"] for record in done.values()), 1),
         "script": shlex.join(["python", "recipes/train_general_model.py", *(a for a in argv if a != "--resume")]),
         "hardware": machine_description(args.machine_note),
-    }
+    } | partner
     model.save_pretrained(args.ship_to, compact=True)
     size = sum(p.stat().st_size for p in Path(args.ship_to).iterdir())
     logger.info("shipped %s (%.1f MB)", args.ship_to, size / 1e6)
@@ -330,6 +351,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="add or change a BabiLong replay of the mixture, e.g. qa3:4k=300 (repeatable; N = 0 drops one; the "
         "data seed draws the same questions at every length; "
         "default: " + ", ".join(f"{t}:{length}={n}" for (t, length), n in BABILONG_REPLAY.items()) + ")",
+    )
+    parser.add_argument(
+        "--interpolate-with",
+        default=None,
+        metavar="MODEL",
+        help="ship the weights MODEL + W x (trained - MODEL) instead of the trained ones (weight interpolation, "
+        "WiSE-FT; W is --interpolation-weight): MODEL is a saved qrag model with the start's action transformer, "
+        "e.g. the start or another run of this recipe (default: ship the trained weights)",
+    )
+    parser.add_argument(
+        "--interpolation-weight",
+        type=unit_fraction,
+        default=0.5,
+        metavar="W",
+        help="the trained model's share in --interpolate-with, between 0 and 1 (default: %(default)s)",
     )
     add_evaluation_arguments(parser, eval_steps=2, eval_every=100)
     parser.add_argument("--resume", action="store_true", help="continue the interrupted stages in WORK_DIR")

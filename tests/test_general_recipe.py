@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from qrag_core import QRAG
 from qrag_core.data.examples import read_jsonl
@@ -77,6 +78,35 @@ def test_ship_records_every_stage_and_sets_the_search_weights(recipe, minilm_tok
     assert info["init_from"] == recipe.START_MODEL and info["script"].endswith("--threads 2")
     assert "hard distractors" in info["recipe"] and "807 official dev questions" in info["recipe"]
     assert "qa3 1k x400, qa4 1k x200, qa5 1k x300, qa3 4k x7 and RULER" in info["recipe"]
+
+
+def test_ship_interpolates_with_another_model_and_records_it(recipe, minilm_tokenizer, tmp_path: Path, capsys) -> None:
+    model = make_tiny_model(minilm_tokenizer)
+    model.action_encoder.save(str(tmp_path / "tiny-base"))
+    model.config.base_model = str(tmp_path / "tiny-base")
+    model.training_info = {"recipe": "the other mixture", "script": "python recipes/other.py"}
+    model.save_pretrained(tmp_path / "other")
+    with torch.no_grad():
+        model.action_head.bias.fill_(1.0)
+    model.training_info = {"steps": 10, "examples_seen": 80, "seconds": 2.0}
+    model.save_pretrained(tmp_path / "work" / "warm_start" / "model")
+    argv = ["--work-dir", str(tmp_path / "work"), "--ship-to", str(tmp_path / "out")]
+    argv += ["--interpolate-with", str(tmp_path / "other"), "--interpolation-weight", "0.25"]
+    args = recipe.build_parser().parse_args(argv)
+    recipe.ship(args.work_dir / "warm_start" / "model", recipe.recipe_stages(args), args, argv)
+    shipped = QRAG.from_pretrained(str(tmp_path / "out"))  # the action fingerprint still matches the base
+    assert torch.allclose(shipped.action_head.bias, torch.full_like(shipped.action_head.bias, 0.25))
+    partner = shipped.training_info["interpolated_with"]
+    assert partner == {
+        "weight_of_this_run": 0.25,
+        "model": str(tmp_path / "other"),
+        "recipe": "the other mixture",
+        "script": "python recipes/other.py",
+    }
+    assert "0.25 of this run's" in shipped.training_info["recipe"]
+    with pytest.raises(SystemExit):
+        recipe.build_parser().parse_args(["--interpolation-weight", "1.5"])
+    assert "must be between 0 and 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

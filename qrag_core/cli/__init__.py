@@ -167,6 +167,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def unit_fraction(text: str) -> float:
+    """argparse ``type``: a number between 0 and 1."""
+    value = finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text!r}")
+    return value
+
+
 def _parse(kind: Callable[[str], int | float], text: str, what: str) -> int | float:
     try:
         return kind(text)
