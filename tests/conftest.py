@@ -58,14 +58,16 @@ def minilm_tokenizer():
     return AutoTokenizer.from_pretrained(base_minilm_path())
 
 
-def make_tiny_encoder(tokenizer, seed: int, hidden: int = 32, max_tokens: int = 64) -> TextEncoder:
+def make_tiny_encoder(
+    tokenizer, seed: int, hidden: int = 32, max_tokens: int = 64, intermediate: int = 64
+) -> TextEncoder:
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=hidden,
         num_hidden_layers=1,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=intermediate,
         max_position_embeddings=512,
     )
     return TextEncoder(BertModel(config).eval(), tokenizer, max_tokens)

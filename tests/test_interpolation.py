@@ -9,8 +9,9 @@ import torch
 
 from qrag_core.config import QRAGConfig
 from qrag_core.errors import InvalidInputError
+from qrag_core.model import QRAG
 from qrag_core.training.interpolation import interpolate_weights
-from tests.conftest import make_tiny_model
+from tests.conftest import make_tiny_encoder, make_tiny_model
 
 QUESTIONS = ["Where is Mary?"]
 SELECTIONS = [["Mary moved to the bathroom."]]
@@ -79,4 +80,15 @@ def test_models_of_another_architecture_are_refused_and_left_unchanged(minilm_to
     headless.weights_changed()
     with pytest.raises(InvalidInputError, match="differ in architecture"):
         interpolate_weights(headless, tuned, 0.5)
+    assert all(torch.equal(value, before[name]) for name, value in tuned.state_dict().items())
+
+
+def test_tensors_of_another_shape_are_refused_before_any_weight_changes(minilm_tokenizer, start_and_tuned):
+    start, tuned = start_and_tuned
+    before = {name: value.clone() for name, value in tuned.state_dict().items()}
+    # the tiny model's state encoder with a narrower feed-forward layer: the same tensors, some of another shape
+    narrower = make_tiny_encoder(minilm_tokenizer, seed=0, intermediate=48)
+    other = QRAG(start.config, narrower, start.action_encoder)
+    with pytest.raises(InvalidInputError, match="has shape"):
+        interpolate_weights(other, tuned, 0.5)
     assert all(torch.equal(value, before[name]) for name, value in tuned.state_dict().items())

@@ -1,4 +1,5 @@
-"""Weight-space interpolation of a fine-tuned model with the model it started from.
+"""Weight-space interpolation of a fine-tuned model with the model it started from, or with another
+fine-tune of that start.
 
 Fine-tuning on new data (real multi-hop passages) moves a model away from what its start knew (BabiLong's
 temporal QA3). The interpolated model, θ = θ_start + α (θ_tuned − θ_start), keeps more of both than either
@@ -15,6 +16,7 @@ import torch
 
 from qrag_core.errors import InvalidInputError
 from qrag_core.model import QRAG
+from qrag_core.validation import is_number
 
 
 def interpolate_weights(start: QRAG, tuned: QRAG, weight: float) -> QRAG:
@@ -23,7 +25,7 @@ def interpolate_weights(start: QRAG, tuned: QRAG, weight: float) -> QRAG:
     ``tuned`` keeps its own settings (state piece length, search defaults). InvalidInputError when ``weight``
     is outside [0, 1] or the models differ in action transformer or architecture.
     """
-    if not (isinstance(weight, int | float) and math.isfinite(weight) and 0.0 <= weight <= 1.0):
+    if not (is_number(weight) and math.isfinite(weight) and 0.0 <= weight <= 1.0):
         raise InvalidInputError(f"interpolation weight must be between 0 and 1, got {weight!r}")
     if start.action_encoder.weights_fingerprint() != tuned.action_encoder.weights_fingerprint():
         raise InvalidInputError(
@@ -42,10 +44,10 @@ def interpolate_weights(start: QRAG, tuned: QRAG, weight: float) -> QRAG:
             )
     with torch.no_grad():
         for name, value in tuned_weights.items():
-            origin = start_weights[name]
+            origin = start_weights[name].to(value)
             # Equal tensors (the frozen action transformer) stay bit for bit: lerp would turn -0.0 into 0.0
             # and so change the fingerprint that ties indexes to the action transformer.
-            if value.is_floating_point() and not torch.equal(origin.to(value), value):
-                value.copy_(torch.lerp(origin.to(value), value, weight))
+            if value.is_floating_point() and not torch.equal(origin, value):
+                value.copy_(torch.lerp(origin, value, weight))
     tuned.weights_changed()
     return tuned
