@@ -51,7 +51,14 @@ from train_default_model import (  # the sibling recipe (scripts run from recipe
     train_on_files,
 )
 
-from qrag_core.cli import add_machine_note_flag, add_verbose_flag, positive_int, run_tool, unit_fraction
+from qrag_core.cli import (
+    add_machine_note_flag,
+    add_verbose_flag,
+    non_negative_float,
+    positive_int,
+    run_tool,
+    unit_fraction,
+)
 from qrag_core.config import DEFAULT_SENTENCE_SPLITTER, QRAGConfig
 from qrag_core.data.babilong import BABILONG_TASKS, iter_babilong, length_label
 from qrag_core.data.examples import Example, write_jsonl
@@ -206,10 +213,14 @@ def build_data(
 
 
 def recipe_stages(args: argparse.Namespace) -> list[Stage]:
-    """The warm start from START_MODEL, then the optional hard-distractor warm start and soft Q-learning."""
-    stages = [Stage("warm_start", {"warm_start_steps": args.warm_start_steps, "warm_start_lr": args.warm_start_lr})]
+    """The warm start from START_MODEL, then the optional hard-distractor warm start and soft Q-learning
+    (the warm starts with the distillation term of ``--distillation-weight``)."""
+    distill = {"distillation_weight": args.distillation_weight} if args.distillation_weight else {}
+    stages = [
+        Stage("warm_start", {"warm_start_steps": args.warm_start_steps, "warm_start_lr": args.warm_start_lr} | distill)
+    ]
     if args.hard_distractor_steps:
-        phase = {"warm_start_steps": args.hard_distractor_steps, "warm_start_lr": args.hard_distractor_lr}
+        phase = {"warm_start_steps": args.hard_distractor_steps, "warm_start_lr": args.hard_distractor_lr} | distill
         stages.append(Stage("hard_distractors", phase, data="train_hard_distractors.jsonl"))
     if args.rl_steps:
         stages.append(Stage("soft_q", {"warm_start_steps": 0, "rl_steps": args.rl_steps, "lr": args.rl_lr}))
@@ -338,6 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps of a second warm start, with hard-distractor BabiLong documents; 0 skips it (default: 0)",
     )
     parser.add_argument("--hard-distractor-lr", type=float, default=3e-5, help="its peak learning rate (default: 3e-5)")
+    parser.add_argument(
+        "--distillation-weight",
+        type=non_negative_float,
+        default=0.0,
+        metavar="BETA",
+        help="the warm starts also match the softmax of the model they start from on the ordered documents "
+        "(BabiLong, NIAH), with weight BETA (docs/method.md, M4'), to keep its ranking there; 0: off (default: 0)",
+    )
     parser.add_argument("--rl-steps", type=int, default=0, help="soft-Q steps after the warm start; 0 skips them")
     parser.add_argument("--rl-lr", type=float, default=1e-5, help="soft-Q peak learning rate (default: 1e-5)")
     parser.add_argument("--batch-size", type=int, default=8, help="episodes per optimiser step (default: 8)")

@@ -33,6 +33,20 @@ def test_stages_are_two_warm_starts_then_optional_soft_q(recipe) -> None:
     assert [s.name for s in recipe.recipe_stages(defaults)] == ["warm_start"]
 
 
+def test_distillation_weight_goes_to_both_warm_starts_only(recipe, capsys) -> None:
+    argv = ["--distillation-weight", "2", "--hard-distractor-steps", "5", "--rl-steps", "3"]
+    args = recipe.build_parser().parse_args(argv)
+    warm, hard, soft = (recipe.stage_config(args, s) for s in recipe.recipe_stages(args))
+    assert (warm.distillation_weight, hard.distillation_weight, soft.distillation_weight) == (2.0, 2.0, 0.0)
+    assert warm.distillation_documents == "ordered"
+    defaults = recipe.build_parser().parse_args([])
+    assert recipe.stage_config(defaults, recipe.recipe_stages(defaults)[0]).distillation_weight == 0.0
+    for bad in ("-1", "nan", "much"):
+        with pytest.raises(SystemExit):
+            recipe.build_parser().parse_args(["--distillation-weight", bad])
+        assert "--distillation-weight" in capsys.readouterr().err
+
+
 def test_replay_adds_changes_or_drops_babilong_entries_and_rejects_bad_ones(recipe, capsys) -> None:
     argv = ["--replay", "qa3:4k=300", "--replay", "qa1:1k=0", "--replay", "qa2:1024=5"]
     counts = recipe.replay_counts(recipe.build_parser().parse_args(argv))

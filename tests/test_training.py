@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import errno
 import json
 import math
@@ -28,11 +29,14 @@ from qrag_core.training.distributed import Processes
 from qrag_core.training.metrics_log import TIMING_FIELDS
 from qrag_core.training.trainer import Trainer, example_schedule, phase_learning_rate
 from qrag_core.training.updates import (
+    Distillation,
     Episode,
     ValueCalibration,
     lambda_returns,
     polyak_update,
+    prepare_documents,
     soft_value,
+    softmax_kl,
     step_reward,
 )
 from tests.conftest import REPO, age
@@ -247,9 +251,9 @@ def test_warm_start_mistakes_add_the_state_after_the_top_wrong_pick(tiny_base, m
     seen = []
     real = updates.supervised_loss
 
-    def record(model, docs, prefixes, temperature):
+    def record(model, docs, prefixes, temperature, distillation=None):
         seen.append(list(prefixes))
-        return real(model, docs, prefixes, temperature)
+        return real(model, docs, prefixes, temperature, distillation)
 
     monkeypatch.setattr(updates, "supervised_loss", record)
     docs, c = trainer.documents[:4], trainer.config
@@ -559,6 +563,72 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(tiny_base, tmp_pa
             resume=True,
             show_progress=False,
         )
+
+
+# ------------------------------------------------------------------------------------------------ distillation
+def test_softmax_kl_by_hand_skips_selected_chunks():
+    teacher = torch.tensor([0.0, math.log(3.0), float("-inf")])
+    student = torch.tensor([0.0, 0.0, float("-inf")])
+    # p = (1/4, 3/4), q = (1/2, 1/2): KL = 1/4·log(1/2) + 3/4·log(3/2)
+    assert softmax_kl(teacher, student).item() == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5))
+    assert softmax_kl(teacher, teacher).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def mean_kl(start: QRAG, model: QRAG, examples: list[Example], temperature: float) -> float:
+    """Mean KL(start ‖ model) of the warm-start softmax at the empty state of ``examples``."""
+    docs = prepare_documents(model, examples)
+    prefixes = [[] for _ in docs]
+    with torch.no_grad():
+        start_q = Distillation(start, 1.0, "all").teacher_q(docs, prefixes)
+        model_q = Distillation(model, 1.0, "all").teacher_q(docs, prefixes)
+    return sum(softmax_kl(start_q[b] / temperature, model_q[b] / temperature).item() for b in start_q) / len(docs)
+
+
+def test_distillation_keeps_the_start_ranking_on_the_documents_it_covers(tiny_base):
+    """Distilled on the documents it trains on, a model stays far closer to the start model than one trained
+    without; distilled on the kind of document it never sees (collections), it trains exactly as without."""
+    start = tiny_model(tiny_base)
+    documents = chain_examples(32, 5)
+    config = quick_config(warm_start_steps=40, rl_steps=0, warm_start_lr=3e-3, eval_every=0)
+    trained = {}
+    for beta, kind in ((0.0, "ordered"), (10.0, "ordered"), (10.0, "collections")):
+        model = tiny_model(tiny_base)
+        settings = dataclasses.replace(config, distillation_weight=beta, distillation_documents=kind)
+        train(model, documents, settings, show_progress=False)
+        trained[beta, kind] = model
+    temperature = config.warm_start_temperature
+    drift = {key: mean_kl(start, model, documents[:16], temperature) for key, model in trained.items()}
+    assert drift[10.0, "ordered"] < 0.1 * drift[0.0, "ordered"], drift
+    for p, q in zip(trained[0.0, "ordered"].parameters(), trained[10.0, "collections"].parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_distillation_covers_the_chosen_kind_of_document(tiny_base):
+    model = tiny_model(tiny_base)
+    passage = dataclasses.replace(chain_examples(1, 1)[0], ordered=False)
+    ordered, passages = prepare_documents(model, [*chain_examples(1, 0), passage])
+    covered = {
+        kind: [Distillation(model, 1.0, kind).covers(d) for d in (ordered, passages)]
+        for kind in ("ordered", "collections", "all")
+    }
+    assert covered == {"ordered": [True, False], "collections": [False, True], "all": [True, True]}
+    with pytest.raises(InvalidInputError, match="distillation_documents"):
+        quick_config(distillation_documents="some").validate()
+    with pytest.raises(InvalidInputError, match="distillation_weight"):
+        quick_config(distillation_weight=-1.0).validate()
+
+
+def test_resume_distils_from_the_start_model_not_the_checkpoint(tiny_base, tmp_path):
+    """Killed mid warm start and resumed, a distilled run is bitwise the uninterrupted one: the teacher is
+    the model the run was started with, not the weights of the checkpoint it resumes from."""
+    data, held_out = chain_examples(24, 3), chain_examples(6, 4)
+    config = quick_config(warm_start_steps=10, rl_steps=0, checkpoint_every=3, distillation_weight=2.0)
+    whole = tmp_path / "whole"
+    train(tiny_model(tiny_base), data, config, held_out, out_dir=whole, show_progress=False)
+    killed = tmp_path / "killed"
+    train_until_killed(tiny_base, data, held_out, config, killed, kill_step=7)
+    train(tiny_model(tiny_base), data, config, held_out, out_dir=killed, resume=True, show_progress=False)
+    assert_same_run(whole, killed)
 
 
 # ------------------------------------------------------------------------------------------------ options

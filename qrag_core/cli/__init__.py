@@ -167,6 +167,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse ``type``: a finite number ≥ 0."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
 def unit_fraction(text: str) -> float:
     """argparse ``type``: a number between 0 and 1."""
     value = finite_float(text)

@@ -15,6 +15,7 @@ from qrag_core.validation import check_field_types
 
 REWARDS: tuple[str, ...] = ("sparse", "step_penalty", "per_fact")
 MIXED_PRECISION: tuple[str, ...] = ("no", "bf16", "fp16")
+DISTILLATION_DOCUMENTS: tuple[str, ...] = ("ordered", "collections", "all")
 
 
 @dataclass
@@ -35,6 +36,10 @@ class TrainingConfig:
     """Temperature of the warm-start softmax over the Q-values of the available chunks."""
     warm_start_mistakes: float = 0.0
     """Fraction of warm-start examples that also train from the state after the model's top-ranked wrong chunk."""
+    distillation_weight: float = 0.0
+    """β: the warm start adds β·KL(start model ‖ model) of its softmax, keeping the start's ranking (0: off)."""
+    distillation_documents: str = "ordered"
+    """Documents the distillation term covers: ordered (documents), collections (passages) or all."""
     rl_steps: int = 300
     """Optimiser steps of the soft Q-learning phase that follows the warm start (0 switches it off)."""
     lr: float = 1e-5
@@ -111,6 +116,7 @@ class TrainingConfig:
             "eval_every",
             "checkpoint_every",
             "weight_decay",
+            "distillation_weight",
         ]
         for name in non_negative:
             if getattr(self, name) < 0:
@@ -134,6 +140,10 @@ class TrainingConfig:
                 raise InvalidInputError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
         if self.reward not in REWARDS:
             raise InvalidInputError(f"reward must be one of {REWARDS}, got {self.reward!r}")
+        if self.distillation_documents not in DISTILLATION_DOCUMENTS:
+            raise InvalidInputError(
+                f"distillation_documents must be one of {DISTILLATION_DOCUMENTS}, got {self.distillation_documents!r}"
+            )
         if self.mixed_precision not in MIXED_PRECISION:
             raise InvalidInputError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         return self

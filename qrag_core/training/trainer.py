@@ -59,7 +59,15 @@ from qrag_core.training.checkpoint import (
 from qrag_core.training.config import TrainingConfig
 from qrag_core.training.distributed import Processes
 from qrag_core.training.metrics_log import MetricsLog
-from qrag_core.training.updates import QFunction, ValueCalibration, prepare_documents, soft_q_update, warm_start_update
+from qrag_core.training.updates import (
+    Distillation,
+    QFunction,
+    ValueCalibration,
+    frozen_copy,
+    prepare_documents,
+    soft_q_update,
+    warm_start_update,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +143,12 @@ class Trainer:
             model.to(self.processes.device)
         self.processes.broadcast_module(model)
         self.model = model
+        # Q_0 of the distillation term (M4′): the model as handed in, before any checkpoint is resumed
+        self.distillation = (
+            Distillation(frozen_copy(model, model), config.distillation_weight, config.distillation_documents)
+            if config.distillation_weight > 0
+            else None
+        )
         self.data_info = dict(data_info or {})
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.cache = cache if cache is not None else EmbeddingCache()
@@ -221,7 +235,9 @@ class Trainer:
         assert self.optimizer is not None
         try:
             if self.phase(step) == "warm_start":
-                return warm_start_update(self.model, self.optimizer, docs, c, lr, self.rng, self.processes)
+                return warm_start_update(
+                    self.model, self.optimizer, docs, c, lr, self.rng, self.processes, self.distillation
+                )
             assert self.target is not None
             return soft_q_update(self.online, self.target, self.optimizer, docs, c, lr, self.rng, self.processes)
         except DivergedError as err:

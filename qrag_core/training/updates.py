@@ -27,6 +27,7 @@ import copy
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -37,6 +38,8 @@ from qrag_core.errors import CheckpointError, DivergedError, InvalidInputError
 from qrag_core.model import QRAG
 from qrag_core.training.config import TrainingConfig
 from qrag_core.training.distributed import Processes
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 # ================================================================================================ training documents
@@ -247,10 +250,16 @@ class QFunction(nn.Module):
         return q if self.calibration is None else self.calibration(states, q)
 
     def target_copy(self) -> QFunction:
-        """θ′: a copy without gradients; a frozen action transformer is shared, not copied (it never changes)."""
-        encoder = self.model.action_encoder
-        shared = {id(encoder): encoder} if self.model.config.freeze_action_encoder else {}
-        return copy.deepcopy(self, memo=shared).requires_grad_(False)
+        """θ′: a copy without gradients (:func:`frozen_copy`)."""
+        return frozen_copy(self, self.model)
+
+
+def frozen_copy(module: ModuleT, model: QRAG) -> ModuleT:
+    """A copy of ``module`` (``model`` or a module holding it) without gradients; a frozen action
+    transformer is shared, not copied (it never changes)."""
+    encoder = model.action_encoder
+    shared = {id(encoder): encoder} if model.config.freeze_action_encoder else {}
+    return copy.deepcopy(module, memo=shared).requires_grad_(False)
 
 
 @dataclass
@@ -321,10 +330,54 @@ def warm_start_draws(
     return draws
 
 
+@dataclass
+class Distillation:
+    """The warm start's optional distillation term (M4′): the frozen start model Q_0 and its weight β."""
+
+    teacher: QRAG
+    """Q_0: a frozen copy of the model the run started from (:func:`frozen_copy`)."""
+    weight: float
+    """β."""
+    documents: str = "ordered"
+    """ordered, collections or all (TrainingConfig.distillation_documents)."""
+
+    def covers(self, doc: TrainingDocument) -> bool:
+        return self.documents == "all" or doc.ordered == (self.documents == "ordered")
+
+    @torch.no_grad()
+    def teacher_q(self, docs: Sequence[TrainingDocument], prefixes: Sequence[list[int]]) -> dict[int, torch.Tensor]:
+        """Q_0(q + P, ·) of each covered document of ``docs`` at its prefix, by batch row."""
+        rows = [b for b, doc in enumerate(docs) if self.covers(doc)]
+        if not rows:
+            return {}
+        teacher = self.teacher
+        states = teacher.state_vectors(
+            [docs[b].question for b in rows], [docs[b].state_texts(prefixes[b]) for b in rows]
+        )
+        return {
+            b: teacher.q_row(
+                states[r], teacher.action_vectors(content(teacher, docs[b]).float()), prefixes[b], docs[b].ordered
+            )
+            for r, b in enumerate(rows)
+        }
+
+
+def softmax_kl(teacher_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(teacher_logits) ‖ softmax(logits)) over the entries finite in both (−inf: selected chunks)."""
+    available = torch.isfinite(teacher_logits) & torch.isfinite(logits)
+    target, log_p = torch.log_softmax(teacher_logits[available], 0), torch.log_softmax(logits[available], 0)
+    return (target.exp() * (target - log_p)).sum()
+
+
 def supervised_loss(
-    model: QRAG, docs: Sequence[TrainingDocument], prefixes: Sequence[list[int]], temperature: float
+    model: QRAG,
+    docs: Sequence[TrainingDocument],
+    prefixes: Sequence[list[int]],
+    temperature: float,
+    distillation: Distillation | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Σ L_ws (M4) at the states question + prefix, and those states' Q rows (detached).
+    """Σ L_ws (M4), plus Σ L_kd (M4′) with a ``distillation``, at the states question + prefix, and those
+    states' Q rows (detached).
 
     L_ws = −log Σ_{missing support c} softmax(Q(s, ·)/temperature)_c, the missing support being every
     chunk of every occurrence of each fact the prefix has not found.
@@ -332,6 +385,7 @@ def supervised_loss(
     states = model.state_vectors(
         [d.question for d in docs], [d.state_texts(p) for d, p in zip(docs, prefixes, strict=True)]
     )
+    teacher_q = distillation.teacher_q(docs, prefixes) if distillation is not None else {}
     loss, q_rows = states.new_zeros(()), []
     for row, (doc, prefix) in enumerate(zip(docs, prefixes, strict=True)):
         e = doc.content.float() if model.config.freeze_action_encoder else model.action_encoder.embed(doc.texts)
@@ -339,6 +393,9 @@ def supervised_loss(
         logits = q / temperature
         missing = torch.as_tensor(doc.missing_support(prefix), device=logits.device)
         loss = loss + torch.logsumexp(logits, 0) - torch.logsumexp(logits[missing], 0)
+        if row in teacher_q:
+            assert distillation is not None
+            loss = loss + distillation.weight * softmax_kl(teacher_q[row] / temperature, logits)
         q_rows.append(q.detach().cpu())
     return loss, q_rows
 
@@ -349,15 +406,17 @@ def warm_start_loss(
     draws: Sequence[tuple[list[int], bool]],
     batch_size: int,
     temperature: float,
+    distillation: Distillation | None = None,
 ) -> torch.Tensor:
-    """L_ws (M4) of ``docs`` from their :func:`warm_start_draws`, summed and divided by ``batch_size``.
+    """L_ws (M4), and L_kd (M4′) with a ``distillation``, of ``docs`` from their :func:`warm_start_draws`,
+    summed and divided by ``batch_size``.
 
     An example drawn with a mistake adds a second state: the gold prefix plus the non-support chunk the
     model ranks highest there, i.e. the state after its likeliest mistake, so that the model also learns
     to find the missing support after a wrong pick (greedy search at T > |F*| has steps to spare for that).
     """
     prefixes = [prefix for prefix, _ in draws]
-    loss, q_rows = supervised_loss(model, docs, prefixes, temperature)
+    loss, q_rows = supervised_loss(model, docs, prefixes, temperature, distillation)
     mistakes = []
     for b in [b for b, (_, mistake) in enumerate(draws) if mistake]:
         q = q_rows[b].index_fill(0, torch.as_tensor(sorted(docs[b].support)), float("-inf"))
@@ -365,7 +424,11 @@ def warm_start_loss(
             mistakes.append((b, int(q.argmax())))
     if mistakes:
         extra, _ = supervised_loss(
-            model, [docs[b] for b, _ in mistakes], [sorted([*prefixes[b], m]) for b, m in mistakes], temperature
+            model,
+            [docs[b] for b, _ in mistakes],
+            [sorted([*prefixes[b], m]) for b, m in mistakes],
+            temperature,
+            distillation,
         )
         loss = loss + extra
     return loss / batch_size
@@ -379,8 +442,10 @@ def warm_start_update(
     lr: float,
     rng: np.random.Generator,
     processes: Processes | None = None,
+    distillation: Distillation | None = None,
 ) -> dict[str, float]:
-    """One optimiser step of the supervised warm start (M4) on the global batch ``docs``; returns its metrics."""
+    """One optimiser step of the supervised warm start (M4; M4′ with a ``distillation``) on the global batch
+    ``docs``; returns its metrics."""
     processes = processes or Processes()
     local = processes.local_slice(len(docs))
     mine, micro = docs[local], config.micro_batch_size or len(docs)
@@ -390,7 +455,8 @@ def warm_start_update(
     # Random gold prefixes P ⊂ F* (and which examples add their likeliest mistake), for the whole batch.
     draws = warm_start_draws(docs, config.warm_start_mistakes, rng)[local]
 
-    # L_ws = −log Σ_{c ∈ F* \ P} softmax_c(Q_θ(q + P, ·)/τ_ws) (M4), over micro-batches, per global example.
+    # L_ws = −log Σ_{c ∈ F* \ P} softmax_c(Q_θ(q + P, ·)/τ_ws) (M4), over micro-batches, per global example;
+    # with a distillation, + β·KL(softmax(Q_0(q + P, ·)/τ_ws) ‖ softmax(Q_θ(q + P, ·)/τ_ws)) (M4′).
     loss_total = 0.0
     for first in range(0, len(mine), micro):
         with processes.autocast():
@@ -400,6 +466,7 @@ def warm_start_update(
                 draws[first : first + micro],
                 len(docs),
                 config.warm_start_temperature,
+                distillation,
             )
         processes.backward(loss)
         loss_total += loss.item()
