@@ -616,6 +616,8 @@ def test_distillation_covers_the_chosen_kind_of_document(tiny_base):
         quick_config(distillation_documents="some").validate()
     with pytest.raises(InvalidInputError, match="distillation_weight"):
         quick_config(distillation_weight=-1.0).validate()
+    with pytest.raises(InvalidInputError, match="warm_start_steps is 0"):
+        quick_config(distillation_weight=1.0, warm_start_steps=0).validate()
 
 
 def test_resume_distils_from_the_start_model_not_the_checkpoint(tiny_base, tmp_path):

@@ -140,6 +140,8 @@ class TrainingConfig:
                 raise InvalidInputError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
         if self.reward not in REWARDS:
             raise InvalidInputError(f"reward must be one of {REWARDS}, got {self.reward!r}")
+        if self.distillation_weight > 0 and self.warm_start_steps == 0:
+            raise InvalidInputError("distillation_weight acts in the warm start, but warm_start_steps is 0")
         if self.distillation_documents not in DISTILLATION_DOCUMENTS:
             raise InvalidInputError(
                 f"distillation_documents must be one of {DISTILLATION_DOCUMENTS}, got {self.distillation_documents!r}"
