@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from harness import RESULTS_DIR, ResultsStore, add_render_only_flag, lazy_haystack, markdown_table, provenance
 
+from qrag_core.atomic import write_file
 from qrag_core.baselines import QRAGSearch
 from qrag_core.cli import add_machine_note_flag, add_threads_flag, add_verbose_flag, run_tool, unit_fraction
 from qrag_core.data.babilong import iter_babilong
@@ -87,32 +88,33 @@ def check_sets(untrained_from: Sequence[Path] | None) -> dict[str, list[Example]
 
 
 # ============================================================================================ the models
+Interpolation = tuple[str, str, float]
+"""START, TUNED and W of START + W x (TUNED - START)."""
+
+
 def model_spec(text: str) -> tuple[str, str]:
-    """argparse ``type`` of ``--model``: NAME=MODEL (a model name or directory)."""
+    """argparse ``type`` of ``--model``: NAME=MODEL (a model name or directory) as (NAME, MODEL)."""
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f"must be NAME=MODEL, got {text!r}")
     return name, path
 
 
-def interpolated_spec(text: str) -> tuple[str, str]:
-    """argparse ``type`` of ``--interpolated``: NAME=START,TUNED,W."""
+def interpolated_spec(text: str) -> tuple[str, Interpolation]:
+    """argparse ``type`` of ``--interpolated``: NAME=START,TUNED,W as (NAME, (START, TUNED, W))."""
     name, path = model_spec(text)
     parts = path.split(",")
     if len(parts) != 3:
         raise argparse.ArgumentTypeError(f"must be NAME=START,TUNED,W, got {text!r}")
-    unit_fraction(parts[2])
-    return name, path
+    return name, (parts[0], parts[1], unit_fraction(parts[2]))
 
 
-def load_model(spec: str, interpolated: bool) -> QRAG:
-    """A model by name or directory, or START + W x (TUNED - START) for an ``interpolated`` spec."""
-    if not interpolated:
+def load_model(spec: str | Interpolation) -> QRAG:
+    """A model by name or directory, or START + W x (TUNED - START) for an :data:`Interpolation`."""
+    if isinstance(spec, str):
         return QRAG.from_pretrained(spec)
-    start, tuned, weight = spec.split(",")
-    model = QRAG.from_pretrained(tuned)
-    interpolate_weights(QRAG.from_pretrained(start), model, float(weight))
-    return model
+    start, tuned, weight = spec
+    return interpolate_weights(QRAG.from_pretrained(start), QRAG.from_pretrained(tuned), weight)
 
 
 # ============================================================================================ measuring
@@ -122,10 +124,10 @@ def measure(model: QRAG, sets: dict[str, list[Example]], passage_weights: Sequen
     try:
         for name, examples in sets.items():
             if name == "hotpotqa_held_out":
+                steps = HOTPOTQA_STEPS
                 runs = {f"{name}_w{w:g}": SearchOptions(passage_lexical_weight=w) for w in [0.0, *passage_weights]}
             else:
-                runs = {name: SearchOptions()}
-            steps = HOTPOTQA_STEPS if name == "hotpotqa_held_out" else QA3_STEPS
+                steps, runs = QA3_STEPS, {name: SearchOptions()}
             for key, options in runs.items():
                 scores = evaluate(QRAGSearch(model, cache, options), examples, steps)
                 row[key] = {"fact_em": round(scores["fact_em"], 4), "n": scores["n"]}
@@ -136,16 +138,17 @@ def measure(model: QRAG, sets: dict[str, list[Example]], passage_weights: Sequen
 
 
 def run(args: argparse.Namespace) -> None:
-    names = [name for name, _ in args.model + args.interpolated]
+    candidates: list[tuple[str, str | Interpolation]] = [*args.model, *args.interpolated]
+    names = [name for name, _ in candidates]
     if len(set(names)) != len(names):
         raise InvalidInputError(f"every model needs its own name, got {names}")
     sets = check_sets(args.qa3_1k_untrained)
     store = ResultsStore(RESULTS, lambda: {"models": {}})
-    for (name, spec), interpolated in [(m, False) for m in args.model] + [(m, True) for m in args.interpolated]:
-        logger.info("model %s: %s", name, spec)
-        entry = {"model": spec, "interpolated": interpolated} | measure(
-            load_model(spec, interpolated), sets, args.passage_weights
-        )
+    for name, spec in candidates:
+        described = spec if isinstance(spec, str) else "{},{},{:g}".format(*spec)
+        logger.info("model %s: %s", name, described)
+        entry = {"model": described, "interpolated": not isinstance(spec, str)}
+        entry |= measure(load_model(spec), sets, args.passage_weights)
         entry["provenance"] = provenance(args.machine_note)
         if args.qa3_1k_untrained:
             entry["untrained_excludes"] = [str(p) for p in args.qa3_1k_untrained]
@@ -158,9 +161,11 @@ def run(args: argparse.Namespace) -> None:
 def write_markdown(results: dict[str, Any], path: Path | None = None) -> None:
     """The table of every model measured (one row each), the sets as columns, into ``path`` (None: MARKDOWN)."""
     models = results["models"]
-    columns = sorted({k for entry in models.values() for k, v in entry.items() if isinstance(v, dict) and "n" in v})
     qa3_order = [f"qa3_{length}" for length in QA3_SAMPLES] + ["qa3_1k_untrained"]
-    columns.sort(key=lambda k: (qa3_order.index(k), "") if k in qa3_order else (len(qa3_order), k))
+    columns = sorted(
+        {k for entry in models.values() for k, v in entry.items() if isinstance(v, dict) and "n" in v},
+        key=lambda k: (qa3_order.index(k), "") if k in qa3_order else (len(qa3_order), k),
+    )
     header = ["model", *(f"{c} (n = {next(m[c]['n'] for m in models.values() if c in m)})" for c in columns)]
     rows = [[name, *(f"{m[c]['fact_em']:.3f}" if c in m else "–" for c in columns)] for name, m in models.items()]
     commands = sorted({m["provenance"]["command"] for m in models.values()})
@@ -182,7 +187,7 @@ def write_markdown(results: dict[str, Any], path: Path | None = None) -> None:
         "Machines: " + "; ".join(machines),
         "",
     ]
-    (path or MARKDOWN).write_text("\n".join(lines), encoding="utf-8")
+    write_file(path or MARKDOWN, "\n".join(lines))
 
 
 # ============================================================================================ the CLI

@@ -47,8 +47,9 @@ def test_the_untrained_set_leaves_out_the_questions_of_the_training_files(script
 
 def test_an_interpolated_model_at_weight_0_is_the_start(script, models):
     start, tuned = models
-    model = script.load_model(f"{start},{tuned},0", interpolated=True)
-    reference = script.load_model(str(start), interpolated=False)
+    name, spec = script.interpolated_spec(f"start-again={start},{tuned},0")
+    assert (name, spec) == ("start-again", (str(start), str(tuned), 0.0))
+    model, reference = script.load_model(spec), script.load_model(str(start))
     for (name, p), q in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
         assert torch.allclose(p.float(), q.float(), atol=1e-3), name
 

@@ -366,7 +366,7 @@ def softmax_kl(teacher_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tens
     """KL(softmax(teacher_logits) ‖ softmax(logits)) over the entries finite in both (−inf: selected chunks)."""
     available = torch.isfinite(teacher_logits) & torch.isfinite(logits)
     target, log_p = torch.log_softmax(teacher_logits[available], 0), torch.log_softmax(logits[available], 0)
-    return (target.exp() * (target - log_p)).sum()
+    return nn.functional.kl_div(log_p, target, reduction="sum", log_target=True)
 
 
 def supervised_loss(
