@@ -76,6 +76,7 @@ SECTIONS = (
     ("Sentence splitting", "benchmarks/results/sentence_splitting.md"),
     ("Stopping by Q-value", "benchmarks/results/stopping.md"),
     ("Beam search against greedy", "benchmarks/results/beam_search.md"),
+    ("Training-split check of candidate models", "benchmarks/results/training_split_check.md"),
     ("Hybrid lexical + Q score", "benchmarks/results/lexical_weight.md"),
     ("Lexical indexes: build cost on long documents", "benchmarks/results/lexical_index.md"),
 )

@@ -166,10 +166,15 @@ def write_markdown(results: dict[str, Any], path: Path | None = None) -> None:
         {k for entry in models.values() for k, v in entry.items() if isinstance(v, dict) and "n" in v},
         key=lambda k: (qa3_order.index(k), "") if k in qa3_order else (len(qa3_order), k),
     )
-    header = ["model", *(f"{c} (n = {next(m[c]['n'] for m in models.values() if c in m)})" for c in columns)]
-    rows = [[name, *(f"{m[c]['fact_em']:.3f}" if c in m else "–" for c in columns)] for name, m in models.items()]
-    commands = sorted({m["provenance"]["command"] for m in models.values()})
-    machines = sorted({m["provenance"]["machine"] for m in models.values()})
+    runs = sorted({(m["provenance"]["command"], m["provenance"]["machine"]) for m in models.values()})
+    run_of = {
+        name: 1 + runs.index((m["provenance"]["command"], m["provenance"]["machine"])) for name, m in models.items()
+    }
+    header = ["model", *(f"{c} (n = {next(m[c]['n'] for m in models.values() if c in m)})" for c in columns), "run"]
+    rows = [
+        [name, *(f"{m[c]['fact_em']:.3f}" if c in m else "–" for c in columns), str(run_of[name])]
+        for name, m in models.items()
+    ]
     lines = [
         "# Training-split check of candidate models",
         "",
@@ -182,9 +187,9 @@ def write_markdown(results: dict[str, Any], path: Path | None = None) -> None:
         "",
         *markdown_table(header, rows),
         "",
-        "Commands: " + "; ".join(f"`{c}`" for c in commands),
+        "Runs (the `run` column):",
         "",
-        "Machines: " + "; ".join(machines),
+        *(f"{i}. `{command}` on {machine}" for i, (command, machine) in enumerate(runs, 1)),
         "",
     ]
     write_file(path or MARKDOWN, "\n".join(lines))

@@ -79,6 +79,7 @@ def test_a_run_checks_every_model_on_the_same_questions_and_reports_them(script,
     text = (tmp_path / "r.md").read_text()
     assert "| model | qa3_4k (n = 2) | hotpotqa_held_out_w0 (n = 1) | hotpotqa_held_out_w0.3 (n = 1) |" in text
     assert "| start |" in text and "| half |" in text and "test" in text
+    assert text.count(" | 1 |") == 2 and "\n1. `" in text and "\n2. `" not in text, "both rows come from one run"
 
 
 @pytest.mark.parametrize(
